@@ -1,0 +1,40 @@
+# SnackBase — the two commands a new user needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+EXE    := dist/snackbase
+ARGS   ?=
+
+.PHONY: install run build test check bench ui clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## virtualenv + runtime, test and dev dependencies
+
+build: $(STAMP)  ## the one-file executable dist/snackbase
+	$(PY) build.py
+
+run: build  ## build and start the server (pass flags with ARGS="--port 9000")
+	./$(EXE) serve $(ARGS)
+
+test: $(STAMP)  ## every test, including the built executable and the admin UI in a real browser
+	$(PY) -m pytest -q
+
+check: $(STAMP)  ## formatting, lint and types
+	$(VENV)/bin/ruff format --check snackbase tests bench build.py
+	$(VENV)/bin/ruff check snackbase tests bench build.py
+	$(VENV)/bin/mypy snackbase
+
+bench: build  ## benchmarks (needs wrk; see docs/performance.md)
+	$(PY) bench/run.py $(ARGS)
+
+ui:  ## rebuild admin_ui/dist from its sources (needs node + npm)
+	cd admin_ui && npm ci && npm run build
+
+clean:
+	rm -rf build dist $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

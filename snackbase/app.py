@@ -1,0 +1,135 @@
+"""create_app(settings): the database, the route tables, the error handlers, middleware, the admin UI."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+
+from snackbase.config import Settings, ensure_data_dir, load_settings, with_secret_key
+from snackbase.db import Database
+from snackbase.errors import ApiError, error_response
+from snackbase.middleware import RequestMiddleware
+from snackbase.migrations import migrate
+from snackbase.routes import RouteTable, health
+
+log = logging.getLogger("snackbase")
+
+UI_PREFIX = "/_/"
+
+
+def api_tables() -> list[RouteTable]:
+    """Every route table mounted under the API prefix; a new resource module is added here."""
+    return [health.routes]
+
+
+def build_routes(prefix: str, tables: list[RouteTable]) -> list[BaseRoute]:
+    built: list[BaseRoute] = []
+    for table in tables:
+        for method, path, handler in table:
+            if method == "WS":
+                built.append(WebSocketRoute(prefix + path, handler))
+            else:
+                built.append(Route(prefix + path, handler, methods=[method]))
+    return built
+
+
+def open_database(settings: Settings) -> Database:
+    """Creates the data dir and database on first start and brings the schema up to date."""
+    ensure_data_dir(settings)
+    db = Database(settings.db_path, settings.statement_timeout_ms)
+    try:
+        migrate(db.conn)
+    except Exception:
+        db.close()
+        raise
+    return db
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or load_settings()
+    ensure_data_dir(settings)
+    settings = with_secret_key(settings)
+    db = open_database(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        db.close()
+        log.info("database closed after a WAL checkpoint")
+
+    routes = build_routes("", [health.root_routes]) + build_routes(settings.api_prefix, api_tables())
+    routes += [Route(UI_PREFIX.rstrip("/"), admin_ui_redirect), Route(UI_PREFIX + "{path:path}", admin_ui)]
+    middleware = [Middleware(RequestMiddleware, ui_prefix=UI_PREFIX)]
+    if settings.cors_origin_list:
+        middleware.append(
+            Middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"],
+                       allow_headers=["*"], expose_headers=["X-Request-ID"], max_age=600)
+        )
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={ApiError: handle_api_error, HTTPException: handle_http_exception},
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.db = db
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """Factory for uvicorn's worker processes and --reload (settings travel as SNACKBASE_* variables)."""
+    return create_app(load_settings())
+
+
+def request_id(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", ""))
+
+
+async def handle_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc, request_id(request))
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 for unknown routes and methods, in the one envelope."""
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    return error_response(ApiError(exc.status_code, headers=headers), request_id(request))
+
+
+def ui_dist_dir() -> Path | None:
+    """The prebuilt admin UI: bundled in the package by build.py, or admin_ui/dist in a checkout."""
+    package_dir = Path(__file__).resolve().parent
+    for candidate in (package_dir / "ui_dist", package_dir.parent / "admin_ui" / "dist"):
+        if (candidate / "index.html").is_file():
+            return candidate
+    return None
+
+
+async def admin_ui_redirect(request: Request) -> Response:
+    return Response(status_code=308, headers={"location": UI_PREFIX})
+
+
+async def admin_ui(request: Request) -> Response:
+    """Serves a file of the admin UI, or its index.html for the single-page app's own routes."""
+    dist = ui_dist_dir()
+    if dist is None:
+        raise ApiError(404, message="The admin UI is not bundled in this build (run `make ui`).")
+    relative = request.path_params["path"] or "index.html"
+    target = (dist / relative).resolve()
+    if not target.is_relative_to(dist.resolve()) or not target.is_file():
+        if "." in relative.rsplit("/", 1)[-1]:  # a missing asset, not an app route
+            raise ApiError(404)
+        target = dist / "index.html"
+    cache = "no-cache" if target.name == "index.html" else "public, max-age=31536000, immutable"
+    return FileResponse(target, headers={"cache-control": cache})

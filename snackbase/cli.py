@@ -1,0 +1,201 @@
+"""The command line: `snackbase serve | info | init-db | shell | version`.
+
+The only module that imports click and uvicorn. Every failure a user can cause (a bad flag, an
+unwritable data dir, a port in use, a corrupt .env, a database from a newer version) ends as one
+line `snackbase: error: …` on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import code
+import contextlib
+import errno
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import apsw
+import click
+
+from snackbase import __version__
+from snackbase.config import ConfigError, Settings, env_name, load_settings, with_secret_key
+from snackbase.db import fetch_all
+from snackbase.migrations import SchemaTooNewError, current_version
+
+# Errors a user can cause and fix; reported as one line.
+_USER_ERRORS = (ConfigError, SchemaTooNewError, apsw.Error, OSError)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    try:
+        yield
+    except _USER_ERRORS as exc:
+        raise click.ClickException(_describe(exc)) from None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, apsw.NotADBError):
+        return "the database file is not a SQLite database (corrupt or another file?)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc)
+
+
+def settings_from(**flags: Any) -> Settings:
+    with user_errors():
+        return load_settings(flags)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="snackbase", message="%(prog)s %(version)s")
+def cli() -> None:
+    """SnackBase: a backend in one file — REST API, realtime, admin UI and audit trail over SQLite."""
+
+
+def data_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--data-dir", type=str, default=None, help="Data directory (default ./sb_data).")(fn)
+
+
+@cli.command()
+@click.option("--host", default=None, help="Listen address (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Listen port (default 8000).")
+@data_dir_option
+@click.option("--workers", type=int, default=None, help="Server processes (default 1).")
+@click.option("--reload", is_flag=True, help="Restart when the code changes (development).")
+def serve(host: str | None, port: int | None, data_dir: str | None, workers: int | None, reload: bool) -> None:
+    """Start the API, realtime and admin UI server."""
+    from snackbase.app import create_app
+    from snackbase.logs import configure_logging
+
+    settings = settings_from(host=host, port=port, data_dir=data_dir, workers=workers)
+    configure_logging(settings.log_level, settings.log_format)
+    with user_errors():
+        app = create_app(settings)  # creates the data dir and database, migrates, or fails here
+        sock = bind_socket(settings.host, settings.port)
+    base = f"http://{_display_host(settings.host)}:{sock.getsockname()[1]}"
+    click.echo(f"SnackBase {__version__} serving\n  REST API: {base}{settings.api_prefix}\n  Admin UI: {base}/_/",
+               err=True)
+    if settings.workers > 1 or reload:
+        sock.close()
+        app.state.db.close()
+        _run_factory(settings, reload)
+    else:
+        _run_app(app, sock)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is already in use (choose another with --port)") from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _display_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
+
+
+def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    # log_config=None keeps our JSON logging; graceful shutdown waits at most 10 s for in-flight requests.
+    return {"log_config": None, "access_log": False, "server_header": False, "proxy_headers": False,
+            "timeout_graceful_shutdown": 10, "lifespan": "on"}
+
+
+def _run_app(app: Any, sock: socket.socket) -> None:
+    import uvicorn
+
+    config = uvicorn.Config(app, **_uvicorn_options(app.state.settings))
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _run_factory(settings: Settings, reload: bool) -> None:
+    """Several workers (or --reload) re-create the app in each process from SNACKBASE_* variables."""
+    import uvicorn
+
+    for name, value in settings.redacted().items():
+        if name != "secret_key":
+            os.environ[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
+    os.environ[env_name("secret_key")] = settings.secret_key or with_secret_key(settings).secret_key
+    uvicorn.run("snackbase.app:create_app_from_env", factory=True, host=settings.host, port=settings.port,
+                workers=None if reload else settings.workers, reload=reload, **_uvicorn_options(settings))
+
+
+@cli.command()
+@data_dir_option
+def info(data_dir: str | None) -> None:
+    """Show the effective settings (secrets redacted) and the database state."""
+    settings = settings_from(data_dir=data_dir)
+    out: dict[str, Any] = {"version": __version__, "settings": settings.redacted()}
+    out["database"] = {"path": str(settings.db_path), "exists": settings.db_path.is_file()}
+    if settings.db_path.is_file():
+        with user_errors():
+            conn = apsw.Connection(str(settings.db_path), flags=apsw.SQLITE_OPEN_READONLY)
+            out["database"]["schema_version"] = current_version(conn)
+            conn.close()
+    click.echo(json.dumps(out, indent=2))
+
+
+@cli.command("init-db")
+@data_dir_option
+@click.option("--force", is_flag=True, help="Delete an existing database first.")
+def init_db(data_dir: str | None, force: bool) -> None:
+    """Create an empty database (refuses to wipe existing data without --force)."""
+    from snackbase.app import open_database
+
+    settings = settings_from(data_dir=data_dir)
+    if settings.db_path.exists():
+        if not force:
+            raise click.ClickException(f"{settings.db_path} already exists; use --force to wipe it")
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"{settings.db_path}{suffix}")
+    with user_errors():
+        open_database(settings).close()
+    click.echo(f"created {settings.db_path}")
+
+
+@cli.command()
+@data_dir_option
+def shell(data_dir: str | None) -> None:
+    """A Python shell with `settings`, `db` (apsw connection) and `q(sql, *params)`."""
+    from snackbase.app import open_database
+
+    settings = settings_from(data_dir=data_dir)
+    with user_errors():
+        database = open_database(with_secret_key(settings))
+    namespace = {"settings": settings, "db": database.conn,
+                 "q": lambda sql, *params: fetch_all(database.conn, sql, params)}
+    try:
+        code.interact(banner=f"SnackBase {__version__} shell: settings, db, q(sql, *params)", local=namespace)
+    finally:
+        database.close()
+
+
+@cli.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(__version__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Runs the CLI, printing any usage or user error as one line (click's default prints three)."""
+    try:
+        cli.main(args=argv, prog_name="snackbase", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"snackbase: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        sys.exit(130)

@@ -1,0 +1,221 @@
+"""Settings: one table of every setting, read from flags, `SNACKBASE_*` environment variables and `.env`.
+
+Precedence, highest first: command-line flags, the process environment, the `.env` file in the working
+directory, the defaults below. This module imports nothing of ours so every other module may use it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "SNACKBASE_"
+SECRET_FILE = ".secret_key"
+# Values that look like a key but are copied from an example; refused in production.
+_PLACEHOLDER_KEYS = {"", "change-me", "changeme", "secret", "your-secret-key", "snackbase", "dev", "development"}
+_MIN_PRODUCTION_KEY_LENGTH = 32
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the CLI prints it as one line and exits non-zero."""
+
+
+def _meta(doc: str, secret: bool = False, choices: tuple[str, ...] = ()) -> Any:
+    return field(metadata={"doc": doc, "secret": secret, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: str = _meta("development, production or testing", choices=("development", "production", "testing"))
+    debug: bool = _meta("more detail in logs (never in responses)")
+    api_prefix: str = _meta("prefix of the REST API")
+    host: str = _meta("listen address")
+    port: int = _meta("listen port")
+    workers: int = _meta("number of server processes")
+    data_dir: str = _meta("database, files, hooks, generated secret")
+    secret_key: str = _meta("JWT signing key (generated and kept in the data dir when unset)", secret=True)
+    access_token_expire_minutes: int = _meta("access token lifetime in minutes")
+    refresh_token_expire_days: int = _meta("refresh token lifetime in days")
+    cors_origins: str = _meta("comma-separated allowed CORS origins")
+    log_level: str = _meta("DEBUG, INFO, WARNING or ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_format: str = _meta("json or console", choices=("json", "console"))
+    max_json_bytes: int = _meta("request body limit for JSON, in bytes")
+    statement_timeout_ms: int = _meta("longest time one SQL statement may run before it is interrupted")
+    registration: str = _meta("open, or closed (then only superadmins create accounts)", choices=("open", "closed"))
+
+    # The defaults live here rather than on the fields so `_meta` stays readable above.
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {
+            "environment": "development",
+            "debug": False,
+            "api_prefix": "/api/v1",
+            "host": "127.0.0.1",
+            "port": 8000,
+            "workers": 1,
+            "data_dir": "./sb_data",
+            "secret_key": "",
+            "access_token_expire_minutes": 60,
+            "refresh_token_expire_days": 7,
+            "cors_origins": "",
+            "log_level": "INFO",
+            "log_format": "json",
+            "max_json_bytes": 1_048_576,
+            "statement_timeout_ms": 5_000,
+            "registration": "open",
+        }
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_path / "snackbase.db"
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting with secrets replaced, for `snackbase info` and logs."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "********" if f.metadata["secret"] and value else value
+        return out
+
+
+def setting_names() -> list[str]:
+    return [f.name for f in fields(Settings)]
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def parse_env_file(path: Path) -> dict[str, str]:
+    """Reads KEY=VALUE lines; blank lines and # comments are skipped; a malformed line is a ConfigError."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :].lstrip()
+        match = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)", line)
+        if not match:
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE, got {raw.strip()[:40]!r}")
+        values[match.group(1)] = _unquote(match.group(2), path, number)
+    return values
+
+
+def _unquote(value: str, path: Path, number: int) -> str:
+    if value[:1] in ("'", '"'):
+        if len(value) < 2 or value[-1] != value[0]:
+            raise ConfigError(f"{path}:{number}: unterminated quoted value")
+        return value[1:-1]
+    return value.split(" #", 1)[0].strip()
+
+
+def _convert(name: str, raw: Any, kind: type | str) -> Any:
+    kind_name = kind if isinstance(kind, str) else kind.__name__
+    if kind_name == "bool":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{env_name(name)} must be true or false, got {raw!r}")
+    if kind_name == "int":
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{env_name(name)} must be a whole number, got {raw!r}") from None
+    return str(raw)
+
+
+def load_settings(overrides: dict[str, Any] | None = None, env_file: Path | None = None) -> Settings:
+    """Builds Settings from defaults, .env, the environment and `overrides` (flags; None values ignored)."""
+    env_file = env_file if env_file is not None else Path(".env")
+    file_values = parse_env_file(env_file) if env_file.is_file() else {}
+    values = Settings.defaults()
+    for f in fields(Settings):
+        key = env_name(f.name)
+        if key in os.environ:
+            values[f.name] = _convert(f.name, os.environ[key], f.type)
+        elif key in file_values:
+            values[f.name] = _convert(f.name, file_values[key], f.type)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _convert(name, value, Settings.__dataclass_fields__[name].type)
+    settings = Settings(**values)
+    _check_choices(settings)
+    _check_ranges(settings)
+    return settings
+
+
+def _check_choices(settings: Settings) -> None:
+    for f in fields(settings):
+        choices = f.metadata["choices"]
+        if choices and getattr(settings, f.name) not in choices:
+            raise ConfigError(f"{env_name(f.name)} must be one of {', '.join(choices)}")
+
+
+def _check_ranges(settings: Settings) -> None:
+    if not 0 <= settings.port <= 65535:
+        raise ConfigError(f"port must be between 0 and 65535, got {settings.port}")
+    if settings.workers < 1:
+        raise ConfigError("workers must be at least 1")
+    if settings.max_json_bytes < 1024:
+        raise ConfigError("SNACKBASE_MAX_JSON_BYTES must be at least 1024")
+    if not settings.api_prefix.startswith("/") or settings.api_prefix.endswith("/"):
+        raise ConfigError("SNACKBASE_API_PREFIX must start with '/' and not end with '/'")
+
+
+def ensure_data_dir(settings: Settings) -> None:
+    """Creates the data dir and checks that it is writable; a one-line ConfigError otherwise."""
+    path = settings.data_path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create data dir {path}: {exc.strerror}") from None
+    if not path.is_dir() or not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise ConfigError(f"data dir {path} is not a readable and writable directory")
+
+
+def with_secret_key(settings: Settings) -> Settings:
+    """Returns settings with a usable secret key: given, or generated once and kept in the data dir.
+
+    In production a missing or placeholder key refuses to start: a key generated on one machine and
+    silently regenerated on another would log every user out and break multi-node deployments.
+    """
+    key = settings.secret_key
+    if settings.environment == "production":
+        if key.strip().lower() in _PLACEHOLDER_KEYS or len(key) < _MIN_PRODUCTION_KEY_LENGTH:
+            raise ConfigError(
+                "SNACKBASE_SECRET_KEY must be set to a random value of at least "
+                f"{_MIN_PRODUCTION_KEY_LENGTH} characters in production (e.g. `python3 -c "
+                "'import secrets; print(secrets.token_urlsafe(48))'`)"
+            )
+        return settings
+    if key:
+        return settings
+    return replace(settings, secret_key=_stored_secret(settings.data_path / SECRET_FILE))
+
+
+def _stored_secret(path: Path) -> str:
+    if path.is_file():
+        return path.read_text(encoding="utf-8").strip()
+    key = secrets.token_urlsafe(48)
+    # O_EXCL + mode 0600: the key is never world-readable, not even for an instant.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(key + "\n")
+    return key

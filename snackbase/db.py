@@ -1,0 +1,142 @@
+"""SQLite through apsw: the connection pragmas, the statement time budget, read helpers, the worker thread.
+
+Connection discipline (DESIGN.md convention 3): one read-write connection is owned by the event-loop
+thread and every short statement runs on it inline — measured on this stack, hopping to a thread pool
+costs more than the statement itself. Every mutation runs inside `with conn:` (a transaction; nested
+means a savepoint). Long work (backups, big exports) runs on `Database.in_worker`, a single thread
+with its own connection, because an apsw connection must never be shared across threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import apsw
+
+T = TypeVar("T")
+Params = Sequence[Any] | dict[str, Any]
+
+BUSY_TIMEOUT_MS = 5_000
+# How many SQLite VM instructions run between two checks of the statement deadline: often enough to stop a
+# runaway query within milliseconds, rare enough to cost nothing measurable on short statements.
+PROGRESS_STEPS = 20_000
+
+
+class StatementBudget:
+    """Interrupts any single statement that runs longer than `limit_s` (a runaway filter or macro).
+
+    The exec trace stamps the start of each statement; the progress handler, called every
+    PROGRESS_STEPS instructions, aborts the statement (apsw.InterruptError) once it is over budget.
+    """
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.deadline = float("inf")
+
+    def on_statement(self, _cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
+        self.deadline = time.monotonic() + self.limit_s
+        return True
+
+    def on_progress(self) -> bool:
+        return time.monotonic() > self.deadline
+
+
+def connect(path: str | Path, statement_timeout_ms: int = 5_000) -> apsw.Connection:
+    """Opens a connection with the project's pragmas; the order matters and is explained inline."""
+    conn = apsw.Connection(str(path))
+    # First, so that every pragma below waits for a lock held by another process instead of failing.
+    conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+    # WAL: readers never block the writer and vice versa; persistent, so set once per database file.
+    conn.execute("PRAGMA journal_mode=WAL").fetchall()
+    # NORMAL is durable across application crashes in WAL mode; only a power loss may drop the last commits.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    # Off by default in SQLite, per connection: reference fields rely on it for restrict/cascade/set null.
+    conn.execute("PRAGMA foreign_keys=ON")
+    # Keep temporary b-trees (sorts, DISTINCT) in memory; they are small with capped page sizes.
+    conn.execute("PRAGMA temp_store=MEMORY")
+    # Double-quoted strings as identifiers only: a typo in a quoted name is an error, never a string literal.
+    conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
+    conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
+    budget = StatementBudget(statement_timeout_ms / 1000)
+    conn.exec_trace = budget.on_statement
+    conn.set_progress_handler(budget.on_progress, PROGRESS_STEPS)
+    return conn
+
+
+def fetch_all(conn: apsw.Connection, sql: str, params: Params = ()) -> list[dict[str, Any]]:
+    """Runs a query and returns its rows as dicts (column name → value)."""
+    cursor = conn.execute(sql, params)
+    try:
+        names = [d[0] for d in cursor.get_description()]
+    except apsw.ExecutionCompleteError:  # no rows at all
+        return []
+    return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def fetch_one(conn: apsw.Connection, sql: str, params: Params = ()) -> dict[str, Any] | None:
+    rows = fetch_all(conn, sql, params)
+    return rows[0] if rows else None
+
+
+def fetch_value(conn: apsw.Connection, sql: str, params: Params = ()) -> Any:
+    """The first column of the first row, or None."""
+    for row in conn.execute(sql, params):
+        return row[0]
+    return None
+
+
+def execute_many(conn: apsw.Connection, statements: Iterable[str]) -> None:
+    """Runs statements one call each: apsw runs the rest of a multi-statement string only as it is read."""
+    for statement in statements:
+        conn.execute(statement).fetchall()
+
+
+class Database:
+    """The event-loop connection plus one worker thread with its own connection for long work."""
+
+    def __init__(self, path: Path, statement_timeout_ms: int = 5_000) -> None:
+        self.path = path
+        self.statement_timeout_ms = statement_timeout_ms
+        self.conn = connect(path, statement_timeout_ms)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sb-db-worker")
+        self._local = threading.local()
+
+    def _worker_conn(self) -> apsw.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # Long work (exports, backups) may legitimately take minutes: no statement budget here.
+            conn = self._local.conn = connect(self.path, statement_timeout_ms=10 * 60 * 1000)
+        return conn
+
+    async def in_worker(self, fn: Callable[[apsw.Connection], T]) -> T:
+        """Runs `fn(conn)` on the worker thread with the worker's own connection."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(self._worker_conn()))
+
+    def ping(self) -> bool:
+        try:
+            return fetch_value(self.conn, "SELECT 1") == 1
+        except apsw.Error:
+            return False
+
+    def close(self) -> None:
+        """Checkpoints the WAL into the main file (so a copied .db file is complete) and closes."""
+        self._executor.submit(self._close_worker).result()
+        self._executor.shutdown(wait=True)
+        try:
+            self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        except apsw.ConnectionClosedError:
+            return
+        self.conn.close()
+
+    def _close_worker(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

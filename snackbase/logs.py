@@ -1,0 +1,67 @@
+"""Structured logs: one JSON object per line on stderr (or a readable line with LOG_FORMAT=console).
+
+Every line carries the current request's id (and user/account once known) from a context variable,
+so a log line of any module can be tied to its request without passing the request around.
+Nothing here ever formats a request body or header: secrets stay out of the logs by construction.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from snackbase.times import format_ts
+
+# Fields describing the current request, set by the request middleware and the auth middleware.
+request_context: ContextVar[dict[str, Any] | None] = ContextVar("request_context", default=None)
+
+_EXTRA_KEYS = ("method", "path", "status", "duration_ms", "client", "event", "hook", "error")
+_encoder = msgspec.json.Encoder()
+
+logger = logging.getLogger("snackbase")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": format_ts(datetime.fromtimestamp(record.created, UTC)),
+            "level": record.levelname,
+            "message": record.getMessage(),
+            "logger": record.name,
+        }
+        line.update(request_context.get() or {})
+        for key in _EXTRA_KEYS:
+            if key in record.__dict__:
+                line[key] = record.__dict__[key]
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return _encoder.encode(line).decode()
+
+
+class ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        context = request_context.get() or {}
+        extras = {k: record.__dict__[k] for k in _EXTRA_KEYS if k in record.__dict__}
+        tail = " ".join(f"{k}={v}" for k, v in {**context, **extras}.items())
+        text = f"{record.levelname:<7} {record.getMessage()} {tail}".rstrip()
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # uvicorn's own access log would duplicate ours (which has the request id); keep its errors.
+    logging.getLogger("uvicorn.access").disabled = True
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True

@@ -1,0 +1,95 @@
+"""The request middleware (pure ASGI: Starlette's BaseHTTPMiddleware costs a task per request).
+
+For every HTTP request it: takes or makes the request id, puts it in the log context, adds the
+request id and security headers to the response, turns any unexpected exception into a bare 500 in
+the error envelope (logged with its trace, never shown), and writes one access log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from snackbase.errors import ApiError, envelope
+from snackbase.logs import request_context
+from snackbase.web import encode_json
+
+log = logging.getLogger("snackbase.request")
+
+_SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+_SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+# The admin UI loads only its own files: no CDN, no inline script, no framing.
+ADMIN_CSP = (
+    b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+    b"connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+    b"form-action 'self'"
+)
+
+
+def request_id_from(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and _SAFE_REQUEST_ID.fullmatch(value):
+            return value.decode()
+    return secrets.token_hex(12)
+
+
+class RequestMiddleware:
+    def __init__(self, app: ASGIApp, ui_prefix: str = "/_/") -> None:
+        self.app = app
+        self.ui_prefix = ui_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_from(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        context: dict[str, Any] = {"request_id": request_id}
+        token = request_context.set(context)
+        started = time.perf_counter()
+        status = {"code": 500, "sent": False}
+        extra_headers = self._headers(scope, request_id)
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                status["sent"] = True
+                message["headers"] = list(message.get("headers", [])) + extra_headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            log.exception("unhandled error", extra={"method": scope["method"], "path": scope["path"]})
+            if not status["sent"]:
+                await self._send_500(send_wrapper, request_id)
+        finally:
+            duration_ms = round((time.perf_counter() - started) * 1000, 2)
+            log.info(
+                "request",
+                extra={"method": scope["method"], "path": scope["path"], "status": status["code"],
+                       "duration_ms": duration_ms},
+            )
+            request_context.reset(token)
+
+    def _headers(self, scope: Scope, request_id: str) -> list[tuple[bytes, bytes]]:
+        headers = [(b"x-request-id", request_id.encode()), *_SECURITY_HEADERS]
+        if scope["path"].startswith(self.ui_prefix) or scope["path"] == self.ui_prefix.rstrip("/"):
+            headers.append((b"content-security-policy", ADMIN_CSP))
+        return headers
+
+    async def _send_500(self, send: Send, request_id: str) -> None:
+        body = encode_json(envelope(ApiError(500), request_id))
+        await send({"type": "http.response.start", "status": 500,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})

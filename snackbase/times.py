@@ -1,0 +1,27 @@
+"""The one timestamp format of the API: RFC 3339, UTC, milliseconds, `Z` (e.g. 2026-11-27T09:10:10.123Z).
+
+Stored as TEXT in the same format, so lexical order is time order and SQL can compare and sort it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def format_ts(moment: datetime) -> str:
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def now_iso() -> str:
+    return format_ts(datetime.now(UTC))
+
+
+def parse_ts(text: str) -> datetime:
+    """Parses an RFC 3339 timestamp (any offset; `Z` allowed); raises ValueError otherwise."""
+    if not isinstance(text, str) or "T" not in text.upper():
+        raise ValueError("not an RFC 3339 timestamp")
+    moment = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError("timestamp needs a UTC offset or Z")
+    return moment

@@ -1,0 +1,134 @@
+"""HTTP helpers shared by every route module: JSON responses, JSON bodies, paging parameters.
+
+Bodies are decoded with msgspec into a `Struct` per endpoint (decoders built once per type), so
+unknown keys, wrong types and malformed JSON are refused before a handler sees them.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from snackbase.errors import ApiError, field_error, validation_error
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+_any_decoder = msgspec.json.Decoder()
+_JSON_TYPES = ("application/json", "application/merge-patch+json")
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_encoder.encode(data), status_code=status, media_type="application/json", headers=headers)
+
+
+def no_content() -> Response:
+    return Response(status_code=204)
+
+
+def encode_json(data: Any) -> bytes:
+    return _encoder.encode(data)
+
+
+def require_json_content_type(request: Request) -> None:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";", 1)[0].strip().lower() not in _JSON_TYPES:
+        raise ApiError(415, message="The request body must be JSON (Content-Type: application/json).")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Reads the body, refusing it with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise ApiError(413, message=f"The request body is larger than {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, message=f"The request body is larger than {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request) -> Any:
+    """The JSON body as Python values (for bodies whose shape depends on data, e.g. records)."""
+    require_json_content_type(request)
+    raw = await read_body(request, request.app.state.settings.max_json_bytes)
+    if not raw.strip():
+        raise ApiError(400, "bad_request", "The request body is empty; a JSON document is required.")
+    try:
+        return _any_decoder.decode(raw)
+    except msgspec.DecodeError:
+        raise ApiError(400, "bad_request", "The request body is not valid JSON.") from None
+
+
+@lru_cache(maxsize=256)
+def _decoder(kind: type) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(kind)
+
+
+async def read_struct(request: Request, kind: type[T]) -> T:
+    """The JSON body decoded into `kind` (a msgspec Struct with forbid_unknown_fields)."""
+    require_json_content_type(request)
+    raw = await read_body(request, request.app.state.settings.max_json_bytes)
+    return decode_struct(raw, kind)
+
+
+def decode_struct(raw: bytes, kind: type[T]) -> T:
+    if not raw.strip():
+        raise ApiError(400, "bad_request", "The request body is empty; a JSON document is required.")
+    try:
+        return _decoder(kind).decode(raw)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as exc:
+        raise struct_error(str(exc)) from None
+    except msgspec.DecodeError:
+        raise ApiError(400, "bad_request", "The request body is not valid JSON.") from None
+
+
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<name>[^`]*)`(?: - at `(?P<path>[^`]*)`)?")
+_MISSING = re.compile(r"Object missing required field `(?P<name>[^`]*)`(?: - at `(?P<path>[^`]*)`)?")
+_AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$")
+
+
+def _field_path(prefix: str | None, name: str = "") -> str:
+    path = (prefix or "$").removeprefix("$")
+    parts = [p for p in re.split(r"[.\[\]]+", path) if p]
+    if name:
+        parts.append(name)
+    return ".".join(parts) or "body"
+
+
+def struct_error(message: str) -> ApiError:
+    """Turns msgspec's validation message into the envelope, naming the field with a dotted path."""
+    if match := _UNKNOWN.match(message):
+        name = _field_path(match["path"], match["name"])
+        return ApiError(400, "bad_request", f"Unknown field '{name}'.",
+                        field_error(name, "unknown_field", "This field is not allowed here."))
+    if match := _MISSING.match(message):
+        name = _field_path(match["path"], match["name"])
+        return validation_error(field_error(name, "required", "This field is required."))
+    match = _AT.match(message)
+    assert match is not None  # the pattern accepts any string
+    name = _field_path(match["path"])
+    text = match["message"].replace("`", "")
+    code = "invalid_type" if text.startswith("Expected") else "invalid"
+    return validation_error(field_error(name, code, text + "."))
+
+
+def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "bad_request", f"Query parameter '{name}' must be a whole number.") from None
+    if not low <= value <= high:
+        raise ApiError(400, "bad_request", f"Query parameter '{name}' must be between {low} and {high}.")
+    return value
