@@ -1,18 +1,24 @@
 """Numbered migrations of the system tables, gated on `PRAGMA user_version`.
 
-Each step runs in one transaction together with the version bump, so a database is always at exactly
-one version. A database written by a newer SnackBase (user_version above the last step here) is
-refused untouched rather than half-understood. Statements are one per string: apsw runs the rest of a
-multi-statement string only as the cursor is read.
+Each step is a file `snackbase/sql/NNN_name.sql`, so every feature owns the SQL of its tables. A step
+runs in one transaction together with the version bump, so a database is always at exactly one
+version. A database written by a newer SnackBase (user_version above the last step here) is refused
+untouched rather than half-understood.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 import apsw
 
-from snackbase.db import execute_many, fetch_value
+from snackbase.db import fetch_value
+
+SQL_DIR = Path(__file__).resolve().parent / "sql"
+_STEP_FILE = re.compile(r"(\d{3})_[a-z0-9_]+\.sql")
 
 
 class SchemaTooNewError(Exception):
@@ -22,30 +28,25 @@ class SchemaTooNewError(Exception):
 @dataclass(frozen=True)
 class Migration:
     version: int
-    description: str
-    statements: tuple[str, ...]
+    name: str
+    script: str
 
 
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(
-        1,
-        "accounts and the system account",
-        (
-            """CREATE TABLE accounts (
-                id TEXT PRIMARY KEY NOT NULL CHECK (id GLOB '[A-Z][A-Z][0-9][0-9][0-9][0-9]'),
-                slug TEXT NOT NULL UNIQUE,
-                name TEXT NOT NULL,
-                created_at TEXT NOT NULL,
-                updated_at TEXT NOT NULL
-            ) STRICT""",
-            """INSERT INTO accounts (id, slug, name, created_at, updated_at)
-               VALUES ('SY0000', 'system', 'System', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
-                       strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))""",
-        ),
-    ),
-)
+@cache
+def migrations() -> tuple[Migration, ...]:
+    steps = []
+    for path in sorted(SQL_DIR.glob("*.sql")):
+        match = _STEP_FILE.fullmatch(path.name)
+        if match:
+            steps.append(Migration(int(match.group(1)), path.stem, path.read_text(encoding="utf-8")))
+    versions = [step.version for step in steps]
+    if versions != list(range(1, len(steps) + 1)):
+        raise RuntimeError(f"migration files must be numbered 001, 002, … without gaps, got {versions}")
+    return tuple(steps)
 
-LATEST_VERSION = MIGRATIONS[-1].version
+
+def latest_version() -> int:
+    return migrations()[-1].version
 
 
 def current_version(conn: apsw.Connection) -> int:
@@ -55,16 +56,12 @@ def current_version(conn: apsw.Connection) -> int:
 def migrate(conn: apsw.Connection) -> list[int]:
     """Applies every pending step; returns the versions applied. Raises SchemaTooNewError untouched."""
     version = current_version(conn)
-    if version > LATEST_VERSION:
+    if version > latest_version():
         raise SchemaTooNewError(
             f"the database has schema version {version}, newer than this SnackBase understands "
-            f"({LATEST_VERSION}); upgrade SnackBase or restore a backup"
+            f"({latest_version()}); upgrade SnackBase or restore a backup"
         )
-    applied = []
-    for step in MIGRATIONS:
-        if step.version > version and _apply(conn, step):
-            applied.append(step.version)
-    return applied
+    return [step.version for step in migrations() if step.version > version and _apply(conn, step)]
 
 
 def _apply(conn: apsw.Connection, step: Migration) -> bool:
@@ -74,7 +71,8 @@ def _apply(conn: apsw.Connection, step: Migration) -> bool:
         if current_version(conn) >= step.version:
             conn.execute("ROLLBACK")
             return False
-        execute_many(conn, step.statements)
+        # Reading the cursor to the end runs every statement of the script (apsw runs them lazily).
+        conn.execute(step.script).fetchall()
         conn.execute(f"PRAGMA user_version = {int(step.version)}")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -9,7 +9,7 @@ import apsw
 import pytest
 
 from snackbase.db import Database, connect, fetch_all, fetch_one, fetch_value
-from snackbase.migrations import LATEST_VERSION, SchemaTooNewError, current_version, migrate
+from snackbase.migrations import SchemaTooNewError, current_version, latest_version, migrate
 
 
 def test_pragmas(tmp_path: Path) -> None:
@@ -27,15 +27,15 @@ def test_double_quoted_strings_are_not_literals(tmp_path: Path) -> None:
 
 def test_migrations_apply_once_and_create_the_system_account(tmp_path: Path) -> None:
     conn = connect(tmp_path / "x.db")
-    assert migrate(conn) == list(range(1, LATEST_VERSION + 1))
+    assert migrate(conn) == list(range(1, latest_version() + 1))
     assert migrate(conn) == []
-    assert current_version(conn) == LATEST_VERSION
+    assert current_version(conn) == latest_version()
     assert fetch_one(conn, "SELECT id, slug FROM accounts WHERE id = 'SY0000'") == {"id": "SY0000", "slug": "system"}
 
 
 def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     conn = connect(tmp_path / "x.db")
-    conn.execute(f"PRAGMA user_version = {LATEST_VERSION + 5}")
+    conn.execute(f"PRAGMA user_version = {latest_version() + 5}")
     with pytest.raises(SchemaTooNewError, match="newer"):
         migrate(conn)
     assert fetch_all(conn, "SELECT name FROM sqlite_master") == []
