@@ -1,0 +1,1 @@
+-- Placeholder: filled in by its feature's issue (pre-release, numbering reserved).
