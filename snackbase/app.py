@@ -19,7 +19,7 @@ from snackbase.config import Settings, ensure_data_dir, load_settings, with_secr
 from snackbase.db import Database
 from snackbase.errors import ApiError, error_response
 from snackbase.middleware import RequestMiddleware
-from snackbase.migrations import migrate
+from snackbase.migrations import migrate, refuse_newer
 from snackbase.routes import RouteTable, health
 
 log = logging.getLogger("snackbase")
@@ -46,6 +46,7 @@ def build_routes(prefix: str, tables: list[RouteTable]) -> list[BaseRoute]:
 def open_database(settings: Settings) -> Database:
     """Creates the data dir and database on first start and brings the schema up to date."""
     ensure_data_dir(settings)
+    refuse_newer(settings.db_path)
     db = Database(settings.db_path, settings.statement_timeout_ms)
     try:
         migrate(db.conn)

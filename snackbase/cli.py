@@ -173,7 +173,7 @@ def shell(data_dir: str | None) -> None:
 
     settings = settings_from(data_dir=data_dir)
     with user_errors():
-        database = open_database(with_secret_key(settings))
+        database = open_database(settings)
     namespace = {"settings": settings, "db": database.conn,
                  "q": lambda sql, *params: fetch_all(database.conn, sql, params)}
     try:

@@ -53,14 +53,29 @@ def current_version(conn: apsw.Connection) -> int:
     return int(fetch_value(conn, "PRAGMA user_version") or 0)
 
 
-def migrate(conn: apsw.Connection) -> list[int]:
-    """Applies every pending step; returns the versions applied. Raises SchemaTooNewError untouched."""
-    version = current_version(conn)
+def refuse_newer(path: Path) -> None:
+    """Raises SchemaTooNewError before anything opens the file for writing (which would already set WAL mode)."""
+    if not path.is_file():
+        return
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        _check_not_newer(current_version(conn))
+    finally:
+        conn.close()
+
+
+def _check_not_newer(version: int) -> None:
     if version > latest_version():
         raise SchemaTooNewError(
             f"the database has schema version {version}, newer than this SnackBase understands "
             f"({latest_version()}); upgrade SnackBase or restore a backup"
         )
+
+
+def migrate(conn: apsw.Connection) -> list[int]:
+    """Applies every pending step; returns the versions applied. Raises SchemaTooNewError untouched."""
+    version = current_version(conn)
+    _check_not_newer(version)
     return [step.version for step in migrations() if step.version > version and _apply(conn, step)]
 
 
