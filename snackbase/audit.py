@@ -1,0 +1,491 @@
+"""The audit trail (SPEC section 8): entries, canonical JSON, the per-account hash chain, verify, PII masks.
+
+Every write path calls `append` inside its own transaction, after (or before) its change and before the
+commit, so an entry exists exactly when its change does. Each account has one chain: an entry's
+`prev_hash` is the `hash` of the account's previous entry (64 zeros for the first) and its `hash` is the
+SHA-256 of its canonical JSON (`canonical_json`, documented byte for byte in docs/audit.md).
+
+The end of each chain lives in `audit_heads`, so an append is two statements and one SHA-256: lock and
+read the head (a no-op upsert, which takes SQLite's write lock first, so a concurrent writer in another
+process waits instead of reading the same head), then insert; triggers in 003_audit.sql refuse an entry
+that does not extend the head and move the head in the same statement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+import apsw
+import msgspec
+
+from snackbase.errors import ApiError
+from snackbase.times import now_iso
+
+GENESIS_HASH = "0" * 64
+MAX_REASON_CHARS = 1000
+MAX_USER_AGENT_CHARS = 512
+REASON_HEADER = "x-audit-reason"
+REASON_BODY_KEY = "_reason"
+# Record system fields: the entry itself carries the time, the actor and the record id.
+DIFF_SKIP = frozenset(("id", "account_id", "created_at", "created_by", "updated_at", "updated_by"))
+
+# Exactly the fields that are hashed, which are all columns of audit_log but `hash`. Every value is a
+# string, an integer or null; `changes` and `extra` are JSON text, hashed as that text.
+CANONICAL_FIELDS = (
+    "account_id", "account_seq", "action", "actor_email", "actor_role", "actor_user_id", "auth_method",
+    "changes", "collection", "extra", "ip", "occurred_at", "prev_hash", "reason", "record_id",
+    "request_id", "seq", "user_agent",
+)  # fmt: skip
+COLUMNS = (*CANONICAL_FIELDS, "hash")
+
+_sorted_encoder = msgspec.json.Encoder(order="sorted")
+_decoder = msgspec.json.Decoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    user_id: str | None
+    email: str | None
+    role: str | None
+    method: str  # "token" | "password" | "anonymous" | "system" | "cli"
+
+
+SYSTEM_ACTOR = Actor(None, None, None, "system")
+CLI_ACTOR = Actor(None, None, None, "cli")
+ANONYMOUS_ACTOR = Actor(None, None, None, "anonymous")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMeta:
+    request_id: str | None
+    ip: str | None
+    user_agent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    ok: bool
+    entries_checked: int
+    first_bad_seq: int | None = None
+    account_id: str | None = None  # the account of the first broken entry
+    problem: str | None = None  # what is wrong with it, for a human
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "entries_checked": self.entries_checked,
+            "first_bad_seq": self.first_bad_seq,
+            "account_id": self.account_id,
+            "problem": self.problem,
+        }
+
+
+# --- canonical form and hash -------------------------------------------------------------------
+
+
+def canonical_json(entry: Mapping[str, Any]) -> bytes:
+    """The hashed bytes: a JSON object of exactly CANONICAL_FIELDS, keys sorted, no whitespace, UTF-8.
+
+    Same bytes as Python's `json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`
+    (tested), so an auditor needs nothing of ours to recompute a hash.
+    """
+    obj = {name: entry[name] for name in CANONICAL_FIELDS}
+    for name in ("seq", "account_seq"):
+        if type(obj[name]) is not int:  # a bool or a float would print differently in other languages
+            raise TypeError(f"{name} must be an integer")
+    return _sorted_encoder.encode(obj)
+
+
+def entry_hash(entry: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(entry)).hexdigest()
+
+
+def encode_json_text(value: Any) -> str | None:
+    """JSON text for `changes`/`extra` as stored and hashed: sorted keys, so equal dicts give equal text."""
+    return None if value is None else _sorted_encoder.encode(value).decode()
+
+
+# --- building entries --------------------------------------------------------------------------
+
+
+def append(
+    conn: apsw.Connection,
+    *,
+    account_id: str,
+    actor: Actor,
+    action: str,
+    collection: str | None = None,
+    record_id: str | None = None,
+    changes: dict[str, dict[str, Any]] | None = None,
+    reason: str | None = None,
+    meta: RequestMeta | None = None,
+    extra: dict[str, Any] | None = None,
+) -> int:
+    """Appends one entry to the account's chain and returns its `seq`. Runs in the caller's transaction."""
+    if not conn.in_transaction:
+        raise RuntimeError("audit.append must run inside the caller's transaction (`with conn:`)")
+    head_pos, head_hash, last_seq = _lock_head(conn, account_id)
+    meta = meta or RequestMeta(None, None, None)
+    entry: dict[str, Any] = {
+        "seq": last_seq + 1, "account_id": account_id, "account_seq": head_pos + 1,
+        "occurred_at": now_iso(), "actor_user_id": actor.user_id, "actor_email": actor.email,
+        "actor_role": actor.role, "auth_method": actor.method, "action": action, "collection": collection,
+        "record_id": record_id, "changes": encode_json_text(changes), "reason": reason,
+        "request_id": meta.request_id, "ip": meta.ip, "user_agent": meta.user_agent,
+        "extra": encode_json_text(extra), "prev_hash": head_hash,
+    }  # fmt: skip
+    entry["hash"] = entry_hash(entry)
+    conn.execute(_INSERT_ENTRY, entry)
+    return int(entry["seq"])
+
+
+_INSERT_ENTRY = f"INSERT INTO audit_log ({', '.join(COLUMNS)}) VALUES ({', '.join(':' + c for c in COLUMNS)})"
+
+
+def _lock_head(conn: apsw.Connection, account_id: str) -> tuple[int, str, int]:
+    """(position, hash) of the account's chain head and the last global seq, under the write lock.
+
+    A write statement first: SQLite grants the write lock before reading, so two processes appending
+    at once are serialized here (the second waits on the busy timeout) and both read a current head.
+    """
+    row = conn.execute(_LOCK_HEAD, (account_id, GENESIS_HASH)).fetchone()
+    assert row is not None  # an upsert with RETURNING always returns its row
+    return int(row[0]), str(row[1]), int(row[2])
+
+
+_LOCK_HEAD = """
+INSERT INTO audit_heads (account_id, account_seq, seq, hash) VALUES (?, 0, 0, ?)
+ON CONFLICT (account_id) DO UPDATE SET account_id = excluded.account_id
+RETURNING account_seq, hash, (SELECT coalesce(max(seq), 0) FROM audit_log)
+"""
+
+
+def _differs(a: Any, b: Any) -> bool:
+    # 1 == True and 1 == 1.0 in Python, but a change from 1 to true is a change in the record.
+    return a != b or type(a) is not type(b)
+
+
+def diff(
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any] | None,
+    *,
+    skip: Iterable[str] = DIFF_SKIP,
+    pii: Mapping[str, str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """`{field: {"old": …, "new": …}}` for every field whose value differs (create: old is None;
+    delete: new is None). `pii` maps field → mask kind; those fields carry `"mask"` in their change, so
+    audit views keep masking them even after the collection's schema changes or is deleted."""
+    old, new = old or {}, new or {}
+    skipped = frozenset(skip)
+    changes: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys([*old, *new]):
+        if name in skipped:
+            continue
+        before, after = old.get(name), new.get(name)
+        if _differs(before, after):
+            change = {"old": before, "new": after}
+            if pii and name in pii:
+                change["mask"] = pii[name]
+            changes[name] = change
+    return changes
+
+
+# Unicode bidirectional overrides and isolates: they can make a reason display differently from what
+# was stored (Trojan-Source style), which defeats the point of an audit record.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
+
+
+def _reason_error(message: str) -> ApiError:
+    return ApiError(400, "invalid_reason", message)
+
+
+def validate_reason(reason: str | None) -> str | None:
+    """The reason as stored: surrounding whitespace trimmed, empty → None; 400 `invalid_reason` when it
+    is not text, longer than MAX_REASON_CHARS, or holds a control or bidi-override character."""
+    if reason is None:
+        return None
+    if not isinstance(reason, str):
+        raise _reason_error("The reason for the change must be a string.")
+    reason = reason.strip()
+    if len(reason) > MAX_REASON_CHARS:
+        raise _reason_error(f"The reason for the change is longer than {MAX_REASON_CHARS} characters.")
+    if any(unicodedata.category(ch) == "Cc" or ch in _BIDI_CONTROLS for ch in reason):
+        raise _reason_error("The reason for the change must not contain control characters.")
+    return reason or None
+
+
+def header_reason(raw: str) -> str:
+    """The `X-Audit-Reason` header as text. HTTP headers carry bytes (Starlette gives them as Latin-1):
+    raw UTF-8 is accepted, and the value is then percent-decoded, so a client can send any text with
+    `encodeURIComponent(reason)` (a `%` not followed by two hex digits stays a `%`)."""
+    try:
+        text = raw.encode("latin-1").decode("utf-8")
+        return unquote(text, encoding="utf-8", errors="strict")
+    except UnicodeError:
+        raise _reason_error("The X-Audit-Reason header must be UTF-8 (percent-encoded or raw).") from None
+
+
+def reason_from(request: Any, body: dict[str, Any] | None = None) -> str | None:
+    """The validated reason of a write: `_reason` in the body (taken out of it, so record validation
+    never sees it) wins over the `X-Audit-Reason` header."""
+    from_body = body.pop(REASON_BODY_KEY, None) if isinstance(body, dict) else None
+    if from_body is not None:
+        return validate_reason(from_body)
+    raw = request.headers.get(REASON_HEADER)
+    return validate_reason(header_reason(raw)) if raw is not None else None
+
+
+def require_reason(reason: str | None) -> str:
+    """For collections with `audit.require_reason: true`: 400 `reason_required` without a reason."""
+    if reason is None:
+        raise ApiError(
+            400,
+            "reason_required",
+            "This collection requires a reason for every change (X-Audit-Reason header or _reason).",
+        )
+    return reason
+
+
+def actor_from_auth(auth: Any) -> Actor:
+    """The actor of a request from snackbase.auth's Auth (None: an anonymous caller)."""
+    if auth is None:
+        return ANONYMOUS_ACTOR
+    role = "superadmin" if getattr(auth, "is_superadmin", False) else auth.role
+    return Actor(auth.user_id, auth.email, role, auth.method or "token")
+
+
+def meta_from_request(request: Any) -> RequestMeta:
+    state = request.scope.get("state") or {}
+    client = request.client
+    agent = request.headers.get("user-agent")
+    return RequestMeta(
+        request_id=state.get("request_id") or None,
+        ip=client.host if client else None,
+        user_agent=agent[:MAX_USER_AGENT_CHARS] if agent else None,
+    )
+
+
+# --- verify ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Chain:
+    """The walk state of one account's chain; `broken` is (seq, problem) of its first bad entry."""
+
+    account_id: str
+    position: int = 0
+    prev_hash: str = GENESIS_HASH
+    last_seq: int = 0
+    broken: tuple[int, str] | None = None
+
+    def check(self, row: dict[str, Any]) -> None:
+        if self.broken is None:
+            problem = _entry_problem(self, row)
+            if problem:
+                self.broken = (int(row["seq"]), problem)
+            else:
+                self.position, self.prev_hash, self.last_seq = row["account_seq"], row["hash"], row["seq"]
+
+    def finish(self, head: tuple[int, int, str] | None) -> None:
+        if self.broken is not None or head == (self.position, self.last_seq, self.prev_hash):
+            return
+        if head is None:
+            self.broken = (self.last_seq, "the account has entries but no chain head in audit_heads")
+        elif head[0] > self.position:
+            self.broken = (
+                head[1],
+                f"the chain ends at position {self.position} but its head is at "
+                f"{head[0]}: entries at the end of the chain were deleted",
+            )
+        else:
+            self.broken = (self.last_seq, "the chain head in audit_heads does not match the last entry")
+
+
+def _entry_problem(chain: _Chain, row: dict[str, Any]) -> str | None:
+    if row["account_seq"] != chain.position + 1:
+        return (
+            f"its chain position is {row['account_seq']}, expected {chain.position + 1}: "
+            "an entry before it was deleted or one was inserted"
+        )
+    if row["prev_hash"] != chain.prev_hash:
+        return "its prev_hash is not the hash of the previous entry: the entries before it were altered"
+    try:
+        recomputed = entry_hash(row)
+    except (TypeError, KeyError, msgspec.EncodeError):
+        return "it does not have the shape of an audit entry"
+    if recomputed != row["hash"]:
+        return "its contents do not match its hash: the entry was edited"
+    if row["seq"] <= chain.last_seq:
+        return "its seq is not after the previous entry's: entries were reordered"
+    return None
+
+
+def verify(conn: apsw.Connection, account_id: str | None = None) -> VerifyResult:
+    """Re-walks every chain (or one account's) from its start: positions 1, 2, … without gaps, each
+    `prev_hash` equal to the previous entry's `hash`, each `hash` recomputed from the entry, `seq`
+    increasing, and the chain ending where `audit_heads` says. Reports the broken entry with the
+    smallest `seq` (the first written), so fixing forward from it is possible."""
+    with conn:  # one read snapshot for the heads and the entries
+        heads = _read_heads(conn, account_id)
+        chains, checked = _walk(_entries(conn, account_id), heads)
+    for account, head in heads.items():
+        if account not in chains and head[0] > 0:
+            chains[account] = _Chain(
+                account, broken=(head[1], "its chain head exists but every entry is gone")
+            )
+    broken = [(c.broken[0], c.account_id, c.broken[1]) for c in chains.values() if c.broken]
+    if not broken:
+        return VerifyResult(True, checked)
+    seq, account, problem = min(broken)
+    return VerifyResult(False, checked, seq, account, problem)
+
+
+def _walk(
+    rows: Iterator[dict[str, Any]], heads: dict[str, tuple[int, int, str]]
+) -> tuple[dict[str, _Chain], int]:
+    chains: dict[str, _Chain] = {}
+    chain: _Chain | None = None
+    checked = 0
+    for row in rows:
+        checked += 1
+        if chain is None or row["account_id"] != chain.account_id:
+            if chain is not None:
+                chain.finish(heads.get(chain.account_id))
+            chain = chains[row["account_id"]] = _Chain(row["account_id"])
+        chain.check(row)
+    if chain is not None:
+        chain.finish(heads.get(chain.account_id))
+    return chains, checked
+
+
+def _entries(conn: apsw.Connection, account_id: str | None) -> Iterator[dict[str, Any]]:
+    """Every entry in chain order, streamed (verify may read millions of rows)."""
+    where, params = ("WHERE account_id = ?", (account_id,)) if account_id else ("", ())
+    cursor = conn.execute(
+        f"SELECT {', '.join(COLUMNS)} FROM audit_log {where} ORDER BY account_id, account_seq", params
+    )
+    for row in cursor:
+        yield dict(zip(COLUMNS, row, strict=True))
+
+
+def _read_heads(conn: apsw.Connection, account_id: str | None) -> dict[str, tuple[int, int, str]]:
+    where, params = ("WHERE account_id = ?", (account_id,)) if account_id else ("", ())
+    rows = conn.execute(f"SELECT account_id, account_seq, seq, hash FROM audit_heads {where}", params)
+    return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+
+# --- reading: API shape and PII masks ----------------------------------------------------------
+
+# (collection, field, value) -> the value a caller without `pii_access` sees. Built from the collection
+# definitions (`schema_masker`, or the rules module's masker when it provides one).
+Masker = Callable[[str | None, str, Any], Any]
+
+
+def to_api(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored row as the API shows it: actor and target grouped, `changes`/`extra` as JSON values."""
+    return {
+        "seq": row["seq"], "account_id": row["account_id"], "account_seq": row["account_seq"],
+        "occurred_at": row["occurred_at"],
+        "actor": {"user_id": row["actor_user_id"], "email": row["actor_email"], "role": row["actor_role"],
+                  "method": row["auth_method"]},
+        "action": row["action"], "target": {"collection": row["collection"], "record_id": row["record_id"]},
+        "changes": _decode_text(row["changes"]), "reason": row["reason"], "request_id": row["request_id"],
+        "ip": row["ip"], "user_agent": row["user_agent"], "extra": _decode_text(row["extra"]),
+        "prev_hash": row["prev_hash"], "hash": row["hash"],
+    }  # fmt: skip
+
+
+def _decode_text(text: str | None) -> Any:
+    return None if text is None else _decoder.decode(text)
+
+
+def mask_changes(entries: list[dict[str, Any]], masker: Masker | None) -> list[dict[str, Any]]:
+    """Masks PII in API-shaped entries, in place: a change that carries its own `"mask"` (written by
+    `diff(pii=…)`) is always masked that way; any other field goes through `masker` when given."""
+    for entry in entries:
+        changes = entry.get("changes")
+        if isinstance(changes, dict):
+            collection = (entry.get("target") or {}).get("collection")
+            entry["changes"] = {
+                name: _mask_change(collection, name, change, masker) for name, change in changes.items()
+            }
+    return entries
+
+
+def mask_row_changes(row: dict[str, Any], masker: Masker | None) -> dict[str, Any]:
+    """The same for a stored (flat) row, whose `changes` is JSON text: for exports."""
+    if row["changes"] is not None:
+        view = {"target": {"collection": row["collection"]}, "changes": _decode_text(row["changes"])}
+        row = {**row, "changes": encode_json_text(mask_changes([view], masker)[0]["changes"])}
+    return row
+
+
+def _mask_change(collection: str | None, name: str, change: Any, masker: Masker | None) -> Any:
+    if not isinstance(change, dict):
+        return change
+    kind = change.get("mask")
+    if isinstance(kind, str):
+        return {
+            **change,
+            "old": mask_value(kind, change.get("old")),
+            "new": mask_value(kind, change.get("new")),
+        }
+    if masker is None:
+        return change
+    return {
+        **change,
+        "old": masker(collection, name, change.get("old")),
+        "new": masker(collection, name, change.get("new")),
+    }
+
+
+def mask_value(kind: str, value: Any) -> Any:
+    """SPEC section 7 masks. Null stays null (absence is not personal data); unknown kinds mask fully."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else encode_json_text(value) or ""
+    digits = "".join(ch for ch in text if ch.isdigit())
+    if kind == "email" and "@" in text:
+        local, domain = text.rsplit("@", 1)
+        return f"{local[:1]}***@{domain}"
+    if kind == "phone" and len(digits) >= 4:
+        return "******" + digits[-4:]
+    if kind == "ssn" and len(digits) >= 4:
+        return "***-**-" + digits[-4:]
+    if kind == "name" and text.strip():
+        return " ".join(part[0] + "." for part in text.split())
+    return "******"
+
+
+def schema_masker(conn: apsw.Connection) -> Masker | None:
+    """A masker from the current collection definitions (fields with `pii: true`), or None when no
+    collection has PII. A field that no longer exists is shown as stored: pipelines that pass
+    `diff(pii=…)` keep their masks in the entry itself, which survives schema changes."""
+    masks = _pii_fields(conn)
+    if not masks:
+        return None
+
+    def masker(collection: str | None, field: str, value: Any) -> Any:
+        kind = masks.get(collection or "", {}).get(field)
+        return value if kind is None else mask_value(kind, value)
+
+    return masker
+
+
+def _pii_fields(conn: apsw.Connection) -> dict[str, dict[str, str]]:
+    if conn.execute(_HAS_COLLECTIONS).fetchone() is None:
+        return {}
+    masks: dict[str, dict[str, str]] = {}
+    for name, fields_json in conn.execute("SELECT name, fields FROM collections"):
+        fields = [f for f in _decode_text(fields_json) or [] if isinstance(f, dict) and f.get("pii")]
+        if fields:
+            masks[name] = {str(f["name"]): str(f.get("mask") or "full") for f in fields}
+    return masks
+
+
+_HAS_COLLECTIONS = "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'collections'"
