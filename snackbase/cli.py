@@ -1,4 +1,4 @@
-"""The command line: `snackbase serve | info | init-db | shell | version`.
+"""The command line: `snackbase serve | info | init-db | shell | version | audit verify`.
 
 The only module that imports click and uvicorn. Every failure a user can cause (a bad flag, an
 unwritable data dir, a port in use, a corrupt .env, a database from a newer version) ends as one
@@ -180,6 +180,36 @@ def shell(data_dir: str | None) -> None:
         code.interact(banner=f"SnackBase {__version__} shell: settings, db, q(sql, *params)", local=namespace)
     finally:
         database.close()
+
+
+@cli.group()
+def audit() -> None:
+    """The audit trail: verify its hash chains."""
+
+
+@audit.command("verify")
+@data_dir_option
+@click.option("--account", default=None, help="Verify one account's chain only (default: every account).")
+def audit_verify(data_dir: str | None, account: str | None) -> None:
+    """Verify every audit hash chain offline; exit 1 naming the first broken entry."""
+    from snackbase.audit import verify
+
+    settings = settings_from(data_dir=data_dir)
+    if not settings.db_path.is_file():
+        raise click.ClickException(f"no database at {settings.db_path}")
+    with user_errors():
+        # Read-write but never created or migrated: verify only reads, and WAL readers need the -shm file.
+        conn = apsw.Connection(str(settings.db_path), flags=apsw.SQLITE_OPEN_READWRITE)
+        try:
+            if current_version(conn) < 3:
+                raise click.ClickException("the database predates the audit trail (schema version < 3)")
+            result = verify(conn, account.upper() if account else None)
+        finally:
+            conn.close()
+    if not result.ok:
+        where = f"seq {result.first_bad_seq} (account {result.account_id})"
+        raise click.ClickException(f"audit chain broken at {where}: {result.problem}")
+    click.echo(f"ok, {result.entries_checked} entries")
 
 
 @cli.command()
