@@ -195,6 +195,7 @@ def _text_converter(opts: Mapping[str, Any]) -> Convert:
 def _number_converter(opts: Mapping[str, Any]) -> Convert:
     lo, hi, integer_only = opts.get("min"), opts.get("max"), bool(opts.get("integer_only"))
 
+    # Ints stay ints and floats stay floats; the NUMERIC column does store 5.0 as the integer 5.
     def convert(value: Any) -> SqlValue:
         # bool is an int subclass in Python; JSON true must not become 1.
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -397,6 +398,9 @@ def _is_empty(value: Any) -> bool:
     return value is None or (isinstance(value, (str, list)) and len(value) == 0)
 
 
+_NO_DEFAULT: Any = object()
+
+
 class _FieldSpec:
     """One field compiled for validation: the converter plus what an empty value means."""
 
@@ -419,9 +423,6 @@ class _FieldSpec:
             if value == "" and self.is_text:
                 return ""  # an optional empty text skips length and pattern checks
         return self.convert(value)
-
-
-_NO_DEFAULT: Any = object()
 
 
 # --- field definitions -------------------------------------------------------------------------
@@ -630,6 +631,7 @@ _FIELD_KEYS: dict[str, tuple[type, ...]] = {
     "mask": (str, type(None)),
     "previous_name": (str, type(None)),
 }
+_FIELD_KEY_TYPES_POST = {k: v for k, v in _FIELD_KEYS.items() if k != "previous_name"}
 
 
 def _unknown(key: str, what: str = "key") -> FieldErrors:
@@ -651,9 +653,6 @@ def _parse_field(item: object, prefix: str, partial: bool, errors: FieldErrors) 
         if key not in item:
             errors.update(field_error(prefix + key, "required", f"`{key}` is required."))
     return Field(**item) if len(errors) == before else None
-
-
-_FIELD_KEY_TYPES_POST = {k: v for k, v in _FIELD_KEYS.items() if k != "previous_name"}
 
 
 def _parse_fields(value: object, partial: bool, errors: FieldErrors) -> list[Field]:
