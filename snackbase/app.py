@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from snackbase.auth import AuthMiddleware
 from snackbase.config import Settings, ensure_data_dir, load_settings, with_secret_key
 from snackbase.db import Database
 from snackbase.errors import ApiError, error_response
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"],
                        allow_headers=["*"], expose_headers=["X-Request-ID"], max_age=600)
         )
+    middleware.append(Middleware(AuthMiddleware, prefix=settings.api_prefix))
     app = Starlette(
         routes=routes,
         middleware=middleware,
@@ -84,7 +86,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.settings = settings
     app.state.db = db
+    start_auth(settings, db)
     return app
+
+
+def start_auth(settings: Settings, db: Database) -> None:
+    """Warms the dummy password hash and creates the SNACKBASE_SUPERADMIN_EMAIL superadmin if missing."""
+    from snackbase.passwords import params_for, warm_up
+    from snackbase.users import ensure_superadmin_from_settings
+
+    warm_up(params_for(settings.environment))
+    ensure_superadmin_from_settings(settings, db.conn)
 
 
 def create_app_from_env() -> Starlette:

@@ -46,6 +46,21 @@ class Settings:
     max_json_bytes: int = _meta("request body limit for JSON, in bytes")
     statement_timeout_ms: int = _meta("longest time one SQL statement may run before it is interrupted")
     registration: str = _meta("open, or closed (then only superadmins create accounts)", choices=("open", "closed"))
+    password_min_length: int = _meta("shortest accepted password, 12 to 128 characters")
+    require_verified_email: bool = _meta("refuse login (403 email_not_verified) until the email is verified")
+    invitation_expire_hours: int = _meta("how long an invitation can be accepted, in hours")
+    login_backoff_after: int = _meta("failed logins in a row before 429 with backoff")
+    login_lockout_after: int = _meta("failed logins in a row before a lockout")
+    login_ip_max_failures: int = _meta("failed logins per client IP per 15 minutes before 429")
+    smtp_host: str = _meta("SMTP server; empty = emails are written to the log")
+    smtp_port: int = _meta("SMTP port")
+    smtp_user: str = _meta("SMTP user name (empty = no authentication)")
+    smtp_password: str = _meta("SMTP password", secret=True)
+    smtp_tls: str = _meta("starttls, ssl or none", choices=("starttls", "ssl", "none"))
+    mail_from: str = _meta("sender address of emails")
+    public_url: str = _meta("base URL used in email links (default http://host:port)")
+    superadmin_email: str = _meta("create this superadmin at start when it does not exist")
+    superadmin_password: str = _meta("password of SNACKBASE_SUPERADMIN_EMAIL", secret=True)
 
     # The defaults live here rather than on the fields so `_meta` stays readable above.
     @classmethod
@@ -67,6 +82,21 @@ class Settings:
             "max_json_bytes": 1_048_576,
             "statement_timeout_ms": 5_000,
             "registration": "open",
+            "password_min_length": 12,
+            "require_verified_email": False,
+            "invitation_expire_hours": 48,
+            "login_backoff_after": 5,
+            "login_lockout_after": 10,
+            "login_ip_max_failures": 50,
+            "smtp_host": "",
+            "smtp_port": 587,
+            "smtp_user": "",
+            "smtp_password": "",
+            "smtp_tls": "starttls",
+            "mail_from": "SnackBase <no-reply@localhost>",
+            "public_url": "",
+            "superadmin_email": "",
+            "superadmin_password": "",
         }
 
     @property
@@ -76,6 +106,11 @@ class Settings:
     @property
     def db_path(self) -> Path:
         return self.data_path / "snackbase.db"
+
+    @property
+    def base_url(self) -> str:
+        """Where links in emails point: SNACKBASE_PUBLIC_URL, else the listen address."""
+        return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
 
     @property
     def cors_origin_list(self) -> list[str]:
@@ -177,6 +212,12 @@ def _check_ranges(settings: Settings) -> None:
         raise ConfigError("SNACKBASE_MAX_JSON_BYTES must be at least 1024")
     if not settings.api_prefix.startswith("/") or settings.api_prefix.endswith("/"):
         raise ConfigError("SNACKBASE_API_PREFIX must start with '/' and not end with '/'")
+    if not 12 <= settings.password_min_length <= 128:
+        raise ConfigError("SNACKBASE_PASSWORD_MIN_LENGTH must be between 12 and 128")
+    if not 1 <= settings.login_backoff_after <= settings.login_lockout_after:
+        raise ConfigError(
+            "SNACKBASE_LOGIN_BACKOFF_AFTER must be at least 1 and at most SNACKBASE_LOGIN_LOCKOUT_AFTER"
+        )
 
 
 def ensure_data_dir(settings: Settings) -> None:

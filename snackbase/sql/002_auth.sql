@@ -1,1 +1,134 @@
--- Placeholder: filled in by its feature's issue (pre-release, numbering reserved).
+-- Users, roles, groups, sessions, invitations, one-time tokens, login throttling and login events.
+-- Emails are stored normalized (NFC, trimmed, lowercased) so (account_id, email) is the identity.
+-- Secrets (refresh, invitation, reset and verification tokens) are stored only as SHA-256 hex digests.
+
+CREATE TABLE roles (
+    name TEXT PRIMARY KEY NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    builtin INTEGER NOT NULL DEFAULT 0 CHECK (builtin IN (0, 1)),
+    created_at TEXT NOT NULL
+) STRICT;
+
+INSERT INTO roles (name, description, builtin, created_at) VALUES
+    ('admin', 'Administers its account: users, groups, invitations.', 1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    ('user', 'A member of its account.', 1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+
+CREATE TABLE users (
+    id TEXT PRIMARY KEY NOT NULL,
+    account_id TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    email TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    role TEXT NOT NULL REFERENCES roles (name),
+    is_active INTEGER NOT NULL DEFAULT 1 CHECK (is_active IN (0, 1)),
+    email_verified INTEGER NOT NULL DEFAULT 0 CHECK (email_verified IN (0, 1)),
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    last_login_at TEXT,
+    password_changed_at TEXT NOT NULL,
+    UNIQUE (account_id, email)
+) STRICT;
+
+CREATE INDEX users_role ON users (role);
+
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY NOT NULL,
+    user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_at TEXT NOT NULL,
+    last_used_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    revoked_at TEXT,
+    revoked_reason TEXT,
+    ip TEXT NOT NULL DEFAULT '',
+    user_agent TEXT NOT NULL DEFAULT ''
+) STRICT;
+
+CREATE INDEX sessions_user ON sessions (user_id, revoked_at);
+
+-- Every refresh token ever issued for a session: the current one has used_at NULL; presenting one
+-- whose used_at is set is reuse (a stolen token) and revokes the whole session.
+CREATE TABLE refresh_tokens (
+    token_hash TEXT PRIMARY KEY NOT NULL,
+    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    used_at TEXT
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX refresh_tokens_session ON refresh_tokens (session_id);
+
+CREATE TABLE groups (
+    id TEXT PRIMARY KEY NOT NULL,
+    account_id TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE (account_id, name)
+) STRICT;
+
+CREATE TABLE group_members (
+    group_id TEXT NOT NULL REFERENCES groups (id) ON DELETE CASCADE,
+    user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (group_id, user_id)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX group_members_user ON group_members (user_id);
+
+INSERT INTO groups (id, account_id, name, description, created_at, updated_at)
+VALUES ('01900000-0000-7000-8000-000000000000', 'SY0000', 'pii_access', 'Members read PII unmasked.',
+        strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+
+CREATE TABLE invitations (
+    id TEXT PRIMARY KEY NOT NULL,
+    account_id TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    email TEXT NOT NULL,
+    role TEXT NOT NULL REFERENCES roles (name),
+    groups TEXT NOT NULL DEFAULT '[]',
+    token_hash TEXT NOT NULL UNIQUE,
+    invited_by TEXT REFERENCES users (id) ON DELETE SET NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    accepted_at TEXT,
+    user_id TEXT REFERENCES users (id) ON DELETE SET NULL
+) STRICT;
+
+CREATE INDEX invitations_account ON invitations (account_id, created_at);
+
+-- Password-reset and email-verification tokens: single use, short-lived.
+CREATE TABLE one_time_tokens (
+    token_hash TEXT PRIMARY KEY NOT NULL,
+    purpose TEXT NOT NULL CHECK (purpose IN ('reset_password', 'verify_email')),
+    user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    used_at TEXT
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX one_time_tokens_user ON one_time_tokens (user_id, purpose);
+
+-- Failed-login counters per key ('ip:<addr>' or 'id:<account>:<email>'), shared by all worker processes.
+-- Identities that do not exist are counted and locked exactly like real ones, so nothing leaks.
+CREATE TABLE login_throttle (
+    key TEXT PRIMARY KEY NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0,
+    window_start TEXT NOT NULL,
+    last_failure_at TEXT NOT NULL,
+    locked_at TEXT
+) STRICT, WITHOUT ROWID;
+
+-- Successful and failed logins (the audit trail will take these over).
+CREATE TABLE login_events (
+    id INTEGER PRIMARY KEY,
+    occurred_at TEXT NOT NULL,
+    account_id TEXT,
+    user_id TEXT,
+    email TEXT NOT NULL,
+    success INTEGER NOT NULL CHECK (success IN (0, 1)),
+    reason TEXT NOT NULL DEFAULT '',
+    ip TEXT NOT NULL DEFAULT '',
+    user_agent TEXT NOT NULL DEFAULT '',
+    request_id TEXT NOT NULL DEFAULT ''
+) STRICT;
+
+CREATE INDEX login_events_user ON login_events (user_id, occurred_at);

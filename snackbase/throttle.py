@@ -1,0 +1,149 @@
+"""Login throttling, lockout and the login event record.
+
+Two counters of failed logins, kept in SQL so every worker process sees the same numbers:
+- per client IP: more than SNACKBASE_LOGIN_IP_MAX_FAILURES failures in 15 minutes → 429 until the
+  window ends (slows password spraying across many accounts);
+- per identity (account + email): from SNACKBASE_LOGIN_BACKOFF_AFTER failures in a row, each further
+  attempt must wait 30 s, 60 s, 120 s… (max 15 min) → 429 with Retry-After; at
+  SNACKBASE_LOGIN_LOCKOUT_AFTER failures in a row the identity is locked (403 account_locked) until an
+  admin unlocks the user or the user resets the password.
+Identities are counted whether or not the user exists, so the answers never reveal which emails exist.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import apsw
+
+from snackbase.config import Settings
+from snackbase.db import fetch_one
+from snackbase.errors import ApiError
+from snackbase.times import format_ts, now_iso, parse_ts
+
+IP_WINDOW_S = 15 * 60
+BACKOFF_BASE_S = 30
+BACKOFF_MAX_S = 15 * 60
+
+
+def identity_key(account_ref: str, email: str) -> str:
+    return f"id:{account_ref}:{email}"
+
+
+def ip_key(ip: str) -> str:
+    return f"ip:{ip}"
+
+
+def _seconds_until(moment: datetime) -> int:
+    return max(1, math.ceil((moment - datetime.now(UTC)).total_seconds()))
+
+
+def _row(conn: apsw.Connection, key: str) -> dict | None:  # type: ignore[type-arg]
+    return fetch_one(conn, "SELECT * FROM login_throttle WHERE key = ?", (key,))
+
+
+def backoff_s(settings: Settings, failures: int) -> int:
+    if failures < settings.login_backoff_after:
+        return 0
+    return int(min(BACKOFF_BASE_S * 2 ** (failures - settings.login_backoff_after), BACKOFF_MAX_S))
+
+
+def check_login_allowed(conn: apsw.Connection, settings: Settings, ip: str, identity: str) -> None:
+    """Raises 429 (with Retry-After) or 403 account_locked before any password is checked."""
+    row = _row(conn, ip_key(ip))
+    if row and row["failures"] >= settings.login_ip_max_failures:
+        window_end = parse_ts(row["window_start"]) + timedelta(seconds=IP_WINDOW_S)
+        if window_end > datetime.now(UTC):
+            raise _rate_limited(_seconds_until(window_end))
+    row = _row(conn, identity)
+    if row is None:
+        return
+    if row["locked_at"] is not None:
+        raise ApiError(
+            403,
+            "account_locked",
+            "Too many failed logins: this login is locked. Reset the password "
+            "or ask an administrator to unlock it.",
+        )
+    wait_until = parse_ts(row["last_failure_at"]) + timedelta(seconds=backoff_s(settings, row["failures"]))
+    if wait_until > datetime.now(UTC):
+        raise _rate_limited(_seconds_until(wait_until))
+
+
+def _rate_limited(retry_after: int) -> ApiError:
+    return ApiError(
+        429,
+        "rate_limited",
+        "Too many failed logins; try again later.",
+        headers={"retry-after": str(retry_after)},
+    )
+
+
+def record_failure(conn: apsw.Connection, settings: Settings, ip: str, identity: str) -> None:
+    now = now_iso()
+    window_start = format_ts(datetime.now(UTC) - timedelta(seconds=IP_WINDOW_S))
+    with conn:
+        conn.execute(
+            """
+            INSERT INTO login_throttle (key, failures, window_start, last_failure_at) VALUES (?, 1, ?, ?)
+            ON CONFLICT (key) DO UPDATE SET
+                failures = CASE WHEN window_start < ? THEN 1 ELSE failures + 1 END,
+                window_start = CASE WHEN window_start < ? THEN excluded.window_start ELSE window_start END,
+                last_failure_at = excluded.last_failure_at
+        """,
+            (ip_key(ip), now, now, window_start, window_start),
+        )
+        conn.execute(
+            """
+            INSERT INTO login_throttle (key, failures, window_start, last_failure_at, locked_at)
+            VALUES (?1, 1, ?2, ?2, CASE WHEN ?3 <= 1 THEN ?2 END)
+            ON CONFLICT (key) DO UPDATE SET
+                failures = failures + 1, last_failure_at = ?2,
+                locked_at = CASE WHEN failures + 1 >= ?3 THEN coalesce(locked_at, ?2) ELSE locked_at END
+        """,
+            (identity, now, settings.login_lockout_after),
+        )
+
+
+def clear_identity(conn: apsw.Connection, identity: str) -> None:
+    """Forgets failures and lifts a lockout (successful login, admin unlock, password reset)."""
+    conn.execute("DELETE FROM login_throttle WHERE key = ?", (identity,))
+
+
+def is_locked(conn: apsw.Connection, identity: str) -> bool:
+    row = _row(conn, identity)
+    return bool(row and row["locked_at"])
+
+
+def record_login_event(
+    conn: apsw.Connection,
+    *,
+    account_id: str | None,
+    user_id: str | None,
+    email: str,
+    success: bool,
+    reason: str,
+    ip: str,
+    user_agent: str,
+    request_id: str,
+) -> None:
+    """One successful or failed login. The audit trail takes these over: change only this function."""
+    conn.execute(
+        """
+        INSERT INTO login_events (occurred_at, account_id, user_id, email, success, reason, ip, user_agent,
+                                  request_id)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    """,
+        (
+            now_iso(),
+            account_id,
+            user_id,
+            email[:254],
+            int(success),
+            reason,
+            ip[:64],
+            user_agent[:256],
+            request_id,
+        ),
+    )
