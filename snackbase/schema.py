@@ -140,7 +140,10 @@ def quote_ident(name: str) -> str:
 # --- value converters: JSON value -> SQL value -------------------------------------------------
 
 
-class _Invalid(Exception):
+class _Invalid(ValueError):
+    """A value refused with an API error code; a ValueError so `parse_date`/`parse_datetime` callers
+    need no private type."""
+
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
@@ -255,7 +258,7 @@ def _url_converter(opts: Mapping[str, Any]) -> Convert:
 
 
 def parse_date(value: Any) -> str:
-    """A `YYYY-MM-DD` calendar date, returned unchanged; raises `_Invalid`."""
+    """A `YYYY-MM-DD` calendar date, returned unchanged; raises ValueError (`.code`, `.message`)."""
     text = _expect_str(value)
     try:
         if _DATE_RE.fullmatch(text):
