@@ -76,6 +76,15 @@ BEGIN
     SELECT RAISE(ABORT, 'audit_heads only moves forward onto an existing entry');
 END;
 
+-- A head is created only at the genesis of a new chain (the upsert in audit.append); this also stops
+-- INSERT OR REPLACE, which deletes without firing delete triggers, from resetting a chain.
+CREATE TRIGGER audit_heads_genesis_only AFTER INSERT ON audit_heads
+WHEN NOT (NEW.account_seq = 0 AND NEW.seq = 0 AND NEW.hash = '0000000000000000000000000000000000000000000000000000000000000000'
+          AND NOT EXISTS (SELECT 1 FROM audit_log WHERE account_id = NEW.account_id))
+BEGIN
+    SELECT RAISE(ABORT, 'audit_heads rows start at the genesis of a new chain');
+END;
+
 CREATE TRIGGER audit_heads_no_delete BEFORE DELETE ON audit_heads
 BEGIN
     SELECT RAISE(ABORT, 'audit_heads rows cannot be deleted');
