@@ -1,0 +1,211 @@
+"""Collection definitions in the database: the per-process cache, and create / update / delete.
+
+Each change runs in ONE transaction: the `collections` row, the DDL of the collection's table, the
+version bump that tells other processes to reload, and the audit entry. A change the existing data
+cannot satisfy raises inside the transaction, so nothing of it remains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import apsw
+
+from snackbase import audit
+from snackbase.db import execute_many, fetch_all, fetch_value
+from snackbase.errors import ApiError, field_error, validation_error
+from snackbase.ids import SYSTEM_ACCOUNT_ID, uuid7
+from snackbase.rules import check_rules
+from snackbase.schema import (
+    Collection,
+    RecordValidator,
+    SchemaChange,
+    collection_from_row,
+    collection_to_json,
+    collection_to_row,
+    create_table_sql,
+    drop_table_sql,
+    new_collection,
+    patch_collection,
+    referenced_collections,
+    referencing_fields,
+)
+from snackbase.times import now_iso
+
+
+
+@dataclass(frozen=True)
+class ChangeContext:
+    """Who changes a definition and why, for the audit entry written in the same transaction."""
+
+    actor: audit.Actor
+    meta: audit.RequestMeta
+    reason: str | None = None
+
+
+@dataclass
+class Registry:
+    """Every collection definition, cached; reloaded when `collections_version` moves."""
+
+    version: int = -1
+    by_name: dict[str, Collection] = field(default_factory=dict)
+    _validators: dict[str, RecordValidator] = field(default_factory=dict)
+
+    def refresh(self, conn: apsw.Connection) -> None:
+        version = fetch_value(conn, "SELECT version FROM collections_version WHERE id = 1")
+        if version != self.version:
+            rows = fetch_all(conn, "SELECT * FROM collections ORDER BY name")
+            self.by_name = {row["name"]: collection_from_row(row) for row in rows}
+            self._validators = {}
+            self.version = version
+
+    def get(self, conn: apsw.Connection, name: str) -> Collection:
+        self.refresh(conn)
+        collection = self.by_name.get(name)
+        if collection is None:
+            raise ApiError(404, "not_found", f"There is no collection named '{name[:64]}'.")
+        return collection
+
+    def all(self, conn: apsw.Connection) -> list[Collection]:
+        self.refresh(conn)
+        return list(self.by_name.values())
+
+    def validator(self, collection: Collection) -> RecordValidator:
+        """The record validator, compiled once per collection version."""
+        validator = self._validators.get(collection.name)
+        if validator is None:
+            validator = self._validators[collection.name] = RecordValidator(collection)
+        return validator
+
+
+
+def _audit(conn: apsw.Connection, ctx: ChangeContext, action: str, old: Collection | None,
+           new: Collection | None) -> None:
+    """Collections are shared by all accounts, so their changes go into the system account's chain."""
+    before = collection_to_json(old) if old else None
+    after = collection_to_json(new) if new else None
+    audit.append(conn, account_id=SYSTEM_ACCOUNT_ID, actor=ctx.actor, action=action,
+                 collection=(new or old).name if (new or old) else None,
+                 changes=audit.diff(before, after, skip=("id", "created_at", "updated_at")),
+                 reason=ctx.reason, meta=ctx.meta)
+
+
+def _bump_version(conn: apsw.Connection) -> None:
+    conn.execute("UPDATE collections_version SET version = version + 1 WHERE id = 1")
+
+
+def _check_references_exist(registry: Registry, collection: Collection) -> None:
+    missing = sorted(
+        name for name in referenced_collections(collection)
+        if name not in registry.by_name and name != collection.name
+    )  # fmt: skip
+    if missing:
+        raise validation_error(
+            field_error("fields", "reference_not_found", f"No collection named {', '.join(missing)} exists."),
+            "A reference field points at a collection that does not exist.",
+        )
+
+
+def create_collection(conn: apsw.Connection, registry: Registry, parsed: dict[str, Any],
+                      ctx: ChangeContext) -> Collection:
+    registry.refresh(conn)
+    if parsed["name"] in registry.by_name:
+        raise ApiError(409, "conflict", f"A collection named '{parsed['name']}' already exists.",
+                       field_error("name", "not_unique", "This name is taken."))
+    collection = new_collection(parsed, id=uuid7(), now=now_iso())
+    _check_references_exist(registry, collection)
+    check_rules(collection)
+    with conn:
+        _insert_row(conn, collection)
+        execute_many(conn, create_table_sql(collection))
+        _bump_version(conn)
+        _audit(conn, ctx, "collection.create", None, collection)
+    registry.refresh(conn)
+    return collection
+
+
+def _insert_row(conn: apsw.Connection, collection: Collection) -> None:
+    conn.execute(
+        "INSERT INTO collections (id, name, fields, rules, field_access, audit, created_at, updated_at) "
+        "VALUES (:id, :name, :fields, :rules, :field_access, :audit, :created_at, :updated_at)",
+        collection_to_row(collection),
+    )
+
+
+def update_collection(conn: apsw.Connection, registry: Registry, name: str, parsed: dict[str, Any],
+                      ctx: ChangeContext) -> Collection:
+    old = registry.get(conn, name)
+    new, change = patch_collection(old, parsed, now=now_iso())
+    _check_references_exist(registry, new)
+    check_rules(new)
+    with _foreign_keys_off(conn, change is not None and change.needs_rebuild):
+        try:
+            with conn:
+                _apply_change(conn, change)
+                _update_row(conn, new)
+                _bump_version(conn)
+                _audit(conn, ctx, "collection.update", old, new)
+        except apsw.ConstraintError as exc:
+            raise _data_conflict(exc) from None
+    registry.refresh(conn)
+    return new
+
+
+def _apply_change(conn: apsw.Connection, change: SchemaChange | None) -> None:
+    if change is None:
+        return
+    execute_many(conn, change.statements)
+    if conn.execute(change.fk_check_sql).fetchall():
+        raise ApiError(409, "conflict", "Existing records reference rows that the new schema would not allow.")
+
+
+def _data_conflict(exc: apsw.ConstraintError) -> ApiError:
+    text = str(exc)
+    if "NOT NULL" in text:
+        reason = "some existing records have no value for a field that would become required"
+    elif "UNIQUE" in text:
+        reason = "some existing records share a value in a field that would become unique"
+    else:
+        reason = "existing records do not satisfy the new definition"
+    return ApiError(409, "conflict", f"The schema change was not applied: {reason}.")
+
+
+@contextlib.contextmanager
+def _foreign_keys_off(conn: apsw.Connection, off: bool) -> Iterator[None]:
+    """Table rebuilds run with foreign keys off (see schema.plan_schema_change for why); outside a transaction."""
+    if not off:
+        yield
+        return
+    conn.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        conn.execute("PRAGMA foreign_keys=ON")
+
+
+def _update_row(conn: apsw.Connection, collection: Collection) -> None:
+    conn.execute(
+        "UPDATE collections SET fields = :fields, rules = :rules, field_access = :field_access, "
+        "audit = :audit, updated_at = :updated_at WHERE id = :id",
+        collection_to_row(collection),
+    )
+
+
+def delete_collection(conn: apsw.Connection, registry: Registry, name: str, ctx: ChangeContext) -> Collection:
+    old = registry.get(conn, name)
+    users = referencing_fields(name, registry.all(conn))
+    if users:
+        where = ", ".join(f"{c}.{f}" for c, f in users)
+        raise ApiError(409, "collection_in_use", f"Reference fields still point at '{name}': {where}.")
+    # Foreign keys off: DROP TABLE deletes row by row first, which a self-reference with `restrict`
+    # would refuse; no other collection references this one (checked above).
+    with _foreign_keys_off(conn, True), conn:
+        execute_many(conn, drop_table_sql(name))
+        conn.execute("DELETE FROM collections WHERE id = ?", (old.id,))
+        _bump_version(conn)
+        _audit(conn, ctx, "collection.delete", old, None)
+    registry.refresh(conn)
+    return old

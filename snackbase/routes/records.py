@@ -1,0 +1,120 @@
+"""Records of a collection: list, get, create, update (PATCH/PUT), delete, batch.
+
+Every handler is the same three steps: who is calling, parse the input, call the record pipeline
+(snackbase.records), which applies tenancy, rules, validation and the audit trail.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from snackbase import records
+from snackbase.context import caller_for, write_context
+from snackbase.errors import ApiError
+from snackbase.schema import Collection
+from snackbase.web import json_response, no_content, query_int, read_json
+
+
+def _collection(request: Request) -> Collection:
+    return request.app.state.registry.get(request.app.state.db.conn, request.path_params["collection"])
+
+
+def _names(request: Request, param: str) -> list[str]:
+    raw = request.query_params.get(param, "")
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    if len(names) > 64:
+        raise ApiError(400, "bad_request", f"Too many names in '{param}'.")
+    return names
+
+
+def _list_query(request: Request) -> records.ListQuery:
+    params = request.query_params
+    skip_total = params.get("skip_total", "false").lower()
+    if skip_total not in ("true", "false", "1", "0"):
+        raise ApiError(400, "bad_request", "Query parameter 'skip_total' must be true or false.")
+    return records.ListQuery(
+        filter=params.get("filter", ""), sort=params.get("sort", ""), fields=_names(request, "fields") or None,
+        expand=_names(request, "expand"), page=query_int(request, "page", 1, 1, 1_000_000),
+        per_page=query_int(request, "per_page", 30, 1, records.MAX_PER_PAGE),
+        skip_total=skip_total in ("true", "1"), after=params.get("after"),
+    )  # fmt: skip
+
+
+async def list_records(request: Request) -> Response:
+    collection = _collection(request)
+    caller = await caller_for(request)
+    query = _list_query(request)
+    page = records.list_records(request.app.state.db.conn, request.app.state.registry, collection, caller, query)
+    return json_response(page)
+
+
+async def get_record(request: Request) -> Response:
+    collection = _collection(request)
+    caller = await caller_for(request)
+    fields, expand = _names(request, "fields") or None, _names(request, "expand")
+    records.check_projection(collection, fields)
+    records.check_expand(request.app.state.registry, request.app.state.db.conn, collection, expand)
+    record = records.get_record(request.app.state.db.conn, request.app.state.registry, collection, caller,
+                                request.path_params["id"], fields, expand)
+    return json_response(record)
+
+
+async def create_record(request: Request) -> Response:
+    collection = _collection(request)
+    caller = await caller_for(request)
+    body = await read_json(request)
+    ctx = await write_context(request, caller)
+    record = records.create_record(request.app.state.db.conn, request.app.state.registry, collection, ctx, body)
+    records.run_after_commit(ctx)
+    return json_response(record, status=201)
+
+
+async def _update(request: Request, replace: bool) -> Response:
+    collection = _collection(request)
+    caller = await caller_for(request)
+    body = await read_json(request)
+    ctx = await write_context(request, caller)
+    record = records.update_record(request.app.state.db.conn, request.app.state.registry, collection, ctx,
+                                   request.path_params["id"], body, replace=replace)
+    records.run_after_commit(ctx)
+    return json_response(record)
+
+
+async def patch_record(request: Request) -> Response:
+    return await _update(request, replace=False)
+
+
+async def put_record(request: Request) -> Response:
+    return await _update(request, replace=True)
+
+
+async def delete_record(request: Request) -> Response:
+    collection = _collection(request)
+    caller = await caller_for(request)
+    ctx = await write_context(request, caller)
+    records.delete_record(request.app.state.db.conn, request.app.state.registry, collection, ctx,
+                          request.path_params["id"])
+    records.run_after_commit(ctx)
+    return no_content()
+
+
+async def batch(request: Request) -> Response:
+    collection = _collection(request)
+    caller = await caller_for(request)
+    body = await read_json(request)
+    ctx = await write_context(request, caller)
+    result = records.batch(request.app.state.db.conn, request.app.state.registry, collection, ctx, body)
+    records.run_after_commit(ctx)
+    return json_response(result)
+
+
+routes = [
+    ("GET", "/records/{collection}", list_records),
+    ("POST", "/records/{collection}", create_record),
+    ("POST", "/records/{collection}/batch", batch),
+    ("GET", "/records/{collection}/{id}", get_record),
+    ("PATCH", "/records/{collection}/{id}", patch_record),
+    ("PUT", "/records/{collection}/{id}", put_record),
+    ("DELETE", "/records/{collection}/{id}", delete_record),
+]

@@ -1,0 +1,182 @@
+"""Rule semantics on top of the filter compiler: the record resolver, built-in macros, rule clauses.
+
+A rule is `null` (superadmins only), `""` (anyone, including anonymous callers naming an account) or a
+filter expression. Rules compile into the WHERE clause of the very query that reads or changes the
+rows — rows are never fetched and filtered in Python. The resolver is the only way a name reaches SQL:
+fields of the collection and the system fields, as `r."name"`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from snackbase.errors import ApiError, field_error, validation_error
+from snackbase.filter import MISSING, FilterError, compile_filter, parse
+from snackbase.schema import SYSTEM_FIELDS, Collection, quote_ident
+from snackbase.times import now_iso
+
+ALIAS = "r"
+ALLOW_ALL = ("", [])  # a clause that restricts nothing
+
+# The caller's attributes reachable as @request.auth.<name>.
+_AUTH_ATTRS = {"id": "user_id", "account_id": "account_id", "email": "email", "role": "role"}
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking, as the rules see it. `account_id` is the tenant every query is scoped to
+    (None only for a superadmin looking across all accounts)."""
+
+    user_id: str | None
+    account_id: str | None
+    email: str | None
+    role: str | None
+    is_superadmin: bool
+    groups: Callable[[], frozenset[str]]  # looked up only when a rule uses @has_group
+
+    @property
+    def is_authenticated(self) -> bool:
+        return self.user_id is not None
+
+
+class RecordResolver:
+    """Resolves names in a filter or rule over one collection's table (aliased `r`)."""
+
+    def __init__(self, collection: Collection, caller: Caller, data: dict[str, Any] | None = None,
+                 hidden: frozenset[str] = frozenset()) -> None:
+        self.collection = collection
+        self.caller = caller
+        self.data = data
+        self.hidden = hidden  # fields this caller may not filter or sort on (masked PII, no access)
+
+    def field(self, name: str, position: int) -> str:
+        if name not in self.collection.field_map and name not in SYSTEM_FIELDS:
+            raise FilterError(f"unknown field '{name[:64]}'", position)
+        if name in self.hidden:
+            raise FilterError(f"field '{name}' cannot be used in a filter or sort by this caller", position)
+        return f"{ALIAS}.{quote_ident(name)}"
+
+    def request_auth(self, name: str) -> object:
+        attr = _AUTH_ATTRS.get(name)
+        if attr is None or not self.caller.is_authenticated:
+            return MISSING
+        value = getattr(self.caller, attr)
+        return MISSING if value is None else value
+
+    def request_data(self, name: str) -> object:
+        if self.data is None or name not in self.data:
+            return MISSING
+        return self.data[name]
+
+    def macro(self, name: str, args: list[object], position: int) -> tuple[str, list[object]]:
+        builtin = _BUILTIN_MACROS.get(name)
+        if builtin is None:
+            raise FilterError(f"unknown macro '@{name[:64]}'", position)
+        return builtin(self, args, position)
+
+    def now(self) -> str:
+        return now_iso()
+
+
+def _const(value: bool) -> tuple[str, list[object]]:
+    return ("1" if value else "0", [])
+
+
+def _arity(name: str, args: Sequence[object], count: int, position: int) -> None:
+    if len(args) != count or not all(isinstance(a, str) for a in args):
+        raise FilterError(f"@{name}() takes {count} text argument(s)", position)
+
+
+def _owns_record(r: RecordResolver, args: list[object], position: int) -> tuple[str, list[object]]:
+    _arity("owns_record", args, 0, position)
+    if not r.caller.is_authenticated:
+        return _const(False)
+    return f"{ALIAS}.\"created_by\" = ?", [r.caller.user_id]
+
+
+def _has_role(r: RecordResolver, args: list[object], position: int) -> tuple[str, list[object]]:
+    _arity("has_role", args, 1, position)
+    return _const(r.caller.is_authenticated and r.caller.role == args[0])
+
+
+def _has_group(r: RecordResolver, args: list[object], position: int) -> tuple[str, list[object]]:
+    _arity("has_group", args, 1, position)
+    return _const(r.caller.is_authenticated and args[0] in r.caller.groups())
+
+
+def _is_authenticated(r: RecordResolver, args: list[object], position: int) -> tuple[str, list[object]]:
+    _arity("is_authenticated", args, 0, position)
+    return _const(r.caller.is_authenticated)
+
+
+def _in_time_range(r: RecordResolver, args: list[object], position: int) -> tuple[str, list[object]]:
+    """True when the server's UTC wall-clock time is within [start, end); a range may wrap midnight."""
+    _arity("in_time_range", args, 2, position)
+    start, end = (_parse_hhmm(str(a), position) for a in args)
+    now = datetime.now(UTC)
+    minute = now.hour * 60 + now.minute
+    inside = start <= minute < end if start <= end else (minute >= start or minute < end)
+    return _const(inside)
+
+
+def _parse_hhmm(text: str, position: int) -> int:
+    try:
+        hours, minutes = text.split(":")
+        value = int(hours) * 60 + int(minutes)
+    except ValueError:
+        raise FilterError("@in_time_range() takes times as \"HH:MM\"", position) from None
+    if not (0 <= int(hours) < 24 and 0 <= int(minutes) < 60):
+        raise FilterError("@in_time_range() takes times as \"HH:MM\"", position)
+    return value
+
+
+_BUILTIN_MACROS: dict[str, Callable[[RecordResolver, list[object], int], tuple[str, list[object]]]] = {
+    "owns_record": _owns_record,
+    "has_role": _has_role,
+    "has_group": _has_group,
+    "is_authenticated": _is_authenticated,
+    "in_time_range": _in_time_range,
+}
+
+
+def rule_clause(collection: Collection, op: str, resolver: RecordResolver) -> tuple[str, list[object]]:
+    """The SQL condition a row must meet for `op`, or ALLOW_ALL. A null rule is 403 for non-superadmins."""
+    if resolver.caller.is_superadmin:
+        return ALLOW_ALL
+    rule = collection.rules.get(op)
+    if rule is None:
+        raise ApiError(403, "forbidden", f"Only superadmins may {op} records of '{collection.name}'.")
+    if rule.strip() == "":
+        return ALLOW_ALL
+    try:
+        return compile_filter(rule, resolver)
+    except FilterError as exc:  # a rule broken by a later schema change fails closed
+        raise ApiError(403, "forbidden", f"The {op} rule of '{collection.name}' cannot be evaluated.") from exc
+
+
+def filter_clause(text: str, resolver: RecordResolver) -> tuple[str, list[object]]:
+    """A client's `filter` parameter; errors are 400 invalid_filter with the position."""
+    try:
+        return compile_filter(text, resolver)
+    except FilterError as exc:
+        raise ApiError(400, "invalid_filter", f"Invalid filter: {exc}.",
+                       field_error("filter", "invalid_filter", str(exc))) from None
+
+
+def check_rules(collection: Collection) -> None:
+    """Refuses, at save time, rules that do not parse or name unknown fields or macros (with the position)."""
+    probe = Caller("probe", "XX0000", "probe@example.com", "user", False, frozenset)
+    errors = {}
+    for op, rule in collection.rules.items():
+        if rule is None or not rule.strip():
+            continue
+        try:
+            parse(rule)
+            compile_filter(rule, RecordResolver(collection, probe, data={}))
+        except FilterError as exc:
+            errors.update(field_error(f"rules.{op}", "invalid_rule", str(exc)))
+    if errors:
+        raise validation_error(errors, "A rule is not valid.")

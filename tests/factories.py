@@ -1,0 +1,52 @@
+"""Test data made directly in the app's database: accounts, users with live sessions, their tokens.
+
+Tokens are minted with the app's own secret (DESIGN.md convention 8), so tests need no password round
+trip; the sessions are real rows, so revocation and tenancy behave exactly as in production.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.testclient import TestClient
+
+from snackbase.accounts import create_account
+from snackbase.auth import create_session
+from snackbase.ids import SYSTEM_ACCOUNT_ID, uuid7
+from snackbase.tokens import mint_access_token
+from snackbase.users import insert_user
+
+
+@dataclass
+class User:
+    id: str
+    account_id: str
+    email: str
+    role: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"}
+
+
+def make_account(client: TestClient, name: str = "Acme") -> str:
+    conn = client.app.state.db.conn  # type: ignore[attr-defined]
+    with conn:
+        return str(create_account(conn, name)["id"])
+
+
+def make_user(client: TestClient, account_id: str, role: str = "user", email: str | None = None) -> User:
+    app: Any = client.app
+    conn, settings = app.state.db.conn, app.state.settings
+    email = email or f"u{uuid7()[-8:]}@example.com"
+    with conn:
+        user_id = insert_user(conn, account_id, email, "not-a-usable-hash", role)["id"]
+        session_id, _ = create_session(conn, settings, user_id, "127.0.0.1", "pytest")
+    token = mint_access_token(settings, user_id=user_id, account_id=account_id, role=role, session_id=session_id)
+    return User(user_id, account_id, email, role, token)
+
+
+def make_superadmin(client: TestClient) -> User:
+    return make_user(client, SYSTEM_ACCOUNT_ID, "admin")
