@@ -21,7 +21,8 @@ from snackbase.db import Database
 from snackbase.errors import ApiError, error_response
 from snackbase.middleware import RequestMiddleware
 from snackbase.migrations import migrate, refuse_newer
-from snackbase.routes import RouteTable, health
+from snackbase.collections import Registry
+from snackbase.routes import RouteTable, collections, health, records
 
 log = logging.getLogger("snackbase")
 
@@ -30,7 +31,7 @@ UI_PREFIX = "/_/"
 
 def api_tables() -> list[RouteTable]:
     """Every route table mounted under the API prefix; a new resource module is added here."""
-    return [health.routes]
+    return [health.routes, collections.routes, records.routes]
 
 
 def build_routes(prefix: str, tables: list[RouteTable]) -> list[BaseRoute]:
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.settings = settings
     app.state.db = db
+    app.state.registry = Registry()
     start_auth(settings, db)
     return app
 
