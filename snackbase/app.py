@@ -22,7 +22,7 @@ from snackbase.errors import ApiError, error_response
 from snackbase.middleware import RequestMiddleware
 from snackbase.migrations import migrate, refuse_newer
 from snackbase.collections import Registry
-from snackbase.routes import RouteTable, collections, health, records
+from snackbase.routes import RouteTable, audit, collections, health, records
 
 log = logging.getLogger("snackbase")
 
@@ -31,7 +31,7 @@ UI_PREFIX = "/_/"
 
 def api_tables() -> list[RouteTable]:
     """Every route table mounted under the API prefix; a new resource module is added here."""
-    return [health.routes, collections.routes, records.routes]
+    return [health.routes, collections.routes, records.routes, audit.routes]
 
 
 def build_routes(prefix: str, tables: list[RouteTable]) -> list[BaseRoute]:

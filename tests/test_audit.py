@@ -564,3 +564,21 @@ def test_cli_verify_exit_codes(tmp_path: Path) -> None:
 def test_cli_verify_without_a_database(tmp_path: Path) -> None:
     result = run_cli("audit", "verify", "--data-dir", str(tmp_path / "none"))
     assert result.returncode == 1 and "no database" in result.stderr
+
+
+def test_docs_verification_recipe_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The independent-verification lines in docs/audit.md work on a real database, and catch an edit."""
+    import re
+
+    recipe = re.findall(
+        r"```python\n(.*?)```", (ROOT / "docs" / "audit.md").read_text(encoding="utf-8"), re.S
+    )[0]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sb_data").mkdir()
+    conn = open_db(tmp_path / "sb_data" / "snackbase.db")
+    build(conn, ["AB1234", "CD5678", "AB1234"])
+    add(conn, changes={"v": {"old": 0.1, "new": 'é\n"q"'}}, reason="Lösung")
+    exec(recipe, {})
+    tampered(conn, "UPDATE audit_log SET reason = 'other' WHERE seq = 4")
+    with pytest.raises(AssertionError, match="seq 4"):
+        exec(recipe, {})

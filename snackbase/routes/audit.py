@@ -1,0 +1,273 @@
+"""Reading the audit trail: list, one entry, chain verification, export (SPEC section 8).
+
+Nothing here changes or deletes an entry; the only write is the `audit.export` entry an export makes
+of itself. Account admins see their own account; superadmins see every account (`account=` narrows).
+PII in `changes` is masked (SPEC section 7) unless the caller is a superadmin or in `pii_access`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from snackbase import audit
+from snackbase.auth import ACCOUNT_ID_RE, Auth, require_account_admin, user_groups
+from snackbase.db import fetch_all, fetch_one, fetch_value
+from snackbase.errors import ApiError
+from snackbase.times import format_ts, now_iso, parse_ts
+from snackbase.web import json_response, query_int
+
+MAX_PER_PAGE = 500
+EXPORT_PAGE = 1000
+_SELECT = f"SELECT {', '.join(audit.COLUMNS)} FROM audit_log"
+# CSV column order for people: position first, the chain's hashes last.
+CSV_COLUMNS = (
+    "seq", "account_id", "account_seq", "occurred_at", "actor_user_id", "actor_email", "actor_role",
+    "auth_method", "action", "collection", "record_id", "changes", "reason", "request_id", "ip",
+    "user_agent", "extra", "prev_hash", "hash",
+)  # fmt: skip
+
+
+async def list_entries(request: Request) -> Response:
+    view = await _view(request)
+    where, params = _filters(request, view)
+    per_page = query_int(request, "per_page", 30, 1, MAX_PER_PAGE)
+    descending = _descending(request)
+    conn = request.app.state.db.conn
+    if "after" in request.query_params:
+        rows, cursor = _cursor_page(
+            conn, view, where, params, per_page, descending, request.query_params["after"]
+        )
+        return json_response({"items": _shown(conn, view, rows), "next_cursor": cursor})
+    page = query_int(request, "page", 1, 1, 1_000_000)
+    order = f"{_order_column(view)} {'DESC' if descending else 'ASC'}"
+    rows = fetch_all(conn, f"{_SELECT} {where} ORDER BY {order} LIMIT ? OFFSET ?",
+                     [*params, per_page, (page - 1) * per_page])  # fmt: skip
+    total = -1 if request.query_params.get("skip_total") == "true" else _count(conn, where, params)
+    pages = -1 if total < 0 else (total + per_page - 1) // per_page
+    return json_response({"items": _shown(conn, view, rows), "page": page, "per_page": per_page,
+                          "total_items": total, "total_pages": pages})  # fmt: skip
+
+
+def _count(conn: apsw.Connection, where: str, params: list[Any]) -> int:
+    return int(fetch_value(conn, f"SELECT count(*) FROM audit_log {where}", params) or 0)
+
+
+def _cursor_page(conn: apsw.Connection, view: View, where: str, params: list[Any], per_page: int,
+                 descending: bool, after: str) -> tuple[list[dict[str, Any]], str | None]:  # fmt: skip
+    """Keyset paging on the order column: stable while new entries are appended."""
+    column = _order_column(view)
+    if after:
+        if not after.isdigit():
+            raise ApiError(400, "bad_request", "Query parameter 'after' is not a cursor from this list.")
+        where += f" {'AND' if where else 'WHERE'} {column} {'<' if descending else '>'} ?"
+        params = [*params, int(after)]
+    order = f"{column} {'DESC' if descending else 'ASC'}"
+    rows = fetch_all(conn, f"{_SELECT} {where} ORDER BY {order} LIMIT ?", [*params, per_page + 1])
+    more = len(rows) > per_page
+    rows = rows[:per_page]
+    return rows, str(rows[-1][column]) if more else None
+
+
+async def get_entry(request: Request) -> Response:
+    view = await _view(request)
+    raw = request.path_params["seq"]
+    row = (
+        fetch_one(request.app.state.db.conn, f"{_SELECT} WHERE seq = ?", (int(raw),))
+        if raw.isdigit()
+        else None
+    )
+    if row is None or (view.account_id is not None and row["account_id"] != view.account_id):
+        raise ApiError(404, "not_found", "No audit entry with this seq.")  # another tenant's entry: not found
+    return json_response(_shown(request.app.state.db.conn, view, [row])[0])
+
+
+async def verify_chains(request: Request) -> Response:
+    view = await _view(request)
+    # Verify re-hashes the whole chain: on the worker thread, so other requests are not held up.
+    result = await request.app.state.db.in_worker(lambda conn: audit.verify(conn, view.account_id))
+    return json_response(result.to_json())
+
+
+async def export_entries(request: Request) -> Response:
+    view = await _view(request)
+    fmt = request.query_params.get("format", "json")
+    if fmt not in ("csv", "json"):
+        raise ApiError(400, "bad_request", "Query parameter 'format' must be 'csv' or 'json'.")
+    where, params = _filters(request, view)
+    reason = audit.reason_from(request)
+    conn = request.app.state.db.conn
+    with conn:
+        # The export records itself first; it covers exactly the entries committed before it.
+        seq = audit.append(
+            conn,
+            account_id=view.account_id or view.auth.account_id or "SY0000",
+            actor=audit.actor_from_auth(view.auth),
+            action="audit.export",
+            reason=reason,
+            meta=audit.meta_from_request(request),
+            extra=_export_extra(request, view, fmt),
+        )
+    masker = None if view.pii_access else audit.schema_masker(conn)
+    where += f" {'AND' if where else 'WHERE'} seq < ?"
+    chunks = _export_chunks(request, view, where, [*params, seq], fmt, masker)
+    name = f"audit-log-{view.account_id or 'all'}-{now_iso().replace(':', '')}.{fmt}"
+    media = "text/csv; charset=utf-8" if fmt == "csv" else "application/json"
+    return StreamingResponse(
+        chunks, media_type=media, headers={"content-disposition": f'attachment; filename="{name}"'}
+    )
+
+
+def _export_extra(request: Request, view: View, fmt: str) -> dict[str, Any]:
+    filters = {k: v for k, v in request.query_params.items() if k in _FILTER_PARAMS}
+    return {
+        "format": fmt,
+        "filters": filters,
+        "scope": view.account_id or "all",
+        "pii_masked": not view.pii_access,
+    }
+
+
+async def _export_chunks(request: Request, view: View, where: str, params: list[Any], fmt: str,
+                         masker: audit.Masker | None) -> AsyncIterator[bytes]:  # fmt: skip
+    """Pages of entries read on the worker thread (its own connection) in chain order; the rows are
+    the stored columns, so a JSON or CSV export can be re-verified line by line (docs/audit.md)."""
+    column, after, first = _order_column(view), 0, True
+    sql = f"{_SELECT} {where} AND {column} > ? ORDER BY {column} LIMIT ?"
+    yield (_csv_line(CSV_COLUMNS) if fmt == "csv" else "[").encode()
+    while True:
+        rows = await request.app.state.db.in_worker(
+            lambda conn, a=after: fetch_all(conn, sql, [*params, a, EXPORT_PAGE])
+        )
+        if not rows:
+            break
+        after = rows[-1][column]
+        if not view.pii_access:
+            rows = [audit.mask_row_changes(r, masker) for r in rows]
+        yield (_csv_rows(rows) if fmt == "csv" else _json_rows(rows, first)).encode()
+        first = False
+    if fmt == "json":
+        yield b"\n]\n"
+
+
+def _csv_line(values: Any) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow(values)
+    return out.getvalue()
+
+
+def _csv_rows(rows: list[dict[str, Any]]) -> str:
+    # Values are written exactly as stored (no spreadsheet-formula escaping): an audit export must be
+    # byte-faithful to be verifiable. Open it in a spreadsheet as text.
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerows(["" if r[c] is None else r[c] for c in CSV_COLUMNS] for r in rows)
+    return out.getvalue()
+
+
+def _json_rows(rows: list[dict[str, Any]], first: bool) -> str:
+    encoded = ",\n".join(audit.encode_json_text(r) or "null" for r in rows)
+    return ("\n" if first else ",\n") + encoded
+
+
+# --- who may see what ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    auth: Auth
+    account_id: str | None  # the one account this caller sees; None: every account (superadmin)
+    pii_access: bool
+
+
+async def _view(request: Request) -> View:
+    auth = await require_account_admin(request)
+    wanted = (request.query_params.get("account") or "").strip().upper() or None
+    if wanted is not None and not ACCOUNT_ID_RE.fullmatch(wanted):
+        raise ApiError(400, "bad_request", "Query parameter 'account' must be an account id.")
+    if auth.is_superadmin:
+        return View(auth, wanted, True)
+    if wanted is not None and wanted != auth.account_id:
+        raise ApiError(403, "forbidden", "Account admins read only their own account's audit trail.")
+    conn = request.app.state.db.conn
+    return View(auth, auth.account_id, "pii_access" in user_groups(conn, str(auth.user_id)))
+
+
+def _shown(conn: apsw.Connection, view: View, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    entries = [audit.to_api(row) for row in rows]
+    return entries if view.pii_access else audit.mask_changes(entries, audit.schema_masker(conn))
+
+
+def _order_column(view: View) -> str:
+    # Within one account, chain position and seq have the same order, and (account_id, account_seq) is
+    # an index: sorting by it avoids a sort of the whole account's log for every page.
+    return "seq" if view.account_id is None else "account_seq"
+
+
+def _descending(request: Request) -> bool:
+    sort = request.query_params.get("sort", "-seq")
+    if sort not in ("seq", "-seq", "occurred_at", "-occurred_at"):
+        raise ApiError(400, "bad_request", "Query parameter 'sort' must be seq or -seq (newest first).")
+    return sort.startswith("-")
+
+
+# --- filters ------------------------------------------------------------------------------------
+
+# query parameter -> column compared for equality
+_EQUALS = {"collection": "collection", "record_id": "record_id", "user_id": "actor_user_id"}
+_FILTER_PARAMS = ("collection", "record_id", "user_id", "action", "from", "to", "account")
+
+
+def _filters(request: Request, view: View) -> tuple[str, list[Any]]:
+    """WHERE clause and parameters from the list/export query parameters; values always bound."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if view.account_id is not None:
+        clauses.append("account_id = ?")
+        params.append(view.account_id)
+    query = request.query_params
+    for name, column in _EQUALS.items():
+        if query.get(name):
+            clauses.append(f"{column} = ?")
+            params.append(query[name])
+    if query.get("action"):
+        clauses.append(*_action_clause(query["action"], params))
+    for name, op in (("from", ">="), ("to", "<=")):
+        if query.get(name):
+            clauses.append(f"occurred_at {op} ?")
+            params.append(_timestamp(name, query[name]))
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _action_clause(action: str, params: list[Any]) -> list[str]:
+    """`record.update` matches exactly; `record.*` (or `record.`) every action of that family."""
+    if action.endswith(".*") or action.endswith("."):
+        prefix = action.rstrip("*")
+        params.append(prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        return ["action LIKE ? ESCAPE '\\'"]
+    params.append(action)
+    return ["action = ?"]
+
+
+def _timestamp(name: str, value: str) -> str:
+    try:
+        return format_ts(parse_ts(value))
+    except ValueError:
+        raise ApiError(
+            400, "bad_request", f"Query parameter '{name}' must be an RFC 3339 timestamp."
+        ) from None
+
+
+routes = [
+    ("GET", "/audit-log", list_entries),
+    ("GET", "/audit-log/verify", verify_chains),
+    ("GET", "/audit-log/export", export_entries),
+    ("GET", "/audit-log/{seq}", get_entry),
+]
