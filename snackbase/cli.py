@@ -1,4 +1,4 @@
-"""The command line: `snackbase serve | info | init-db | shell | version | audit verify`.
+"""The command line: `snackbase serve | info | init-db | shell | version | audit verify | collections …`.
 
 The only module that imports click and uvicorn. Every failure a user can cause (a bad flag, an
 unwritable data dir, a port in use, a corrupt .env, a database from a newer version) ends as one
@@ -210,6 +210,58 @@ def audit_verify(data_dir: str | None, account: str | None) -> None:
         where = f"seq {result.first_bad_seq} (account {result.account_id})"
         raise click.ClickException(f"audit chain broken at {where}: {result.problem}")
     click.echo(f"ok, {result.entries_checked} entries")
+
+
+@cli.group("collections")
+def collections_group() -> None:
+    """Collection definitions as JSON, for keeping the schema in git."""
+
+
+@collections_group.command("export")
+@click.argument("file", type=click.Path(dir_okay=False, writable=True))
+@data_dir_option
+def collections_export(file: str, data_dir: str | None) -> None:
+    """Write every collection definition to FILE (- for stdout)."""
+    from snackbase.app import open_database
+    from snackbase.collections import Registry, export_definitions
+
+    with user_errors():
+        database = open_database(settings_from(data_dir=data_dir))
+        try:
+            text = json.dumps(export_definitions(database.conn, Registry()), indent=2) + "\n"
+        finally:
+            database.close()
+        click.open_file(file, "w").write(text)
+    if file != "-":
+        click.echo(f"exported to {file}", err=True)
+
+
+@collections_group.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@data_dir_option
+def collections_import(file: str, data_dir: str | None) -> None:
+    """Create or update collections from FILE; running it twice changes nothing the second time."""
+    from snackbase import audit as audit_trail
+    from snackbase.app import open_database
+    from snackbase.collections import ChangeContext, Registry, import_definitions
+    from snackbase.errors import ApiError
+
+    with user_errors():
+        try:
+            definitions = json.loads(click.open_file(file).read())
+        except json.JSONDecodeError as exc:
+            raise click.ClickException(f"{file} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+        database = open_database(settings_from(data_dir=data_dir))
+        ctx = ChangeContext(audit_trail.CLI_ACTOR, audit_trail.RequestMeta(None, None, None), f"import of {file}")
+        try:
+            report = import_definitions(database.conn, Registry(), definitions, ctx)
+        except ApiError as exc:
+            details = "; ".join(f"{k}: {v['message']}" for k, v in exc.fields.items())
+            raise click.ClickException(f"{exc.message} {details}".strip()) from None
+        finally:
+            database.close()
+    for outcome in ("created", "updated", "unchanged"):
+        click.echo(f"{outcome}: {', '.join(report[outcome]) or '-'}")
 
 
 @cli.command()

@@ -29,6 +29,7 @@ from snackbase.schema import (
     create_table_sql,
     drop_table_sql,
     new_collection,
+    parse_collection_body,
     patch_collection,
     referenced_collections,
     referencing_fields,
@@ -209,3 +210,79 @@ def delete_collection(conn: apsw.Connection, registry: Registry, name: str, ctx:
         _audit(conn, ctx, "collection.delete", old, None)
     registry.refresh(conn)
     return old
+
+
+# --- export / import (schema kept in git) -------------------------------------------------------
+
+
+def export_definitions(conn: apsw.Connection, registry: Registry) -> list[dict[str, Any]]:
+    """Every definition in API shape, without ids and timestamps (they differ between installations)."""
+    out = []
+    for collection in registry.all(conn):
+        body = collection_to_json(collection)
+        out.append({k: body[k] for k in ("name", "fields", "rules", "field_access", "audit")})
+    return out
+
+
+def import_definitions(conn: apsw.Connection, registry: Registry, definitions: Any,
+                       ctx: ChangeContext) -> dict[str, list[str]]:
+    """Creates missing collections and updates changed ones; idempotent. Returns what happened to each.
+
+    One transaction for the whole file, so a definition that fails leaves everything as it was. Foreign
+    keys are off for it (a PRAGMA is a no-op inside a transaction, so the rebuilds inside could not turn
+    them off themselves) and every table's references are checked before commit.
+    """
+    if not isinstance(definitions, list):
+        raise ApiError(400, "bad_request", "The file must hold a JSON list of collection definitions.")
+    report: dict[str, list[str]] = {"created": [], "updated": [], "unchanged": []}
+    with _foreign_keys_off(conn, True), conn:
+        for body in _dependency_order(definitions):
+            _import_one(conn, registry, body, ctx, report)
+        if conn.execute("PRAGMA foreign_key_check").fetchall():
+            raise ApiError(409, "conflict", "Existing records reference rows the new definitions would not allow.")
+    registry.refresh(conn)
+    return report
+
+
+def _import_one(conn: apsw.Connection, registry: Registry, body: Any, ctx: ChangeContext,
+                report: dict[str, list[str]]) -> None:
+    parsed = parse_collection_body(body)
+    registry.refresh(conn)
+    existing = registry.by_name.get(parsed["name"])
+    if existing is None:
+        create_collection(conn, registry, parsed, ctx)
+        report["created"].append(parsed["name"])
+        return
+    current = collection_to_json(existing)
+    wanted = collection_to_json(new_collection(parsed, id=existing.id, now=existing.created_at))
+    if all(current[k] == wanted[k] for k in ("fields", "rules", "field_access", "audit")):
+        report["unchanged"].append(parsed["name"])
+        return
+    update_collection(conn, registry, parsed["name"], {k: parsed[k] for k in body if k != "name"}, ctx)
+    report["updated"].append(parsed["name"])
+
+
+def _references(item: Any) -> list[str]:
+    fields = item.get("fields") if isinstance(item, dict) else None
+    options = [f.get("options") for f in fields if isinstance(f, dict)] if isinstance(fields, list) else []
+    return [o["collection"] for o in options if isinstance(o, dict) and isinstance(o.get("collection"), str)]
+
+
+def _dependency_order(definitions: list[Any]) -> list[Any]:
+    """Referenced collections first, so a reference field always finds its target (cycles keep file order)."""
+    by_name = {d["name"]: d for d in definitions if isinstance(d, dict) and isinstance(d.get("name"), str)}
+    ordered: list[Any] = []
+    visiting: set[int] = set()
+
+    def visit(item: Any) -> None:
+        if id(item) in visiting:
+            return
+        visiting.add(id(item))
+        for target in _references(item):
+            if target in by_name:
+                visit(by_name[target])
+        ordered.append(item)
+
+    for item in definitions:
+        visit(item)
+    return ordered
