@@ -48,33 +48,33 @@ def slugify(name: str) -> str:
     return slug
 
 
-def check_slug(slug: str) -> None:
+def check_slug(slug: str, field: str = "account_slug") -> None:
     if not SLUG_RE.fullmatch(slug) or slug.endswith("-"):
         raise ApiError(
             400,
             "validation_failed",
             "The slug is not valid.",
             field_error(
-                "account_slug",
+                field,
                 "invalid_slug",
                 "3-32 characters: lowercase letters, digits and '-', starting with a letter.",
             ),
         )
 
 
-def _slug_taken(conn: apsw.Connection, slug: str) -> bool:
+def slug_taken(conn: apsw.Connection, slug: str) -> bool:
     return slug in RESERVED_SLUGS or fetch_value(conn, "SELECT 1 FROM accounts WHERE slug = ?", (slug,)) == 1
 
 
 def free_slug(conn: apsw.Connection, base: str) -> str:
     """`base`, or `base-2`, `base-3`… — the first one not taken (trimmed to stay within 32 chars)."""
-    if not _slug_taken(conn, base):
+    if not slug_taken(conn, base):
         return base
     number = 2
     while True:
         suffix = f"-{number}"
         candidate = base[: 32 - len(suffix)].rstrip("-") + suffix
-        if not _slug_taken(conn, candidate):
+        if not slug_taken(conn, candidate):
             return candidate
         number += 1
 
@@ -87,16 +87,18 @@ def new_account_id(conn: apsw.Connection) -> str:
     raise AccountIdsExhausted(f"no free account id after {ID_ATTEMPTS} random tries; the id space is full")
 
 
-def create_account(conn: apsw.Connection, name: str, slug: str | None = None) -> dict[str, Any]:
+def create_account(
+    conn: apsw.Connection, name: str, slug: str | None = None, slug_field: str = "account_slug"
+) -> dict[str, Any]:
     """Inserts an account and its `pii_access` group. Call inside `with conn:`; 409 slug_taken."""
     if slug is not None:
-        check_slug(slug)
-        if _slug_taken(conn, slug):
+        check_slug(slug, slug_field)
+        if slug_taken(conn, slug):
             raise ApiError(
                 409,
                 "slug_taken",
                 "This account slug is already taken.",
-                field_error("account_slug", "slug_taken", "Choose another slug."),
+                field_error(slug_field, "slug_taken", "Choose another slug."),
             )
     else:
         slug = free_slug(conn, slugify(name))

@@ -23,6 +23,12 @@ from snackbase.middleware import RequestMiddleware
 from snackbase.migrations import migrate, refuse_newer
 from snackbase.collections import Registry
 from snackbase.routes import RouteTable, audit, collections, health, records
+from snackbase.routes import auth as auth_routes
+from snackbase.routes import users as users_routes
+from snackbase.routes import groups as groups_routes
+from snackbase.routes import accounts as accounts_routes
+from snackbase.routes import roles as roles_routes
+from snackbase.routes import invitations as invitations_routes
 
 log = logging.getLogger("snackbase")
 
@@ -31,7 +37,12 @@ UI_PREFIX = "/_/"
 
 def api_tables() -> list[RouteTable]:
     """Every route table mounted under the API prefix; a new resource module is added here."""
-    return [health.routes, collections.routes, records.routes, audit.routes]
+    return [health.routes, collections.routes, records.routes, audit.routes, *auth_tables()]
+
+
+def auth_tables() -> list[RouteTable]:
+    return [auth_routes.routes, users_routes.routes, groups_routes.routes, accounts_routes.routes,
+            roles_routes.routes, invitations_routes.routes]
 
 
 def build_routes(prefix: str, tables: list[RouteTable]) -> list[BaseRoute]:

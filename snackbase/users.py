@@ -14,7 +14,7 @@ from snackbase.db import fetch_all, fetch_one
 from snackbase.errors import ApiError, field_error
 from snackbase.ids import SYSTEM_ACCOUNT_ID, uuid7
 from snackbase.passwords import hasher, params_for, policy_errors
-from snackbase.throttle import clear_identity, identity_key
+from snackbase.throttle import clear_identity, identity_key, is_locked
 from snackbase.times import now_iso
 
 log = logging.getLogger("snackbase.auth")
@@ -57,6 +57,7 @@ def public_user(conn: apsw.Connection, row: dict[str, Any]) -> dict[str, Any]:
         "is_active": bool(row["is_active"]),
         "email_verified": bool(row["email_verified"]),
         "is_superadmin": row["account_id"] == SYSTEM_ACCOUNT_ID,
+        "is_locked": is_locked(conn, identity_key(row["account_id"], row["email"])),
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
         "last_login_at": row["last_login_at"],
@@ -207,3 +208,32 @@ def ensure_superadmin_from_settings(settings: Settings, conn: apsw.Connection) -
 
         raise ConfigError(f"SNACKBASE_SUPERADMIN_EMAIL: {exc}") from None
     log.info("superadmin created from SNACKBASE_SUPERADMIN_EMAIL")
+
+
+# --- tenancy checks shared by the admin endpoints ---------------------------------------------------
+
+
+def not_found(what: str = "resource") -> ApiError:
+    return ApiError(404, "not_found", f"No {what} with this id.")
+
+
+def acting_account(conn: apsw.Connection, auth: Any, requested: str | None) -> str:
+    """The account an admin acts on: its own; a superadmin may name any existing account.
+
+    Another tenant's id is answered 404 like a missing one, so ids of other tenants do not leak.
+    """
+    if requested is None or requested == auth.account_id:
+        return str(auth.account_id)
+    if (
+        not auth.is_superadmin
+        or fetch_one(conn, "SELECT id FROM accounts WHERE id = ?", (requested,)) is None
+    ):
+        raise not_found("account")
+    return requested
+
+
+def visible_user(conn: apsw.Connection, auth: Any, user_id: str) -> dict[str, Any]:
+    row = get_user(conn, user_id)
+    if row is None or (not auth.is_superadmin and row["account_id"] != auth.account_id):
+        raise not_found("user")
+    return row

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -99,3 +100,104 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for server in started:
         server.stop()
+
+
+# --- auth fixtures: users minted straight into the database, tokens minted with the app's secret -------
+
+TEST_PASSWORD = "Correct horse battery staple 42"
+
+
+@functools.cache
+def test_password_hash() -> str:
+    from snackbase.passwords import TESTING_PARAMS, hasher
+
+    return hasher(TESTING_PARAMS).hash(TEST_PASSWORD)
+
+
+def create_user(app: Any, role: str = "user", account_id: str | None = None, email: str | None = None,
+                groups: tuple[str, ...] = (), password_hash: str | None = None) -> dict[str, Any]:
+    from snackbase.accounts import create_account
+    from snackbase.auth import create_session, mint_access_token
+    from snackbase.ids import uuid7
+    from snackbase.users import group_ids, insert_user, set_groups
+
+    conn, settings = app.state.db.conn, app.state.settings
+    email = email or f"user-{uuid7()[-12:]}@example.com"
+    with conn:
+        if account_id is None:
+            account_id = create_account(conn, f"Company {uuid7()[-8:]}")["id"]
+        user = insert_user(conn, account_id, email, password_hash or test_password_hash(), role)
+        set_groups(conn, user["id"], group_ids(conn, account_id, list(groups)))
+        session_id, refresh = create_session(conn, settings, user["id"], "testclient", "pytest")
+    token = mint_access_token(settings, user_id=user["id"], account_id=account_id, role=role,
+                              session_id=session_id)
+    return {"id": user["id"], "account_id": account_id, "email": email, "password": TEST_PASSWORD,
+            "role": role, "session_id": session_id, "token": token, "refresh_token": refresh,
+            "headers": {"authorization": f"Bearer {token}"}}
+
+
+class SmtpSink:
+    """Collects every email the app sends, parsed, in `messages`."""
+
+    def __init__(self, port: int) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.port = port
+        self.messages: list[Any] = []
+        self.controller = Controller(self, hostname="127.0.0.1", port=port)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        import email
+        import email.policy
+
+        self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+        return "250 OK"
+
+    def start(self) -> None:
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def wait(self, count: int = 1, timeout: float = 5.0) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(self.messages) >= count, f"expected {count} emails, got {len(self.messages)}"
+        return self.messages
+
+
+@pytest.fixture
+def make_user(client: TestClient) -> Callable[..., dict[str, Any]]:
+    """make_user(role="user", account_id=None, email=None, groups=()) -> {id, account_id, email, password,
+    session_id, token, refresh_token, headers}; a new account is created when account_id is None."""
+    return lambda **kwargs: create_user(client.app, **kwargs)
+
+
+@pytest.fixture
+def superadmin(make_user: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    return make_user(account_id="SY0000", role="admin", email="root@example.com")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def superadmin_token(superadmin: dict[str, Any]) -> str:
+    return str(superadmin["token"])
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[Any]:
+    """A real SMTP server (aiosmtpd) on a free port; `.messages` holds the received emails."""
+    sink = SmtpSink(free_port())
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def mail_client(tmp_path: Path, smtp_sink: Any) -> Iterator[TestClient]:
+    """The app with SMTP pointed at `smtp_sink`."""
+    settings = make_settings(tmp_path / "data", smtp_host="127.0.0.1", smtp_port=smtp_sink.port,
+                             smtp_tls="none", mail_from="SnackBase <sb@example.com>",
+                             public_url="https://sb.example.com")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client

@@ -1,0 +1,117 @@
+"""/accounts: superadmins manage tenants; an account admin may read and rename its own account."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from snackbase.accounts import check_slug, create_account, get_account, is_system, public_account, slug_taken
+from snackbase.auth import Auth, require_account_admin, require_superadmin
+from snackbase.errors import ApiError, field_error
+from snackbase.paging import page_of
+from snackbase.times import now_iso
+from snackbase.users import not_found
+from snackbase.web import json_response, no_content, read_struct
+
+Name = Annotated[str, msgspec.Meta(max_length=100)]
+Slug = Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class CreateAccountBody(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name
+    slug: Slug | None = None
+
+
+class PatchAccountBody(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name | None = None
+    slug: Slug | None = None
+
+
+def clean_name(value: str) -> str:
+    name = " ".join(value.split())
+    if not name or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ApiError(
+            400,
+            "validation_failed",
+            "The name is not valid.",
+            field_error("name", "invalid", "Must be non-empty text without control characters."),
+        )
+    return name
+
+
+def visible_account(request: Request, auth: Auth) -> dict:  # type: ignore[type-arg]
+    account = get_account(request.app.state.db.conn, request.path_params["id"])
+    if account is None or (not auth.is_superadmin and account["id"] != auth.account_id):
+        raise not_found("account")
+    return account
+
+
+async def list_accounts(request: Request) -> Response:
+    await require_superadmin(request)
+    conn = request.app.state.db.conn
+    return json_response(page_of(request, conn, "accounts", "1 = 1", (), "created_at, id", public_account))
+
+
+async def create(request: Request) -> Response:
+    await require_superadmin(request)
+    conn = request.app.state.db.conn
+    body = await read_struct(request, CreateAccountBody)
+    name = clean_name(body.name)
+    with conn:
+        account = create_account(conn, name, body.slug, slug_field="slug")
+    return json_response(public_account(account), status=201)
+
+
+async def get_one(request: Request) -> Response:
+    auth = await require_account_admin(request)
+    return json_response(public_account(visible_account(request, auth)))
+
+
+async def patch(request: Request) -> Response:
+    auth = await require_account_admin(request)
+    conn = request.app.state.db.conn
+    body = await read_struct(request, PatchAccountBody)
+    account = visible_account(request, auth)
+    if body.slug is not None and body.slug != account["slug"]:
+        if not auth.is_superadmin or is_system(account["id"]):
+            raise ApiError(
+                403, "forbidden", "Only a superadmin may change the slug (never the system account's)."
+            )
+        check_slug(body.slug, "slug")
+        if slug_taken(conn, body.slug):
+            raise ApiError(
+                409,
+                "slug_taken",
+                "This account slug is already taken.",
+                field_error("slug", "slug_taken", "Choose another slug."),
+            )
+    name = clean_name(body.name) if body.name is not None else account["name"]
+    with conn:
+        conn.execute(
+            "UPDATE accounts SET name = ?, slug = ?, updated_at = ? WHERE id = ?",
+            (name, body.slug or account["slug"], now_iso(), account["id"]),
+        )
+    return json_response(public_account(visible_account(request, auth)))
+
+
+async def delete(request: Request) -> Response:
+    auth = await require_superadmin(request)
+    account = visible_account(request, auth)
+    if is_system(account["id"]):
+        raise ApiError(409, "system_account", "The system account cannot be deleted.")
+    conn = request.app.state.db.conn
+    with conn:
+        conn.execute("DELETE FROM accounts WHERE id = ?", (account["id"],))
+    return no_content()
+
+
+routes = [
+    ("GET", "/accounts", list_accounts),
+    ("POST", "/accounts", create),
+    ("GET", "/accounts/{id}", get_one),
+    ("PATCH", "/accounts/{id}", patch),
+    ("DELETE", "/accounts/{id}", delete),
+]

@@ -1,0 +1,108 @@
+"""/roles: every user may list them; superadmins add custom roles and delete unused ones."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from snackbase.auth import require_superadmin, require_user
+from snackbase.db import fetch_one, fetch_value
+from snackbase.errors import ApiError, field_error
+from snackbase.paging import page_of
+from snackbase.times import now_iso
+from snackbase.web import json_response, no_content, read_struct
+
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+class CreateRoleBody(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(max_length=32)]
+    description: Annotated[str, msgspec.Meta(max_length=500)] = ""
+
+
+def public_role(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": row["name"],
+        "description": row["description"],
+        "builtin": bool(row["builtin"]),
+        "created_at": row["created_at"],
+    }
+
+
+async def list_roles(request: Request) -> Response:
+    await require_user(request)
+    conn = request.app.state.db.conn
+    return json_response(page_of(request, conn, "roles", "1 = 1", (), "builtin DESC, name", public_role))
+
+
+async def create_role(request: Request) -> Response:
+    await require_superadmin(request)
+    conn = request.app.state.db.conn
+    body = await read_struct(request, CreateRoleBody)
+    if not _NAME.fullmatch(body.name):
+        raise ApiError(
+            400,
+            "validation_failed",
+            "The role name is not valid.",
+            field_error(
+                "name",
+                "invalid",
+                "1-32 characters: lowercase letters, digits and '_', starting with a letter.",
+            ),
+        )
+    if fetch_one(conn, "SELECT name FROM roles WHERE name = ?", (body.name,)) is not None:
+        raise ApiError(
+            409,
+            "conflict",
+            "A role with this name exists.",
+            field_error("name", "not_unique", "Role names are unique."),
+        )
+    with conn:
+        conn.execute(
+            "INSERT INTO roles (name, description, builtin, created_at) VALUES (?, ?, 0, ?)",
+            (body.name, body.description, now_iso()),
+        )
+    row = fetch_one(conn, "SELECT * FROM roles WHERE name = ?", (body.name,))
+    assert row is not None
+    return json_response(public_role(row), status=201)
+
+
+async def delete_role(request: Request) -> Response:
+    await require_superadmin(request)
+    conn = request.app.state.db.conn
+    name = request.path_params["name"]
+    row = fetch_one(conn, "SELECT * FROM roles WHERE name = ?", (name,))
+    if row is None:
+        raise ApiError(404, "not_found", "No role has this name.")
+    if row["builtin"]:
+        raise ApiError(409, "builtin_role", "Built-in roles cannot be deleted.")
+    if _in_use(conn, name):
+        raise ApiError(409, "role_in_use", "Users or pending invitations still have this role.")
+    with conn:
+        conn.execute("DELETE FROM roles WHERE name = ?", (name,))
+    return no_content()
+
+
+def _in_use(conn: Any, name: str) -> bool:
+    return (
+        fetch_value(
+            conn,
+            """
+        SELECT EXISTS (SELECT 1 FROM users WHERE role = ?1)
+            OR EXISTS (SELECT 1 FROM invitations WHERE role = ?1 AND accepted_at IS NULL)
+    """,
+            (name,),
+        )
+        == 1
+    )
+
+
+routes = [
+    ("GET", "/roles", list_roles),
+    ("POST", "/roles", create_role),
+    ("DELETE", "/roles/{name}", delete_role),
+]
