@@ -489,3 +489,18 @@ def _pii_fields(conn: apsw.Connection) -> dict[str, dict[str, str]]:
 
 
 _HAS_COLLECTIONS = "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'collections'"
+
+
+def record_history(
+    conn: apsw.Connection, account_id: str, collection: str, record_id: str
+) -> list[dict[str, Any]]:
+    """A record's entries, oldest first, in the API shape (unmasked: the caller applies `mask_changes`)."""
+    rows = conn.execute(_RECORD_HISTORY, (record_id, account_id, collection))
+    return [to_api(dict(zip(COLUMNS, row, strict=True))) for row in rows]
+
+
+# INDEXED BY: without statistics SQLite would rather walk the account's chain index to avoid a sort.
+_RECORD_HISTORY = (
+    f"SELECT {', '.join(COLUMNS)} FROM audit_log INDEXED BY audit_log_record "
+    "WHERE record_id = ? AND account_id = ? AND collection = ? ORDER BY seq"
+)

@@ -284,7 +284,8 @@ def tampered(conn: apsw.Connection, *statements: str) -> audit.VerifyResult:
     # Reordering by global seq only: entries 3 and 5 swap their seq numbers.
     (["UPDATE audit_log SET seq = 100 WHERE seq = 3", "UPDATE audit_log SET seq = 3 WHERE seq = 5",
       "UPDATE audit_log SET seq = 5 WHERE seq = 100"], 5, "edited"),
-    (["UPDATE audit_log SET hash = 'f' || substr(hash, 2) WHERE seq = 3"], 3, "edited"),
+    (["UPDATE audit_log SET hash = (CASE WHEN hash LIKE 'f%' THEN 'e' ELSE 'f' END) || substr(hash, 2) "
+      "WHERE seq = 3"], 3, "edited"),
 ])  # fmt: skip
 def test_verify_detects_tampering(
     conn: apsw.Connection, statements: list[str], bad_seq: int | None, words: str | None
@@ -582,3 +583,13 @@ def test_docs_verification_recipe_runs(tmp_path: Path, monkeypatch: pytest.Monke
     tampered(conn, "UPDATE audit_log SET reason = 'other' WHERE seq = 4")
     with pytest.raises(AssertionError, match="seq 4"):
         exec(recipe, {})
+
+
+def test_record_history(conn: apsw.Connection) -> None:
+    add(conn, collection="notes", record_id="r1", action="record.create")
+    add(conn, "CD5678", collection="notes", record_id="r1", action="record.create")  # another tenant
+    add(conn, collection="notes", record_id="r2", action="record.create")
+    add(conn, collection="notes", record_id="r1", action="record.delete")
+    history = audit.record_history(conn, "AB1234", "notes", "r1")
+    assert [(h["seq"], h["action"]) for h in history] == [(1, "record.create"), (4, "record.delete")]
+    assert audit.record_history(conn, "AB1234", "other", "r1") == []

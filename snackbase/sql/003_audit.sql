@@ -33,9 +33,11 @@ CREATE TABLE audit_heads (
 
 -- The chain order (and verify's scan); UNIQUE makes a second entry at the same position impossible.
 CREATE UNIQUE INDEX audit_log_chain ON audit_log (account_id, account_seq);
--- A record's history and the list filters; `seq` order doubles as time order, so no time index.
-CREATE INDEX audit_log_target ON audit_log (account_id, collection, record_id);
-CREATE INDEX audit_log_actor ON audit_log (account_id, actor_user_id);
+-- A record's history (record ids are unique UUIDs, so the id alone finds it, for any caller). Every
+-- index costs each audited write one more page in its commit (measured: ~8 µs of a ~70 µs create), so
+-- the other filters (collection, user, action, time) walk the account's entries along audit_log_chain
+-- newest first and stop at a page's worth; `seq` order is time order.
+CREATE INDEX audit_log_record ON audit_log (record_id);
 
 CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
 BEGIN
