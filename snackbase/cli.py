@@ -264,6 +264,35 @@ def collections_import(file: str, data_dir: str | None) -> None:
         click.echo(f"{outcome}: {', '.join(report[outcome]) or '-'}")
 
 
+@cli.group()
+def superadmin() -> None:
+    """Superadmins: users of the system account (SY0000) who manage every account."""
+
+
+@superadmin.command("create")
+@data_dir_option
+@click.option("--email", required=True, help="The superadmin's email (logs in with account `system`).")
+@click.option("--password", default=None, help="The password (prompted without echo when omitted).")
+@click.option("--force", is_flag=True, help="Reset the password of an existing superadmin.")
+def superadmin_create(data_dir: str | None, email: str, password: str | None, force: bool) -> None:
+    """Create a superadmin, or with --force reset its password (ending its sessions)."""
+    from snackbase.app import open_database
+    from snackbase.users import SuperadminError, create_superadmin
+
+    settings = settings_from(data_dir=data_dir)
+    if password is None:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    with user_errors():
+        database = open_database(settings)
+    try:
+        _, created = create_superadmin(settings, database.conn, email, password, force=force)
+    except SuperadminError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        database.close()
+    click.echo(f"superadmin {email.strip().lower()} {'created' if created else 'password reset'}")
+
+
 @cli.command()
 def version() -> None:
     """Print the version."""

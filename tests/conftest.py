@@ -201,3 +201,30 @@ def mail_client(tmp_path: Path, smtp_sink: Any) -> Iterator[TestClient]:
                              public_url="https://sb.example.com")
     with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def actors(make_user: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """One caller per role: plain user and admin of account A, admin of account B, a superadmin, and a
+    target user in A; `actors[role]["headers"]` ({} for anonymous)."""
+    admin = make_user(role="admin")
+    account_a = admin["account_id"]
+    return {
+        "anonymous": {"headers": {}},
+        "user": make_user(role="user", account_id=account_a),
+        "admin": admin,
+        "other_admin": make_user(role="admin"),
+        "superadmin": make_user(role="admin", account_id="SY0000"),
+        "target": make_user(role="user", account_id=account_a),
+    }
+
+
+@pytest.fixture
+def hook_registry() -> Iterator[Any]:
+    """The process-wide hook registry; every registration a test makes is undone afterwards."""
+    from snackbase.hooks import hooks
+
+    saved, slow = hooks.snapshot(), hooks.slow_seconds
+    yield hooks
+    hooks.restore(saved)
+    hooks.slow_seconds = slow

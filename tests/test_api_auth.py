@@ -24,8 +24,9 @@ def register(client: TestClient, **overrides: Any) -> Any:
 
 
 def login(client: TestClient, email: str, password: str, account: str) -> Any:
-    return client.post(f"{API}/auth/login",
-                       json={"email": email, "password": password, "account_identifier": account})
+    return client.post(
+        f"{API}/auth/login", json={"email": email, "password": password, "account_identifier": account}
+    )
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -48,7 +49,9 @@ def test_register_creates_account_admin_and_tokens(client: TestClient) -> None:
     assert response.status_code == 201, response.text
     body = response.json()
     assert set(body) == TOKEN_KEYS and body["token_type"] == "Bearer" and body["expires_in"] == 3600
-    assert re.fullmatch(r"[A-Z]{2}\d{4}", body["account"]["id"]) and not body["account"]["id"].startswith("SY")
+    assert re.fullmatch(r"[A-Z]{2}\d{4}", body["account"]["id"]) and not body["account"]["id"].startswith(
+        "SY"
+    )
     assert body["account"]["slug"] == "acme-labs" and body["account"]["name"] == "Acme Labs"
     user = body["user"]
     assert user["email"] == "ann@acme.example" and user["role"] == "admin" and user["is_superadmin"] is False
@@ -62,7 +65,10 @@ def test_register_slug_suffixing_and_explicit_slug_conflict(client: TestClient) 
     slugs = [register(client, email=f"a{i}@acme.example").json()["account"]["slug"] for i in range(3)]
     assert slugs == ["acme-labs", "acme-labs-2", "acme-labs-3"]
     assert_error(register(client, email="x@acme.example", account_slug="acme-labs"), 409, "slug_taken")
-    assert register(client, email="y@acme.example", account_slug="labs-east").json()["account"]["slug"] == "labs-east"
+    assert (
+        register(client, email="y@acme.example", account_slug="labs-east").json()["account"]["slug"]
+        == "labs-east"
+    )
 
 
 def test_every_account_gets_a_pii_access_group(client: TestClient) -> None:
@@ -94,8 +100,9 @@ def test_every_account_gets_a_pii_access_group(client: TestClient) -> None:
         ({"role": "admin"}, 400, "bad_request", "role"),
     ],
 )
-def test_register_bad_input_changes_nothing(client: TestClient, overrides: dict[str, Any], status: int, code: str,
-                                            field: str) -> None:
+def test_register_bad_input_changes_nothing(
+    client: TestClient, overrides: dict[str, Any], status: int, code: str, field: str
+) -> None:
     body = assert_error(register(client, **overrides), status, code)
     assert field in body["fields"]
     conn = client.app.state.db.conn  # type: ignore[attr-defined]
@@ -177,9 +184,14 @@ def test_deactivated_user_cannot_log_in(client: TestClient, make_user: Callable[
 def test_require_verified_email(tmp_path: Path) -> None:
     with TestClient(create_app(make_settings(tmp_path / "d", require_verified_email=True))) as strict:
         account = register(strict).json()["account"]
-        assert_error(login(strict, "ann@acme.example", GOOD_PASSWORD, account["id"]), 403, "email_not_verified")
-        assert_error(login(strict, "ann@acme.example", "Wrong password here!", account["id"]), 401,
-                     "invalid_credentials")
+        assert_error(
+            login(strict, "ann@acme.example", GOOD_PASSWORD, account["id"]), 403, "email_not_verified"
+        )
+        assert_error(
+            login(strict, "ann@acme.example", "Wrong password here!", account["id"]),
+            401,
+            "invalid_credentials",
+        )
 
 
 def test_throttle_per_identity_then_lockout_and_admin_unlock(tmp_path: Path) -> None:
@@ -188,7 +200,9 @@ def test_throttle_per_identity_then_lockout_and_admin_unlock(tmp_path: Path) -> 
         body = register(c).json()
         ref = body["account"]["id"]
         for _ in range(3):
-            assert_error(login(c, "ann@acme.example", "Wrong password here!", ref), 401, "invalid_credentials")
+            assert_error(
+                login(c, "ann@acme.example", "Wrong password here!", ref), 401, "invalid_credentials"
+            )
         limited = login(c, "ann@acme.example", GOOD_PASSWORD, ref)
         assert_error(limited, 429, "rate_limited")
         assert 1 <= int(limited.headers["retry-after"]) <= 30
@@ -203,7 +217,12 @@ def test_throttle_per_identity_then_lockout_and_admin_unlock(tmp_path: Path) -> 
         assert_error(login(c, "ann@acme.example", GOOD_PASSWORD, ref), 403, "account_locked")
         user = c.get(f"{API}/users/{body['user']['id']}", headers=bearer(body["access_token"])).json()
         assert user["is_locked"] is True
-        assert c.post(f"{API}/users/{body['user']['id']}/unlock", headers=bearer(body["access_token"])).status_code == 204
+        assert (
+            c.post(
+                f"{API}/users/{body['user']['id']}/unlock", headers=bearer(body["access_token"])
+            ).status_code
+            == 204
+        )
         assert login(c, "ann@acme.example", GOOD_PASSWORD, ref).status_code == 200
 
 
@@ -217,7 +236,9 @@ def test_throttle_per_ip(tmp_path: Path) -> None:
         assert 800 <= int(response.headers["retry-after"]) <= 900
 
 
-def test_rehash_on_login_when_parameters_change(client: TestClient, make_user: Callable[..., dict[str, Any]]) -> None:
+def test_rehash_on_login_when_parameters_change(
+    client: TestClient, make_user: Callable[..., dict[str, Any]]
+) -> None:
     from snackbase.passwords import Argon2Params, hasher
 
     old = hasher(Argon2Params(memory_kib=512, time_cost=1, parallelism=1)).hash(TEST_PASSWORD)
@@ -241,10 +262,14 @@ def test_refresh_rotates_and_reuse_revokes_the_session(client: TestClient) -> No
     assert pair["refresh_token"] != first["refresh_token"]
     assert client.get(f"{API}/auth/me", headers=bearer(pair["access_token"])).status_code == 200
     # The old token again: reuse. The whole session ends, including the newest tokens.
-    assert_error(client.post(f"{API}/auth/refresh", json={"refresh_token": first["refresh_token"]}), 401,
-                 "unauthorized")
-    assert_error(client.post(f"{API}/auth/refresh", json={"refresh_token": pair["refresh_token"]}), 401,
-                 "unauthorized")
+    assert_error(
+        client.post(f"{API}/auth/refresh", json={"refresh_token": first["refresh_token"]}),
+        401,
+        "unauthorized",
+    )
+    assert_error(
+        client.post(f"{API}/auth/refresh", json={"refresh_token": pair["refresh_token"]}), 401, "unauthorized"
+    )
     assert_error(client.get(f"{API}/auth/me", headers=bearer(pair["access_token"])), 401, "unauthorized")
     assert_error(client.get(f"{API}/auth/me", headers=bearer(first["access_token"])), 401, "unauthorized")
 
@@ -260,18 +285,24 @@ def test_expired_refresh_token(client: TestClient) -> None:
     conn = client.app.state.db.conn  # type: ignore[attr-defined]
     with conn:
         conn.execute("UPDATE refresh_tokens SET expires_at = '2000-01-01T00:00:00.000Z'")
-    assert_error(client.post(f"{API}/auth/refresh", json={"refresh_token": first["refresh_token"]}), 401,
-                 "unauthorized")
+    assert_error(
+        client.post(f"{API}/auth/refresh", json={"refresh_token": first["refresh_token"]}),
+        401,
+        "unauthorized",
+    )
 
 
 def test_logout_ends_this_session_only(client: TestClient) -> None:
     a = register(client).json()
     b = login(client, "ann@acme.example", GOOD_PASSWORD, a["account"]["id"]).json()
-    response = client.post(f"{API}/auth/logout", headers=bearer(a["access_token"]),
-                           json={"refresh_token": a["refresh_token"]})
+    response = client.post(
+        f"{API}/auth/logout", headers=bearer(a["access_token"]), json={"refresh_token": a["refresh_token"]}
+    )
     assert response.status_code == 204
     assert_error(client.get(f"{API}/auth/me", headers=bearer(a["access_token"])), 401, "unauthorized")
-    assert_error(client.post(f"{API}/auth/refresh", json={"refresh_token": a["refresh_token"]}), 401, "unauthorized")
+    assert_error(
+        client.post(f"{API}/auth/refresh", json={"refresh_token": a["refresh_token"]}), 401, "unauthorized"
+    )
     assert client.get(f"{API}/auth/me", headers=bearer(b["access_token"])).status_code == 200
 
 
@@ -280,29 +311,48 @@ def test_logout_all(client: TestClient) -> None:
     b = login(client, "ann@acme.example", GOOD_PASSWORD, a["account"]["id"]).json()
     assert client.post(f"{API}/auth/logout-all", headers=bearer(b["access_token"])).status_code == 204
     for tokens in (a, b):
-        assert_error(client.get(f"{API}/auth/me", headers=bearer(tokens["access_token"])), 401, "unauthorized")
+        assert_error(
+            client.get(f"{API}/auth/me", headers=bearer(tokens["access_token"])), 401, "unauthorized"
+        )
 
 
 def test_sessions_list_and_revoke(client: TestClient) -> None:
     a = register(client).json()
-    b = client.post(f"{API}/auth/login", headers={"user-agent": "phone"},
-                    json={"email": "ann@acme.example", "password": GOOD_PASSWORD,
-                          "account_identifier": a["account"]["id"]}).json()
+    b = client.post(
+        f"{API}/auth/login",
+        headers={"user-agent": "phone"},
+        json={
+            "email": "ann@acme.example",
+            "password": GOOD_PASSWORD,
+            "account_identifier": a["account"]["id"],
+        },
+    ).json()
     items = client.get(f"{API}/auth/sessions", headers=bearer(a["access_token"])).json()["items"]
     assert len(items) == 2 and sum(i["current"] for i in items) == 1
     assert set(items[0]) == {"id", "created_at", "last_used_at", "ip", "user_agent", "current"}
     other = next(i for i in items if not i["current"])
     assert other["user_agent"] == "phone"
-    assert client.delete(f"{API}/auth/sessions/{other['id']}", headers=bearer(a["access_token"])).status_code == 204
+    assert (
+        client.delete(f"{API}/auth/sessions/{other['id']}", headers=bearer(a["access_token"])).status_code
+        == 204
+    )
     assert_error(client.get(f"{API}/auth/me", headers=bearer(b["access_token"])), 401, "unauthorized")
-    assert_error(client.delete(f"{API}/auth/sessions/{other['id']}", headers=bearer(a["access_token"])), 404,
-                 "not_found")
+    assert_error(
+        client.delete(f"{API}/auth/sessions/{other['id']}", headers=bearer(a["access_token"])),
+        404,
+        "not_found",
+    )
 
 
-def test_cannot_revoke_another_users_session(client: TestClient, make_user: Callable[..., dict[str, Any]]) -> None:
+def test_cannot_revoke_another_users_session(
+    client: TestClient, make_user: Callable[..., dict[str, Any]]
+) -> None:
     mine, theirs = make_user(), make_user()
-    assert_error(client.delete(f"{API}/auth/sessions/{theirs['session_id']}", headers=mine["headers"]), 404,
-                 "not_found")
+    assert_error(
+        client.delete(f"{API}/auth/sessions/{theirs['session_id']}", headers=mine["headers"]),
+        404,
+        "not_found",
+    )
     assert client.get(f"{API}/auth/me", headers=theirs["headers"]).status_code == 200
 
 
@@ -313,19 +363,36 @@ def test_change_password_revokes_other_sessions(client: TestClient) -> None:
     a = register(client).json()
     b = login(client, "ann@acme.example", GOOD_PASSWORD, a["account"]["id"]).json()
     new = "A completely new passphrase"
-    bad = client.post(f"{API}/auth/change-password", headers=bearer(a["access_token"]),
-                      json={"current_password": "Wrong password here!", "new_password": new})
-    assert assert_error(bad, 400, "validation_failed")["fields"]["current_password"]["code"] == "invalid_password"
-    weak = client.post(f"{API}/auth/change-password", headers=bearer(a["access_token"]),
-                       json={"current_password": GOOD_PASSWORD, "new_password": "qwerty123456"})
-    assert assert_error(weak, 400, "validation_failed")["fields"]["new_password"]["code"] == "password_too_common"
-    ok = client.post(f"{API}/auth/change-password", headers=bearer(a["access_token"]),
-                     json={"current_password": GOOD_PASSWORD, "new_password": new})
+    bad = client.post(
+        f"{API}/auth/change-password",
+        headers=bearer(a["access_token"]),
+        json={"current_password": "Wrong password here!", "new_password": new},
+    )
+    assert (
+        assert_error(bad, 400, "validation_failed")["fields"]["current_password"]["code"]
+        == "invalid_password"
+    )
+    weak = client.post(
+        f"{API}/auth/change-password",
+        headers=bearer(a["access_token"]),
+        json={"current_password": GOOD_PASSWORD, "new_password": "qwerty123456"},
+    )
+    assert (
+        assert_error(weak, 400, "validation_failed")["fields"]["new_password"]["code"]
+        == "password_too_common"
+    )
+    ok = client.post(
+        f"{API}/auth/change-password",
+        headers=bearer(a["access_token"]),
+        json={"current_password": GOOD_PASSWORD, "new_password": new},
+    )
     assert ok.status_code == 204
     assert client.get(f"{API}/auth/me", headers=bearer(a["access_token"])).status_code == 200
     assert_error(client.get(f"{API}/auth/me", headers=bearer(b["access_token"])), 401, "unauthorized")
     assert login(client, "ann@acme.example", new, a["account"]["id"]).status_code == 200
-    assert_error(login(client, "ann@acme.example", GOOD_PASSWORD, a["account"]["id"]), 401, "invalid_credentials")
+    assert_error(
+        login(client, "ann@acme.example", GOOD_PASSWORD, a["account"]["id"]), 401, "invalid_credentials"
+    )
 
 
 def _link_token(message: Any) -> str:
@@ -339,33 +406,46 @@ def test_forgot_and_reset_password_over_real_smtp(mail_client: TestClient, smtp_
     c = mail_client
     a = register(c).json()
     ref = a["account"]["slug"]
-    unknown = c.post(f"{API}/auth/forgot-password", json={"email": "nobody@acme.example", "account_identifier": ref})
-    known = c.post(f"{API}/auth/forgot-password", json={"email": "ann@acme.example", "account_identifier": ref})
+    unknown = c.post(
+        f"{API}/auth/forgot-password", json={"email": "nobody@acme.example", "account_identifier": ref}
+    )
+    known = c.post(
+        f"{API}/auth/forgot-password", json={"email": "ann@acme.example", "account_identifier": ref}
+    )
     assert unknown.status_code == known.status_code == 202 and unknown.json() == known.json()
     message = smtp_sink.wait(1)[0]
     assert message["To"] == "ann@acme.example" and "Reset" in message["Subject"]
-    assert message.get_body(("html",)) is not None and "https://sb.example.com/_/#/reset-password" in str(message)
+    assert message.get_body(("html",)) is not None and "https://sb.example.com/_/#/reset-password" in str(
+        message
+    )
     token = _link_token(message)
     weak = c.post(f"{API}/auth/reset-password", json={"token": token, "new_password": "short"})
     assert_error(weak, 400, "validation_failed")
     new = "Fresh passphrase, seventh try"
     assert c.post(f"{API}/auth/reset-password", json={"token": token, "new_password": new}).status_code == 204
     assert_error(c.get(f"{API}/auth/me", headers=bearer(a["access_token"])), 401, "unauthorized")
-    assert_error(c.post(f"{API}/auth/reset-password", json={"token": token, "new_password": new + "!"}), 400,
-                 "invalid_token")
+    assert_error(
+        c.post(f"{API}/auth/reset-password", json={"token": token, "new_password": new + "!"}),
+        400,
+        "invalid_token",
+    )
     assert login(c, "ann@acme.example", new, ref).status_code == 200
     assert len(smtp_sink.messages) == 1
 
 
 def test_reset_token_expires(mail_client: TestClient, smtp_sink: Any) -> None:
     a = register(mail_client).json()
-    mail_client.post(f"{API}/auth/forgot-password",
-                     json={"email": "ann@acme.example", "account_identifier": a["account"]["id"]})
+    mail_client.post(
+        f"{API}/auth/forgot-password",
+        json={"email": "ann@acme.example", "account_identifier": a["account"]["id"]},
+    )
     token = _link_token(smtp_sink.wait(1)[0])
     conn = mail_client.app.state.db.conn  # type: ignore[attr-defined]
     with conn:
         conn.execute("UPDATE one_time_tokens SET expires_at = '2000-01-01T00:00:00.000Z'")
-    response = mail_client.post(f"{API}/auth/reset-password", json={"token": token, "new_password": GOOD_PASSWORD})
+    response = mail_client.post(
+        f"{API}/auth/reset-password", json={"token": token, "new_password": GOOD_PASSWORD}
+    )
     assert_error(response, 400, "invalid_token")
 
 
@@ -375,12 +455,17 @@ def test_verify_email_flow(mail_client: TestClient, smtp_sink: Any) -> None:
     response = mail_client.post(f"{API}/auth/verify-email/request", headers=bearer(a["access_token"]))
     assert response.status_code == 202
     token = _link_token(smtp_sink.wait(1)[0])
-    assert_error(mail_client.post(f"{API}/auth/verify-email/confirm", json={"token": token + "x"}), 400,
-                 "invalid_token")
+    assert_error(
+        mail_client.post(f"{API}/auth/verify-email/confirm", json={"token": token + "x"}),
+        400,
+        "invalid_token",
+    )
     assert mail_client.post(f"{API}/auth/verify-email/confirm", json={"token": token}).status_code == 204
     me = mail_client.get(f"{API}/auth/me", headers=bearer(a["access_token"])).json()
     assert me["user"]["email_verified"] is True
-    assert_error(mail_client.post(f"{API}/auth/verify-email/confirm", json={"token": token}), 400, "invalid_token")
+    assert_error(
+        mail_client.post(f"{API}/auth/verify-email/confirm", json={"token": token}), 400, "invalid_token"
+    )
 
 
 # --- who may call what ----------------------------------------------------------------------------
