@@ -1,0 +1,223 @@
+// The one HTTP client of the console: bearer tokens, refresh before expiry, the error envelope,
+// "API down" detection and session expiry. Tokens live in memory and in sessionStorage (per tab).
+
+export const API = "/api/v1";
+const STORE_KEY = "sb.session";
+const REFRESH_MARGIN_MS = 60_000;
+
+export class ApiError extends Error {
+  constructor(status, body = {}) {
+    super(body.message || `Request failed (${status}).`);
+    this.status = status;
+    this.code = body.code || (status === 0 ? "network_error" : "error");
+    this.fields = body.fields && typeof body.fields === "object" ? body.fields : {};
+    this.requestId = body.request_id || "";
+  }
+}
+
+/** Session state shared by every screen (Svelte 5 rune state, mutated in place). */
+export const session = $state({
+  access: null,
+  refresh: null,
+  expiresAt: 0,
+  user: null,
+  account: null,
+  expired: false, // the server ended the session: show sign-in over the current screen
+});
+
+/** Connectivity state: `down` shows the banner with a retry button. */
+export const net = $state({ down: false, message: "", pending: 0 });
+
+let refreshTimer = null;
+let refreshing = null;
+
+export function isAdmin(user) {
+  return !!user && (user.is_superadmin || user.role === "admin");
+}
+
+export function isSuper() {
+  return !!session.user?.is_superadmin;
+}
+
+function persist() {
+  try {
+    if (session.access) {
+      const { access, refresh, expiresAt, user, account } = session;
+      sessionStorage.setItem(STORE_KEY, JSON.stringify({ access, refresh, expiresAt, user, account }));
+    } else {
+      sessionStorage.removeItem(STORE_KEY);
+    }
+  } catch {
+    /* storage may be disabled: memory only */
+  }
+}
+
+export function restoreSession() {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(STORE_KEY) || "null");
+    if (saved?.refresh) {
+      Object.assign(session, saved, { expired: false });
+      scheduleRefresh();
+    }
+  } catch {
+    sessionStorage.removeItem(STORE_KEY);
+  }
+}
+
+function applyTokens(body) {
+  session.access = body.access_token;
+  session.refresh = body.refresh_token;
+  session.expiresAt = Date.now() + (body.expires_in || 3600) * 1000;
+  if (body.user) session.user = body.user;
+  if (body.account) session.account = body.account;
+  session.expired = false;
+  persist();
+  scheduleRefresh();
+}
+
+function scheduleRefresh() {
+  clearTimeout(refreshTimer);
+  if (!session.refresh) return;
+  const wait = Math.max(5_000, session.expiresAt - Date.now() - REFRESH_MARGIN_MS);
+  refreshTimer = setTimeout(() => refreshTokens().catch(() => {}), wait);
+}
+
+function clearTokens() {
+  clearTimeout(refreshTimer);
+  session.access = null;
+  session.refresh = null;
+  session.expiresAt = 0;
+  persist();
+}
+
+/** Rotates the refresh token once, even when several requests need it at the same time. */
+export function refreshTokens() {
+  if (!refreshing) {
+    const token = session.refresh;
+    refreshing = (async () => {
+      if (!token) throw new ApiError(401, { message: "Not signed in." });
+      const res = await send("POST", "/auth/refresh", { body: { refresh_token: token }, auth: false });
+      applyTokens(res);
+    })()
+      .catch((err) => {
+        if (err.status === 401) expireSession();
+        throw err;
+      })
+      .finally(() => (refreshing = null));
+  }
+  return refreshing;
+}
+
+function expireSession() {
+  clearTokens();
+  if (session.user) session.expired = true;
+}
+
+export async function login(email, password, accountIdentifier) {
+  const body = await send("POST", "/auth/login", {
+    body: { email, password, account_identifier: accountIdentifier },
+    auth: false,
+  });
+  const previous = session.user?.id;
+  applyTokens(body);
+  return { body, sameUser: previous === body.user?.id };
+}
+
+export async function logout() {
+  const token = session.refresh;
+  try {
+    if (token && session.access) await send("POST", "/auth/logout", { body: { refresh_token: token }, retry: false });
+  } catch {
+    /* the session ends locally either way */
+  }
+  clearTokens();
+  session.user = null;
+  session.account = null;
+  session.expired = false;
+  persist();
+}
+
+function buildUrl(path, query) {
+  const url = new URL((path.startsWith("/health") || path.startsWith("/ready") ? "" : API) + path, location.origin);
+  for (const [k, v] of Object.entries(query || {})) {
+    if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, String(v));
+  }
+  return url.pathname + url.search;
+}
+
+async function send(method, path, opts = {}) {
+  const { body, query, headers = {}, auth = true, raw = false } = opts;
+  const h = { accept: "application/json", ...headers };
+  if (body !== undefined) h["content-type"] = "application/json";
+  if (auth && session.access) h.authorization = `Bearer ${session.access}`;
+  let res;
+  net.pending++;
+  try {
+    res = await fetch(buildUrl(path, query), {
+      method,
+      headers: h,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: "omit",
+      cache: "no-store",
+    });
+  } catch {
+    net.down = true;
+    net.message = "The SnackBase API cannot be reached.";
+    throw new ApiError(0, { message: "The server cannot be reached. Check that it is running, then retry." });
+  } finally {
+    net.pending--;
+  }
+  if (res.status === 502 || res.status === 503 || res.status === 504) {
+    net.down = true;
+    net.message = `The SnackBase API answered ${res.status} (unavailable).`;
+  } else {
+    net.down = false;
+  }
+  if (raw && res.ok) return res;
+  if (res.status === 204) return null;
+  const text = await res.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = { message: text.slice(0, 200) };
+  }
+  if (!res.ok) throw new ApiError(res.status, data || {});
+  return data;
+}
+
+/**
+ * api("GET", "/collections", {query, body, headers, raw}) -> parsed JSON (null for 204).
+ * Refreshes the access token first when it is about to expire, and once more after a 401.
+ */
+export async function api(method, path, opts = {}) {
+  if (opts.auth !== false && session.refresh && session.expiresAt - Date.now() < REFRESH_MARGIN_MS / 2) {
+    await refreshTokens();
+  }
+  try {
+    return await send(method, path, opts);
+  } catch (err) {
+    if (err.status === 401 && opts.auth !== false && opts.retry !== false && session.refresh) {
+      await refreshTokens();
+      return await send(method, path, opts);
+    }
+    if (err.status === 401 && opts.auth !== false && session.user) expireSession();
+    throw err;
+  }
+}
+
+/** A list endpoint that may not exist on this server yet: null instead of an error for 404/405. */
+export async function optional(method, path, opts) {
+  try {
+    return await api(method, path, opts);
+  } catch (err) {
+    if (err.status === 404 || err.status === 405) return null;
+    throw err;
+  }
+}
+
+/** The position in a rule/filter error message such as "… (at position 12)", or -1. */
+export function errorPosition(message) {
+  const m = /at position (\d+)/.exec(message || "");
+  return m ? Number(m[1]) : -1;
+}
