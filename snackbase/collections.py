@@ -18,6 +18,7 @@ from snackbase import audit
 from snackbase.db import execute_many, fetch_all, fetch_value
 from snackbase.errors import ApiError, field_error, validation_error
 from snackbase.ids import SYSTEM_ACCOUNT_ID, uuid7
+from snackbase.macros import param_counts
 from snackbase.rules import check_rules
 from snackbase.schema import (
     Collection,
@@ -118,7 +119,7 @@ def create_collection(conn: apsw.Connection, registry: Registry, parsed: dict[st
                        field_error("name", "not_unique", "This name is taken."))
     collection = new_collection(parsed, id=uuid7(), now=now_iso())
     _check_references_exist(registry, collection)
-    check_rules(collection)
+    check_rules(collection, param_counts(conn))
     with conn:
         _insert_row(conn, collection)
         execute_many(conn, create_table_sql(collection))
@@ -141,7 +142,7 @@ def update_collection(conn: apsw.Connection, registry: Registry, name: str, pars
     old = registry.get(conn, name)
     new, change = patch_collection(old, parsed, now=now_iso())
     _check_references_exist(registry, new)
-    check_rules(new)
+    check_rules(new, param_counts(conn))
     with _foreign_keys_off(conn, change is not None and change.needs_rebuild):
         try:
             with conn:

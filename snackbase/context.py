@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import apsw
 from starlette.requests import Request
 
-from snackbase import audit
+from snackbase import audit, macros
 from snackbase.auth import Auth, find_account_id, get_auth, user_groups
 from snackbase.collections import ChangeContext
 from snackbase.errors import ApiError
+from snackbase.filter import FilterError
+from snackbase.ids import SYSTEM_ACCOUNT_ID
+from snackbase.macros import MacroStore
 from snackbase.records import WriteContext
 from snackbase.rules import Caller
+from snackbase.users import get_user
 
 
 def _no_groups() -> frozenset[str]:
@@ -20,11 +27,16 @@ async def caller_for(request: Request) -> Caller:
     """The caller as rules see it. A superadmin's scope is the account named by X-Account-ID, or all."""
     auth = await get_auth(request)
     conn = request.app.state.db.conn
+    macro = _macro_runner(conn, request.app.state.macros)
     if auth.is_superadmin:
-        return Caller(auth.user_id, _named_account(request), auth.email, auth.role, True, _no_groups)
+        return Caller(auth.user_id, _named_account(request), auth.email, auth.role, True, _no_groups, macro)
     if auth.user_id is None:
-        return Caller(None, auth.account_id, None, None, False, _no_groups)
-    user_id = auth.user_id
+        return Caller(None, auth.account_id, None, None, False, _no_groups, macro)
+    return Caller(auth.user_id, auth.account_id, auth.email, auth.role, False, _groups_of(conn, auth.user_id), macro)
+
+
+def _groups_of(conn: apsw.Connection, user_id: str) -> Callable[[], frozenset[str]]:
+    """The user's group names, read at most once per request and only if something asks."""
     cache: list[frozenset[str]] = []
 
     def groups() -> frozenset[str]:
@@ -32,7 +44,17 @@ async def caller_for(request: Request) -> Caller:
             cache.append(user_groups(conn, user_id))
         return cache[0]
 
-    return Caller(user_id, auth.account_id, auth.email, auth.role, False, groups)
+    return groups
+
+
+def _macro_runner(conn: apsw.Connection, store: MacroStore) -> Callable[[str, list[object], int], bool]:
+    def run_macro(name: str, args: list[object], position: int) -> bool:
+        macro = store.all(conn).get(name)
+        if macro is None:  # deleted since the rule was saved: the rule fails closed
+            raise FilterError(f"unknown macro '@{name[:64]}'", position)
+        return macros.run(conn, macro, list(args))
+
+    return run_macro
 
 
 def _named_account(request: Request) -> str | None:
@@ -58,3 +80,15 @@ async def change_context(request: Request) -> ChangeContext:
 def _header_reason(request: Request) -> str | None:
     raw = request.headers.get(audit.REASON_HEADER)
     return audit.validate_reason(audit.header_reason(raw)) if raw is not None else None
+
+
+def caller_for_user(request: Request, user_id: str) -> Caller:
+    """The caller as rules would see user `user_id` (for the rule and macro test endpoints)."""
+    conn = request.app.state.db.conn
+    row = get_user(conn, user_id) if isinstance(user_id, str) else None
+    if row is None:
+        raise ApiError(404, "not_found", "as_user names no user.",
+                       {"as_user": {"code": "not_found", "message": "No such user."}})
+    is_superadmin = row["account_id"] == SYSTEM_ACCOUNT_ID
+    return Caller(row["id"], row["account_id"], row["email"], row["role"], is_superadmin,
+                  _groups_of(conn, row["id"]), _macro_runner(conn, request.app.state.macros))

@@ -20,10 +20,11 @@ import apsw
 import msgspec
 
 from snackbase import audit
+from snackbase.audit import mask_value
 from snackbase.collections import Registry
 from snackbase.db import fetch_all, fetch_value
 from snackbase.errors import ApiError, FieldErrors, field_error, validation_error
-from snackbase.filter import FilterError, parse_sort
+from snackbase.filter import FilterError, compile_filter, parse_sort
 from snackbase.ids import uuid7
 from snackbase.rules import ALIAS, Caller, RecordResolver, filter_clause, rule_clause
 from snackbase.schema import SYSTEM_FIELDS, Collection, quote_ident
@@ -95,6 +96,55 @@ def _where(*clauses: tuple[str, list[Any]]) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(f"({p})" for p in parts) if parts else ""), params
 
 
+# --- field access and PII -----------------------------------------------------------------------
+
+
+def _readable(collection: Collection, caller: Caller, op: str) -> frozenset[str] | None:
+    """The defined fields this caller may read for `op` (list or view); None means all of them."""
+    names = collection.field_access.get(op, ["*"])
+    return None if caller.is_superadmin or "*" in names else frozenset(names)
+
+
+def _masks(collection: Collection, caller: Caller) -> dict[str, str]:
+    """PII field → mask kind, for a caller who must see them masked (empty for the others)."""
+    masks = {f.name: f.mask or "full" for f in collection.fields if f.pii}
+    return masks if masks and not caller.sees_pii else {}
+
+
+def hidden_fields(collection: Collection, caller: Caller, op: str) -> frozenset[str]:
+    """Fields the caller may not filter or sort on: unreadable ones, and PII it sees masked (no oracle)."""
+    readable = _readable(collection, caller, op)
+    hidden = set(_masks(collection, caller))
+    if readable is not None:
+        hidden |= {f.name for f in collection.fields if f.name not in readable}
+    return frozenset(hidden)
+
+
+def present(collection: Collection, caller: Caller, op: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What this caller reads: unreadable fields removed, PII masked (every read path goes through here)."""
+    readable, masks = _readable(collection, caller, op), _masks(collection, caller)
+    if readable is None and not masks:
+        return records
+    dropped = [] if readable is None else [f.name for f in collection.fields if f.name not in readable]
+    for record in records:
+        for name in dropped:
+            record.pop(name, None)
+        for name, kind in masks.items():
+            if name in record:
+                record[name] = mask_value(kind, record[name])
+    return records
+
+
+def _check_write_access(collection: Collection, caller: Caller, op: str, names: list[str]) -> None:
+    allowed = collection.field_access.get(op, ["*"])
+    if caller.is_superadmin or "*" in allowed:
+        return
+    denied = [n for n in names if n in collection.field_map and n not in allowed]
+    if denied:
+        raise ApiError(403, "field_access_denied", f"You may not {op} the field(s): {', '.join(denied)}.",
+                       {n: {"code": "field_access_denied", "message": f"Not writable on {op}."} for n in denied})
+
+
 # --- reads --------------------------------------------------------------------------------------
 
 
@@ -106,15 +156,15 @@ def get_record(conn: apsw.Connection, registry: Registry, collection: Collection
     rows = fetch_all(conn, f"SELECT * FROM {quote_ident(collection.table)} AS {ALIAS}{where}", params)
     if not rows:
         raise ApiError(404, "not_found", "The record was not found.")
-    records = [registry.validator(collection).to_json(rows[0])]
+    records = present(collection, caller, "view", [registry.validator(collection).to_json(rows[0])])
     expand_records(conn, registry, collection, caller, records, expand)
     return project(records, fields)[0]
 
 
 def list_records(conn: apsw.Connection, registry: Registry, collection: Collection, caller: Caller,
                  query: ListQuery) -> dict[str, Any]:
-    resolver = RecordResolver(collection, caller)
-    clauses = [_scope(caller), rule_clause(collection, "list", resolver)]
+    clauses = [_scope(caller), rule_clause(collection, "list", RecordResolver(collection, caller))]
+    resolver = RecordResolver(collection, caller, hidden=hidden_fields(collection, caller, "list"))
     if query.filter.strip():
         clauses.append(filter_clause(query.filter, resolver))
     check_projection(collection, query.fields)
@@ -137,7 +187,7 @@ def list_records(conn: apsw.Connection, registry: Registry, collection: Collecti
 def _to_json(conn: apsw.Connection, registry: Registry, collection: Collection, caller: Caller,
              rows: list[dict[str, Any]], query: ListQuery) -> list[dict[str, Any]]:
     to_json = registry.validator(collection).to_json
-    records = [to_json(row) for row in rows]
+    records = present(collection, caller, "list", [to_json(row) for row in rows])
     expand_records(conn, registry, collection, caller, records, query.expand)
     return project(records, query.fields)
 
@@ -149,7 +199,9 @@ def _sort_keys(sort: str) -> list[tuple[str, bool]]:
         keys = parse_sort(sort)
     except FilterError as exc:
         raise ApiError(400, "invalid_sort", f"Invalid sort: {exc}.", field_error("sort", "invalid_sort", str(exc))) from None
-    return keys if any(name == "id" for name, _ in keys) else [*keys, ("id", False)]
+    # `id` makes the order total; it follows the last key's direction so that an index on
+    # (account_id, key, id) can serve the whole ORDER BY.
+    return keys if any(name == "id" for name, _ in keys) else [*keys, ("id", keys[-1][1])]
 
 
 def _order_by(sort: str, resolver: RecordResolver) -> str:
@@ -286,7 +338,7 @@ def _viewable_by_id(conn: apsw.Connection, registry: Registry, target: Collectio
     where, params = _where(_scope(caller), rule, (f"{ALIAS}.id IN ({marks})", ids))
     rows = fetch_all(conn, f"SELECT * FROM {quote_ident(target.table)} AS {ALIAS}{where}", params)
     to_json = registry.validator(target).to_json
-    return {row["id"]: to_json(row) for row in rows}
+    return {r["id"]: r for r in present(target, caller, "view", [to_json(row) for row in rows])}
 
 
 # --- writes -------------------------------------------------------------------------------------
@@ -384,6 +436,7 @@ def create_record(conn: apsw.Connection, registry: Registry, collection: Collect
         raise ApiError(400, "bad_request", "The body must be a JSON object.")
     body = _take_reason(body, ctx, collection)
     values = registry.validator(collection).validate(body, mode="create")
+    _check_write_access(collection, ctx.caller, "create", list(body))
     account_id = _target_account(ctx.caller)
     now, user = now_iso(), ctx.caller.user_id
     row = {"id": uuid7(), "account_id": account_id, "created_at": now, "created_by": user, "updated_at": now,
@@ -398,7 +451,8 @@ def create_record(conn: apsw.Connection, registry: Registry, collection: Collect
         return stored
 
     to_json = registry.validator(collection).to_json
-    return _run_write(conn, collection, write)
+    # A copy: the stored values also travel to the after-commit listeners, which must see them unmasked.
+    return present(collection, ctx.caller, "view", [dict(_run_write(conn, collection, write))])[0]
 
 
 def _insert(conn: apsw.Connection, collection: Collection, row: dict[str, Any]) -> dict[str, Any]:
@@ -426,6 +480,8 @@ def update_record(conn: apsw.Connection, registry: Registry, collection: Collect
         raise ApiError(400, "bad_request", "The body must be a JSON object.")
     body = _take_reason(body, ctx, collection)
     values = registry.validator(collection).validate(body, mode="replace" if replace else "update")
+    # PUT writes every field (those not given get their default), so each must be writable.
+    _check_write_access(collection, ctx.caller, "update", list(values) if replace else list(body))
     old = _stored_for(conn, collection, ctx.caller, "update", record_id)
     new = {**old, **values, "updated_at": now_iso(), "updated_by": ctx.caller.user_id}
     if not _rule_holds(conn, collection, "update", ctx.caller, new, body):
@@ -439,7 +495,8 @@ def update_record(conn: apsw.Connection, registry: Registry, collection: Collect
         return stored
 
     to_json = registry.validator(collection).to_json
-    return _run_write(conn, collection, write)
+    # A copy: the stored values also travel to the after-commit listeners, which must see them unmasked.
+    return present(collection, ctx.caller, "view", [dict(_run_write(conn, collection, write))])[0]
 
 
 def _update(conn: apsw.Connection, collection: Collection, record_id: str, changes: dict[str, Any]) -> dict[str, Any]:
@@ -516,3 +573,42 @@ def _batch_one(conn: apsw.Connection, registry: Registry, collection: Collection
         prefix = f"{kind}.{index}"
         fields = {f"{prefix}.{k}": v for k, v in exc.fields.items()} or field_error(prefix, exc.code, exc.message)
         raise ApiError(exc.status, exc.code, f"Operation {prefix} failed: {exc.message}", fields) from None
+
+
+# --- rule testing (admin tools) ------------------------------------------------------------------
+
+
+def try_rule(conn: apsw.Connection, registry: Registry, collection: Collection, caller: Caller, rule: str | None,
+              op: str, record_id: str | None, data: dict[str, Any] | None) -> bool:
+    """Whether `rule` (not necessarily saved) allows `op` for `caller` on a stored record or on new data."""
+    if rule is None:
+        return caller.is_superadmin
+    probe = Collection(collection.id, collection.name, collection.fields, {**collection.rules, op: rule},
+                       collection.field_access, collection.audit, collection.created_at, collection.updated_at)
+    if caller.is_superadmin or not rule.strip():
+        return True
+    check_rule_text(probe, op, rule, caller)
+    if record_id is not None:
+        return _rule_holds_for_stored(conn, probe, caller, op, record_id, data)
+    if data is None:
+        raise ApiError(400, "bad_request", "Give record_id or data to test a rule against a record.")
+    values = registry.validator(collection).validate(data, mode="create")
+    row = {"id": "", "account_id": caller.account_id, "created_at": now_iso(), "created_by": caller.user_id,
+           "updated_at": now_iso(), "updated_by": caller.user_id, **values}
+    return _rule_holds(conn, probe, op, caller, row, data)
+
+
+def check_rule_text(collection: Collection, op: str, rule: str, caller: Caller) -> None:
+    try:
+        compile_filter(rule, RecordResolver(collection, caller, data={}))
+    except FilterError as exc:
+        raise ApiError(400, "invalid_rule", f"Invalid rule: {exc}.", field_error("rule", "invalid_rule", str(exc))) from None
+
+
+def _rule_holds_for_stored(conn: apsw.Connection, collection: Collection, caller: Caller, op: str, record_id: str,
+                           data: dict[str, Any] | None) -> bool:
+    clause, params = rule_clause(collection, op, RecordResolver(collection, caller, data=data))
+    where, all_params = _where((f"{ALIAS}.id = ?", [record_id]), (f"{ALIAS}.account_id = ?", [caller.account_id]),
+                               (clause, params))
+    return bool(fetch_value(conn, f"SELECT EXISTS (SELECT 1 FROM {quote_ident(collection.table)} AS {ALIAS}{where})",
+                            all_params))

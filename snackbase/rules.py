@@ -14,11 +14,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from snackbase.errors import ApiError, field_error, validation_error
-from snackbase.filter import MISSING, FilterError, compile_filter, parse
+from snackbase.filter import MISSING, FilterError, Macro, compile_filter, parse
 from snackbase.schema import SYSTEM_FIELDS, Collection, quote_ident
 from snackbase.times import now_iso
 
 ALIAS = "r"
+PII_GROUP = "pii_access"
 ALLOW_ALL = ("", [])  # a clause that restricts nothing
 
 # The caller's attributes reachable as @request.auth.<name>.
@@ -35,11 +36,18 @@ class Caller:
     email: str | None
     role: str | None
     is_superadmin: bool
-    groups: Callable[[], frozenset[str]]  # looked up only when a rule uses @has_group
+    groups: Callable[[], frozenset[str]]  # looked up only when a rule or a PII field needs them
+    # Custom SQL macros: name, evaluated args, position -> truth value; None when the caller has none.
+    macro: Callable[[str, list[object], int], bool] | None = None
 
     @property
     def is_authenticated(self) -> bool:
         return self.user_id is not None
+
+    @property
+    def sees_pii(self) -> bool:
+        """Superadmins and members of the account's pii_access group read PII in clear."""
+        return self.is_superadmin or (self.is_authenticated and PII_GROUP in self.groups())
 
 
 class RecordResolver:
@@ -73,9 +81,11 @@ class RecordResolver:
 
     def macro(self, name: str, args: list[object], position: int) -> tuple[str, list[object]]:
         builtin = _BUILTIN_MACROS.get(name)
-        if builtin is None:
+        if builtin is not None:
+            return builtin(self, args, position)
+        if self.caller.macro is None:
             raise FilterError(f"unknown macro '@{name[:64]}'", position)
-        return builtin(self, args, position)
+        return _const(self.caller.macro(name, args, position))
 
     def now(self) -> str:
         return now_iso()
@@ -166,17 +176,40 @@ def filter_clause(text: str, resolver: RecordResolver) -> tuple[str, list[object
                        field_error("filter", "invalid_filter", str(exc))) from None
 
 
-def check_rules(collection: Collection) -> None:
-    """Refuses, at save time, rules that do not parse or name unknown fields or macros (with the position)."""
-    probe = Caller("probe", "XX0000", "probe@example.com", "user", False, frozenset)
+def check_rules(collection: Collection, macro_params: dict[str, int]) -> None:
+    """Refuses, at save time, rules that do not parse or name unknown fields or macros (with the position).
+
+    `macro_params` maps each custom macro to its number of parameters."""
+
+    def probe_macro(name: str, args: list[object], position: int) -> bool:
+        if name not in macro_params:
+            raise FilterError(f"unknown macro '@{name[:64]}'", position)
+        if len(args) != macro_params[name]:
+            raise FilterError(f"@{name}() takes {macro_params[name]} argument(s)", position)
+        return False
+
+    probe = Caller("probe", "XX0000", "probe@example.com", "user", False, frozenset, probe_macro)
     errors = {}
     for op, rule in collection.rules.items():
         if rule is None or not rule.strip():
             continue
         try:
-            parse(rule)
+            for macro in used_macros(parse(rule)):
+                if macro.name not in _BUILTIN_MACROS:
+                    probe_macro(macro.name, list(macro.args), macro.position)
             compile_filter(rule, RecordResolver(collection, probe, data={}))
         except FilterError as exc:
             errors.update(field_error(f"rules.{op}", "invalid_rule", str(exc)))
     if errors:
         raise validation_error(errors, "A rule is not valid.")
+
+
+def used_macros(node: object) -> list[Macro]:
+    """Every macro call in a parsed filter or rule (for save-time checks and 'macro in use')."""
+    if isinstance(node, Macro):
+        return [node]
+    children: list[object] = []
+    for name in getattr(node, "__slots__", ()):
+        value = getattr(node, name)
+        children += value if isinstance(value, (list, tuple)) else [value]
+    return [m for child in children for m in used_macros(child)]

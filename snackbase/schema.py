@@ -1001,7 +1001,9 @@ def _field_indexes(table: str, field: Field) -> dict[str, str]:
 
 
 def _indexes(table: str, fields: Iterable[Field]) -> dict[str, str]:
-    out = dict([_index("ix", table, "created_at", "account_id, created_at")])
+    # `id` ends the index because it breaks ties in every sort (in the direction of the last key), so
+    # a newest-first list (ORDER BY created_at DESC, id DESC) reads the index backwards with no sort step.
+    out = dict([_index("ix", table, "created_at", "account_id, created_at, id")])
     for field in fields:
         out.update(_field_indexes(table, field))
     return out

@@ -50,3 +50,15 @@ def make_user(client: TestClient, account_id: str, role: str = "user", email: st
 
 def make_superadmin(client: TestClient) -> User:
     return make_user(client, SYSTEM_ACCOUNT_ID, "admin")
+
+
+def add_to_group(client: TestClient, user: User, group: str) -> None:
+    """Puts the user in the named group of its account, creating the group when needed."""
+    conn = client.app.state.db.conn  # type: ignore[attr-defined]
+    with conn:
+        row = conn.execute("SELECT id FROM groups WHERE account_id = ? AND name = ?", (user.account_id, group)).fetchone()
+        if row is None:
+            row = (uuid7(),)
+            conn.execute("INSERT INTO groups (id, account_id, name, created_at, updated_at) VALUES (?, ?, ?, 'x', 'x')",
+                         (row[0], user.account_id, group))
+        conn.execute("INSERT INTO group_members (group_id, user_id, created_at) VALUES (?, ?, 'x')", (row[0], user.id))

