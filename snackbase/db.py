@@ -113,6 +113,26 @@ def fetch_value(conn: apsw.Connection, sql: str, params: Params = ()) -> Any:
     return None
 
 
+@contextlib.contextmanager
+def write_transaction(conn: apsw.Connection) -> Iterator[None]:
+    """A transaction that takes the write lock first (BEGIN IMMEDIATE); nested, a savepoint.
+
+    With several server processes, a deferred transaction that reads and then writes can find its
+    snapshot stale and fail with SQLITE_BUSY at once (the busy timeout cannot help a lock upgrade).
+    Taking the write lock up front makes it wait its turn instead."""
+    if conn.in_transaction:
+        with conn:
+            yield
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def execute_many(conn: apsw.Connection, statements: Iterable[str]) -> None:
     """Runs statements one call each: apsw runs the rest of a multi-statement string only as it is read."""
     for statement in statements:

@@ -22,7 +22,7 @@ import msgspec
 from snackbase import audit
 from snackbase.audit import mask_value
 from snackbase.collections import Registry
-from snackbase.db import fetch_all, fetch_value
+from snackbase.db import fetch_all, fetch_value, write_transaction
 from snackbase.errors import ApiError, FieldErrors, field_error, validation_error
 from snackbase.filter import FilterError, compile_filter, parse_sort
 from snackbase.ids import uuid7
@@ -405,7 +405,7 @@ def _constraint_error(exc: apsw.ConstraintError, collection: Collection) -> ApiE
 
 def _run_write(conn: apsw.Connection, collection: Collection, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
-        with conn:
+        with write_transaction(conn):
             return fn()
     except apsw.ConstraintError as exc:
         raise _constraint_error(exc, collection) from None
@@ -474,6 +474,13 @@ def _stored_for(conn: apsw.Connection, collection: Collection, caller: Caller, o
     return rows[0]
 
 
+def stored_record(conn: apsw.Connection, registry: Registry, collection: Collection, caller: Caller, op: str,
+                  record_id: str) -> dict[str, Any]:
+    """The stored record (unmasked JSON) if the caller may `op` it; 404 otherwise. For server-side use
+    such as signing, which binds to the exact stored values, never for responses."""
+    return registry.validator(collection).to_json(_stored_for(conn, collection, caller, op, record_id))
+
+
 def update_record(conn: apsw.Connection, registry: Registry, collection: Collection, ctx: WriteContext,
                   record_id: str, body: Any, *, replace: bool = False) -> dict[str, Any]:
     if not isinstance(body, dict):
@@ -536,7 +543,7 @@ def batch(conn: apsw.Connection, registry: Registry, collection: Collection, ctx
     ops = _batch_ops(body)
     out: dict[str, list[Any]] = {"create": [], "update": [], "delete": []}
     try:
-        with conn:
+        with write_transaction(conn):
             for kind, index, item in ops:
                 out[kind].append(_batch_one(conn, registry, collection, ctx, kind, index, item))
     except apsw.ConstraintError as exc:
