@@ -89,7 +89,8 @@ async def get_auth(request: Request) -> Auth:
             context["account_id"] = auth.account_id
             if auth.user_id is not None:
                 context["user_id"] = auth.user_id
-    return auth  # type: ignore[no-any-return]
+    assert isinstance(auth, Auth)
+    return auth
 
 
 def resolve_auth(

@@ -18,6 +18,7 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 
 from snackbase.config import Settings
+from snackbase.hooks import hooks
 
 log = logging.getLogger("snackbase.mail")
 SMTP_TIMEOUT_S = 15
@@ -83,12 +84,18 @@ def render(kind: str, *, to: str, account: str, link: str, valid: str, sender: s
     return message
 
 
+def _connect(settings: Settings, context: ssl.SSLContext) -> smtplib.SMTP:
+    if settings.smtp_tls == "ssl":
+        return smtplib.SMTP_SSL(
+            settings.smtp_host, settings.smtp_port, timeout=SMTP_TIMEOUT_S, context=context
+        )
+    return smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=SMTP_TIMEOUT_S)
+
+
 def deliver(settings: Settings, message: EmailMessage) -> None:
-    """Sends over SMTP (blocking; runs in a thread)."""
+    """Sends over SMTP (blocking; runs in a thread). TLS certificates are verified."""
     context = ssl.create_default_context()
-    smtp_class = smtplib.SMTP_SSL if settings.smtp_tls == "ssl" else smtplib.SMTP
-    kwargs = {"context": context} if settings.smtp_tls == "ssl" else {}
-    with smtp_class(settings.smtp_host, settings.smtp_port, timeout=SMTP_TIMEOUT_S, **kwargs) as smtp:
+    with _connect(settings, context) as smtp:
         if settings.smtp_tls == "starttls":
             smtp.starttls(context=context)
         if settings.smtp_user:
@@ -106,6 +113,8 @@ async def _send(settings: Settings, kind: str, message: EmailMessage) -> None:
 def send(settings: Settings, kind: str, message: EmailMessage) -> None:
     """Queues the email and returns at once: a slow mail server must not slow the request (or reveal,
     by timing, whether forgot-password found a user)."""
+    if not hooks.mail_allowed(kind, message):  # mail.before_send: hooks may change or drop the email
+        return
     if not settings.smtp_host:
         _log_instead(settings, kind, message)
         return

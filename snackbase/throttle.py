@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import apsw
 
@@ -39,7 +40,7 @@ def _seconds_until(moment: datetime) -> int:
     return max(1, math.ceil((moment - datetime.now(UTC)).total_seconds()))
 
 
-def _row(conn: apsw.Connection, key: str) -> dict | None:  # type: ignore[type-arg]
+def _row(conn: apsw.Connection, key: str) -> dict[str, Any] | None:
     return fetch_one(conn, "SELECT * FROM login_throttle WHERE key = ?", (key,))
 
 

@@ -166,12 +166,12 @@ def create_superadmin(
     if errors:
         raise SuperadminError("password refused: " + next(iter(errors.values()))["message"])
     password_hash = hasher(params_for(settings.environment)).hash(unicodedata.normalize("NFC", password))
+    existing = find_user(conn, SYSTEM_ACCOUNT_ID, normalized)
+    if existing is None:
+        with conn:
+            user = insert_user(conn, SYSTEM_ACCOUNT_ID, normalized, password_hash, "admin", verified=True)
+        return user["id"], True
     with conn:
-        existing = find_user(conn, SYSTEM_ACCOUNT_ID, normalized)
-        if existing is None:
-            return insert_user(conn, SYSTEM_ACCOUNT_ID, normalized, password_hash, "admin", verified=True)[
-                "id"
-            ], True
         if not force:
             raise SuperadminError(
                 f"superadmin {normalized} already exists; use --force to reset its password"
@@ -189,7 +189,7 @@ def create_superadmin(
             (now_iso(), existing["id"]),
         )
         clear_identity(conn, identity_key(SYSTEM_ACCOUNT_ID, normalized))
-        return existing["id"], False
+    return existing["id"], False
 
 
 def ensure_superadmin_from_settings(settings: Settings, conn: apsw.Connection) -> None:

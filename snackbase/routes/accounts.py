@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from starlette.requests import Request
@@ -42,7 +42,7 @@ def clean_name(value: str) -> str:
     return name
 
 
-def visible_account(request: Request, auth: Auth) -> dict:  # type: ignore[type-arg]
+def visible_account(request: Request, auth: Auth) -> dict[str, Any]:
     account = get_account(request.app.state.db.conn, request.path_params["id"])
     if account is None or (not auth.is_superadmin and account["id"] != auth.account_id):
         raise not_found("account")

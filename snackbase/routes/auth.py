@@ -307,9 +307,10 @@ async def reset_password(request: Request) -> Response:
     check_policy(body.new_password, user["email"], settings.password_min_length, "new_password")
     new_hash = await hash_password(params_for(settings.environment), body.new_password)
     with conn:
-        user = onetime.consume(conn, "reset_password", body.token)  # again: it may have been used meanwhile
-        if user is None:
+        spent = onetime.consume(conn, "reset_password", body.token)  # again: it may have been used meanwhile
+        if spent is None:
             raise _bad_token()
+        user = spent
         _set_password(conn, user["id"], new_hash)
         # The reset link proved control of the mailbox, which is what verification proves too.
         conn.execute("UPDATE users SET email_verified = 1 WHERE id = ?", (user["id"],))

@@ -49,8 +49,9 @@ async def list_users(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
     requested = request.query_params.get("account_id")
+    params: tuple[Any, ...] = ()
     if auth.is_superadmin and requested is None:
-        where, params = "1 = 1", ()
+        where = "1 = 1"
     else:
         where, params = "account_id = ?", (acting_account(conn, auth, requested),)
     page = page_of(
