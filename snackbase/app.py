@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -19,6 +19,7 @@ from snackbase.auth import AuthMiddleware
 from snackbase.config import Settings, ensure_data_dir, load_settings, with_secret_key
 from snackbase.db import Database
 from snackbase.errors import ApiError, error_response
+from snackbase.hook_loader import HookMiddleware, serve_hooks, start_hooks, terminate_hooks
 from snackbase.middleware import RequestMiddleware
 from snackbase.migrations import migrate, refuse_newer
 from snackbase.collections import Registry
@@ -77,7 +78,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await serve_hooks(app)
         yield
+        await terminate_hooks(app)
         db.close()
         log.info("database closed after a WAL checkpoint")
 
@@ -90,6 +93,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                        allow_headers=["*"], expose_headers=["X-Request-ID"], max_age=600)
         )
     middleware.append(Middleware(AuthMiddleware, prefix=settings.api_prefix))
+    middleware.append(Middleware(HookMiddleware))  # inside auth: request hooks see the caller
     app = Starlette(
         routes=routes,
         middleware=middleware,
@@ -100,7 +104,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.db = db
     app.state.registry = Registry()
     start_auth(settings, db)
+    with _close_on_error(db):  # a broken hook file refuses the start (one line in the CLI)
+        start_hooks(app, settings.hooks_path)
     return app
+
+
+@contextlib.contextmanager
+def _close_on_error(db: Database) -> Iterator[None]:
+    try:
+        yield
+    except Exception:
+        db.close()
+        raise
 
 
 def start_auth(settings: Settings, db: Database) -> None:

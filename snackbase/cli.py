@@ -134,7 +134,7 @@ def _run_factory(settings: Settings, reload: bool) -> None:
 @cli.command()
 @data_dir_option
 def info(data_dir: str | None) -> None:
-    """Show the effective settings (secrets redacted) and the database state."""
+    """Show the effective settings (secrets redacted), the database state and the registered hooks."""
     settings = settings_from(data_dir=data_dir)
     out: dict[str, Any] = {"version": __version__, "settings": settings.redacted()}
     out["database"] = {"path": str(settings.db_path), "exists": settings.db_path.is_file()}
@@ -143,7 +143,19 @@ def info(data_dir: str | None) -> None:
             conn = apsw.Connection(str(settings.db_path), flags=apsw.SQLITE_OPEN_READONLY)
             out["database"]["schema_version"] = current_version(conn)
             conn.close()
+    out["hooks"] = _hook_listing(settings)
     click.echo(json.dumps(out, indent=2))
+
+
+def _hook_listing(settings: Settings) -> dict[str, Any]:
+    """The built-ins and the hooks of the hook files, which run here as they would at start."""
+    from snackbase.hook_loader import load_hook_files
+    from snackbase.hooks import hooks
+
+    with user_errors():
+        files = load_hook_files(settings.hooks_path)
+    return {"dir": str(settings.hooks_path), "files": [p.name for p in files],
+            "registered": [hook.describe() for hook in hooks.registered()]}  # fmt: skip
 
 
 @cli.command("init-db")

@@ -61,6 +61,7 @@ class Settings:
     public_url: str = _meta("base URL used in email links (default http://host:port)")
     superadmin_email: str = _meta("create this superadmin at start when it does not exist")
     superadmin_password: str = _meta("password of SNACKBASE_SUPERADMIN_EMAIL", secret=True)
+    hooks_dir: str = _meta("directory of hook files (*.py) loaded at start (default <data-dir>/hooks)")
 
     # The defaults live here rather than on the fields so `_meta` stays readable above.
     @classmethod
@@ -97,6 +98,7 @@ class Settings:
             "public_url": "",
             "superadmin_email": "",
             "superadmin_password": "",
+            "hooks_dir": "",
         }
 
     @property
@@ -106,6 +108,10 @@ class Settings:
     @property
     def db_path(self) -> Path:
         return self.data_path / "snackbase.db"
+
+    @property
+    def hooks_path(self) -> Path:
+        return Path(self.hooks_dir) if self.hooks_dir else self.data_path / "hooks"
 
     @property
     def base_url(self) -> str:
