@@ -5,8 +5,9 @@
 Steps: stage a copy of the package with admin_ui/dist bundled as snackbase/ui_dist; pip-install it and
 its dependencies into a staging site-packages; zip that with shiv behind `#!/usr/bin/env python3`;
 smoke-run `dist/snackbase version`. (It cannot be ./snackbase in the checkout: that name is the
-package directory. Copied anywhere, the file runs as `./snackbase serve`.) Compiled dependencies (apsw, uvloop, msgspec, argon2) are wheels for
-the Python and platform running this script, which the build prints.
+package directory. Copied anywhere, the file runs as `./snackbase serve`.) Compiled dependencies
+(apsw, uvloop, msgspec, argon2) are wheels for the Python and platform running this script, which
+the build prints.
 """
 
 from __future__ import annotations
@@ -41,8 +42,18 @@ def stage_source(stage: Path) -> Path:
 def install_site_packages(src: Path, site: Path) -> None:
     # --no-build-isolation: build our pure-Python package with the setuptools already installed here.
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--no-build-isolation", "--target", str(site), str(src)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(src),
+        ],
         check=True,
     )
     for pattern in _PRUNE:
@@ -54,8 +65,22 @@ def install_site_packages(src: Path, site: Path) -> None:
 
 def zip_app(site: Path, output: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "shiv", "--site-packages", str(site), "-e", "snackbase.cli:main",
-         "-o", str(output), "-p", "/usr/bin/env python3", "--compressed", "--reproducible", "--compile-pyc"],
+        [
+            sys.executable,
+            "-m",
+            "shiv",
+            "--site-packages",
+            str(site),
+            "-e",
+            "snackbase.cli:main",
+            "-o",
+            str(output),
+            "-p",
+            "/usr/bin/env python3",
+            "--compressed",
+            "--reproducible",
+            "--compile-pyc",
+        ],
         check=True,
     )
 
@@ -66,8 +91,12 @@ def smoke(output: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default=str(ROOT / "dist" / "snackbase"), help="where to write the executable")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--output", default=str(ROOT / "dist" / "snackbase"), help="where to write the executable"
+    )
     parser.add_argument("--no-smoke", action="store_true", help="skip running the result")
     args = parser.parse_args()
     output = Path(args.output).resolve()
@@ -77,7 +106,9 @@ def main() -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     zip_app(site, output)
     size_mb = output.stat().st_size / 1_000_000
-    target = f"CPython {platform.python_version()} ({sysconfig.get_platform()}, {sys.implementation.cache_tag})"
+    target = (
+        f"CPython {platform.python_version()} ({sysconfig.get_platform()}, {sys.implementation.cache_tag})"
+    )
     print(f"built {output} — {size_mb:.1f} MB, for {target}")
     if not args.no_smoke:
         smoke(output)

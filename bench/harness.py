@@ -32,7 +32,8 @@ class Result:
     errors: int
 
     def row(self) -> str:
-        return f"| {self.server} | {self.scenario} | {self.requests_per_s:,.0f} | {self.p99_ms:.2f} | {self.errors} |"
+        rps, p99 = f"{self.requests_per_s:,.0f}", f"{self.p99_ms:.2f}"
+        return f"| {self.server} | {self.scenario} | {rps} | {p99} | {self.errors} |"
 
 
 def free_port() -> int:
@@ -57,8 +58,12 @@ class Server:
         self.data_dir = Path(tempfile.mkdtemp(prefix="sb-bench-"))
         argv = [a.format(port=self.port, data=self.data_dir) for a in args]
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(["taskset", "-c", "0", *argv], env={**os.environ, **(env or {})},
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", "0", *argv],
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.startup_s = self._wait(health_path)
 
     def _wait(self, path: str, timeout: float = 30.0) -> float:
@@ -89,8 +94,9 @@ class Server:
 
 def request(url: str, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"content-type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"content-type": "application/json", **(headers or {})}
+    )
     with urllib.request.urlopen(req, timeout=30) as response:
         raw = response.read()
     return json.loads(raw) if raw else None
@@ -104,20 +110,47 @@ wrk.body = {body}
 """
 
 
-def wrk(url: str, *, scenario: str, server: str, method: str = "GET", body: str | None = None,
-        headers: dict[str, str] | None = None, lua_extra: str = "", duration_s: int = 10,
-        connections: int = 32) -> Result:
+def wrk(
+    url: str,
+    *,
+    scenario: str,
+    server: str,
+    method: str = "GET",
+    body: str | None = None,
+    headers: dict[str, str] | None = None,
+    lua_extra: str = "",
+    duration_s: int = 10,
+    connections: int = 32,
+) -> Result:
     """Runs wrk on core 1 and returns requests/s and p99 latency."""
     header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
-    script = _LUA.format(method=method, body=json.dumps(body) if body is not None else "nil",
-                         headers=header_lines, extra=lua_extra)
+    script = _LUA.format(
+        method=method,
+        body=json.dumps(body) if body is not None else "nil",
+        headers=header_lines,
+        extra=lua_extra,
+    )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
     try:
         out = subprocess.run(
-            ["taskset", "-c", "1", require("wrk"), "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency",
-             "-s", handle.name, url],
-            capture_output=True, text=True, check=True, timeout=duration_s + 60,
+            [
+                "taskset",
+                "-c",
+                "1",
+                require("wrk"),
+                "-t1",
+                f"-c{connections}",
+                f"-d{duration_s}s",
+                "--latency",
+                "-s",
+                handle.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=duration_s + 60,
         ).stdout
     finally:
         os.unlink(handle.name)

@@ -28,19 +28,27 @@ USER_EMAIL, USER_PASSWORD = "bench-user@example.com", "another long passphrase 4
 
 
 def _row(i: int) -> dict[str, Any]:
-    return {"title": f"row {i}", "body": "lorem ipsum dolor sit amet", "views": random.randrange(100),
-            "done": i % 2 == 0}
+    return {
+        "title": f"row {i}",
+        "body": "lorem ipsum dolor sit amet",
+        "views": random.randrange(100),
+        "done": i % 2 == 0,
+    }
 
 
 def _seed(port: int, path: str, headers: dict[str, str], rows: list[dict[str, Any]], batch: bool) -> str:
     """Posts the rows over one keep-alive connection; returns the id of the last one."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     last = ""
-    chunks = [rows[i:i + 100] for i in range(0, len(rows), 100)] if batch else [[r] for r in rows]
+    chunks = [rows[i : i + 100] for i in range(0, len(rows), 100)] if batch else [[r] for r in rows]
     for chunk in chunks:
         body = {"create": chunk} if batch else chunk[0]
-        conn.request("POST", path + ("/batch" if batch else ""), json.dumps(body),
-                     {"content-type": "application/json", **headers})
+        conn.request(
+            "POST",
+            path + ("/batch" if batch else ""),
+            json.dumps(body),
+            {"content-type": "application/json", **headers},
+        )
         response = conn.getresponse()
         data = json.loads(response.read())
         if response.status >= 300:
@@ -52,24 +60,45 @@ def _seed(port: int, path: str, headers: dict[str, str], rows: list[dict[str, An
 
 # --- SnackBase ---------------------------------------------------------------------------------
 
-SB_FIELDS = [{"name": "title", "type": "text"}, {"name": "body", "type": "text"},
-             {"name": "views", "type": "number"}, {"name": "done", "type": "boolean"}]
-SB_RULES = {"public": dict.fromkeys(("list", "view", "create", "update", "delete"), ""),
-            "token": dict.fromkeys(("list", "view", "create", "update", "delete"), "@is_authenticated()")}
+SB_FIELDS = [
+    {"name": "title", "type": "text"},
+    {"name": "body", "type": "text"},
+    {"name": "views", "type": "number"},
+    {"name": "done", "type": "boolean"},
+]
+SB_RULES = {
+    "public": dict.fromkeys(("list", "view", "create", "update", "delete"), ""),
+    "token": dict.fromkeys(("list", "view", "create", "update", "delete"), "@is_authenticated()"),
+    # Issue 5: an owner rule plus a masked PII field must cost at most 15% over "public".
+    "owned": {
+        **dict.fromkeys(("list", "view", "update", "delete"), "@owns_record()"),
+        "create": "@is_authenticated()",
+    },
+}
+SB_PII_FIELDS = [{**f, "pii": True, "mask": "full"} if f["name"] == "body" else f for f in SB_FIELDS]
 
 
 def snackbase_setup(server: Server) -> dict[str, Any]:
     api = server.url + "/api/v1"
-    login = request(api + "/auth/login", "POST", {"email": SUPER_EMAIL, "password": SUPER_PASSWORD,
-                                                  "account_identifier": "system"})
+    login = request(
+        api + "/auth/login",
+        "POST",
+        {"email": SUPER_EMAIL, "password": SUPER_PASSWORD, "account_identifier": "system"},
+    )
     admin = {"authorization": "Bearer " + login["access_token"]}
-    registered = request(api + "/auth/register", "POST", {"account_name": "Bench", "email": USER_EMAIL,
-                                                          "password": USER_PASSWORD})
+    registered = request(
+        api + "/auth/register",
+        "POST",
+        {"account_name": "Bench", "email": USER_EMAIL, "password": USER_PASSWORD},
+    )
     user = {"authorization": "Bearer " + registered["access_token"]}
     account = registered["account"]["id"]
     setup: dict[str, Any] = {"account": account, "user": user}
     for kind, rules in SB_RULES.items():
-        request(api + "/collections", "POST", {"name": f"items_{kind}", "fields": SB_FIELDS, "rules": rules}, admin)
+        fields = SB_PII_FIELDS if kind == "owned" else SB_FIELDS
+        request(
+            api + "/collections", "POST", {"name": f"items_{kind}", "fields": fields, "rules": rules}, admin
+        )
         rows = [_row(i) for i in range(ROWS)]
         setup[kind] = _seed(server.port, f"/api/v1/records/items_{kind}", {**user}, rows, batch=True)
     return setup
@@ -86,6 +115,11 @@ def snackbase_scenarios(server: Server, setup: dict[str, Any]) -> list[tuple[str
             (f"get by id ({kind})", "GET", f"{api}/items_{kind}/{setup[kind]}", headers),
             (f"list 20, filter + sort ({kind})", "GET", f"{api}/items_{kind}{query}", headers),
         ]
+    owned = "owner rule + masked PII"
+    out += [
+        (f"get by id ({owned})", "GET", f"{api}/items_owned/{setup['owned']}", setup["user"]),
+        (f"list 20, filter + sort ({owned})", "GET", f"{api}/items_owned{query}", setup["user"]),
+    ]
     return out
 
 
@@ -102,30 +136,56 @@ def pocketbase_binary() -> str | None:
     return os.environ.get("POCKETBASE") or shutil.which("pocketbase")
 
 
-PB_FIELDS = [{"name": "title", "type": "text"}, {"name": "body", "type": "text"},
-             {"name": "views", "type": "number"}, {"name": "done", "type": "bool"},
-             {"name": "created", "type": "autodate", "onCreate": True, "onUpdate": False}]
+PB_FIELDS = [
+    {"name": "title", "type": "text"},
+    {"name": "body", "type": "text"},
+    {"name": "views", "type": "number"},
+    {"name": "done", "type": "bool"},
+    {"name": "created", "type": "autodate", "onCreate": True, "onUpdate": False},
+]
 PB_RULES = {"public": "", "token": "@request.auth.id != ''"}
 
 
 def pocketbase_setup(binary: str, server: Server) -> dict[str, Any]:
-    subprocess.run([binary, "superuser", "upsert", SUPER_EMAIL, SUPER_PASSWORD, "--dir", str(server.data_dir)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [binary, "superuser", "upsert", SUPER_EMAIL, SUPER_PASSWORD, "--dir", str(server.data_dir)],
+        check=True,
+        capture_output=True,
+    )
     api = server.url + "/api"
-    login = request(api + "/collections/_superusers/auth-with-password", "POST",
-                    {"identity": SUPER_EMAIL, "password": SUPER_PASSWORD})
+    login = request(
+        api + "/collections/_superusers/auth-with-password",
+        "POST",
+        {"identity": SUPER_EMAIL, "password": SUPER_PASSWORD},
+    )
     admin = {"authorization": login["token"]}
-    request(api + "/collections/users/records", "POST",
-            {"email": USER_EMAIL, "password": USER_PASSWORD, "passwordConfirm": USER_PASSWORD}, admin)
-    user_login = request(api + "/collections/users/auth-with-password", "POST",
-                         {"identity": USER_EMAIL, "password": USER_PASSWORD})
+    request(
+        api + "/collections/users/records",
+        "POST",
+        {"email": USER_EMAIL, "password": USER_PASSWORD, "passwordConfirm": USER_PASSWORD},
+        admin,
+    )
+    user_login = request(
+        api + "/collections/users/auth-with-password",
+        "POST",
+        {"identity": USER_EMAIL, "password": USER_PASSWORD},
+    )
     setup: dict[str, Any] = {"user": {"authorization": user_login["token"]}}
     for kind, rule in PB_RULES.items():
         rules = {f"{op}Rule": rule for op in ("list", "view", "create", "update", "delete")}
-        request(api + "/collections", "POST", {"name": f"items_{kind}", "type": "base", "fields": PB_FIELDS, **rules},
-                admin)
-        setup[kind] = _seed(server.port, f"/api/collections/items_{kind}/records", admin,
-                            [_row(i) for i in range(ROWS)], batch=False)
+        request(
+            api + "/collections",
+            "POST",
+            {"name": f"items_{kind}", "type": "base", "fields": PB_FIELDS, **rules},
+            admin,
+        )
+        setup[kind] = _seed(
+            server.port,
+            f"/api/collections/items_{kind}/records",
+            admin,
+            [_row(i) for i in range(ROWS)],
+            batch=False,
+        )
     return setup
 
 
@@ -145,21 +205,39 @@ def pocketbase_scenarios(server: Server, setup: dict[str, Any]) -> list[tuple[st
 # --- run -----------------------------------------------------------------------------------------
 
 
-def _drive(name: str, server: Server, scenarios: list[tuple[str, str, str, dict[str, str]]], duration: int,
-           connections: int) -> list[Result]:
+def _drive(
+    name: str,
+    server: Server,
+    scenarios: list[tuple[str, str, str, dict[str, str]]],
+    duration: int,
+    connections: int,
+) -> list[Result]:
     results = []
     for scenario, method, url, headers in scenarios:
         body = json.dumps(BODY) if method == "POST" else None
         headers = {**headers, "content-type": "application/json"} if body else headers
-        results.append(wrk(url, scenario=scenario, server=name, method=method, body=body, headers=headers,
-                           duration_s=duration, connections=connections))
+        results.append(
+            wrk(
+                url,
+                scenario=scenario,
+                server=name,
+                method=method,
+                body=body,
+                headers=headers,
+                duration_s=duration,
+                connections=connections,
+            )
+        )
     return results
 
 
 def run(duration: int, connections: int) -> list[Result]:
     results: list[Result] = []
-    server = Server([str(EXE), "serve", "--port", "{port}", "--data-dir", "{data}"], "/health",
-                    env={"SNACKBASE_SUPERADMIN_EMAIL": SUPER_EMAIL, "SNACKBASE_SUPERADMIN_PASSWORD": SUPER_PASSWORD})
+    server = Server(
+        [str(EXE), "serve", "--port", "{port}", "--data-dir", "{data}"],
+        "/health",
+        env={"SNACKBASE_SUPERADMIN_EMAIL": SUPER_EMAIL, "SNACKBASE_SUPERADMIN_PASSWORD": SUPER_PASSWORD},
+    )
     try:
         setup = snackbase_setup(server)
         results += _drive("snackbase", server, snackbase_scenarios(server, setup), duration, connections)
@@ -181,17 +259,33 @@ def run(duration: int, connections: int) -> list[Result]:
     return results
 
 
+def _print_rule_cost(results: list[Result]) -> None:
+    sb = {r.scenario: r for r in results if r.server == "snackbase"}
+    print("\n| scenario | public req/s | owner rule + masked PII req/s | cost |")
+    print("|---|---:|---:|---:|")
+    for op in ("get by id", "list 20, filter + sort"):
+        public, owned = sb.get(f"{op} (public)"), sb.get(f"{op} (owner rule + masked PII)")
+        if public and owned:
+            cost = 1 - owned.requests_per_s / public.requests_per_s
+            print(f"| {op} | {public.requests_per_s:,.0f} | {owned.requests_per_s:,.0f} | {cost:+.0%} |")
+
+
 def _print_ratios(results: list[Result]) -> None:
+    _print_rule_cost(results)
     pb = {r.scenario: r for r in results if r.server == "pocketbase"}
     if not pb:
         return
-    print("\n| scenario | SnackBase req/s | PocketBase req/s | ratio | SnackBase p99 ms | PocketBase p99 ms |")
+    print(
+        "\n| scenario | SnackBase req/s | PocketBase req/s | ratio | SnackBase p99 ms | PocketBase p99 ms |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for r in results:
         if r.server == "snackbase" and r.scenario in pb:
             other = pb[r.scenario]
-            print(f"| {r.scenario} | {r.requests_per_s:,.0f} | {other.requests_per_s:,.0f} | "
-                  f"{r.requests_per_s / other.requests_per_s:.2f}× | {r.p99_ms:.2f} | {other.p99_ms:.2f} |")
+            print(
+                f"| {r.scenario} | {r.requests_per_s:,.0f} | {other.requests_per_s:,.0f} | "
+                f"{r.requests_per_s / other.requests_per_s:.2f}× | {r.p99_ms:.2f} | {other.p99_ms:.2f} |"
+            )
 
 
 if __name__ == "__main__":

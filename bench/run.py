@@ -15,13 +15,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import EXE, Result, Server, print_table, save, wrk  # noqa: E402
+from harness import EXE, Result, Server, print_table, save, wrk
 
 SNACKBASE = [str(EXE), "serve", "--port", "{port}", "--data-dir", "{data}"]
 
 
 def foundation(duration: int, connections: int) -> None:
-    subprocess.run([str(EXE), "version"], check=True, capture_output=True)  # extract once, as a user's 2nd run
+    subprocess.run(
+        [str(EXE), "version"], check=True, capture_output=True
+    )  # extract once, as a user's 2nd run
     startups, rss = [], []
     for _ in range(5):
         server = Server(SNACKBASE, "/health")
@@ -33,15 +35,24 @@ def foundation(duration: int, connections: int) -> None:
     results: list[Result] = []
     try:
         for scenario, path in (("GET /health", "/health"), ("GET /api/v1", "/api/v1")):
-            results.append(wrk(server.url + path, scenario=scenario, server="snackbase", duration_s=duration,
-                               connections=connections))
+            results.append(
+                wrk(
+                    server.url + path,
+                    scenario=scenario,
+                    server="snackbase",
+                    duration_s=duration,
+                    connections=connections,
+                )
+            )
     finally:
         server.stop()
     size_mb = EXE.stat().st_size / 1_000_000
     print_table(results)
-    print(f"\nstart until /health answers: median {sorted(startups)[2] * 1000:.0f} ms "
-          f"(min {min(startups) * 1000:.0f}, max {max(startups) * 1000:.0f}); idle RSS {max(rss):.1f} MiB; "
-          f"file {size_mb:.1f} MB")
+    print(
+        f"\nstart until /health answers: median {sorted(startups)[2] * 1000:.0f} ms "
+        f"(min {min(startups) * 1000:.0f}, max {max(startups) * 1000:.0f}); idle RSS {max(rss):.1f} MiB; "
+        f"file {size_mb:.1f} MB"
+    )
     save("foundation", {"results": results, "startup_s": startups, "rss_mib": rss, "size_mb": size_mb})
 
 

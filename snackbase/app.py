@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -23,7 +24,8 @@ from snackbase.hook_loader import HookMiddleware, serve_hooks, start_hooks, term
 from snackbase.middleware import RequestMiddleware
 from snackbase.migrations import migrate, refuse_newer
 from snackbase.collections import Registry
-from snackbase.routes import RouteTable, audit, collections, health, records
+from snackbase.macros import MacroStore
+from snackbase.routes import RouteTable, audit, collections, health, macros, records, signatures
 from snackbase.routes import auth as auth_routes
 from snackbase.routes import users as users_routes
 from snackbase.routes import groups as groups_routes
@@ -38,7 +40,8 @@ UI_PREFIX = "/_/"
 
 def api_tables() -> list[RouteTable]:
     """Every route table mounted under the API prefix; a new resource module is added here."""
-    return [health.routes, collections.routes, records.routes, audit.routes, *auth_tables()]
+    return [health.routes, collections.routes, records.routes, signatures.routes, macros.routes, audit.routes,
+            *auth_tables()]
 
 
 def auth_tables() -> list[RouteTable]:
@@ -79,7 +82,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await serve_hooks(app)
+        optimizer = asyncio.create_task(db.optimize_periodically())
         yield
+        optimizer.cancel()
         await terminate_hooks(app)
         db.close()
         log.info("database closed after a WAL checkpoint")
@@ -103,6 +108,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.db = db
     app.state.registry = Registry()
+    app.state.macros = MacroStore()
     start_auth(settings, db)
     with _close_on_error(db):  # a broken hook file refuses the start (one line in the CLI)
         start_hooks(app, settings.hooks_path)

@@ -38,7 +38,6 @@ from snackbase.schema import (
 from snackbase.times import now_iso
 
 
-
 @dataclass(frozen=True)
 class ChangeContext:
     """Who changes a definition and why, for the audit entry written in the same transaction."""
@@ -83,16 +82,23 @@ class Registry:
         return validator
 
 
-
-def _audit(conn: apsw.Connection, ctx: ChangeContext, action: str, old: Collection | None,
-           new: Collection | None) -> None:
+def _audit(
+    conn: apsw.Connection, ctx: ChangeContext, action: str, old: Collection | None, new: Collection | None
+) -> None:
     """Collections are shared by all accounts, so their changes go into the system account's chain."""
     before = collection_to_json(old) if old else None
     after = collection_to_json(new) if new else None
-    audit.append(conn, account_id=SYSTEM_ACCOUNT_ID, actor=ctx.actor, action=action,
-                 collection=(new or old).name if (new or old) else None,
-                 changes=audit.diff(before, after, skip=("id", "created_at", "updated_at")),
-                 reason=ctx.reason, meta=ctx.meta)
+    subject = new or old
+    audit.append(
+        conn,
+        account_id=SYSTEM_ACCOUNT_ID,
+        actor=ctx.actor,
+        action=action,
+        collection=subject.name if subject else None,
+        changes=audit.diff(before, after, skip=("id", "created_at", "updated_at")),
+        reason=ctx.reason,
+        meta=ctx.meta,
+    )
 
 
 def _bump_version(conn: apsw.Connection) -> None:
@@ -111,12 +117,17 @@ def _check_references_exist(registry: Registry, collection: Collection) -> None:
         )
 
 
-def create_collection(conn: apsw.Connection, registry: Registry, parsed: dict[str, Any],
-                      ctx: ChangeContext) -> Collection:
+def create_collection(
+    conn: apsw.Connection, registry: Registry, parsed: dict[str, Any], ctx: ChangeContext
+) -> Collection:
     registry.refresh(conn)
     if parsed["name"] in registry.by_name:
-        raise ApiError(409, "conflict", f"A collection named '{parsed['name']}' already exists.",
-                       field_error("name", "not_unique", "This name is taken."))
+        raise ApiError(
+            409,
+            "conflict",
+            f"A collection named '{parsed['name']}' already exists.",
+            field_error("name", "not_unique", "This name is taken."),
+        )
     collection = new_collection(parsed, id=uuid7(), now=now_iso())
     _check_references_exist(registry, collection)
     check_rules(collection, param_counts(conn))
@@ -137,8 +148,9 @@ def _insert_row(conn: apsw.Connection, collection: Collection) -> None:
     )
 
 
-def update_collection(conn: apsw.Connection, registry: Registry, name: str, parsed: dict[str, Any],
-                      ctx: ChangeContext) -> Collection:
+def update_collection(
+    conn: apsw.Connection, registry: Registry, name: str, parsed: dict[str, Any], ctx: ChangeContext
+) -> Collection:
     old = registry.get(conn, name)
     new, change = patch_collection(old, parsed, now=now_iso())
     _check_references_exist(registry, new)
@@ -161,7 +173,9 @@ def _apply_change(conn: apsw.Connection, change: SchemaChange | None) -> None:
         return
     execute_many(conn, change.statements)
     if conn.execute(change.fk_check_sql).fetchall():
-        raise ApiError(409, "conflict", "Existing records reference rows that the new schema would not allow.")
+        raise ApiError(
+            409, "conflict", "Existing records reference rows that the new schema would not allow."
+        )
 
 
 def _data_conflict(exc: apsw.ConstraintError) -> ApiError:
@@ -177,7 +191,9 @@ def _data_conflict(exc: apsw.ConstraintError) -> ApiError:
 
 @contextlib.contextmanager
 def _foreign_keys_off(conn: apsw.Connection, off: bool) -> Iterator[None]:
-    """Table rebuilds run with foreign keys off (see schema.plan_schema_change for why); outside a transaction."""
+    """Table rebuilds run with foreign keys off (see schema.plan_schema_change for why).
+
+    Must be entered outside any transaction: inside one, PRAGMA foreign_keys is a no-op."""
     if not off:
         yield
         return
@@ -225,8 +241,9 @@ def export_definitions(conn: apsw.Connection, registry: Registry) -> list[dict[s
     return out
 
 
-def import_definitions(conn: apsw.Connection, registry: Registry, definitions: Any,
-                       ctx: ChangeContext) -> dict[str, list[str]]:
+def import_definitions(
+    conn: apsw.Connection, registry: Registry, definitions: Any, ctx: ChangeContext
+) -> dict[str, list[str]]:
     """Creates missing collections and updates changed ones; idempotent. Returns what happened to each.
 
     One transaction for the whole file, so a definition that fails leaves everything as it was. Foreign
@@ -240,13 +257,16 @@ def import_definitions(conn: apsw.Connection, registry: Registry, definitions: A
         for body in _dependency_order(definitions):
             _import_one(conn, registry, body, ctx, report)
         if conn.execute("PRAGMA foreign_key_check").fetchall():
-            raise ApiError(409, "conflict", "Existing records reference rows the new definitions would not allow.")
+            raise ApiError(
+                409, "conflict", "Existing records reference rows the new definitions would not allow."
+            )
     registry.refresh(conn)
     return report
 
 
-def _import_one(conn: apsw.Connection, registry: Registry, body: Any, ctx: ChangeContext,
-                report: dict[str, list[str]]) -> None:
+def _import_one(
+    conn: apsw.Connection, registry: Registry, body: Any, ctx: ChangeContext, report: dict[str, list[str]]
+) -> None:
     parsed = parse_collection_body(body)
     registry.refresh(conn)
     existing = registry.by_name.get(parsed["name"])

@@ -32,7 +32,9 @@ async def caller_for(request: Request) -> Caller:
         return Caller(auth.user_id, _named_account(request), auth.email, auth.role, True, _no_groups, macro)
     if auth.user_id is None:
         return Caller(None, auth.account_id, None, None, False, _no_groups, macro)
-    return Caller(auth.user_id, auth.account_id, auth.email, auth.role, False, _groups_of(conn, auth.user_id), macro)
+    return Caller(
+        auth.user_id, auth.account_id, auth.email, auth.role, False, _groups_of(conn, auth.user_id), macro
+    )
 
 
 def _groups_of(conn: apsw.Connection, user_id: str) -> Callable[[], frozenset[str]]:
@@ -69,12 +71,16 @@ def _named_account(request: Request) -> str | None:
 
 async def write_context(request: Request, caller: Caller) -> WriteContext:
     auth: Auth = await get_auth(request)
-    return WriteContext(caller, audit.actor_from_auth(auth), audit.meta_from_request(request), _header_reason(request))
+    return WriteContext(
+        caller, audit.actor_from_auth(auth), audit.meta_from_request(request), _header_reason(request)
+    )
 
 
 async def change_context(request: Request) -> ChangeContext:
     auth = await get_auth(request)
-    return ChangeContext(audit.actor_from_auth(auth), audit.meta_from_request(request), _header_reason(request))
+    return ChangeContext(
+        audit.actor_from_auth(auth), audit.meta_from_request(request), _header_reason(request)
+    )
 
 
 def _header_reason(request: Request) -> str | None:
@@ -87,8 +93,19 @@ def caller_for_user(request: Request, user_id: str) -> Caller:
     conn = request.app.state.db.conn
     row = get_user(conn, user_id) if isinstance(user_id, str) else None
     if row is None:
-        raise ApiError(404, "not_found", "as_user names no user.",
-                       {"as_user": {"code": "not_found", "message": "No such user."}})
+        raise ApiError(
+            404,
+            "not_found",
+            "as_user names no user.",
+            {"as_user": {"code": "not_found", "message": "No such user."}},
+        )
     is_superadmin = row["account_id"] == SYSTEM_ACCOUNT_ID
-    return Caller(row["id"], row["account_id"], row["email"], row["role"], is_superadmin,
-                  _groups_of(conn, row["id"]), _macro_runner(conn, request.app.state.macros))
+    return Caller(
+        row["id"],
+        row["account_id"],
+        row["email"],
+        row["role"],
+        is_superadmin,
+        _groups_of(conn, row["id"]),
+        _macro_runner(conn, request.app.state.macros),
+    )

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import weakref
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -171,10 +171,9 @@ class Database:
     async def optimize_periodically(self, interval_s: float = 10.0) -> None:
         while True:
             await asyncio.sleep(interval_s)
-            try:
+            # Busy or closed: try again next time; statistics never crash the server.
+            with contextlib.suppress(apsw.Error):
                 self.optimize()
-            except apsw.Error:  # busy or closed: try again next time, never crash the server
-                pass
 
     def ping(self) -> bool:
         try:

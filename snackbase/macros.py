@@ -56,8 +56,14 @@ class Macro:
     updated_at: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "sql": self.sql, "params": self.params, "description": self.description,
-                "created_at": self.created_at, "updated_at": self.updated_at}
+        return {
+            "name": self.name,
+            "sql": self.sql,
+            "params": self.params,
+            "description": self.description,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
 
 
 def _authorizer(schema_tables: frozenset[str]) -> Callable[..., int]:
@@ -88,7 +94,9 @@ def _readable(table: str, column: str | None, schema_tables: frozenset[str]) -> 
 @contextlib.contextmanager
 def fenced(conn: apsw.Connection, budget_s: float = RUN_BUDGET_S) -> Iterator[None]:
     """The authorizer and a short statement budget for the duration of one macro statement."""
-    tables = frozenset(name for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type IN ('table', 'view')"))
+    tables = frozenset(
+        name for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type IN ('table', 'view')")
+    )
     previous = conn.authorizer
     conn.authorizer = _authorizer(tables)
     budget = statement_budget(conn)
@@ -121,8 +129,10 @@ def count_params(conn: apsw.Connection, sql: str) -> int:
         except apsw.ExecTraceAbort:
             return _one_readonly_statement(sql, seen, count)
         except apsw.AuthError:
-            raise _invalid("The macro may only read collection tables and the public columns of "
-                           "accounts, users, groups, group_members and roles.") from None
+            raise _invalid(
+                "The macro may only read collection tables and the public columns of "
+                "accounts, users, groups, group_members and roles."
+            ) from None
         except apsw.SQLError as exc:
             raise _invalid(f"The SQL does not compile: {exc}.") from None
     raise _invalid(f"A macro takes at most {MAX_PARAMS} parameters.")
@@ -216,7 +226,9 @@ def param_counts(conn: apsw.Connection) -> dict[str, int]:
 
 def check_name(name: Any) -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise validation_error(field_error("name", "invalid_name", "Use 1-63 of a-z, 0-9 and _, starting with a letter."))
+        raise validation_error(
+            field_error("name", "invalid_name", "Use 1-63 of a-z, 0-9 and _, starting with a letter.")
+        )
     if name in BUILTIN_NAMES:
         raise validation_error(field_error("name", "reserved", f"'{name}' is a built-in macro."))
     return name
@@ -233,15 +245,20 @@ def check_sql(conn: apsw.Connection, sql: Any) -> tuple[str, int]:
 def insert(conn: apsw.Connection, name: str, sql: str, params: int, description: str) -> Macro:
     now = now_iso()
     macro = Macro(name, sql, params, description, now, now)
-    conn.execute("INSERT INTO macros (name, sql, params, description, created_at, updated_at) "
-                 "VALUES (?, ?, ?, ?, ?, ?)", (name, sql, params, description, now, now))
+    conn.execute(
+        "INSERT INTO macros (name, sql, params, description, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (name, sql, params, description, now, now),
+    )
     return macro
 
 
 def update(conn: apsw.Connection, old: Macro, sql: str, params: int, description: str) -> Macro:
     macro = Macro(old.name, sql, params, description, old.created_at, now_iso())
-    conn.execute("UPDATE macros SET sql = ?, params = ?, description = ?, updated_at = ? WHERE name = ?",
-                 (sql, params, description, macro.updated_at, old.name))
+    conn.execute(
+        "UPDATE macros SET sql = ?, params = ?, description = ?, updated_at = ? WHERE name = ?",
+        (sql, params, description, macro.updated_at, old.name),
+    )
     return macro
 
 

@@ -76,8 +76,12 @@ class RequestMiddleware:
             duration_ms = round((time.perf_counter() - started) * 1000, 2)
             log.info(
                 "request",
-                extra={"method": scope["method"], "path": scope["path"], "status": status["code"],
-                       "duration_ms": duration_ms},
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status["code"],
+                    "duration_ms": duration_ms,
+                },
             )
             request_context.reset(token)
 
@@ -89,7 +93,14 @@ class RequestMiddleware:
 
     async def _send_500(self, send: Send, request_id: str) -> None:
         body = encode_json(envelope(ApiError(500), request_id))
-        await send({"type": "http.response.start", "status": 500,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

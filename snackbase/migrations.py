@@ -54,7 +54,7 @@ def current_version(conn: apsw.Connection) -> int:
 
 
 def refuse_newer(path: Path) -> None:
-    """Raises SchemaTooNewError before anything opens the file for writing (which would already set WAL mode)."""
+    """Raises SchemaTooNewError before anything opens the file for writing (opening it sets WAL mode)."""
     if not path.is_file():
         return
     conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)

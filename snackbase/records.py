@@ -85,7 +85,9 @@ class ListQuery:
 def _scope(caller: Caller) -> tuple[str, list[Any]]:
     if caller.account_id is None:
         if not caller.is_superadmin:
-            raise ApiError(401, "unauthorized", "Authenticate, or name an account with the X-Account-ID header.")
+            raise ApiError(
+                401, "unauthorized", "Authenticate, or name an account with the X-Account-ID header."
+            )
         return "", []
     return f"{ALIAS}.account_id = ?", [caller.account_id]
 
@@ -120,7 +122,9 @@ def hidden_fields(collection: Collection, caller: Caller, op: str) -> frozenset[
     return frozenset(hidden)
 
 
-def present(collection: Collection, caller: Caller, op: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def present(
+    collection: Collection, caller: Caller, op: str, records: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """What this caller reads: unreadable fields removed, PII masked (every read path goes through here)."""
     readable, masks = _readable(collection, caller, op), _masks(collection, caller)
     if readable is None and not masks:
@@ -141,18 +145,30 @@ def _check_write_access(collection: Collection, caller: Caller, op: str, names: 
         return
     denied = [n for n in names if n in collection.field_map and n not in allowed]
     if denied:
-        raise ApiError(403, "field_access_denied", f"You may not {op} the field(s): {', '.join(denied)}.",
-                       {n: {"code": "field_access_denied", "message": f"Not writable on {op}."} for n in denied})
+        raise ApiError(
+            403,
+            "field_access_denied",
+            f"You may not {op} the field(s): {', '.join(denied)}.",
+            {n: {"code": "field_access_denied", "message": f"Not writable on {op}."} for n in denied},
+        )
 
 
 # --- reads --------------------------------------------------------------------------------------
 
 
-def get_record(conn: apsw.Connection, registry: Registry, collection: Collection, caller: Caller,
-               record_id: str, fields: list[str] | None = None,
-               expand: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+def get_record(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    caller: Caller,
+    record_id: str,
+    fields: list[str] | None = None,
+    expand: list[str] | tuple[str, ...] = (),
+) -> dict[str, Any]:
     resolver = RecordResolver(collection, caller)
-    where, params = _where(_scope(caller), rule_clause(collection, "view", resolver), (f"{ALIAS}.id = ?", [record_id]))
+    where, params = _where(
+        _scope(caller), rule_clause(collection, "view", resolver), (f"{ALIAS}.id = ?", [record_id])
+    )
     rows = fetch_all(conn, f"SELECT * FROM {quote_ident(collection.table)} AS {ALIAS}{where}", params)
     if not rows:
         raise ApiError(404, "not_found", "The record was not found.")
@@ -161,8 +177,9 @@ def get_record(conn: apsw.Connection, registry: Registry, collection: Collection
     return project(records, fields)[0]
 
 
-def list_records(conn: apsw.Connection, registry: Registry, collection: Collection, caller: Caller,
-                 query: ListQuery) -> dict[str, Any]:
+def list_records(
+    conn: apsw.Connection, registry: Registry, collection: Collection, caller: Caller, query: ListQuery
+) -> dict[str, Any]:
     clauses = [_scope(caller), rule_clause(collection, "list", RecordResolver(collection, caller))]
     resolver = RecordResolver(collection, caller, hidden=hidden_fields(collection, caller, "list"))
     if query.filter.strip():
@@ -175,17 +192,31 @@ def list_records(conn: apsw.Connection, registry: Registry, collection: Collecti
     table = f"{quote_ident(collection.table)} AS {ALIAS}"
     order = _order_by(query.sort, resolver)
     offset = (query.page - 1) * query.per_page
-    rows = fetch_all(conn, f"SELECT * FROM {table}{where} ORDER BY {order} LIMIT ? OFFSET ?",
-                     [*params, query.per_page, offset])
+    rows = fetch_all(
+        conn,
+        f"SELECT * FROM {table}{where} ORDER BY {order} LIMIT ? OFFSET ?",
+        [*params, query.per_page, offset],
+    )
     items = _to_json(conn, registry, collection, caller, rows, query)
     total = -1 if query.skip_total else int(fetch_value(conn, f"SELECT count(*) FROM {table}{where}", params))
     pages = -1 if query.skip_total else (total + query.per_page - 1) // query.per_page
-    return {"items": items, "page": query.page, "per_page": query.per_page, "total_items": total,
-            "total_pages": pages}
+    return {
+        "items": items,
+        "page": query.page,
+        "per_page": query.per_page,
+        "total_items": total,
+        "total_pages": pages,
+    }
 
 
-def _to_json(conn: apsw.Connection, registry: Registry, collection: Collection, caller: Caller,
-             rows: list[dict[str, Any]], query: ListQuery) -> list[dict[str, Any]]:
+def _to_json(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    caller: Caller,
+    rows: list[dict[str, Any]],
+    query: ListQuery,
+) -> list[dict[str, Any]]:
     to_json = registry.validator(collection).to_json
     records = present(collection, caller, "list", [to_json(row) for row in rows])
     expand_records(conn, registry, collection, caller, records, query.expand)
@@ -198,7 +229,9 @@ def _sort_keys(sort: str) -> list[tuple[str, bool]]:
     try:
         keys = parse_sort(sort)
     except FilterError as exc:
-        raise ApiError(400, "invalid_sort", f"Invalid sort: {exc}.", field_error("sort", "invalid_sort", str(exc))) from None
+        raise ApiError(
+            400, "invalid_sort", f"Invalid sort: {exc}.", field_error("sort", "invalid_sort", str(exc))
+        ) from None
     # `id` makes the order total; it follows the last key's direction so that an index on
     # (account_id, key, id) can serve the whole ORDER BY.
     return keys if any(name == "id" for name, _ in keys) else [*keys, ("id", keys[-1][1])]
@@ -210,8 +243,12 @@ def _order_by(sort: str, resolver: RecordResolver) -> str:
         try:
             expr = resolver.field(name, 0)
         except FilterError as exc:
-            raise ApiError(400, "invalid_sort", f"Invalid sort: {exc.message}.",
-                           field_error("sort", "invalid_sort", exc.message)) from None
+            raise ApiError(
+                400,
+                "invalid_sort",
+                f"Invalid sort: {exc.message}.",
+                field_error("sort", "invalid_sort", exc.message),
+            ) from None
         parts.append(f"{expr} {'DESC' if desc else 'ASC'}")
     return ", ".join(parts)
 
@@ -235,11 +272,15 @@ def _decode_cursor(cursor: str, sort: str, count: int) -> list[Any]:
     except (ValueError, msgspec.DecodeError):
         values = []
     if len(values) != count + 1 or values[0] != sort:
-        raise ApiError(400, "invalid_cursor", "The cursor is not valid for this query; start again with after=.")
+        raise ApiError(
+            400, "invalid_cursor", "The cursor is not valid for this query; start again with after=."
+        )
     return values[1:]
 
 
-def _after_clause(keys: list[tuple[str, bool]], values: list[Any], resolver: RecordResolver) -> tuple[str, list[Any]]:
+def _after_clause(
+    keys: list[tuple[str, bool]], values: list[Any], resolver: RecordResolver
+) -> tuple[str, list[Any]]:
     """(k1 after v1) OR (k1 IS v1 AND k2 after v2) OR … with SQLite's NULL order (NULLs sort first)."""
     ors, params = [], []
     for i, (name, desc) in enumerate(keys):
@@ -261,14 +302,26 @@ def _after_one(expr: str, value: Any, desc: bool) -> tuple[str, list[Any]]:
     return f"{expr} > ?", [value]
 
 
-def _cursor_page(conn: apsw.Connection, registry: Registry, collection: Collection, caller: Caller,
-                 query: ListQuery, resolver: RecordResolver, clauses: list[tuple[str, list[Any]]]) -> dict[str, Any]:
+def _cursor_page(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    caller: Caller,
+    query: ListQuery,
+    resolver: RecordResolver,
+    clauses: list[tuple[str, list[Any]]],
+) -> dict[str, Any]:
     keys = _sort_keys(query.sort)
     if query.after:
-        clauses = [*clauses, _after_clause(keys, _decode_cursor(query.after, query.sort, len(keys)), resolver)]
+        clauses = [
+            *clauses,
+            _after_clause(keys, _decode_cursor(query.after, query.sort, len(keys)), resolver),
+        ]
     where, params = _where(*clauses)
-    sql = (f"SELECT * FROM {quote_ident(collection.table)} AS {ALIAS}{where} "
-           f"ORDER BY {_order_by(query.sort, resolver)} LIMIT ?")
+    sql = (
+        f"SELECT * FROM {quote_ident(collection.table)} AS {ALIAS}{where} "
+        f"ORDER BY {_order_by(query.sort, resolver)} LIMIT ?"
+    )
     rows = fetch_all(conn, sql, [*params, query.per_page + 1])
     more = len(rows) > query.per_page
     rows = rows[: query.per_page]
@@ -282,8 +335,12 @@ def _cursor_page(conn: apsw.Connection, registry: Registry, collection: Collecti
 def check_projection(collection: Collection, fields: list[str] | None) -> None:
     for name in fields or ():
         if name not in collection.field_map and name not in SYSTEM_FIELDS and name != "expand":
-            raise ApiError(400, "bad_request", f"Unknown field '{name[:64]}' in fields.",
-                           field_error("fields", "unknown_field", f"'{name[:64]}' is not a field."))
+            raise ApiError(
+                400,
+                "bad_request",
+                f"Unknown field '{name[:64]}' in fields.",
+                field_error("fields", "unknown_field", f"'{name[:64]}' is not a field."),
+            )
 
 
 def project(records: list[dict[str, Any]], fields: list[str] | None) -> list[dict[str, Any]]:
@@ -297,18 +354,30 @@ def check_expand(registry: Registry, conn: apsw.Connection, collection: Collecti
     for path in paths:
         parts = path.split(".")
         if len(parts) > MAX_EXPAND_DEPTH:
-            raise ApiError(400, "bad_request", f"expand '{path[:64]}' is deeper than {MAX_EXPAND_DEPTH} levels.")
+            raise ApiError(
+                400, "bad_request", f"expand '{path[:64]}' is deeper than {MAX_EXPAND_DEPTH} levels."
+            )
         current = collection
         for part in parts:
             f = current.field_map.get(part)
             if f is None or f.type != "reference":
-                raise ApiError(400, "bad_request", f"Cannot expand '{path[:64]}': '{part[:64]}' is not a reference field.",
-                               field_error("expand", "unknown_field", f"'{part[:64]}' is not a reference field."))
+                raise ApiError(
+                    400,
+                    "bad_request",
+                    f"Cannot expand '{path[:64]}': '{part[:64]}' is not a reference field.",
+                    field_error("expand", "unknown_field", f"'{part[:64]}' is not a reference field."),
+                )
             current = registry.get(conn, f.options["collection"])
 
 
-def expand_records(conn: apsw.Connection, registry: Registry, collection: Collection, caller: Caller,
-                   records: list[dict[str, Any]], paths: list[str] | tuple[str, ...]) -> None:
+def expand_records(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    caller: Caller,
+    records: list[dict[str, Any]],
+    paths: list[str] | tuple[str, ...],
+) -> None:
     """Attaches referenced records under record["expand"][field]; each passes its own view rule."""
     groups: dict[str, list[str]] = {}
     for path in paths:
@@ -326,8 +395,9 @@ def expand_records(conn: apsw.Connection, registry: Registry, collection: Collec
                 record.setdefault("expand", {})[name] = found[record[name]]
 
 
-def _viewable_by_id(conn: apsw.Connection, registry: Registry, target: Collection, caller: Caller,
-                    ids: list[str]) -> dict[str, dict[str, Any]]:
+def _viewable_by_id(
+    conn: apsw.Connection, registry: Registry, target: Collection, caller: Caller, ids: list[str]
+) -> dict[str, dict[str, Any]]:
     if not ids:
         return {}
     try:
@@ -346,7 +416,9 @@ def _viewable_by_id(conn: apsw.Connection, registry: Registry, target: Collectio
 
 def _target_account(caller: Caller) -> str:
     if caller.account_id is None:
-        raise ApiError(400, "account_required", "Superadmins name the account to write into with X-Account-ID.")
+        raise ApiError(
+            400, "account_required", "Superadmins name the account to write into with X-Account-ID."
+        )
     return caller.account_id
 
 
@@ -360,20 +432,29 @@ def _take_reason(body: dict[str, Any], ctx: WriteContext, collection: Collection
     return body
 
 
-def _rule_holds(conn: apsw.Connection, collection: Collection, op: str, caller: Caller, row: dict[str, Any],
-                data: dict[str, Any]) -> bool:
+def _rule_holds(
+    conn: apsw.Connection,
+    collection: Collection,
+    op: str,
+    caller: Caller,
+    row: dict[str, Any],
+    data: dict[str, Any],
+) -> bool:
     """Evaluates a rule against values not (yet) stored, as a one-row CTE named like the table alias."""
     clause, params = rule_clause(collection, op, RecordResolver(collection, caller, data=data))
     if not clause:
         return True
     columns = list(row)
-    cte = f"{ALIAS}({', '.join(quote_ident(c) for c in columns)}) AS (VALUES ({', '.join('?' * len(columns))}))"
+    cte = (
+        f"{ALIAS}({', '.join(quote_ident(c) for c in columns)}) AS (VALUES ({', '.join('?' * len(columns))}))"
+    )
     sql = f"WITH {cte} SELECT EXISTS (SELECT 1 FROM {ALIAS} WHERE {clause})"
     return bool(fetch_value(conn, sql, [*row.values(), *params]))
 
 
-def _check_references(conn: apsw.Connection, registry: Registry, collection: Collection, values: dict[str, Any],
-                      account_id: str) -> None:
+def _check_references(
+    conn: apsw.Connection, registry: Registry, collection: Collection, values: dict[str, Any], account_id: str
+) -> None:
     """A reference must name a record of the SAME account; the foreign key alone would allow any tenant's."""
     errors: FieldErrors = {}
     for name, value in values.items():
@@ -403,7 +484,9 @@ def _constraint_error(exc: apsw.ConstraintError, collection: Collection) -> ApiE
     return ApiError(409, "conflict", "The change violates a constraint of the collection.")
 
 
-def _run_write(conn: apsw.Connection, collection: Collection, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _run_write(
+    conn: apsw.Connection, collection: Collection, fn: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
     try:
         with write_transaction(conn):
             return fn()
@@ -416,7 +499,8 @@ def _emit(conn: apsw.Connection, event: WriteEvent) -> None:
     pii = {f.name: f.mask or "full" for f in event.collection.fields if f.pii}
     audit.append(
         conn, account_id=event.account_id, actor=event.ctx.actor, action=event.action,
-        collection=event.collection.name, record_id=event.record_id, changes=audit.diff(event.old, event.new, pii=pii),
+        collection=event.collection.name, record_id=event.record_id,
+        changes=audit.diff(event.old, event.new, pii=pii),
         reason=event.ctx.reason, meta=event.ctx.meta,
     )  # fmt: skip
     for listener in write_listeners:
@@ -430,8 +514,9 @@ def _committed(conn: apsw.Connection, event: WriteEvent) -> None:
         listener(conn, event)
 
 
-def create_record(conn: apsw.Connection, registry: Registry, collection: Collection, ctx: WriteContext,
-                  body: Any) -> dict[str, Any]:
+def create_record(
+    conn: apsw.Connection, registry: Registry, collection: Collection, ctx: WriteContext, body: Any
+) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "bad_request", "The body must be a JSON object.")
     body = _take_reason(body, ctx, collection)
@@ -439,8 +524,15 @@ def create_record(conn: apsw.Connection, registry: Registry, collection: Collect
     _check_write_access(collection, ctx.caller, "create", list(body))
     account_id = _target_account(ctx.caller)
     now, user = now_iso(), ctx.caller.user_id
-    row = {"id": uuid7(), "account_id": account_id, "created_at": now, "created_by": user, "updated_at": now,
-           "updated_by": user, **values}
+    row = {
+        "id": uuid7(),
+        "account_id": account_id,
+        "created_at": now,
+        "created_by": user,
+        "updated_at": now,
+        "updated_by": user,
+        **values,
+    }
     if not _rule_holds(conn, collection, "create", ctx.caller, row, body):
         raise ApiError(403, "forbidden", "The create rule does not allow this record.")
 
@@ -462,27 +554,40 @@ def _insert(conn: apsw.Connection, collection: Collection, row: dict[str, Any]) 
     return fetch_all(conn, sql, list(row.values()))[0]
 
 
-def _stored_for(conn: apsw.Connection, collection: Collection, caller: Caller, op: str, record_id: str) -> dict[str, Any]:
+def _stored_for(
+    conn: apsw.Connection, collection: Collection, caller: Caller, op: str, record_id: str
+) -> dict[str, Any]:
     """The stored row if it is in the caller's scope and passes the `op` rule; 404 otherwise."""
     if not isinstance(record_id, str):
         raise validation_error(field_error("id", "invalid_type", "The id must be text."))
     resolver = RecordResolver(collection, caller)
-    where, params = _where(_scope(caller), rule_clause(collection, op, resolver), (f"{ALIAS}.id = ?", [record_id]))
+    where, params = _where(
+        _scope(caller), rule_clause(collection, op, resolver), (f"{ALIAS}.id = ?", [record_id])
+    )
     rows = fetch_all(conn, f"SELECT * FROM {quote_ident(collection.table)} AS {ALIAS}{where}", params)
     if not rows:
         raise ApiError(404, "not_found", "The record was not found.")
     return rows[0]
 
 
-def stored_record(conn: apsw.Connection, registry: Registry, collection: Collection, caller: Caller, op: str,
-                  record_id: str) -> dict[str, Any]:
+def stored_record(
+    conn: apsw.Connection, registry: Registry, collection: Collection, caller: Caller, op: str, record_id: str
+) -> dict[str, Any]:
     """The stored record (unmasked JSON) if the caller may `op` it; 404 otherwise. For server-side use
     such as signing, which binds to the exact stored values, never for responses."""
     return registry.validator(collection).to_json(_stored_for(conn, collection, caller, op, record_id))
 
 
-def update_record(conn: apsw.Connection, registry: Registry, collection: Collection, ctx: WriteContext,
-                  record_id: str, body: Any, *, replace: bool = False) -> dict[str, Any]:
+def update_record(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    ctx: WriteContext,
+    record_id: str,
+    body: Any,
+    *,
+    replace: bool = False,
+) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "bad_request", "The body must be a JSON object.")
     body = _take_reason(body, ctx, collection)
@@ -498,7 +603,10 @@ def update_record(conn: apsw.Connection, registry: Registry, collection: Collect
         _check_references(conn, registry, collection, values, old["account_id"])
         changes = {**values, "updated_at": new["updated_at"], "updated_by": new["updated_by"]}
         stored = to_json(_update(conn, collection, old["id"], changes))
-        _emit(conn, WriteEvent("record.update", collection, old["account_id"], old["id"], to_json(old), stored, ctx))
+        _emit(
+            conn,
+            WriteEvent("record.update", collection, old["account_id"], old["id"], to_json(old), stored, ctx),
+        )
         return stored
 
     to_json = registry.validator(collection).to_json
@@ -506,21 +614,31 @@ def update_record(conn: apsw.Connection, registry: Registry, collection: Collect
     return present(collection, ctx.caller, "view", [dict(_run_write(conn, collection, write))])[0]
 
 
-def _update(conn: apsw.Connection, collection: Collection, record_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+def _update(
+    conn: apsw.Connection, collection: Collection, record_id: str, changes: dict[str, Any]
+) -> dict[str, Any]:
     assignments = ", ".join(f"{quote_ident(c)} = ?" for c in changes)
     sql = f"UPDATE {quote_ident(collection.table)} SET {assignments} WHERE id = ? RETURNING *"
     return fetch_all(conn, sql, [*changes.values(), record_id])[0]
 
 
-def delete_record(conn: apsw.Connection, registry: Registry, collection: Collection, ctx: WriteContext,
-                  record_id: str, body: Any = None) -> str:
+def delete_record(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    ctx: WriteContext,
+    record_id: str,
+    body: Any = None,
+) -> str:
     _take_reason(body if isinstance(body, dict) else {}, ctx, collection)
     old = _stored_for(conn, collection, ctx.caller, "delete", record_id)
 
     def write() -> dict[str, Any]:
         conn.execute(f"DELETE FROM {quote_ident(collection.table)} WHERE id = ?", (old["id"],))
         previous = registry.validator(collection).to_json(old)
-        _emit(conn, WriteEvent("record.delete", collection, old["account_id"], old["id"], previous, None, ctx))
+        _emit(
+            conn, WriteEvent("record.delete", collection, old["account_id"], old["id"], previous, None, ctx)
+        )
         return old
 
     _run_write(conn, collection, write)
@@ -536,8 +654,9 @@ def run_after_commit(ctx: WriteContext) -> None:
 # --- batch --------------------------------------------------------------------------------------
 
 
-def batch(conn: apsw.Connection, registry: Registry, collection: Collection, ctx: WriteContext,
-          body: Any) -> dict[str, list[Any]]:
+def batch(
+    conn: apsw.Connection, registry: Registry, collection: Collection, ctx: WriteContext, body: Any
+) -> dict[str, list[Any]]:
     """All operations in one transaction, in order create → update → delete; the first failure names
     its operation and index and undoes everything."""
     ops = _batch_ops(body)
@@ -565,8 +684,15 @@ def _batch_ops(body: Any) -> list[tuple[str, int, Any]]:
     return ops
 
 
-def _batch_one(conn: apsw.Connection, registry: Registry, collection: Collection, ctx: WriteContext, kind: str,
-               index: int, item: Any) -> Any:
+def _batch_one(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    ctx: WriteContext,
+    kind: str,
+    index: int,
+    item: Any,
+) -> Any:
     try:
         if kind == "create":
             return create_record(conn, registry, collection, ctx, item)
@@ -578,20 +704,38 @@ def _batch_one(conn: apsw.Connection, registry: Registry, collection: Collection
         return delete_record(conn, registry, collection, ctx, item)
     except ApiError as exc:
         prefix = f"{kind}.{index}"
-        fields = {f"{prefix}.{k}": v for k, v in exc.fields.items()} or field_error(prefix, exc.code, exc.message)
+        fields = {f"{prefix}.{k}": v for k, v in exc.fields.items()} or field_error(
+            prefix, exc.code, exc.message
+        )
         raise ApiError(exc.status, exc.code, f"Operation {prefix} failed: {exc.message}", fields) from None
 
 
 # --- rule testing (admin tools) ------------------------------------------------------------------
 
 
-def try_rule(conn: apsw.Connection, registry: Registry, collection: Collection, caller: Caller, rule: str | None,
-              op: str, record_id: str | None, data: dict[str, Any] | None) -> bool:
+def try_rule(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    caller: Caller,
+    rule: str | None,
+    op: str,
+    record_id: str | None,
+    data: dict[str, Any] | None,
+) -> bool:
     """Whether `rule` (not necessarily saved) allows `op` for `caller` on a stored record or on new data."""
     if rule is None:
         return caller.is_superadmin
-    probe = Collection(collection.id, collection.name, collection.fields, {**collection.rules, op: rule},
-                       collection.field_access, collection.audit, collection.created_at, collection.updated_at)
+    probe = Collection(
+        collection.id,
+        collection.name,
+        collection.fields,
+        {**collection.rules, op: rule},
+        collection.field_access,
+        collection.audit,
+        collection.created_at,
+        collection.updated_at,
+    )
     if caller.is_superadmin or not rule.strip():
         return True
     check_rule_text(probe, op, rule, caller)
@@ -600,8 +744,15 @@ def try_rule(conn: apsw.Connection, registry: Registry, collection: Collection, 
     if data is None:
         raise ApiError(400, "bad_request", "Give record_id or data to test a rule against a record.")
     values = registry.validator(collection).validate(data, mode="create")
-    row = {"id": "", "account_id": caller.account_id, "created_at": now_iso(), "created_by": caller.user_id,
-           "updated_at": now_iso(), "updated_by": caller.user_id, **values}
+    row = {
+        "id": "",
+        "account_id": caller.account_id,
+        "created_at": now_iso(),
+        "created_by": caller.user_id,
+        "updated_at": now_iso(),
+        "updated_by": caller.user_id,
+        **values,
+    }
     return _rule_holds(conn, probe, op, caller, row, data)
 
 
@@ -609,13 +760,27 @@ def check_rule_text(collection: Collection, op: str, rule: str, caller: Caller) 
     try:
         compile_filter(rule, RecordResolver(collection, caller, data={}))
     except FilterError as exc:
-        raise ApiError(400, "invalid_rule", f"Invalid rule: {exc}.", field_error("rule", "invalid_rule", str(exc))) from None
+        raise ApiError(
+            400, "invalid_rule", f"Invalid rule: {exc}.", field_error("rule", "invalid_rule", str(exc))
+        ) from None
 
 
-def _rule_holds_for_stored(conn: apsw.Connection, collection: Collection, caller: Caller, op: str, record_id: str,
-                           data: dict[str, Any] | None) -> bool:
+def _rule_holds_for_stored(
+    conn: apsw.Connection,
+    collection: Collection,
+    caller: Caller,
+    op: str,
+    record_id: str,
+    data: dict[str, Any] | None,
+) -> bool:
     clause, params = rule_clause(collection, op, RecordResolver(collection, caller, data=data))
-    where, all_params = _where((f"{ALIAS}.id = ?", [record_id]), (f"{ALIAS}.account_id = ?", [caller.account_id]),
-                               (clause, params))
-    return bool(fetch_value(conn, f"SELECT EXISTS (SELECT 1 FROM {quote_ident(collection.table)} AS {ALIAS}{where})",
-                            all_params))
+    where, all_params = _where(
+        (f"{ALIAS}.id = ?", [record_id]), (f"{ALIAS}.account_id = ?", [caller.account_id]), (clause, params)
+    )
+    return bool(
+        fetch_value(
+            conn,
+            f"SELECT EXISTS (SELECT 1 FROM {quote_ident(collection.table)} AS {ALIAS}{where})",
+            all_params,
+        )
+    )

@@ -20,7 +20,7 @@ from snackbase.times import now_iso
 
 ALIAS = "r"
 PII_GROUP = "pii_access"
-ALLOW_ALL = ("", [])  # a clause that restricts nothing
+ALLOW_ALL: tuple[str, list[object]] = ("", [])  # a clause that restricts nothing
 
 # The caller's attributes reachable as @request.auth.<name>.
 _AUTH_ATTRS = {"id": "user_id", "account_id": "account_id", "email": "email", "role": "role"}
@@ -53,8 +53,13 @@ class Caller:
 class RecordResolver:
     """Resolves names in a filter or rule over one collection's table (aliased `r`)."""
 
-    def __init__(self, collection: Collection, caller: Caller, data: dict[str, Any] | None = None,
-                 hidden: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        collection: Collection,
+        caller: Caller,
+        data: dict[str, Any] | None = None,
+        hidden: frozenset[str] = frozenset(),
+    ) -> None:
         self.collection = collection
         self.caller = caller
         self.data = data
@@ -104,7 +109,7 @@ def _owns_record(r: RecordResolver, args: list[object], position: int) -> tuple[
     _arity("owns_record", args, 0, position)
     if not r.caller.is_authenticated:
         return _const(False)
-    return f"{ALIAS}.\"created_by\" = ?", [r.caller.user_id]
+    return f'{ALIAS}."created_by" = ?', [r.caller.user_id]
 
 
 def _has_role(r: RecordResolver, args: list[object], position: int) -> tuple[str, list[object]]:
@@ -137,9 +142,9 @@ def _parse_hhmm(text: str, position: int) -> int:
         hours, minutes = text.split(":")
         value = int(hours) * 60 + int(minutes)
     except ValueError:
-        raise FilterError("@in_time_range() takes times as \"HH:MM\"", position) from None
+        raise FilterError('@in_time_range() takes times as "HH:MM"', position) from None
     if not (0 <= int(hours) < 24 and 0 <= int(minutes) < 60):
-        raise FilterError("@in_time_range() takes times as \"HH:MM\"", position)
+        raise FilterError('@in_time_range() takes times as "HH:MM"', position)
     return value
 
 
@@ -164,7 +169,9 @@ def rule_clause(collection: Collection, op: str, resolver: RecordResolver) -> tu
     try:
         return compile_filter(rule, resolver)
     except FilterError as exc:  # a rule broken by a later schema change fails closed
-        raise ApiError(403, "forbidden", f"The {op} rule of '{collection.name}' cannot be evaluated.") from exc
+        raise ApiError(
+            403, "forbidden", f"The {op} rule of '{collection.name}' cannot be evaluated."
+        ) from exc
 
 
 def filter_clause(text: str, resolver: RecordResolver) -> tuple[str, list[object]]:
@@ -172,8 +179,12 @@ def filter_clause(text: str, resolver: RecordResolver) -> tuple[str, list[object
     try:
         return compile_filter(text, resolver)
     except FilterError as exc:
-        raise ApiError(400, "invalid_filter", f"Invalid filter: {exc}.",
-                       field_error("filter", "invalid_filter", str(exc))) from None
+        raise ApiError(
+            400,
+            "invalid_filter",
+            f"Invalid filter: {exc}.",
+            field_error("filter", "invalid_filter", str(exc)),
+        ) from None
 
 
 def check_rules(collection: Collection, macro_params: dict[str, int]) -> None:

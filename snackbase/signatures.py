@@ -35,37 +35,86 @@ def record_hash(record: dict[str, Any]) -> str:
 def check_meaning(meaning: Any) -> str:
     text = meaning.strip() if isinstance(meaning, str) else ""
     if not text or len(text) > MAX_MEANING_CHARS or any(ord(ch) < 32 for ch in text):
-        raise validation_error(field_error("meaning", "invalid", f"Say what the signature means, in 1 to "
-                                           f"{MAX_MEANING_CHARS} characters (e.g. approved, reviewed)."))
+        raise validation_error(
+            field_error(
+                "meaning",
+                "invalid",
+                f"Say what the signature means, in 1 to "
+                f"{MAX_MEANING_CHARS} characters (e.g. approved, reviewed).",
+            )
+        )
     return text
 
 
 def too_many_failures(conn: apsw.Connection, user_id: str) -> bool:
     since = format_ts(datetime.now(UTC) - FAILED_WINDOW)
-    count = fetch_value(conn, "SELECT count(*) FROM audit_log WHERE record_id IS NOT NULL AND actor_user_id = ? "
-                              "AND action = 'record.sign_failed' AND occurred_at > ?", (user_id, since))
+    count = fetch_value(
+        conn,
+        "SELECT count(*) FROM audit_log WHERE record_id IS NOT NULL AND actor_user_id = ? "
+        "AND action = 'record.sign_failed' AND occurred_at > ?",
+        (user_id, since),
+    )
     return int(count or 0) >= MAX_FAILED_SIGNINGS
 
 
-def record_failure(conn: apsw.Connection, collection: Collection, record: dict[str, Any], actor: audit.Actor,
-                   meta: audit.RequestMeta) -> None:
+def record_failure(
+    conn: apsw.Connection,
+    collection: Collection,
+    record: dict[str, Any],
+    actor: audit.Actor,
+    meta: audit.RequestMeta,
+) -> None:
     with write_transaction(conn):
-        audit.append(conn, account_id=record["account_id"], actor=actor, action="record.sign_failed",
-                     collection=collection.name, record_id=record["id"], meta=meta,
-                     extra={"reason": "wrong password"})
+        audit.append(
+            conn,
+            account_id=record["account_id"],
+            actor=actor,
+            action="record.sign_failed",
+            collection=collection.name,
+            record_id=record["id"],
+            meta=meta,
+            extra={"reason": "wrong password"},
+        )
 
 
-def sign(conn: apsw.Connection, collection: Collection, record: dict[str, Any], actor: audit.Actor,
-         meta: audit.RequestMeta, meaning: str, reason: str | None) -> dict[str, Any]:
+def sign(
+    conn: apsw.Connection,
+    collection: Collection,
+    record: dict[str, Any],
+    actor: audit.Actor,
+    meta: audit.RequestMeta,
+    meaning: str,
+    reason: str | None,
+) -> dict[str, Any]:
     """Stores the signature and its audit entry in one transaction; `record` is the stored, unmasked JSON."""
-    signature = {"id": uuid7(), "account_id": record["account_id"], "collection": collection.name,
-                 "record_id": record["id"], "signer_user_id": actor.user_id, "signer_name": actor.email or "",
-                 "meaning": meaning, "signed_at": now_iso(), "record_hash": record_hash(record)}
+    signature = {
+        "id": uuid7(),
+        "account_id": record["account_id"],
+        "collection": collection.name,
+        "record_id": record["id"],
+        "signer_user_id": actor.user_id,
+        "signer_name": actor.email or "",
+        "meaning": meaning,
+        "signed_at": now_iso(),
+        "record_hash": record_hash(record),
+    }
     with write_transaction(conn):
-        seq = audit.append(conn, account_id=record["account_id"], actor=actor, action="record.sign",
-                           collection=collection.name, record_id=record["id"], reason=reason, meta=meta,
-                           extra={"meaning": meaning, "record_hash": signature["record_hash"],
-                                  "signature_id": signature["id"], "signer_name": signature["signer_name"]})
+        seq = audit.append(
+            conn,
+            account_id=record["account_id"],
+            actor=actor,
+            action="record.sign",
+            collection=collection.name,
+            record_id=record["id"],
+            reason=reason,
+            meta=meta,
+            extra={
+                "meaning": meaning,
+                "record_hash": signature["record_hash"],
+                "signature_id": signature["id"],
+                "signer_name": signature["signer_name"],
+            },
+        )
         signature["audit_seq"] = seq
         columns = ", ".join(signature)
         marks = ", ".join(f":{c}" for c in signature)
@@ -75,21 +124,38 @@ def sign(conn: apsw.Connection, collection: Collection, record: dict[str, Any], 
 
 def to_api(row: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
     """A signature as the API shows it; `current` is the record now (None once deleted)."""
-    out = {k: row[k] for k in ("id", "collection", "record_id", "signer_user_id", "signer_name", "meaning",
-                               "signed_at", "record_hash", "audit_seq")}
+    out = {
+        k: row[k]
+        for k in (
+            "id",
+            "collection",
+            "record_id",
+            "signer_user_id",
+            "signer_name",
+            "meaning",
+            "signed_at",
+            "record_hash",
+            "audit_seq",
+        )
+    }
     out["changed_since_signing"] = current is None or record_hash(current) != row["record_hash"]
     return out
 
 
-def signatures_of(conn: apsw.Connection, account_id: str, record_id: str,
-                  current: dict[str, Any] | None) -> list[dict[str, Any]]:
-    rows = fetch_all(conn, "SELECT * FROM signatures WHERE record_id = ? AND account_id = ? ORDER BY signed_at",
-                     (record_id, account_id))
+def signatures_of(
+    conn: apsw.Connection, account_id: str, record_id: str, current: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    rows = fetch_all(
+        conn,
+        "SELECT * FROM signatures WHERE record_id = ? AND account_id = ? ORDER BY signed_at",
+        (record_id, account_id),
+    )
     return [to_api(row, current) for row in rows]
 
 
-def history(conn: apsw.Connection, account_id: str, collection: Collection, record_id: str,
-            sees_pii: bool) -> list[dict[str, Any]]:
+def history(
+    conn: apsw.Connection, account_id: str, collection: Collection, record_id: str, sees_pii: bool
+) -> list[dict[str, Any]]:
     """Every audit entry about the record, oldest first, as the audit API shows them; PII fields masked
     (by the mask kind recorded in each change) unless the caller reads PII in clear."""
     entries = audit.record_history(conn, account_id, collection.name, record_id)

@@ -84,7 +84,7 @@ def decode_struct(raw: bytes, kind: type[T]) -> T:
     if not raw.strip():
         raise ApiError(400, "bad_request", "The request body is empty; a JSON document is required.")
     try:
-        return _decoder(kind).decode(raw)  # type: ignore[no-any-return]
+        return _decoder(kind).decode(raw)  # type: ignore[arg-type]
     except msgspec.ValidationError as exc:
         raise struct_error(str(exc)) from None
     except msgspec.DecodeError:
@@ -108,8 +108,12 @@ def struct_error(message: str) -> ApiError:
     """Turns msgspec's validation message into the envelope, naming the field with a dotted path."""
     if match := _UNKNOWN.match(message):
         name = _field_path(match["path"], match["name"])
-        return ApiError(400, "bad_request", f"Unknown field '{name}'.",
-                        field_error(name, "unknown_field", "This field is not allowed here."))
+        return ApiError(
+            400,
+            "bad_request",
+            f"Unknown field '{name}'.",
+            field_error(name, "unknown_field", "This field is not allowed here."),
+        )
     if match := _MISSING.match(message):
         name = _field_path(match["path"], match["name"])
         return validation_error(field_error(name, "required", "This field is required."))

@@ -44,7 +44,9 @@ def make_user(client: TestClient, account_id: str, role: str = "user", email: st
     with conn:
         user_id = insert_user(conn, account_id, email, "not-a-usable-hash", role)["id"]
         session_id, _ = create_session(conn, settings, user_id, "127.0.0.1", "pytest")
-    token = mint_access_token(settings, user_id=user_id, account_id=account_id, role=role, session_id=session_id)
+    token = mint_access_token(
+        settings, user_id=user_id, account_id=account_id, role=role, session_id=session_id
+    )
     return User(user_id, account_id, email, role, token)
 
 
@@ -56,9 +58,16 @@ def add_to_group(client: TestClient, user: User, group: str) -> None:
     """Puts the user in the named group of its account, creating the group when needed."""
     conn = client.app.state.db.conn  # type: ignore[attr-defined]
     with conn:
-        row = conn.execute("SELECT id FROM groups WHERE account_id = ? AND name = ?", (user.account_id, group)).fetchone()
+        row = conn.execute(
+            "SELECT id FROM groups WHERE account_id = ? AND name = ?", (user.account_id, group)
+        ).fetchone()
         if row is None:
             row = (uuid7(),)
-            conn.execute("INSERT INTO groups (id, account_id, name, created_at, updated_at) VALUES (?, ?, ?, 'x', 'x')",
-                         (row[0], user.account_id, group))
-        conn.execute("INSERT INTO group_members (group_id, user_id, created_at) VALUES (?, ?, 'x')", (row[0], user.id))
+            conn.execute(
+                "INSERT INTO groups (id, account_id, name, created_at, updated_at) "
+                "VALUES (?, ?, ?, 'x', 'x')",
+                (row[0], user.account_id, group),
+            )
+        conn.execute(
+            "INSERT INTO group_members (group_id, user_id, created_at) VALUES (?, ?, 'x')", (row[0], user.id)
+        )

@@ -12,8 +12,10 @@ from snackbase.ids import uuid7
 from tests.factories import User, make_account, make_superadmin, make_user
 
 API = "/api/v1"
-POSTS = {"name": "posts", "fields": [{"name": "title", "type": "text", "required": True},
-                                     {"name": "views", "type": "number"}]}
+POSTS = {
+    "name": "posts",
+    "fields": [{"name": "title", "type": "text", "required": True}, {"name": "views", "type": "number"}],
+}
 
 
 @pytest.fixture
@@ -33,9 +35,13 @@ def test_create_get_list_delete(client: TestClient, sa: User) -> None:
     created = client.post(f"{API}/collections", headers=sa.headers, json=POSTS)
     assert created.status_code == 201
     body = created.json()
-    assert body["name"] == "posts" and body["rules"] == dict.fromkeys(("list", "view", "create", "update", "delete"))
+    assert body["name"] == "posts" and body["rules"] == dict.fromkeys(
+        ("list", "view", "create", "update", "delete")
+    )
     assert client.get(f"{API}/collections/posts", headers=sa.headers).json()["id"] == body["id"]
-    assert [c["name"] for c in client.get(f"{API}/collections", headers=sa.headers).json()["items"]] == ["posts"]
+    assert [c["name"] for c in client.get(f"{API}/collections", headers=sa.headers).json()["items"]] == [
+        "posts"
+    ]
     assert client.delete(f"{API}/collections/posts", headers=sa.headers).status_code == 204
     assert client.get(f"{API}/collections/posts", headers=sa.headers).status_code == 404
     tables = fetch_all(conn(client), "SELECT name FROM sqlite_master WHERE name = 'c_posts'")
@@ -66,25 +72,42 @@ BAD_BODIES = [
     ("reserved field", {"name": "p", "fields": [{"name": "id", "type": "text"}]}, "fields.0.name"),
     ("quote in field", {"name": "p", "fields": [{"name": 'a"b', "type": "text"}]}, "fields.0.name"),
     ("unknown type", {"name": "p", "fields": [{"name": "a", "type": "blob"}]}, "fields.0.type"),
-    ("select without values", {"name": "p", "fields": [{"name": "a", "type": "select"}]}, "fields.0.options.values"),
-    ("duplicate fields", {"name": "p", "fields": [{"name": "a", "type": "text"}, {"name": "a", "type": "text"}]},
-     "fields.1.name"),
-    ("bad rule", {"name": "p", "fields": [{"name": "a", "type": "text"}], "rules": {"list": "a = "}}, "rules.list"),
+    (
+        "select without values",
+        {"name": "p", "fields": [{"name": "a", "type": "select"}]},
+        "fields.0.options.values",
+    ),
+    (
+        "duplicate fields",
+        {"name": "p", "fields": [{"name": "a", "type": "text"}, {"name": "a", "type": "text"}]},
+        "fields.1.name",
+    ),
+    (
+        "bad rule",
+        {"name": "p", "fields": [{"name": "a", "type": "text"}], "rules": {"list": "a = "}},
+        "rules.list",
+    ),
     ("rule on unknown field", {"name": "p", "fields": [], "rules": {"view": "nope = 1"}}, "rules.view"),
     ("unknown macro", {"name": "p", "fields": [], "rules": {"view": "@steal()"}}, "rules.view"),
-    ("reference to missing collection",
-     {"name": "p", "fields": [{"name": "r", "type": "reference", "options": {"collection": "ghost"}}]}, "fields"),
+    (
+        "reference to missing collection",
+        {"name": "p", "fields": [{"name": "r", "type": "reference", "options": {"collection": "ghost"}}]},
+        "fields",
+    ),
     ("unknown key", {"name": "p", "fields": [], "evil": 1}, "evil"),
 ]
 
 
 @pytest.mark.parametrize(("case", "body", "field"), BAD_BODIES, ids=[c[0] for c in BAD_BODIES])
-def test_bad_definitions_are_refused_and_change_nothing(client: TestClient, sa: User, case: str, body: dict,
-                                                        field: str) -> None:
+def test_bad_definitions_are_refused_and_change_nothing(
+    client: TestClient, sa: User, case: str, body: dict, field: str
+) -> None:
     before = audit_count(client)
     response = client.post(f"{API}/collections", headers=sa.headers, json=body)
     assert response.status_code == 400, response.text
-    assert any(key == field or key.startswith(field + ".") for key in response.json()["fields"]), response.json()
+    assert any(key == field or key.startswith(field + ".") for key in response.json()["fields"]), (
+        response.json()
+    )
     assert fetch_value(conn(client), "SELECT count(*) FROM collections") == 0
     assert audit_count(client) == before
 
@@ -107,38 +130,56 @@ def seed(client: TestClient, sa: User, titles: list[str | None]) -> str:
 def test_rename_keeps_data_and_add_drop(client: TestClient, sa: User) -> None:
     client.post(f"{API}/collections", headers=sa.headers, json=POSTS)
     seed(client, sa, ["hello"])
-    fields = [{"name": "headline", "previous_name": "title", "type": "text", "required": True},
-              {"name": "score", "type": "number"}]
+    fields = [
+        {"name": "headline", "previous_name": "title", "type": "text", "required": True},
+        {"name": "score", "type": "number"},
+    ]
     response = client.patch(f"{API}/collections/posts", headers=sa.headers, json={"fields": fields})
     assert response.status_code == 200, response.text
     assert [f["name"] for f in response.json()["fields"]] == ["headline", "score"]
-    assert fetch_all(conn(client), "SELECT headline, score FROM c_posts") == [{"headline": "hello", "score": None}]
+    assert fetch_all(conn(client), "SELECT headline, score FROM c_posts") == [
+        {"headline": "hello", "score": None}
+    ]
 
 
 @pytest.mark.parametrize(
     ("titles", "change"),
-    [(["a", None], {"name": "title", "type": "text", "required": True}),
-     (["dup", "dup"], {"name": "title", "type": "text", "unique": True})],
+    [
+        (["a", None], {"name": "title", "type": "text", "required": True}),
+        (["dup", "dup"], {"name": "title", "type": "text", "unique": True}),
+    ],
     ids=["required on nulls", "unique on duplicates"],
 )
-def test_change_the_data_cannot_satisfy_is_409_and_changes_nothing(client: TestClient, sa: User, titles: list,
-                                                                   change: dict) -> None:
-    client.post(f"{API}/collections", headers=sa.headers,
-                json={"name": "posts", "fields": [{"name": "title", "type": "text"}]})
+def test_change_the_data_cannot_satisfy_is_409_and_changes_nothing(
+    client: TestClient, sa: User, titles: list, change: dict
+) -> None:
+    client.post(
+        f"{API}/collections",
+        headers=sa.headers,
+        json={"name": "posts", "fields": [{"name": "title", "type": "text"}]},
+    )
     seed(client, sa, titles)
     before_schema = fetch_all(conn(client), "SELECT sql FROM sqlite_master WHERE tbl_name = 'c_posts'")
     before_audit = audit_count(client)
     response = client.patch(f"{API}/collections/posts", headers=sa.headers, json={"fields": [change]})
     assert response.status_code == 409, response.text
-    assert fetch_all(conn(client), "SELECT sql FROM sqlite_master WHERE tbl_name = 'c_posts'") == before_schema
+    assert (
+        fetch_all(conn(client), "SELECT sql FROM sqlite_master WHERE tbl_name = 'c_posts'") == before_schema
+    )
     assert client.get(f"{API}/collections/posts", headers=sa.headers).json()["fields"][0]["required"] is False
     assert audit_count(client) == before_audit
 
 
 def test_deleting_a_referenced_collection_is_409(client: TestClient, sa: User) -> None:
     client.post(f"{API}/collections", headers=sa.headers, json=POSTS)
-    client.post(f"{API}/collections", headers=sa.headers, json={
-        "name": "comments", "fields": [{"name": "post", "type": "reference", "options": {"collection": "posts"}}]})
+    client.post(
+        f"{API}/collections",
+        headers=sa.headers,
+        json={
+            "name": "comments",
+            "fields": [{"name": "post", "type": "reference", "options": {"collection": "posts"}}],
+        },
+    )
     response = client.delete(f"{API}/collections/posts", headers=sa.headers)
     assert response.status_code == 409 and response.json()["code"] == "collection_in_use"
 
@@ -152,6 +193,8 @@ def test_collection_changes_are_audited(client: TestClient, sa: User) -> None:
 
 
 def test_rules_are_saved_and_merged(client: TestClient, sa: User) -> None:
-    client.post(f"{API}/collections", headers=sa.headers, json={**POSTS, "rules": {"list": "", "view": "views > 1"}})
+    client.post(
+        f"{API}/collections", headers=sa.headers, json={**POSTS, "rules": {"list": "", "view": "views > 1"}}
+    )
     response = client.patch(f"{API}/collections/posts", headers=sa.headers, json={"rules": {"view": None}})
     assert response.json()["rules"]["list"] == "" and response.json()["rules"]["view"] is None

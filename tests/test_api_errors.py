@@ -36,8 +36,11 @@ async def explode(request: Request) -> Response:
 def probe(client: TestClient) -> TestClient:
     """The real app plus three probe routes that use the real body helpers."""
     client.app.router.routes.extend(  # type: ignore[attr-defined]
-        [Route("/probe/struct", echo_struct, methods=["POST"]), Route("/probe/any", echo_any, methods=["POST"]),
-         Route("/probe/explode", explode, methods=["GET"])]
+        [
+            Route("/probe/struct", echo_struct, methods=["POST"]),
+            Route("/probe/any", echo_any, methods=["POST"]),
+            Route("/probe/explode", explode, methods=["GET"]),
+        ]
     )
     return client
 
@@ -62,21 +65,45 @@ CASES = [
     ("malformed json", "POST", "/probe/struct", JSON, b'{"name": ', 400, "bad_request"),
     ("empty body", "POST", "/probe/struct", JSON, b"", 400, "bad_request"),
     ("not json at all", "POST", "/probe/any", JSON, b"\xff\xfe", 400, "bad_request"),
-    ("wrong content type", "POST", "/probe/struct", {"content-type": "text/plain"}, b'{"name":"a"}', 415,
-     "unsupported_media_type"),
+    (
+        "wrong content type",
+        "POST",
+        "/probe/struct",
+        {"content-type": "text/plain"},
+        b'{"name":"a"}',
+        415,
+        "unsupported_media_type",
+    ),
     ("missing content type", "POST", "/probe/any", {}, b'{"name":"a"}', 415, "unsupported_media_type"),
     ("unknown key", "POST", "/probe/struct", JSON, b'{"name":"a","evil":1}', 400, "bad_request"),
     ("wrong type", "POST", "/probe/struct", JSON, b'{"name":5}', 400, "validation_failed"),
     ("missing field", "POST", "/probe/struct", JSON, b"{}", 400, "validation_failed"),
-    ("too large", "POST", "/probe/any", JSON, b'"' + b"x" * (1_048_576 + 10) + b'"', 413, "payload_too_large"),
+    (
+        "too large",
+        "POST",
+        "/probe/any",
+        JSON,
+        b'"' + b"x" * (1_048_576 + 10) + b'"',
+        413,
+        "payload_too_large",
+    ),
     ("unhandled exception", "GET", "/probe/explode", {}, None, 500, "internal_error"),
 ]
 
 
-@pytest.mark.parametrize(("case", "method", "path", "headers", "body", "status", "code"), CASES,
-                         ids=[c[0] for c in CASES])
-def test_failure_classes_use_the_envelope(probe: TestClient, case: str, method: str, path: str,
-                                          headers: dict, body: bytes | None, status: int, code: str) -> None:
+@pytest.mark.parametrize(
+    ("case", "method", "path", "headers", "body", "status", "code"), CASES, ids=[c[0] for c in CASES]
+)
+def test_failure_classes_use_the_envelope(
+    probe: TestClient,
+    case: str,
+    method: str,
+    path: str,
+    headers: dict,
+    body: bytes | None,
+    status: int,
+    code: str,
+) -> None:
     response = probe.request(method, path, headers=headers, content=body)
     assert_envelope(response, status, code)
 
@@ -87,7 +114,9 @@ def test_unknown_key_is_named(probe: TestClient) -> None:
 
 
 def test_wrong_type_names_the_field(probe: TestClient) -> None:
-    body = assert_envelope(probe.post("/probe/struct", json={"name": "a", "count": "x"}), 400, "validation_failed")
+    body = assert_envelope(
+        probe.post("/probe/struct", json={"name": "a", "count": "x"}), 400, "validation_failed"
+    )
     assert body["fields"]["count"]["code"] == "invalid_type"
 
 

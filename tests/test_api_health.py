@@ -23,7 +23,10 @@ def test_api_root(client: TestClient) -> None:
 
 
 def test_request_id_is_honoured(client: TestClient) -> None:
-    assert client.get("/health", headers={"x-request-id": "abc-123.X:y"}).headers["x-request-id"] == "abc-123.X:y"
+    assert (
+        client.get("/health", headers={"x-request-id": "abc-123.X:y"}).headers["x-request-id"]
+        == "abc-123.X:y"
+    )
 
 
 @pytest.mark.parametrize("bad", ["has space", "x" * 129, "<script>", "a\u00e9"])
@@ -61,10 +64,14 @@ def test_cors_from_settings(tmp_path: Path) -> None:
         assert allowed.headers["access-control-allow-origin"] == "https://b.example"
         denied = client.get("/api/v1", headers={"origin": "https://evil.example"})
         assert "access-control-allow-origin" not in denied.headers
-        preflight = client.options("/api/v1", headers={"origin": "https://app.example",
-                                                       "access-control-request-method": "POST"})
+        preflight = client.options(
+            "/api/v1", headers={"origin": "https://app.example", "access-control-request-method": "POST"}
+        )
         assert preflight.status_code == 200
 
 
 def test_no_cors_headers_by_default(client: TestClient) -> None:
-    assert "access-control-allow-origin" not in client.get("/api/v1", headers={"origin": "https://x.example"}).headers
+    assert (
+        "access-control-allow-origin"
+        not in client.get("/api/v1", headers={"origin": "https://x.example"}).headers
+    )

@@ -18,23 +18,35 @@ def sa(client: TestClient) -> User:
 
 
 def define_members(client: TestClient, sa: User) -> None:
-    body = {"name": "members", "fields": [{"name": "user_id", "type": "text"}, {"name": "project", "type": "text"}],
-            "rules": dict.fromkeys(("list", "view", "create", "update", "delete"), "")}
+    body = {
+        "name": "members",
+        "fields": [{"name": "user_id", "type": "text"}, {"name": "project", "type": "text"}],
+        "rules": dict.fromkeys(("list", "view", "create", "update", "delete"), ""),
+    }
     assert client.post(f"{API}/collections", headers=sa.headers, json=body).status_code == 201
 
 
 def test_create_list_get_patch_delete(client: TestClient, sa: User) -> None:
     define_members(client, sa)
-    created = client.post(f"{API}/macros", headers=sa.headers,
-                          json={"name": "is_member", "sql": PROJECT_MEMBER, "description": "membership"})
+    created = client.post(
+        f"{API}/macros",
+        headers=sa.headers,
+        json={"name": "is_member", "sql": PROJECT_MEMBER, "description": "membership"},
+    )
     assert created.status_code == 201 and created.json()["params"] == 2
-    assert [m["name"] for m in client.get(f"{API}/macros", headers=sa.headers).json()["items"]] == ["is_member"]
+    assert [m["name"] for m in client.get(f"{API}/macros", headers=sa.headers).json()["items"]] == [
+        "is_member"
+    ]
     patched = client.patch(f"{API}/macros/is_member", headers=sa.headers, json={"description": "who is in"})
     assert patched.json()["description"] == "who is in" and patched.json()["sql"] == PROJECT_MEMBER
     assert client.delete(f"{API}/macros/is_member", headers=sa.headers).status_code == 204
     assert client.get(f"{API}/macros/is_member", headers=sa.headers).status_code == 404
-    actions = [r[0] for r in client.app.state.db.conn.execute(  # type: ignore[attr-defined]
-        "SELECT action FROM audit_log WHERE action LIKE 'macro.%' ORDER BY seq")]
+    actions = [
+        r[0]
+        for r in client.app.state.db.conn.execute(  # type: ignore[attr-defined]
+            "SELECT action FROM audit_log WHERE action LIKE 'macro.%' ORDER BY seq"
+        )
+    ]
     assert actions == ["macro.create", "macro.update", "macro.delete"]
 
 
@@ -67,13 +79,19 @@ def test_unsafe_or_invalid_sql_is_refused(client: TestClient, sa: User, case: st
 
 @pytest.mark.parametrize("name", ["owns_record", "Bad", "1x", "a-b", "x" * 64])
 def test_bad_names(client: TestClient, sa: User, name: str) -> None:
-    assert client.post(f"{API}/macros", headers=sa.headers, json={"name": name, "sql": "SELECT 1"}).status_code == 400
+    assert (
+        client.post(f"{API}/macros", headers=sa.headers, json={"name": name, "sql": "SELECT 1"}).status_code
+        == 400
+    )
 
 
 @pytest.mark.parametrize("who", ["admin", "user"])
 def test_only_superadmins(client: TestClient, who: str) -> None:
     user = make_user(client, make_account(client), who)
-    assert client.post(f"{API}/macros", headers=user.headers, json={"name": "m", "sql": "SELECT 1"}).status_code == 403
+    assert (
+        client.post(f"{API}/macros", headers=user.headers, json={"name": "m", "sql": "SELECT 1"}).status_code
+        == 403
+    )
     assert client.get(f"{API}/macros", headers=user.headers).status_code == 403
 
 
@@ -81,12 +99,17 @@ def test_macro_in_a_rule(client: TestClient, sa: User) -> None:
     define_members(client, sa)
     client.post(f"{API}/macros", headers=sa.headers, json={"name": "is_member", "sql": PROJECT_MEMBER})
     rule = '@is_member(@request.auth.id, "apollo")'
-    body = {"name": "docs", "fields": [{"name": "title", "type": "text"}],
-            "rules": {"list": rule, "view": rule, "create": "", "update": rule, "delete": rule}}
+    body = {
+        "name": "docs",
+        "fields": [{"name": "title", "type": "text"}],
+        "rules": {"list": rule, "view": rule, "create": "", "update": rule, "delete": rule},
+    }
     assert client.post(f"{API}/collections", headers=sa.headers, json=body).status_code == 201
     account = make_account(client)
     member, outsider = make_user(client, account), make_user(client, account)
-    client.post(f"{API}/records/members", headers=member.headers, json={"user_id": member.id, "project": "apollo"})
+    client.post(
+        f"{API}/records/members", headers=member.headers, json={"user_id": member.id, "project": "apollo"}
+    )
     doc = client.post(f"{API}/records/docs", headers=member.headers, json={"title": "plan"}).json()
     assert client.get(f"{API}/records/docs/{doc['id']}", headers=member.headers).status_code == 200
     assert client.get(f"{API}/records/docs/{doc['id']}", headers=outsider.headers).status_code == 404
@@ -107,13 +130,19 @@ def test_rules_naming_unknown_macros_or_wrong_arity_are_refused(client: TestClie
 
 @pytest.mark.parametrize(
     ("sql", "args", "result"),
-    [("SELECT ? > 5", [7], True), ("SELECT ? > 5", [3], False), ("SELECT 'yes'", [], True),
-     ("SELECT 1 FROM c_members", [], False),  # no row: fails closed
-     ("SELECT 1 UNION ALL SELECT 1", [], False),  # many rows: fails closed
-     ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n", [], False)],
+    [
+        ("SELECT ? > 5", [7], True),
+        ("SELECT ? > 5", [3], False),
+        ("SELECT 'yes'", [], True),
+        ("SELECT 1 FROM c_members", [], False),  # no row: fails closed
+        ("SELECT 1 UNION ALL SELECT 1", [], False),  # many rows: fails closed
+        ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n", [], False),
+    ],
     ids=["true", "false", "text", "no rows", "many rows", "runs forever"],
 )
-def test_macro_test_endpoint_fails_closed(client: TestClient, sa: User, sql: str, args: list, result: bool) -> None:
+def test_macro_test_endpoint_fails_closed(
+    client: TestClient, sa: User, sql: str, args: list, result: bool
+) -> None:
     define_members(client, sa)
     assert client.post(f"{API}/macros", headers=sa.headers, json={"name": "m", "sql": sql}).status_code == 201
     response = client.post(f"{API}/macros/m/test", headers=sa.headers, json={"args": args})
@@ -128,16 +157,23 @@ def test_macro_test_checks_arity_and_user(client: TestClient, sa: User) -> None:
 
 
 def test_rules_test_endpoint(client: TestClient, sa: User) -> None:
-    body = {"name": "notes", "fields": [{"name": "level", "type": "number"}], "rules": {"view": "@owns_record()"}}
+    body = {
+        "name": "notes",
+        "fields": [{"name": "level", "type": "number"}],
+        "rules": {"view": "@owns_record()"},
+    }
     client.post(f"{API}/collections", headers=sa.headers, json=body)
     account = make_account(client)
     owner, other = make_user(client, account), make_user(client, account)
     admin = make_user(client, account, "admin")
     add_to_group(client, other, "editors")
-    record = client.post(f"{API}/records/notes", headers={**sa.headers, "x-account-id": account},
-                         json={"level": 3}).json()
-    client.app.state.db.conn.execute("UPDATE c_notes SET created_by = ? WHERE id = ?",  # type: ignore[attr-defined]
-                                     (owner.id, record["id"]))
+    record = client.post(
+        f"{API}/records/notes", headers={**sa.headers, "x-account-id": account}, json={"level": 3}
+    ).json()
+    client.app.state.db.conn.execute(
+        "UPDATE c_notes SET created_by = ? WHERE id = ?",  # type: ignore[attr-defined]
+        (owner.id, record["id"]),
+    )
     url = f"{API}/collections/notes/rules/test"
 
     def allowed(payload: dict) -> bool:
@@ -149,9 +185,13 @@ def test_rules_test_endpoint(client: TestClient, sa: User) -> None:
     assert not allowed({"rule": "@owns_record()", "as_user": other.id, "record_id": record["id"]})
     assert allowed({"rule": '@has_group("editors")', "as_user": other.id, "record_id": record["id"]})
     assert allowed({"rule": "level < 5", "operation": "create", "as_user": admin.id, "data": {"level": 4}})
-    assert not allowed({"rule": "level < 5", "operation": "create", "as_user": admin.id, "data": {"level": 9}})
+    assert not allowed(
+        {"rule": "level < 5", "operation": "create", "as_user": admin.id, "data": {"level": 9}}
+    )
     assert not allowed({"rule": None, "as_user": admin.id, "record_id": record["id"]})
     assert allowed({"rule": "", "record_id": record["id"]})
-    bad = client.post(url, headers=sa.headers, json={"rule": "level >", "as_user": owner.id, "record_id": record["id"]})
+    bad = client.post(
+        url, headers=sa.headers, json={"rule": "level >", "as_user": owner.id, "record_id": record["id"]}
+    )
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_rule"
     assert client.post(url, headers=owner.headers, json={"rule": ""}).status_code == 403

@@ -20,10 +20,23 @@ PATIENT_FIELDS = [
     {"name": "ward", "type": "text"},
     {"name": "internal", "type": "text"},
 ]
-CLEAR = {"name": "Jane Ann Doe", "email": "jane@example.com", "phone": "+1 (555) 123-4567", "ssn": "123-45-6789",
-         "notes": "allergic", "ward": "B", "internal": "secret"}
-MASKED = {"name": "J. A. D.", "email": "j***@example.com", "phone": "******4567", "ssn": "***-**-6789",
-          "notes": "******", "ward": "B"}
+CLEAR = {
+    "name": "Jane Ann Doe",
+    "email": "jane@example.com",
+    "phone": "+1 (555) 123-4567",
+    "ssn": "123-45-6789",
+    "notes": "allergic",
+    "ward": "B",
+    "internal": "secret",
+}
+MASKED = {
+    "name": "J. A. D.",
+    "email": "j***@example.com",
+    "phone": "******4567",
+    "ssn": "***-**-6789",
+    "notes": "******",
+    "ward": "B",
+}
 
 
 @dataclass
@@ -38,13 +51,19 @@ class World:
 @pytest.fixture
 def w(client: TestClient) -> World:
     sa = make_superadmin(client)
-    access = {"list": ["name", "email", "phone", "ssn", "notes", "ward"],
-              "view": ["name", "email", "phone", "ssn", "notes", "ward"],
-              "create": ["*"], "update": ["ward", "notes"]}
+    access = {
+        "list": ["name", "email", "phone", "ssn", "notes", "ward"],
+        "view": ["name", "email", "phone", "ssn", "notes", "ward"],
+        "create": ["*"],
+        "update": ["ward", "notes"],
+    }
     body = {"name": "patients", "fields": PATIENT_FIELDS, "rules": PUBLIC, "field_access": access}
     assert client.post(f"{API}/collections", headers=sa.headers, json=body).status_code == 201
-    body = {"name": "visits", "fields": [{"name": "patient", "type": "reference",
-                                          "options": {"collection": "patients"}}], "rules": PUBLIC}
+    body = {
+        "name": "visits",
+        "fields": [{"name": "patient", "type": "reference", "options": {"collection": "patients"}}],
+        "rules": PUBLIC,
+    }
     assert client.post(f"{API}/collections", headers=sa.headers, json=body).status_code == 201
     account = make_account(client)
     nurse, doctor = make_user(client, account), make_user(client, account)
@@ -55,8 +74,9 @@ def w(client: TestClient) -> World:
 
 
 def fields_of(record: dict) -> dict:
-    return {k: record.get(k) for k in MASKED if k in record} | ({"internal": record["internal"]}
-                                                               if "internal" in record else {})
+    return {k: record.get(k) for k in MASKED if k in record} | (
+        {"internal": record["internal"]} if "internal" in record else {}
+    )
 
 
 def test_masked_in_get_list_and_expand(w: World) -> None:
@@ -64,7 +84,9 @@ def test_masked_in_get_list_and_expand(w: World) -> None:
     assert fields_of(got) == MASKED
     listed = w.client.get(f"{API}/records/patients", headers=w.nurse.headers).json()["items"][0]
     assert fields_of(listed) == MASKED
-    visit = w.client.get(f"{API}/records/visits", headers=w.nurse.headers, params={"expand": "patient"}).json()
+    visit = w.client.get(
+        f"{API}/records/visits", headers=w.nurse.headers, params={"expand": "patient"}
+    ).json()
     assert fields_of(visit["items"][0]["expand"]["patient"]) == MASKED
 
 
@@ -84,19 +106,31 @@ def test_joining_pii_access_takes_effect_on_the_next_request(w: World) -> None:
 
 
 def test_field_access_hides_fields_from_every_read(w: World) -> None:
-    assert "internal" not in w.client.get(f"{API}/records/patients/{w.record['id']}", headers=w.doctor.headers).json()
+    assert (
+        "internal"
+        not in w.client.get(f"{API}/records/patients/{w.record['id']}", headers=w.doctor.headers).json()
+    )
     assert "internal" not in w.record  # the create response is a read too
 
 
-@pytest.mark.parametrize("query", [{"filter": "ssn ~ '123'"}, {"filter": "email = 'jane@example.com'"},
-                                   {"sort": "ssn"}, {"filter": "internal = 'secret'"}])
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"filter": "ssn ~ '123'"},
+        {"filter": "email = 'jane@example.com'"},
+        {"sort": "ssn"},
+        {"filter": "internal = 'secret'"},
+    ],
+)
 def test_no_oracle_on_masked_or_hidden_fields(w: World, query: dict) -> None:
     response = w.client.get(f"{API}/records/patients", headers=w.nurse.headers, params=query)
     assert response.status_code == 400 and response.json()["code"] in ("invalid_filter", "invalid_sort")
 
 
 def test_unmasked_callers_may_filter_on_pii(w: World) -> None:
-    response = w.client.get(f"{API}/records/patients", headers=w.doctor.headers, params={"filter": "ssn ~ '123'"})
+    response = w.client.get(
+        f"{API}/records/patients", headers=w.doctor.headers, params={"filter": "ssn ~ '123'"}
+    )
     assert response.json()["total_items"] == 1
 
 
@@ -111,5 +145,6 @@ def test_writes_naming_forbidden_fields_are_403(w: World) -> None:
 
 def test_audit_entries_keep_the_mask_kind(w: World) -> None:
     changes = w.client.app.state.db.conn.execute(  # type: ignore[attr-defined]
-        "SELECT changes FROM audit_log WHERE record_id = ? AND action = 'record.create'", (w.record["id"],)).fetchone()
+        "SELECT changes FROM audit_log WHERE record_id = ? AND action = 'record.create'", (w.record["id"],)
+    ).fetchone()
     assert '"mask":"ssn"' in changes[0]

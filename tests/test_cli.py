@@ -41,7 +41,9 @@ def test_version(tmp_path: Path) -> None:
     assert run_cli("--version", cwd=tmp_path).stdout.strip() == f"snackbase {__version__}"
 
 
-def test_serve_creates_the_database_and_shuts_down_cleanly(start_server: Callable[..., ServerProcess]) -> None:
+def test_serve_creates_the_database_and_shuts_down_cleanly(
+    start_server: Callable[..., ServerProcess],
+) -> None:
     server = start_server()
     with urllib.request.urlopen(server.url + "/api/v1") as response:
         assert json.load(response)["name"] == "SnackBase"
@@ -57,11 +59,15 @@ def test_serve_creates_the_database_and_shuts_down_cleanly(start_server: Callabl
 
 def test_serve_prints_urls_and_logs_json_lines(tmp_path: Path) -> None:
     server = ServerProcess(CLI, tmp_path / "data", env={"SNACKBASE_LOG_LEVEL": "INFO"})
-    with urllib.request.urlopen(urllib.request.Request(server.url + "/health", headers={"X-Request-ID": "trace-1"})):
+    with urllib.request.urlopen(
+        urllib.request.Request(server.url + "/health", headers={"X-Request-ID": "trace-1"})
+    ):
         pass
     _, stderr = server.stop()
     assert f"REST API: {server.url}/api/v1" in stderr and f"Admin UI: {server.url}/_/" in stderr
-    access = [json.loads(line) for line in stderr.splitlines() if line.startswith("{") and '"request"' in line]
+    access = [
+        json.loads(line) for line in stderr.splitlines() if line.startswith("{") and '"request"' in line
+    ]
     line = next(entry for entry in access if entry.get("request_id") == "trace-1")
     assert line["path"] == "/health" and line["status"] == 200 and line["method"] == "GET"
     assert {"time", "level", "duration_ms"} <= set(line)
@@ -112,8 +118,9 @@ def test_not_a_database_is_one_line(tmp_path: Path) -> None:
 
 
 def test_production_without_key_refuses_to_start(tmp_path: Path) -> None:
-    result = run_cli("serve", "--data-dir", str(tmp_path / "d"), cwd=tmp_path,
-                     env={"SNACKBASE_ENVIRONMENT": "production"})
+    result = run_cli(
+        "serve", "--data-dir", str(tmp_path / "d"), cwd=tmp_path, env={"SNACKBASE_ENVIRONMENT": "production"}
+    )
     assert_one_line_error(result, "SNACKBASE_SECRET_KEY")
 
 
@@ -140,8 +147,14 @@ def test_init_db_refuses_to_wipe_without_force(tmp_path: Path) -> None:
 
 def test_shell_has_settings_and_database(tmp_path: Path) -> None:
     code = "print(q('SELECT slug FROM accounts')[0]['slug'], settings.port)\n"
-    result = subprocess.run([*CLI, "shell", "--data-dir", str(tmp_path / "d")], input=code, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [*CLI, "shell", "--data-dir", str(tmp_path / "d")],
+        input=code,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0 and "system 8000" in result.stdout
 
 

@@ -31,7 +31,7 @@ def test_precedence_flags_over_env_over_dotenv(tmp_path: Path, monkeypatch: pyte
     [
         ("A=1", {"A": "1"}),
         ("# comment\n\nexport B = two words # trailing", {"B": "two words"}),
-        ("C=\"quoted # not comment\"", {"C": "quoted # not comment"}),
+        ('C="quoted # not comment"', {"C": "quoted # not comment"}),
         ("D='single'", {"D": "single"}),
         ("E=", {"E": ""}),
     ],
@@ -52,12 +52,17 @@ def test_corrupt_env_line_names_the_line(tmp_path: Path, line: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "value", "message"),
-    [("SNACKBASE_PORT", "eighty", "whole number"), ("SNACKBASE_DEBUG", "maybe", "true or false"),
-     ("SNACKBASE_ENVIRONMENT", "staging", "must be one of"), ("SNACKBASE_PORT", "70000", "between"),
-     ("SNACKBASE_API_PREFIX", "api/", "must start with")],
+    [
+        ("SNACKBASE_PORT", "eighty", "whole number"),
+        ("SNACKBASE_DEBUG", "maybe", "true or false"),
+        ("SNACKBASE_ENVIRONMENT", "staging", "must be one of"),
+        ("SNACKBASE_PORT", "70000", "between"),
+        ("SNACKBASE_API_PREFIX", "api/", "must start with"),
+    ],
 )
-def test_bad_values_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str,
-                                message: str) -> None:
+def test_bad_values_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=message):
         load_settings(env_file=tmp_path / "none")

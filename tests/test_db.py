@@ -30,7 +30,10 @@ def test_migrations_apply_once_and_create_the_system_account(tmp_path: Path) -> 
     assert migrate(conn) == list(range(1, latest_version() + 1))
     assert migrate(conn) == []
     assert current_version(conn) == latest_version()
-    assert fetch_one(conn, "SELECT id, slug FROM accounts WHERE id = 'SY0000'") == {"id": "SY0000", "slug": "system"}
+    assert fetch_one(conn, "SELECT id, slug FROM accounts WHERE id = 'SY0000'") == {
+        "id": "SY0000",
+        "slug": "system",
+    }
 
 
 def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:

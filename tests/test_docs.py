@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def docs_text() -> str:
-    return "\n".join(p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+    return "\n".join(
+        p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    )
 
 
 @pytest.mark.parametrize("name", setting_names())
@@ -30,4 +32,6 @@ def all_paths() -> list[str]:
 
 @pytest.mark.parametrize("path", all_paths())
 def test_every_route_is_documented(path: str) -> None:
-    assert f"`{path}`" in docs_text() or f"`{path} " in docs_text(), f"{path} is not in README.md or docs/*.md"
+    assert f"`{path}`" in docs_text() or f"`{path} " in docs_text(), (
+        f"{path} is not in README.md or docs/*.md"
+    )

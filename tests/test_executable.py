@@ -19,8 +19,12 @@ pytestmark = pytest.mark.executable
 @pytest.fixture(scope="module")
 def executable(tmp_path_factory: pytest.TempPathFactory) -> Path:
     output = tmp_path_factory.mktemp("exe") / "snackbase"
-    subprocess.run([sys.executable, str(ROOT / "build.py"), "--output", str(output)], check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, str(ROOT / "build.py"), "--output", str(output)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return output
 
 
@@ -41,10 +45,13 @@ def test_runs_from_any_directory(executable: Path, tmp_path: Path) -> None:
     elsewhere.mkdir()
     copy = elsewhere / "snackbase"
     shutil.copy2(executable, copy)
-    result = subprocess.run(["./snackbase", "version"], cwd=elsewhere, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["./snackbase", "version"], cwd=elsewhere, capture_output=True, text=True, timeout=60
+    )
     assert result.stdout.strip() == __version__
-    result = subprocess.run([system_python(), str(copy), "version"], cwd="/", capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [system_python(), str(copy), "version"], cwd="/", capture_output=True, text=True, timeout=60
+    )
     assert result.stdout.strip() == __version__
 
 

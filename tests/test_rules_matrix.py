@@ -70,8 +70,11 @@ class Matrix:
             "other_tenant": make_user(client, make_account(client, "Globex")), "superadmin": sa,
         }  # fmt: skip
         for name, rule in RULES.items():
-            body = {"name": f"m_{name}", "fields": [{"name": "text", "type": "text"}],
-                    "rules": dict.fromkeys(OPS, rule)}
+            body = {
+                "name": f"m_{name}",
+                "fields": [{"name": "text", "type": "text"}],
+                "rules": dict.fromkeys(OPS, rule),
+            }
             assert client.post(f"{API}/collections", headers=sa.headers, json=body).status_code == 201
 
     def headers(self, caller: str) -> dict[str, str]:
@@ -85,8 +88,11 @@ class Matrix:
     def seed(self, collection: str) -> str:
         record_id, now = uuid7(), now_iso()
         with self.client.app.state.db.conn as conn:  # type: ignore[attr-defined]
-            conn.execute(f"INSERT INTO c_{collection} (id, account_id, created_at, created_by, updated_at, text) "
-                         "VALUES (?, ?, ?, ?, ?, 'seed')", (record_id, self.account, now, self.owner.id, now))
+            conn.execute(
+                f"INSERT INTO c_{collection} (id, account_id, created_at, created_by, updated_at, text) "
+                "VALUES (?, ?, ?, ?, ?, 'seed')",
+                (record_id, self.account, now, self.owner.id, now),
+            )
         return record_id
 
 
@@ -110,10 +116,15 @@ def outcome(m: Matrix, rule: str, caller: str, op: str) -> str:
         response = m.client.post(url, headers=headers, json={"text": "new"})
     else:
         method = {"view": "GET", "update": "PATCH", "delete": "DELETE"}[op]
-        response = m.client.request(method, f"{url}/{record_id}", headers=headers,
-                                    json={"text": "changed"} if op == "update" else None)
-    return {200: "ok", 201: "ok", 204: "ok", 403: "forbidden", 404: "hidden"}.get(response.status_code,
-                                                                                 str(response.status_code))
+        response = m.client.request(
+            method,
+            f"{url}/{record_id}",
+            headers=headers,
+            json={"text": "changed"} if op == "update" else None,
+        )
+    return {200: "ok", 201: "ok", 204: "ok", 403: "forbidden", 404: "hidden"}.get(
+        response.status_code, str(response.status_code)
+    )
 
 
 CASES = [(rule, caller, op) for rule in RULES for caller in CALLERS for op in OPS]

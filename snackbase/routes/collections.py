@@ -8,9 +8,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from snackbase import records
 from snackbase.auth import require_superadmin
 from snackbase.collections import create_collection, delete_collection, update_collection
-from snackbase import records
 from snackbase.context import caller_for, caller_for_user, change_context
 from snackbase.errors import ApiError
 from snackbase.rules import Caller
@@ -22,8 +22,15 @@ async def list_collections(request: Request) -> Response:
     await require_superadmin(request)
     registry, conn = request.app.state.registry, request.app.state.db.conn
     items = [collection_to_json(c) for c in registry.all(conn)]
-    return json_response({"items": items, "page": 1, "per_page": len(items), "total_items": len(items),
-                          "total_pages": 1 if items else 0})
+    return json_response(
+        {
+            "items": items,
+            "page": 1,
+            "per_page": len(items),
+            "total_items": len(items),
+            "total_pages": 1 if items else 0,
+        }
+    )
 
 
 async def create(request: Request) -> Response:
@@ -44,8 +51,9 @@ async def update(request: Request) -> Response:
     await require_superadmin(request)
     parsed = parse_collection_body(await read_json(request), partial=True)
     ctx = await change_context(request)
-    collection = update_collection(request.app.state.db.conn, request.app.state.registry,
-                                   request.path_params["name"], parsed, ctx)
+    collection = update_collection(
+        request.app.state.db.conn, request.app.state.registry, request.path_params["name"], parsed, ctx
+    )
     return json_response(collection_to_json(collection))
 
 
@@ -69,14 +77,20 @@ async def test_rule(request: Request) -> Response:
     await require_superadmin(request)
     body = await read_struct(request, RuleTest)
     if body.operation not in RULE_OPS:
-        raise ApiError(400, "validation_failed", "Unknown operation.",
-                       {"operation": {"code": "not_in_values", "message": f"One of {', '.join(RULE_OPS)}."}})
+        raise ApiError(
+            400,
+            "validation_failed",
+            "Unknown operation.",
+            {"operation": {"code": "not_in_values", "message": f"One of {', '.join(RULE_OPS)}."}},
+        )
     conn, registry = request.app.state.db.conn, request.app.state.registry
     collection = registry.get(conn, request.path_params["name"])
     caller = caller_for_user(request, body.as_user) if body.as_user else await caller_for(request)
     if body.as_user is None:  # anonymous, in the account named by X-Account-ID
         caller = Caller(None, caller.account_id, None, None, False, frozenset, caller.macro)
-    allowed = records.try_rule(conn, registry, collection, caller, body.rule, body.operation, body.record_id, body.data)
+    allowed = records.try_rule(
+        conn, registry, collection, caller, body.rule, body.operation, body.record_id, body.data
+    )
     return json_response({"allowed": allowed})
 
 

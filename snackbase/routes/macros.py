@@ -36,21 +36,33 @@ class MacroTest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def _store(request: Request) -> macros.MacroStore:
-    return request.app.state.macros  # type: ignore[no-any-return]
+    store: macros.MacroStore = request.app.state.macros
+    return store
 
 
 def _description(text: str) -> str:
     if len(text) > 1000:
-        raise ApiError(400, "validation_failed", "The description is too long.",
-                       {"description": {"code": "too_long", "message": "At most 1000 characters."}})
+        raise ApiError(
+            400,
+            "validation_failed",
+            "The description is too long.",
+            {"description": {"code": "too_long", "message": "At most 1000 characters."}},
+        )
     return text
 
 
 async def list_macros(request: Request) -> Response:
     await require_superadmin(request)
     items = [m.to_json() for m in _store(request).all(request.app.state.db.conn).values()]
-    return json_response({"items": items, "page": 1, "per_page": len(items), "total_items": len(items),
-                          "total_pages": 1 if items else 0})
+    return json_response(
+        {
+            "items": items,
+            "page": 1,
+            "per_page": len(items),
+            "total_items": len(items),
+            "total_pages": 1 if items else 0,
+        }
+    )
 
 
 async def create(request: Request) -> Response:
@@ -71,7 +83,9 @@ async def create(request: Request) -> Response:
 
 async def get_one(request: Request) -> Response:
     await require_superadmin(request)
-    return json_response(_store(request).get(request.app.state.db.conn, request.path_params["name"]).to_json())
+    return json_response(
+        _store(request).get(request.app.state.db.conn, request.path_params["name"]).to_json()
+    )
 
 
 async def update(request: Request) -> Response:
@@ -113,8 +127,12 @@ async def test(request: Request) -> Response:
     if body.as_user is not None:
         caller_for_user(request, body.as_user)  # 404 for an unknown user; macros see callers only via args
     if len(body.args) != macro.params:
-        raise ApiError(400, "validation_failed", f"@{macro.name}() takes {macro.params} argument(s).",
-                       {"args": {"code": "invalid_length", "message": f"Give {macro.params} argument(s)."}})
+        raise ApiError(
+            400,
+            "validation_failed",
+            f"@{macro.name}() takes {macro.params} argument(s).",
+            {"args": {"code": "invalid_length", "message": f"Give {macro.params} argument(s)."}},
+        )
     return json_response({"result": macros.run(conn, macro, body.args)})
 
 
@@ -134,14 +152,26 @@ def _check_rules_still_valid(request: Request, conn: apsw.Connection) -> None:
         try:
             check_rules(collection, counts)
         except ApiError:
-            raise ApiError(409, "macro_in_use", f"The change would break the rules of '{collection.name}'.") from None
+            raise ApiError(
+                409, "macro_in_use", f"The change would break the rules of '{collection.name}'."
+            ) from None
 
 
-def _audit(conn: apsw.Connection, ctx: Any, action: str, old: macros.Macro | None, new: macros.Macro | None) -> None:
+def _audit(
+    conn: apsw.Connection, ctx: Any, action: str, old: macros.Macro | None, new: macros.Macro | None
+) -> None:
     """Macros are shared by all accounts: their changes go into the system account's chain."""
     before, after = (old.to_json() if old else None), (new.to_json() if new else None)
-    audit.append(conn, account_id=SYSTEM_ACCOUNT_ID, actor=ctx.actor, action=action, record_id=(new or old).name,
-                 changes=audit.diff(before, after, skip=("created_at", "updated_at")), reason=ctx.reason, meta=ctx.meta)
+    audit.append(
+        conn,
+        account_id=SYSTEM_ACCOUNT_ID,
+        actor=ctx.actor,
+        action=action,
+        record_id=new.name if new else old.name if old else None,
+        changes=audit.diff(before, after, skip=("created_at", "updated_at")),
+        reason=ctx.reason,
+        meta=ctx.meta,
+    )
 
 
 routes = [

@@ -34,7 +34,8 @@ def _list_query(request: Request) -> records.ListQuery:
     if skip_total not in ("true", "false", "1", "0"):
         raise ApiError(400, "bad_request", "Query parameter 'skip_total' must be true or false.")
     return records.ListQuery(
-        filter=params.get("filter", ""), sort=params.get("sort", ""), fields=_names(request, "fields") or None,
+        filter=params.get("filter", ""), sort=params.get("sort", ""),
+        fields=_names(request, "fields") or None,
         expand=_names(request, "expand"), page=query_int(request, "page", 1, 1, 1_000_000),
         per_page=query_int(request, "per_page", 30, 1, records.MAX_PER_PAGE),
         skip_total=skip_total in ("true", "1"), after=params.get("after"),
@@ -45,7 +46,9 @@ async def list_records(request: Request) -> Response:
     collection = _collection(request)
     caller = await caller_for(request)
     query = _list_query(request)
-    page = records.list_records(request.app.state.db.conn, request.app.state.registry, collection, caller, query)
+    page = records.list_records(
+        request.app.state.db.conn, request.app.state.registry, collection, caller, query
+    )
     return json_response(page)
 
 
@@ -55,8 +58,15 @@ async def get_record(request: Request) -> Response:
     fields, expand = _names(request, "fields") or None, _names(request, "expand")
     records.check_projection(collection, fields)
     records.check_expand(request.app.state.registry, request.app.state.db.conn, collection, expand)
-    record = records.get_record(request.app.state.db.conn, request.app.state.registry, collection, caller,
-                                request.path_params["id"], fields, expand)
+    record = records.get_record(
+        request.app.state.db.conn,
+        request.app.state.registry,
+        collection,
+        caller,
+        request.path_params["id"],
+        fields,
+        expand,
+    )
     return json_response(record)
 
 
@@ -65,7 +75,9 @@ async def create_record(request: Request) -> Response:
     caller = await caller_for(request)
     body = await read_json(request)
     ctx = await write_context(request, caller)
-    record = records.create_record(request.app.state.db.conn, request.app.state.registry, collection, ctx, body)
+    record = records.create_record(
+        request.app.state.db.conn, request.app.state.registry, collection, ctx, body
+    )
     records.run_after_commit(ctx)
     return json_response(record, status=201)
 
@@ -75,8 +87,15 @@ async def _update(request: Request, replace: bool) -> Response:
     caller = await caller_for(request)
     body = await read_json(request)
     ctx = await write_context(request, caller)
-    record = records.update_record(request.app.state.db.conn, request.app.state.registry, collection, ctx,
-                                   request.path_params["id"], body, replace=replace)
+    record = records.update_record(
+        request.app.state.db.conn,
+        request.app.state.registry,
+        collection,
+        ctx,
+        request.path_params["id"],
+        body,
+        replace=replace,
+    )
     records.run_after_commit(ctx)
     return json_response(record)
 
@@ -93,8 +112,9 @@ async def delete_record(request: Request) -> Response:
     collection = _collection(request)
     caller = await caller_for(request)
     ctx = await write_context(request, caller)
-    records.delete_record(request.app.state.db.conn, request.app.state.registry, collection, ctx,
-                          request.path_params["id"])
+    records.delete_record(
+        request.app.state.db.conn, request.app.state.registry, collection, ctx, request.path_params["id"]
+    )
     records.run_after_commit(ctx)
     return no_content()
 

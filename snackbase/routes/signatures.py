@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
@@ -34,8 +36,12 @@ async def sign(request: Request) -> Response:
     record = records.stored_record(conn, registry, collection, caller, "view", request.path_params["id"])
     actor, meta = audit.actor_from_auth(auth), audit.meta_from_request(request)
     if signatures.too_many_failures(conn, auth.user_id or ""):
-        raise ApiError(429, "rate_limited", "Too many failed signing attempts; try again later.",
-                       headers={"retry-after": str(int(signatures.FAILED_WINDOW.total_seconds()))})
+        raise ApiError(
+            429,
+            "rate_limited",
+            "Too many failed signing attempts; try again later.",
+            headers={"retry-after": str(int(signatures.FAILED_WINDOW.total_seconds()))},
+        )
     stored_hash = fetch_value(conn, "SELECT password_hash FROM users WHERE id = ?", (auth.user_id,))
     password = body.password if len(body.password) <= 1024 else ""
     ok, _ = await verify_password(params_for(request.app.state.settings.environment), stored_hash, password)
@@ -50,7 +56,9 @@ async def list_signatures(request: Request) -> Response:
     collection, caller = _collection(request), await caller_for(request)
     conn, registry = request.app.state.db.conn, request.app.state.registry
     record = records.stored_record(conn, registry, collection, caller, "view", request.path_params["id"])
-    return json_response({"items": signatures.signatures_of(conn, record["account_id"], record["id"], record)})
+    return json_response(
+        {"items": signatures.signatures_of(conn, record["account_id"], record["id"], record)}
+    )
 
 
 async def history(request: Request) -> Response:
@@ -59,9 +67,10 @@ async def history(request: Request) -> Response:
     collection, caller = _collection(request), await caller_for(request)
     conn, registry = request.app.state.db.conn, request.app.state.registry
     record_id = request.path_params["id"]
+    record: dict[str, Any] | None
     try:
-        record: dict | None = records.stored_record(conn, registry, collection, caller, "view", record_id)
-        account_id = record["account_id"] if record else None
+        record = records.stored_record(conn, registry, collection, caller, "view", record_id)
+        account_id = str(record["account_id"])
     except ApiError:
         auth = await get_auth(request)
         if not auth.is_account_admin or caller.account_id is None:
@@ -70,8 +79,9 @@ async def history(request: Request) -> Response:
     entries = signatures.history(conn, account_id, collection, record_id, caller.sees_pii)
     if not entries and record is None:
         raise ApiError(404, "not_found", "The record was not found.")
-    return json_response({"items": entries,
-                          "signatures": signatures.signatures_of(conn, account_id, record_id, record)})
+    return json_response(
+        {"items": entries, "signatures": signatures.signatures_of(conn, account_id, record_id, record)}
+    )
 
 
 routes = [
