@@ -24,6 +24,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.types import Scope
 
@@ -31,6 +32,7 @@ from snackbase.config import Settings
 from snackbase.errors import ApiError
 from snackbase.logs import request_context
 from snackbase.rules import Caller
+from snackbase.schema import collection_to_json
 
 if TYPE_CHECKING:
     import apsw
@@ -468,6 +470,41 @@ class HookRegistry:
             )
         return query
 
+    # one-line seams for the async routes (collections, auth)
+
+    async def collection_before(self, action: str, name: str, data: dict[str, Any] | None = None) -> None:
+        """collection.before_<action>: `data` is the parsed definition body (hooks may change it in place)."""
+        event_name = f"collection.before_{action}"
+        if self.has(event_name, name):
+            event = CollectionEvent(collection=name, data=data if data is not None else {},
+                                    record=self._stored_collection(name))  # fmt: skip
+            await self.dispatch(event_name, event)
+
+    def _stored_collection(self, name: str) -> dict[str, Any] | None:
+        if self.app is None:
+            return None
+        registry = self.app.state.registry
+        registry.refresh(self.app.state.db.conn)
+        current = registry.by_name.get(name)
+        return collection_to_json(current) if current is not None else None
+
+    def collection_after(self, action: str, collection: Collection) -> None:
+        """collection.after_<action> with the definition as stored (as it was, for delete)."""
+        if self.has(f"collection.after_{action}", collection.name):
+            event = CollectionEvent(collection=collection.name, record=collection_to_json(collection))
+            self.fire(f"collection.after_{action}", event)
+
+    async def auth_before(self, action: str, body: Any) -> None:
+        """auth.before_<action> with the request body (a msgspec Struct or a dict) minus its secrets."""
+        if self.has(f"auth.before_{action}"):
+            await self.dispatch(f"auth.before_{action}", AuthEvent(data=_without_secrets(body)))
+
+    def auth_after(self, action: str, user: dict[str, Any] | None) -> None:
+        """auth.after_<action> with the user row (its password hash and other secrets removed)."""
+        if self.has(f"auth.after_{action}"):
+            record = _without_secrets(user) if user is not None else None
+            self.fire(f"auth.after_{action}", AuthEvent(record=record, data=dict(record or {})))
+
     def mail_allowed(self, kind: str, message: EmailMessage) -> bool:
         """mail.before_send: False when a hook aborted (the email is dropped and that is logged)."""
         try:
@@ -481,6 +518,15 @@ class HookRegistry:
             )
             return False
         return True
+
+
+_SECRET_WORDS = ("password", "token", "secret")
+
+
+def _without_secrets(value: Any) -> dict[str, Any]:
+    """Passwords, tokens and hashes never reach a hook (they would end up in its logs)."""
+    data = msgspec.structs.asdict(value) if isinstance(value, msgspec.Struct) else dict(value)
+    return {k: v for k, v in data.items() if not any(word in k.lower() for word in _SECRET_WORDS)}
 
 
 def _builtin_marker(event: Event) -> None:

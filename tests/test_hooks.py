@@ -538,6 +538,64 @@ def test_a_hook_that_writes_what_fires_it_is_stopped(
     assert any("nested" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
 
 
+# --- collection and auth seams (as the routes call them) ------------------------------------------
+
+
+def test_collection_seams_carry_the_definition(app_client: TestClient) -> None:
+    setup(app_client)
+    app: Any = app_client.app
+    seen: list[tuple[str, str, Any, Any]] = []
+
+    @hooks.on("collection.before_update", collection="posts")
+    def before(event: Any) -> None:
+        seen.append((event.name, event.collection, event.data, [f["name"] for f in event.record["fields"]]))
+
+    @hooks.on("collection.before_create")
+    def no_temp(event: Any) -> None:
+        if event.collection.startswith("tmp_"):
+            raise HookAbort(400, "No temporary collections.", {"name": "Pick a lasting name."})
+
+    hooks.on("collection.after_delete")(
+        lambda e: seen.append((e.name, e.collection, e.data, e.record["name"]))
+    )
+    asyncio.run(hooks.collection_before("update", "posts", {"rules": {}}))
+    with pytest.raises(HookAbort):
+        asyncio.run(hooks.collection_before("create", "tmp_x", {"name": "tmp_x"}))
+    asyncio.run(hooks.collection_before("create", "kept", {"name": "kept"}))  # no definition yet: record None
+    hooks.collection_after("delete", app.state.registry.get(app.state.db.conn, "notifications"))
+    assert seen == [
+        ("collection.before_update", "posts", {"rules": {}}, ["title", "slug"]),
+        ("collection.after_delete", "notifications", {}, "notifications"),
+    ]
+
+
+def test_auth_seams_never_show_secrets(hook_registry: HookRegistry) -> None:
+    import msgspec
+
+    class LoginBody(msgspec.Struct):
+        email: str
+        password: str
+        account_identifier: str
+
+    seen: list[Any] = []
+    hooks.on("auth.before_login")(lambda e: seen.append(e.data))
+    hooks.on("auth.after_login")(lambda e: seen.append(e.record))
+
+    @hooks.on("auth.before_register")
+    def invite_only(event: Any) -> None:
+        if not event.data["email"].endswith("@acme.example"):
+            raise HookAbort(403, "Registration is for Acme staff.")
+
+    asyncio.run(hooks.auth_before("login", LoginBody("a@acme.example", "hunter2hunter2", "acme")))
+    hooks.auth_after("login", {"id": "u1", "email": "a@acme.example", "password_hash": "$argon2id$…"})
+    with pytest.raises(HookAbort):
+        asyncio.run(hooks.auth_before("register", {"email": "x@other.example", "password": "p"}))
+    assert seen == [
+        {"email": "a@acme.example", "account_identifier": "acme"},
+        {"id": "u1", "email": "a@acme.example"},
+    ]
+
+
 # --- request, mail and app events ----------------------------------------------------------------
 
 
