@@ -923,7 +923,7 @@ def test_rename_and_reuse_old_name(conn: apsw.Connection, posts_table: Collectio
     assert (plan.renames, plan.added, plan.needs_rebuild) == ({"hits": "views"}, ("views",), False)
     assert [r[1:] for r in rows(conn, new, "hits", "views")] == [(1, None), (2, None)]
     assert index_columns(conn, "c_posts") == {
-        "ix:c_posts:created_at": ["account_id", "created_at"],
+        "ix:c_posts:created_at": ["account_id", "created_at", "id"],
         "ix:c_posts:hits": ["account_id", "hits"],
         "ix:c_posts:views": ["account_id", "views"],
     }
