@@ -24,6 +24,7 @@ import apsw
 import msgspec
 
 from snackbase.errors import ApiError
+from snackbase.pii import mask_value
 from snackbase.times import now_iso
 
 GENESIS_HASH = "0" * 64
@@ -442,24 +443,6 @@ def _mask_change(collection: str | None, name: str, change: Any, masker: Masker 
         "old": masker(collection, name, change.get("old")),
         "new": masker(collection, name, change.get("new")),
     }
-
-
-def mask_value(kind: str, value: Any) -> Any:
-    """SPEC section 7 masks. Null stays null (absence is not personal data); unknown kinds mask fully."""
-    if value is None:
-        return None
-    text = value if isinstance(value, str) else encode_json_text(value) or ""
-    digits = "".join(ch for ch in text if ch.isdigit())
-    if kind == "email" and "@" in text:
-        local, domain = text.rsplit("@", 1)
-        return f"{local[:1]}***@{domain}"
-    if kind == "phone" and len(digits) >= 4:
-        return "******" + digits[-4:]
-    if kind == "ssn" and len(digits) >= 4:
-        return "***-**-" + digits[-4:]
-    if kind == "name" and text.strip():
-        return " ".join(part[0] + "." for part in text.split())
-    return "******"
 
 
 def schema_masker(conn: apsw.Connection) -> Masker | None:

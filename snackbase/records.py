@@ -20,12 +20,12 @@ import apsw
 import msgspec
 
 from snackbase import audit
-from snackbase.audit import mask_value
 from snackbase.collections import Registry
 from snackbase.db import fetch_all, fetch_value, write_transaction
 from snackbase.errors import ApiError, FieldErrors, field_error, validation_error
 from snackbase.filter import FilterError, compile_filter, parse_sort
 from snackbase.ids import uuid7
+from snackbase.pii import check_write_access, hidden_fields, present
 from snackbase.rules import ALIAS, Caller, RecordResolver, filter_clause, rule_clause
 from snackbase.schema import SYSTEM_FIELDS, Collection, quote_ident
 from snackbase.times import now_iso
@@ -96,61 +96,6 @@ def _where(*clauses: tuple[str, list[Any]]) -> tuple[str, list[Any]]:
     parts = [sql for sql, _ in clauses if sql]
     params = [p for _, ps in clauses for p in ps]
     return (" WHERE " + " AND ".join(f"({p})" for p in parts) if parts else ""), params
-
-
-# --- field access and PII -----------------------------------------------------------------------
-
-
-def _readable(collection: Collection, caller: Caller, op: str) -> frozenset[str] | None:
-    """The defined fields this caller may read for `op` (list or view); None means all of them."""
-    names = collection.field_access.get(op, ["*"])
-    return None if caller.is_superadmin or "*" in names else frozenset(names)
-
-
-def _masks(collection: Collection, caller: Caller) -> dict[str, str]:
-    """PII field → mask kind, for a caller who must see them masked (empty for the others)."""
-    masks = {f.name: f.mask or "full" for f in collection.fields if f.pii}
-    return masks if masks and not caller.sees_pii else {}
-
-
-def hidden_fields(collection: Collection, caller: Caller, op: str) -> frozenset[str]:
-    """Fields the caller may not filter or sort on: unreadable ones, and PII it sees masked (no oracle)."""
-    readable = _readable(collection, caller, op)
-    hidden = set(_masks(collection, caller))
-    if readable is not None:
-        hidden |= {f.name for f in collection.fields if f.name not in readable}
-    return frozenset(hidden)
-
-
-def present(
-    collection: Collection, caller: Caller, op: str, records: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """What this caller reads: unreadable fields removed, PII masked (every read path goes through here)."""
-    readable, masks = _readable(collection, caller, op), _masks(collection, caller)
-    if readable is None and not masks:
-        return records
-    dropped = [] if readable is None else [f.name for f in collection.fields if f.name not in readable]
-    for record in records:
-        for name in dropped:
-            record.pop(name, None)
-        for name, kind in masks.items():
-            if name in record:
-                record[name] = mask_value(kind, record[name])
-    return records
-
-
-def _check_write_access(collection: Collection, caller: Caller, op: str, names: list[str]) -> None:
-    allowed = collection.field_access.get(op, ["*"])
-    if caller.is_superadmin or "*" in allowed:
-        return
-    denied = [n for n in names if n in collection.field_map and n not in allowed]
-    if denied:
-        raise ApiError(
-            403,
-            "field_access_denied",
-            f"You may not {op} the field(s): {', '.join(denied)}.",
-            {n: {"code": "field_access_denied", "message": f"Not writable on {op}."} for n in denied},
-        )
 
 
 # --- reads --------------------------------------------------------------------------------------
@@ -521,7 +466,7 @@ def create_record(
         raise ApiError(400, "bad_request", "The body must be a JSON object.")
     body = _take_reason(body, ctx, collection)
     values = registry.validator(collection).validate(body, mode="create")
-    _check_write_access(collection, ctx.caller, "create", list(body))
+    check_write_access(collection, ctx.caller, "create", list(body))
     account_id = _target_account(ctx.caller)
     now, user = now_iso(), ctx.caller.user_id
     row = {
@@ -593,7 +538,7 @@ def update_record(
     body = _take_reason(body, ctx, collection)
     values = registry.validator(collection).validate(body, mode="replace" if replace else "update")
     # PUT writes every field (those not given get their default), so each must be writable.
-    _check_write_access(collection, ctx.caller, "update", list(values) if replace else list(body))
+    check_write_access(collection, ctx.caller, "update", list(values) if replace else list(body))
     old = _stored_for(conn, collection, ctx.caller, "update", record_id)
     new = {**old, **values, "updated_at": now_iso(), "updated_by": ctx.caller.user_id}
     if not _rule_holds(conn, collection, "update", ctx.caller, new, body):

@@ -20,6 +20,7 @@ from snackbase.audit import Actor, RequestMeta
 from snackbase.db import connect, fetch_all, fetch_one
 from snackbase.errors import ApiError
 from snackbase.migrations import migrate
+from snackbase.pii import mask_value
 
 ROOT = Path(__file__).resolve().parent.parent
 ALICE = Actor("0190a0b0-0000-7000-8000-000000000001", "alice@example.com", "admin", "token")
@@ -479,7 +480,7 @@ def test_actor_from_auth() -> None:
     ("email", None, None),
 ])  # fmt: skip
 def test_mask_value(kind: str, value: Any, shown: Any) -> None:
-    assert audit.mask_value(kind, value) == shown
+    assert mask_value(kind, value) == shown
 
 
 def fake_collections_db() -> apsw.Connection:
