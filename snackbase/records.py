@@ -24,6 +24,7 @@ from snackbase.collections import Registry
 from snackbase.db import fetch_all, fetch_value, write_transaction
 from snackbase.errors import ApiError, FieldErrors, field_error, validation_error
 from snackbase.filter import FilterError, compile_filter, parse_sort
+from snackbase.hooks import hooks
 from snackbase.ids import uuid7
 from snackbase.pii import check_write_access, hidden_fields, present
 from snackbase.rules import ALIAS, Caller, RecordResolver, filter_clause, rule_clause
@@ -125,6 +126,7 @@ def get_record(
 def list_records(
     conn: apsw.Connection, registry: Registry, collection: Collection, caller: Caller, query: ListQuery
 ) -> dict[str, Any]:
+    query = hooks.record_list(collection, caller, query)
     clauses = [_scope(caller), rule_clause(collection, "list", RecordResolver(collection, caller))]
     resolver = RecordResolver(collection, caller, hidden=hidden_fields(collection, caller, "list"))
     if query.filter.strip():
@@ -465,6 +467,7 @@ def create_record(
     if not isinstance(body, dict):
         raise ApiError(400, "bad_request", "The body must be a JSON object.")
     body = _take_reason(body, ctx, collection)
+    body = hooks.record_before("create", collection, ctx, body)
     values = registry.validator(collection).validate(body, mode="create")
     check_write_access(collection, ctx.caller, "create", list(body))
     account_id = _target_account(ctx.caller)
@@ -536,10 +539,11 @@ def update_record(
     if not isinstance(body, dict):
         raise ApiError(400, "bad_request", "The body must be a JSON object.")
     body = _take_reason(body, ctx, collection)
+    old = _stored_for(conn, collection, ctx.caller, "update", record_id)
+    body = hooks.record_before("update", collection, ctx, body, old)
     values = registry.validator(collection).validate(body, mode="replace" if replace else "update")
     # PUT writes every field (those not given get their default), so each must be writable.
     check_write_access(collection, ctx.caller, "update", list(values) if replace else list(body))
-    old = _stored_for(conn, collection, ctx.caller, "update", record_id)
     new = {**old, **values, "updated_at": now_iso(), "updated_by": ctx.caller.user_id}
     if not _rule_holds(conn, collection, "update", ctx.caller, new, body):
         raise ApiError(403, "forbidden", "The update rule does not allow the record as changed.")
@@ -577,6 +581,7 @@ def delete_record(
 ) -> str:
     _take_reason(body if isinstance(body, dict) else {}, ctx, collection)
     old = _stored_for(conn, collection, ctx.caller, "delete", record_id)
+    hooks.record_before("delete", collection, ctx, None, old)
 
     def write() -> dict[str, Any]:
         conn.execute(f"DELETE FROM {quote_ident(collection.table)} WHERE id = ?", (old["id"],))

@@ -13,6 +13,7 @@ from snackbase.auth import require_superadmin
 from snackbase.collections import create_collection, delete_collection, update_collection
 from snackbase.context import caller_for, caller_for_user, change_context
 from snackbase.errors import ApiError
+from snackbase.hooks import hooks
 from snackbase.rules import Caller
 from snackbase.schema import RULE_OPS, collection_to_json, parse_collection_body
 from snackbase.web import json_response, no_content, read_json, read_struct
@@ -36,8 +37,10 @@ async def list_collections(request: Request) -> Response:
 async def create(request: Request) -> Response:
     await require_superadmin(request)
     parsed = parse_collection_body(await read_json(request))
+    await hooks.collection_before("create", parsed["name"], parsed)
     ctx = await change_context(request)
     collection = create_collection(request.app.state.db.conn, request.app.state.registry, parsed, ctx)
+    hooks.collection_after("create", collection)
     return json_response(collection_to_json(collection), status=201)
 
 
@@ -50,17 +53,23 @@ async def get_one(request: Request) -> Response:
 async def update(request: Request) -> Response:
     await require_superadmin(request)
     parsed = parse_collection_body(await read_json(request), partial=True)
+    await hooks.collection_before("update", request.path_params["name"], parsed)
     ctx = await change_context(request)
     collection = update_collection(
         request.app.state.db.conn, request.app.state.registry, request.path_params["name"], parsed, ctx
     )
+    hooks.collection_after("update", collection)
     return json_response(collection_to_json(collection))
 
 
 async def delete(request: Request) -> Response:
     await require_superadmin(request)
+    await hooks.collection_before("delete", request.path_params["name"])
     ctx = await change_context(request)
-    delete_collection(request.app.state.db.conn, request.app.state.registry, request.path_params["name"], ctx)
+    old = delete_collection(
+        request.app.state.db.conn, request.app.state.registry, request.path_params["name"], ctx
+    )
+    hooks.collection_after("delete", old)
     return no_content()
 
 
