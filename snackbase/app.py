@@ -17,21 +17,21 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from snackbase.auth import AuthMiddleware
+from snackbase.collections import Registry
 from snackbase.config import Settings, ensure_data_dir, load_settings, with_secret_key
 from snackbase.db import Database
 from snackbase.errors import ApiError, error_response
 from snackbase.hook_loader import HookMiddleware, serve_hooks, start_hooks, terminate_hooks
+from snackbase.macros import MacroStore
 from snackbase.middleware import RequestMiddleware
 from snackbase.migrations import migrate, refuse_newer
-from snackbase.collections import Registry
-from snackbase.macros import MacroStore
 from snackbase.routes import RouteTable, audit, collections, health, macros, records, signatures
-from snackbase.routes import auth as auth_routes
-from snackbase.routes import users as users_routes
-from snackbase.routes import groups as groups_routes
 from snackbase.routes import accounts as accounts_routes
-from snackbase.routes import roles as roles_routes
+from snackbase.routes import auth as auth_routes
+from snackbase.routes import groups as groups_routes
 from snackbase.routes import invitations as invitations_routes
+from snackbase.routes import roles as roles_routes
+from snackbase.routes import users as users_routes
 
 log = logging.getLogger("snackbase")
 
@@ -40,13 +40,26 @@ UI_PREFIX = "/_/"
 
 def api_tables() -> list[RouteTable]:
     """Every route table mounted under the API prefix; a new resource module is added here."""
-    return [health.routes, collections.routes, records.routes, signatures.routes, macros.routes, audit.routes,
-            *auth_tables()]
+    return [
+        health.routes,
+        collections.routes,
+        records.routes,
+        signatures.routes,
+        macros.routes,
+        audit.routes,
+        *auth_tables(),
+    ]
 
 
 def auth_tables() -> list[RouteTable]:
-    return [auth_routes.routes, users_routes.routes, groups_routes.routes, accounts_routes.routes,
-            roles_routes.routes, invitations_routes.routes]
+    return [
+        auth_routes.routes,
+        users_routes.routes,
+        groups_routes.routes,
+        accounts_routes.routes,
+        roles_routes.routes,
+        invitations_routes.routes,
+    ]
 
 
 def build_routes(prefix: str, tables: list[RouteTable]) -> list[BaseRoute]:
@@ -94,8 +107,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
     middleware = [Middleware(RequestMiddleware, ui_prefix=UI_PREFIX)]
     if settings.cors_origin_list:
         middleware.append(
-            Middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"],
-                       allow_headers=["*"], expose_headers=["X-Request-ID"], max_age=600)
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origin_list,
+                allow_methods=["*"],
+                allow_headers=["*"],
+                expose_headers=["X-Request-ID"],
+                max_age=600,
+            )
         )
     middleware.append(Middleware(AuthMiddleware, prefix=settings.api_prefix))
     middleware.append(Middleware(HookMiddleware))  # inside auth: request hooks see the caller

@@ -66,7 +66,9 @@ def data_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 @data_dir_option
 @click.option("--workers", type=int, default=None, help="Server processes (default 1).")
 @click.option("--reload", is_flag=True, help="Restart when the code changes (development).")
-def serve(host: str | None, port: int | None, data_dir: str | None, workers: int | None, reload: bool) -> None:
+def serve(
+    host: str | None, port: int | None, data_dir: str | None, workers: int | None, reload: bool
+) -> None:
     """Start the API, realtime and admin UI server."""
     from snackbase.app import create_app
     from snackbase.logs import configure_logging
@@ -77,8 +79,10 @@ def serve(host: str | None, port: int | None, data_dir: str | None, workers: int
         app = create_app(settings)  # creates the data dir and database, migrates, or fails here
         sock = bind_socket(settings.host, settings.port)
     base = f"http://{_display_host(settings.host)}:{sock.getsockname()[1]}"
-    click.echo(f"SnackBase {__version__} serving\n  REST API: {base}{settings.api_prefix}\n  Admin UI: {base}/_/",
-               err=True)
+    click.echo(
+        f"SnackBase {__version__} serving\n  REST API: {base}{settings.api_prefix}\n  Admin UI: {base}/_/",
+        err=True,
+    )
     if settings.workers > 1 or reload:
         sock.close()
         app.state.db.close()
@@ -96,7 +100,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(f"port {port} on {host} is already in use (choose another with --port)") from None
+            raise ConfigError(
+                f"port {port} on {host} is already in use (choose another with --port)"
+            ) from None
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.set_inheritable(True)
     return sock
@@ -108,8 +114,14 @@ def _display_host(host: str) -> str:
 
 def _uvicorn_options(settings: Settings) -> dict[str, Any]:
     # log_config=None keeps our JSON logging; graceful shutdown waits at most 10 s for in-flight requests.
-    return {"log_config": None, "access_log": False, "server_header": False, "proxy_headers": False,
-            "timeout_graceful_shutdown": 10, "lifespan": "on"}
+    return {
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+        "proxy_headers": False,
+        "timeout_graceful_shutdown": 10,
+        "lifespan": "on",
+    }
 
 
 def _run_app(app: Any, sock: socket.socket) -> None:
@@ -127,8 +139,15 @@ def _run_factory(settings: Settings, reload: bool) -> None:
         if name != "secret_key":
             os.environ[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
     os.environ[env_name("secret_key")] = settings.secret_key or with_secret_key(settings).secret_key
-    uvicorn.run("snackbase.app:create_app_from_env", factory=True, host=settings.host, port=settings.port,
-                workers=None if reload else settings.workers, reload=reload, **_uvicorn_options(settings))
+    uvicorn.run(
+        "snackbase.app:create_app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=None if reload else settings.workers,
+        reload=reload,
+        **_uvicorn_options(settings),
+    )
 
 
 @cli.command()
@@ -186,8 +205,11 @@ def shell(data_dir: str | None) -> None:
     settings = settings_from(data_dir=data_dir)
     with user_errors():
         database = open_database(settings)
-    namespace = {"settings": settings, "db": database.conn,
-                 "q": lambda sql, *params: fetch_all(database.conn, sql, params)}
+    namespace = {
+        "settings": settings,
+        "db": database.conn,
+        "q": lambda sql, *params: fetch_all(database.conn, sql, params),
+    }
     try:
         code.interact(banner=f"SnackBase {__version__} shell: settings, db, q(sql, *params)", local=namespace)
     finally:
@@ -264,7 +286,9 @@ def collections_import(file: str, data_dir: str | None) -> None:
         except json.JSONDecodeError as exc:
             raise click.ClickException(f"{file} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
         database = open_database(settings_from(data_dir=data_dir))
-        ctx = ChangeContext(audit_trail.CLI_ACTOR, audit_trail.RequestMeta(None, None, None), f"import of {file}")
+        ctx = ChangeContext(
+            audit_trail.CLI_ACTOR, audit_trail.RequestMeta(None, None, None), f"import of {file}"
+        )
         try:
             report = import_definitions(database.conn, Registry(), definitions, ctx)
         except ApiError as exc:

@@ -16,7 +16,16 @@ from typing import Any
 ENV_PREFIX = "SNACKBASE_"
 SECRET_FILE = ".secret_key"
 # Values that look like a key but are copied from an example; refused in production.
-_PLACEHOLDER_KEYS = {"", "change-me", "changeme", "secret", "your-secret-key", "snackbase", "dev", "development"}
+_PLACEHOLDER_KEYS = {
+    "",
+    "change-me",
+    "changeme",
+    "secret",
+    "your-secret-key",
+    "snackbase",
+    "dev",
+    "development",
+}
 _MIN_PRODUCTION_KEY_LENGTH = 32
 
 
@@ -30,7 +39,9 @@ def _meta(doc: str, secret: bool = False, choices: tuple[str, ...] = ()) -> Any:
 
 @dataclass(frozen=True)
 class Settings:
-    environment: str = _meta("development, production or testing", choices=("development", "production", "testing"))
+    environment: str = _meta(
+        "development, production or testing", choices=("development", "production", "testing")
+    )
     debug: bool = _meta("more detail in logs (never in responses)")
     api_prefix: str = _meta("prefix of the REST API")
     host: str = _meta("listen address")
@@ -45,7 +56,9 @@ class Settings:
     log_format: str = _meta("json or console", choices=("json", "console"))
     max_json_bytes: int = _meta("request body limit for JSON, in bytes")
     statement_timeout_ms: int = _meta("longest time one SQL statement may run before it is interrupted")
-    registration: str = _meta("open, or closed (then only superadmins create accounts)", choices=("open", "closed"))
+    registration: str = _meta(
+        "open, or closed (then only superadmins create accounts)", choices=("open", "closed")
+    )
     password_min_length: int = _meta("shortest accepted password, 12 to 128 characters")
     require_verified_email: bool = _meta("refuse login (403 email_not_verified) until the email is verified")
     invitation_expire_hours: int = _meta("how long an invitation can be accepted, in hours")

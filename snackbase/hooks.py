@@ -37,7 +37,8 @@ from snackbase.schema import collection_to_json
 if TYPE_CHECKING:
     import apsw
 
-    from snackbase.records import ListQuery, WriteContext, WriteEvent
+    from snackbase.queries import ListQuery
+    from snackbase.records import WriteContext, WriteEvent
     from snackbase.schema import Collection
 
 __all__ = ["EVENTS", "Event", "HookAbort", "HookRegistry", "RecordEvent", "hooks"]
@@ -616,7 +617,7 @@ class RecordsHelper:
 
     def get(self, collection: str, record_id: str, *, account_id: str | None = None,
             bypass_rules: bool = False) -> dict[str, Any]:  # fmt: skip
-        from snackbase.records import get_record
+        from snackbase.queries import get_record
 
         conn, registry = self._app()
         caller = self.caller(account_id, bypass_rules)
@@ -624,7 +625,7 @@ class RecordsHelper:
 
     def list(self, collection: str, *, filter: str = "", sort: str = "", page: int = 1, per_page: int = 30,
              account_id: str | None = None, bypass_rules: bool = False) -> dict[str, Any]:  # fmt: skip
-        from snackbase.records import MAX_PER_PAGE, ListQuery, list_records
+        from snackbase.queries import MAX_PER_PAGE, ListQuery, list_records
 
         conn, registry = self._app()
         query = ListQuery(filter=filter, sort=sort, page=page, per_page=min(per_page, MAX_PER_PAGE))

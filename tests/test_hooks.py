@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from snackbase import records
+from snackbase import queries, records
 from snackbase.audit import Actor, RequestMeta
 from snackbase.db import fetch_all, fetch_value
 from snackbase.errors import ApiError
@@ -407,8 +407,8 @@ def test_before_list_may_narrow_the_query(app_client: TestClient) -> None:
         create_through_seam(app_client, user, {"title": title})
     hooks.on("record.before_list", collection="posts")(lambda e: setattr(e.query, "filter", 'title = "b"'))
     collection, caller = registry.get(conn, "posts"), context(user).caller
-    query = hooks.record_list(collection, caller, records.ListQuery())
-    assert [r["title"] for r in records.list_records(conn, registry, collection, caller, query)["items"]] == [
+    query = hooks.record_list(collection, caller, queries.ListQuery())
+    assert [r["title"] for r in queries.list_records(conn, registry, collection, caller, query)["items"]] == [
         "b"
     ]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import records
+from snackbase import queries, records
 from snackbase.context import caller_for, write_context
 from snackbase.errors import ApiError
 from snackbase.schema import Collection
@@ -28,16 +28,16 @@ def _names(request: Request, param: str) -> list[str]:
     return names
 
 
-def _list_query(request: Request) -> records.ListQuery:
+def _list_query(request: Request) -> queries.ListQuery:
     params = request.query_params
     skip_total = params.get("skip_total", "false").lower()
     if skip_total not in ("true", "false", "1", "0"):
         raise ApiError(400, "bad_request", "Query parameter 'skip_total' must be true or false.")
-    return records.ListQuery(
+    return queries.ListQuery(
         filter=params.get("filter", ""), sort=params.get("sort", ""),
         fields=_names(request, "fields") or None,
         expand=_names(request, "expand"), page=query_int(request, "page", 1, 1, 1_000_000),
-        per_page=query_int(request, "per_page", 30, 1, records.MAX_PER_PAGE),
+        per_page=query_int(request, "per_page", 30, 1, queries.MAX_PER_PAGE),
         skip_total=skip_total in ("true", "1"), after=params.get("after"),
     )  # fmt: skip
 
@@ -46,7 +46,7 @@ async def list_records(request: Request) -> Response:
     collection = _collection(request)
     caller = await caller_for(request)
     query = _list_query(request)
-    page = records.list_records(
+    page = queries.list_records(
         request.app.state.db.conn, request.app.state.registry, collection, caller, query
     )
     return json_response(page)
@@ -56,9 +56,9 @@ async def get_record(request: Request) -> Response:
     collection = _collection(request)
     caller = await caller_for(request)
     fields, expand = _names(request, "fields") or None, _names(request, "expand")
-    records.check_projection(collection, fields)
-    records.check_expand(request.app.state.registry, request.app.state.db.conn, collection, expand)
-    record = records.get_record(
+    queries.check_projection(collection, fields)
+    queries.check_expand(request.app.state.registry, request.app.state.db.conn, collection, expand)
+    record = queries.get_record(
         request.app.state.db.conn,
         request.app.state.registry,
         collection,
