@@ -9,6 +9,7 @@ API of hooks all call these functions. Reads live in `queries`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -201,10 +202,14 @@ def create_record(
 
 
 def _insert(conn: apsw.Connection, collection: Collection, row: dict[str, Any]) -> dict[str, Any]:
-    columns = ", ".join(quote_ident(c) for c in row)
-    marks = ", ".join("?" * len(row))
-    sql = f"INSERT INTO {quote_ident(collection.table)} ({columns}) VALUES ({marks}) RETURNING *"
-    return fetch_all(conn, sql, list(row.values()))[0]
+    return fetch_all(conn, _insert_sql(collection.table, tuple(row)), list(row.values()))[0]
+
+
+@functools.lru_cache(maxsize=1024)
+def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    """Built once per column set: quoting every name on every insert was ~6% of a create."""
+    names = ", ".join(quote_ident(c) for c in columns)
+    return f"INSERT INTO {quote_ident(table)} ({names}) VALUES ({', '.join('?' * len(columns))}) RETURNING *"
 
 
 def _stored_for(
@@ -271,9 +276,14 @@ def update_record(
 def _update(
     conn: apsw.Connection, collection: Collection, record_id: str, changes: dict[str, Any]
 ) -> dict[str, Any]:
-    assignments = ", ".join(f"{quote_ident(c)} = ?" for c in changes)
-    sql = f"UPDATE {quote_ident(collection.table)} SET {assignments} WHERE id = ? RETURNING *"
+    sql = _update_sql(collection.table, tuple(changes))
     return fetch_all(conn, sql, [*changes.values(), record_id])[0]
+
+
+@functools.lru_cache(maxsize=1024)
+def _update_sql(table: str, columns: tuple[str, ...]) -> str:
+    assignments = ", ".join(f"{quote_ident(c)} = ?" for c in columns)
+    return f"UPDATE {quote_ident(table)} SET {assignments} WHERE id = ? RETURNING *"
 
 
 def delete_record(
