@@ -17,6 +17,7 @@ import apsw
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from snackbase import audit
 from snackbase.config import Settings
 from snackbase.db import fetch_all, fetch_one
 from snackbase.errors import ApiError, error_response
@@ -29,11 +30,13 @@ __all__ = [
     "ANONYMOUS",
     "Auth",
     "AuthMiddleware",
+    "audit_change",
     "get_auth",
     "mint_access_token",
     "require_account_admin",
     "require_superadmin",
     "require_user",
+    "user_actor",
     "user_groups",
 ]
 
@@ -231,20 +234,38 @@ def _insert_refresh(conn: apsw.Connection, token_hash: str, session_id: str, now
     )
 
 
-def rotate_refresh_token(conn: apsw.Connection, settings: Settings, token: str) -> tuple[dict[str, Any], str]:
-    """Spends a refresh token: (user row, new refresh token). Reuse revokes the session; 401 on failure."""
+def rotate_refresh_token(
+    conn: apsw.Connection, settings: Settings, token: str, meta: audit.RequestMeta | None = None
+) -> tuple[dict[str, Any], str]:
+    """Spends a refresh token: (user row, new refresh token). Reuse revokes the session (audited as
+    `auth.refresh_reuse`); 401 on failure."""
     with conn:
         row = _refresh_row(conn, digest(token))
-        new_token = _spend(conn, settings, row, now_iso()) if row else None
+        new_token = _spend(conn, settings, row, now_iso(), meta) if row else None
     # Raised after the transaction committed, so a reuse revocation is kept.
     if row is None or new_token is None:
         raise unauthorized("The refresh token is invalid or has expired.")
     return row, new_token
 
 
-def _spend(conn: apsw.Connection, settings: Settings, row: dict[str, Any], now: str) -> str | None:
+def _spend(
+    conn: apsw.Connection, settings: Settings, row: dict[str, Any], now: str, meta: audit.RequestMeta | None
+) -> str | None:
     if row["used_at"] is not None:
-        revoke_session(conn, row["session_id"], "refresh_token_reuse")
+        # Recorded only when it ends a live session: replaying a dead token again writes nothing, so an
+        # anonymous caller cannot grow the trail at will. The presenter is unknown (maybe a thief), so
+        # the actor is anonymous and the session's user goes into `extra`.
+        if revoke_session(conn, row["session_id"], "refresh_token_reuse"):
+            audit.append(
+                conn,
+                account_id=row["account_id"],
+                actor=audit.ANONYMOUS_ACTOR,
+                action="auth.refresh_reuse",
+                collection="sessions",
+                record_id=row["session_id"],
+                meta=meta,
+                extra={"user_id": row["id"], "email": row["email"], "revoked_reason": "refresh_token_reuse"},
+            )
         return None
     if not _usable(row, now):
         return None
@@ -271,7 +292,7 @@ def _refresh_row(conn: apsw.Connection, token_hash: str) -> dict[str, Any] | Non
         conn,
         """
         SELECT r.token_hash, r.session_id, r.expires_at, r.used_at, s.revoked_at,
-               s.expires_at AS session_expires_at, u.id, u.account_id, u.role, u.is_active
+               s.expires_at AS session_expires_at, u.id, u.account_id, u.email, u.role, u.is_active
         FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id JOIN users u ON u.id = s.user_id
         WHERE r.token_hash = ?
     """,
@@ -290,17 +311,19 @@ def session_of_refresh_token(conn: apsw.Connection, token: str) -> dict[str, Any
     )
 
 
-def revoke_session(conn: apsw.Connection, session_id: str, reason: str) -> None:
+def revoke_session(conn: apsw.Connection, session_id: str, reason: str) -> bool:
+    """Ends one session; True when it was live (False: unknown or already revoked)."""
     conn.execute(
         """
         UPDATE sessions SET revoked_at = ?, revoked_reason = ? WHERE id = ? AND revoked_at IS NULL
     """,
         (now_iso(), reason, session_id),
     )
+    return conn.changes() > 0
 
 
-def revoke_user_sessions(conn: apsw.Connection, user_id: str, reason: str, keep: str | None = None) -> None:
-    """Ends every session of a user (except `keep`, the caller's own, when given)."""
+def revoke_user_sessions(conn: apsw.Connection, user_id: str, reason: str, keep: str | None = None) -> int:
+    """Ends every session of a user (except `keep`, the caller's own, when given); how many were live."""
     conn.execute(
         """
         UPDATE sessions SET revoked_at = ?, revoked_reason = ?
@@ -308,6 +331,7 @@ def revoke_user_sessions(conn: apsw.Connection, user_id: str, reason: str, keep:
     """,
         (now_iso(), reason, user_id, keep),
     )
+    return int(conn.changes())
 
 
 def active_sessions(conn: apsw.Connection, user_id: str) -> list[dict[str, Any]]:
@@ -333,3 +357,55 @@ def token_pair(
         "token_type": "Bearer",
         "expires_in": settings.access_token_expire_minutes * 60,
     }
+
+
+# --- the audit trail of auth-side changes (SPEC section 8; docs/audit.md lists the actions) ------------
+
+# Never written into an entry, whatever a snapshot holds: password hashes, tokens and their digests.
+SECRET_FIELDS = frozenset(
+    ("password", "password_hash", "current_password", "new_password", "token", "token_hash", "refresh_token",
+     "access_token")
+)  # fmt: skip
+AUDIT_SKIP = audit.DIFF_SKIP | SECRET_FIELDS
+
+
+def user_actor(user: dict[str, Any], method: str) -> audit.Actor:
+    """The user concerned as the actor of its own login, registration, reset or acceptance."""
+    role = "superadmin" if user["account_id"] == SYSTEM_ACCOUNT_ID else user["role"]
+    return audit.Actor(user["id"], user["email"], role, method)
+
+
+def audit_change(
+    conn: apsw.Connection,
+    request: Request | None,
+    actor: audit.Actor,
+    action: str,
+    *,
+    account_id: str,
+    collection: str,
+    record_id: str | None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    reason: str | None = None,
+    extra: dict[str, Any] | None = None,
+    only_if_changed: bool = False,
+) -> bool:
+    """One audit entry for an auth-side change (call inside the change's `with conn:`): `changes` is the
+    field-level diff of the two snapshots without secrets. With `only_if_changed`, a write that changed
+    no field writes no entry. True when an entry was written."""
+    changes = audit.diff(before, after, skip=AUDIT_SKIP)
+    if only_if_changed and not changes:
+        return False
+    audit.append(
+        conn,
+        account_id=account_id,
+        actor=actor,
+        action=action,
+        collection=collection,
+        record_id=record_id,
+        changes=changes or None,
+        reason=reason,
+        meta=audit.meta_from_request(request) if request is not None else None,
+        extra=extra,
+    )
+    return True

@@ -1,4 +1,4 @@
-"""Login throttling, lockout and the login event record.
+"""Login throttling, lockout and the audit entries of login attempts.
 
 Two counters of failed logins, kept in SQL so every worker process sees the same numbers:
 - per client IP: more than SNACKBASE_LOGIN_IP_MAX_FAILURES failures in 15 minutes → 429 until the
@@ -18,9 +18,12 @@ from typing import Any
 
 import apsw
 
+from snackbase import audit
+from snackbase.auth import user_actor
 from snackbase.config import Settings
 from snackbase.db import fetch_one
 from snackbase.errors import ApiError
+from snackbase.ids import SYSTEM_ACCOUNT_ID
 from snackbase.times import format_ts, now_iso, parse_ts
 
 IP_WINDOW_S = 15 * 60
@@ -120,31 +123,35 @@ def is_locked(conn: apsw.Connection, identity: str) -> bool:
 def record_login_event(
     conn: apsw.Connection,
     *,
-    account_id: str | None,
-    user_id: str | None,
+    user: dict[str, Any] | None,
     email: str,
+    account_ref: str,
     success: bool,
     reason: str,
-    ip: str,
-    user_agent: str,
-    request_id: str,
+    meta: audit.RequestMeta,
+    session_id: str | None = None,
 ) -> None:
-    """One successful or failed login. The audit trail takes these over: change only this function."""
-    conn.execute(
-        """
-        INSERT INTO login_events (occurred_at, account_id, user_id, email, success, reason, ip, user_agent,
-                                  request_id)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-    """,
-        (
-            now_iso(),
-            account_id,
-            user_id,
-            email[:254],
-            int(success),
-            reason,
-            ip[:64],
-            user_agent[:256],
-            request_id,
-        ),
+    """One successful (`auth.login`) or failed (`auth.login_failed`) login, as an audit entry in the
+    caller's transaction (`with conn:`). The password is never part of it.
+
+    A known user's attempts go into its account's chain with the user as the actor (method `password`);
+    attempts on an unknown account or email go into the system account's chain (SY0000) with an
+    anonymous actor and the attempted identity in `extra`, so no tenant's trail fills with strangers'
+    guesses and the answer stays the same for every kind of failure.
+    """
+    if user is not None:
+        account_id, actor = user["account_id"], user_actor(user, "password")
+        extra: dict[str, Any] = {} if success else {"reason": reason}
+    else:
+        account_id, actor = SYSTEM_ACCOUNT_ID, audit.ANONYMOUS_ACTOR
+        extra = {"reason": reason, "email": email[:320], "account_identifier": account_ref[:64]}
+    audit.append(
+        conn,
+        account_id=account_id,
+        actor=actor,
+        action="auth.login" if success else "auth.login_failed",
+        collection="sessions" if session_id else "users",
+        record_id=session_id or (user["id"] if user else None),
+        meta=meta,
+        extra=extra or None,
     )

@@ -9,6 +9,8 @@ from typing import Any
 
 import apsw
 
+from snackbase import audit
+from snackbase.auth import audit_change, revoke_user_sessions
 from snackbase.config import Settings
 from snackbase.db import fetch_all, fetch_one
 from snackbase.errors import ApiError, field_error
@@ -61,6 +63,17 @@ def public_user(conn: apsw.Connection, row: dict[str, Any]) -> dict[str, Any]:
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
         "last_login_at": row["last_login_at"],
+    }
+
+
+def audit_view(conn: apsw.Connection, row: dict[str, Any]) -> dict[str, Any]:
+    """The user as its audit entries show it (field-level old/new): never the password hash."""
+    return {
+        "email": row["email"],
+        "role": row["role"],
+        "is_active": bool(row["is_active"]),
+        "email_verified": bool(row["email_verified"]),
+        "groups": sorted(group_names(conn, row["id"])),
     }
 
 
@@ -156,9 +169,15 @@ class SuperadminError(Exception):
 
 
 def create_superadmin(
-    settings: Settings, conn: apsw.Connection, email: str, password: str, force: bool = False
+    settings: Settings,
+    conn: apsw.Connection,
+    email: str,
+    password: str,
+    force: bool = False,
+    actor: audit.Actor = audit.CLI_ACTOR,
 ) -> tuple[str, bool]:
-    """Creates (or with force resets the password of) a superadmin: (user id, created)."""
+    """Creates (or with force resets the password of) a superadmin: (user id, created). Audited as
+    `user.create` or `auth.password_change` in the system account, by `actor` (the CLI by default)."""
     normalized = normalize_email(email)
     if not valid_email(normalized):
         raise SuperadminError(f"not a valid email address: {email[:80]!r}")
@@ -170,25 +189,47 @@ def create_superadmin(
     if existing is None:
         with conn:
             user = insert_user(conn, SYSTEM_ACCOUNT_ID, normalized, password_hash, "admin", verified=True)
+            audit_change(
+                conn,
+                None,
+                actor,
+                "user.create",
+                account_id=SYSTEM_ACCOUNT_ID,
+                collection="users",
+                record_id=user["id"],
+                after=audit_view(conn, user),
+            )
         return user["id"], True
     with conn:
         if not force:
             raise SuperadminError(
                 f"superadmin {normalized} already exists; use --force to reset its password"
             )
+        now = now_iso()
         conn.execute(
             """
             UPDATE users SET password_hash = ?, is_active = 1, password_changed_at = ?, updated_at = ?
             WHERE id = ?
         """,
-            (password_hash, now_iso(), now_iso(), existing["id"]),
+            (password_hash, now, now, existing["id"]),
         )
-        conn.execute(
-            "UPDATE sessions SET revoked_at = ?, revoked_reason = 'password_reset' "
-            "WHERE user_id = ? AND revoked_at IS NULL",
-            (now_iso(), existing["id"]),
-        )
+        revoked = revoke_user_sessions(conn, existing["id"], "password_reset")
         clear_identity(conn, identity_key(SYSTEM_ACCOUNT_ID, normalized))
+        audit_change(
+            conn,
+            None,
+            actor,
+            "auth.password_change",
+            account_id=SYSTEM_ACCOUNT_ID,
+            collection="users",
+            record_id=existing["id"],
+            before={
+                "password_changed_at": existing["password_changed_at"],
+                "is_active": bool(existing["is_active"]),
+            },
+            after={"password_changed_at": now, "is_active": True},
+            extra={"via": "cli", "sessions_revoked": revoked},
+        )
     return existing["id"], False
 
 
@@ -202,7 +243,9 @@ def ensure_superadmin_from_settings(settings: Settings, conn: apsw.Connection) -
     if find_user(conn, SYSTEM_ACCOUNT_ID, normalize_email(settings.superadmin_email)) is not None:
         return
     try:
-        create_superadmin(settings, conn, settings.superadmin_email, settings.superadmin_password)
+        create_superadmin(
+            settings, conn, settings.superadmin_email, settings.superadmin_password, actor=audit.SYSTEM_ACTOR
+        )
     except SuperadminError as exc:
         from snackbase.config import ConfigError
 

@@ -155,15 +155,20 @@ def test_login_failures_are_indistinguishable(client: TestClient) -> None:
         bodies.append({k: v for k, v in body.items() if k != "request_id"})
     assert all(b == bodies[0] for b in bodies)
     conn = client.app.state.db.conn  # type: ignore[attr-defined]
-    events = conn.execute("SELECT success, reason FROM login_events ORDER BY id").fetchall()
-    assert [e[0] for e in events] == [0] * 5 and events[0][1] == "bad_password"
+    events = conn.execute(
+        "SELECT action, extra ->> 'reason' FROM audit_log WHERE action LIKE 'auth.login%' ORDER BY seq"
+    ).fetchall()
+    assert [e[0] for e in events] == ["auth.login_failed"] * 5 and events[0][1] == "bad_password"
 
 
 def test_successful_login_is_recorded(client: TestClient) -> None:
     account = register(client).json()["account"]
     login(client, "ann@acme.example", GOOD_PASSWORD, account["slug"])
     conn = client.app.state.db.conn  # type: ignore[attr-defined]
-    assert conn.execute("SELECT success, email FROM login_events").fetchall() == [(1, "ann@acme.example")]
+    rows = conn.execute(
+        "SELECT action, actor_email FROM audit_log WHERE action LIKE 'auth.login%'"
+    ).fetchall()
+    assert rows == [("auth.login", "ann@acme.example")]
 
 
 def test_superadmin_logs_in_with_system_or_sy0000(client: TestClient, superadmin: dict[str, Any]) -> None:

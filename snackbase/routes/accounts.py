@@ -8,8 +8,10 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from snackbase import audit
 from snackbase.accounts import check_slug, create_account, get_account, is_system, public_account, slug_taken
-from snackbase.auth import Auth, require_account_admin, require_superadmin
+from snackbase.auth import Auth, audit_change, require_account_admin, require_superadmin
+from snackbase.db import fetch_value
 from snackbase.errors import ApiError, field_error
 from snackbase.paging import page_of
 from snackbase.times import now_iso
@@ -56,12 +58,14 @@ async def list_accounts(request: Request) -> Response:
 
 
 async def create(request: Request) -> Response:
-    await require_superadmin(request)
+    auth = await require_superadmin(request)
     conn = request.app.state.db.conn
     body = await read_struct(request, CreateAccountBody)
+    reason = audit.reason_from(request)
     name = clean_name(body.name)
     with conn:
         account = create_account(conn, name, body.slug, slug_field="slug")
+        _audit(request, auth, "account.create", account["id"], None, _view(account), reason)
     return json_response(public_account(account), status=201)
 
 
@@ -74,6 +78,7 @@ async def patch(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
     body = await read_struct(request, PatchAccountBody)
+    reason = audit.reason_from(request)
     account = visible_account(request, auth)
     if body.slug is not None and body.slug != account["slug"]:
         if not auth.is_superadmin or is_system(account["id"]):
@@ -89,23 +94,62 @@ async def patch(request: Request) -> Response:
                 field_error("slug", "slug_taken", "Choose another slug."),
             )
     name = clean_name(body.name) if body.name is not None else account["name"]
+    slug = body.slug or account["slug"]
     with conn:
         conn.execute(
             "UPDATE accounts SET name = ?, slug = ?, updated_at = ? WHERE id = ?",
-            (name, body.slug or account["slug"], now_iso(), account["id"]),
+            (name, slug, now_iso(), account["id"]),
         )
+        after = {"slug": slug, "name": name}
+        _audit(request, auth, "account.update", account["id"], _view(account), after, reason)
     return json_response(public_account(visible_account(request, auth)))
 
 
 async def delete(request: Request) -> Response:
     auth = await require_superadmin(request)
+    reason = audit.reason_from(request)
     account = visible_account(request, auth)
     if is_system(account["id"]):
         raise ApiError(409, "system_account", "The system account cannot be deleted.")
     conn = request.app.state.db.conn
     with conn:
+        users = fetch_value(conn, "SELECT count(*) FROM users WHERE account_id = ?", (account["id"],))
         conn.execute("DELETE FROM accounts WHERE id = ?", (account["id"],))
+        # Into the deleted account's own chain, which outlives it (entries have no foreign keys).
+        extra = {"users_deleted": users}
+        _audit(request, auth, "account.delete", account["id"], _view(account), None, reason, extra)
     return no_content()
+
+
+def _view(row: dict[str, Any]) -> dict[str, Any]:
+    return {"slug": row["slug"], "name": row["name"]}
+
+
+def _audit(
+    request: Request,
+    auth: Auth,
+    action: str,
+    account_id: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    reason: str | None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """The account's entry, in its own chain; an update that changed nothing has none."""
+    audit_change(
+        request.app.state.db.conn,
+        request,
+        audit.actor_from_auth(auth),
+        action,
+        account_id=account_id,
+        collection="accounts",
+        record_id=account_id,
+        before=before,
+        after=after,
+        reason=reason,
+        extra=extra,
+        only_if_changed=action == "account.update",
+    )
 
 
 routes = [

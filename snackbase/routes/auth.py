@@ -8,12 +8,13 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import onetime, throttle
+from snackbase import audit, onetime, throttle
 from snackbase.accounts import create_account, get_account, public_account
 from snackbase.auth import (
     ACCOUNT_ID_RE,
     SLUG_RE,
     active_sessions,
+    audit_change,
     create_session,
     find_account_id,
     require_user,
@@ -22,11 +23,20 @@ from snackbase.auth import (
     rotate_refresh_token,
     session_of_refresh_token,
     token_pair,
+    user_actor,
 )
 from snackbase.errors import ApiError, field_error
 from snackbase.passwords import check_policy, hash_password, params_for, verify_password
 from snackbase.times import now_iso
-from snackbase.users import check_email, find_user, get_user, insert_user, normalize_email, public_user
+from snackbase.users import (
+    audit_view,
+    check_email,
+    find_user,
+    get_user,
+    insert_user,
+    normalize_email,
+    public_user,
+)
 from snackbase.web import json_response, no_content, read_struct
 
 Email = Annotated[str, msgspec.Meta(max_length=320)]
@@ -97,15 +107,19 @@ def clean_name(value: str, field: str) -> str:
     return name
 
 
-def logged_in(request: Request, user: dict[str, Any], status: int = 200) -> Response:
-    """Opens a session for `user` and answers with the token shape of SPEC section 4."""
+def open_session(request: Request, user: dict[str, Any]) -> tuple[str, str]:
+    """A new session for `user` (call inside `with conn:`): (session id, refresh token)."""
     conn, settings = request.app.state.db.conn, request.app.state.settings
-    with conn:
-        session_id, refresh = create_session(
-            conn, settings, user["id"], client_ip(request), user_agent(request)
-        )
-        conn.execute("UPDATE users SET last_login_at = ? WHERE id = ?", (now_iso(), user["id"]))
-        user = get_user(conn, user["id"]) or user
+    session_id, refresh = create_session(conn, settings, user["id"], client_ip(request), user_agent(request))
+    conn.execute("UPDATE users SET last_login_at = ? WHERE id = ?", (now_iso(), user["id"]))
+    return session_id, refresh
+
+
+def logged_in(request: Request, user_id: str, session_id: str, refresh: str, status: int = 200) -> Response:
+    """The token shape of SPEC section 4 for a session opened by `open_session`."""
+    conn, settings = request.app.state.db.conn, request.app.state.settings
+    user = get_user(conn, user_id)
+    assert user is not None
     account = get_account(conn, user["account_id"])
     body = {
         "account": public_account(account or {}),
@@ -127,7 +141,22 @@ async def register(request: Request) -> Response:
     with conn:
         account = create_account(conn, name, body.account_slug)
         user = insert_user(conn, account["id"], email, password_hash, "admin")
-    return logged_in(request, user, status=201)
+        session_id, refresh = open_session(request, user)
+        audit_change(
+            conn,
+            request,
+            user_actor(user, "password"),
+            "auth.register",
+            account_id=account["id"],
+            collection="users",
+            record_id=user["id"],
+            after=audit_view(conn, user),
+            extra={
+                "account": {"id": account["id"], "slug": account["slug"], "name": account["name"]},
+                "session_id": session_id,
+            },
+        )
+    return logged_in(request, user["id"], session_id, refresh, status=201)
 
 
 def _login_identity(conn: Any, ref: str, email: str) -> tuple[str | None, str]:
@@ -149,51 +178,70 @@ async def login(request: Request) -> Response:
     matches, rehash = await verify_password(params, user["password_hash"] if user else None, body.password)
     user = get_user(conn, user["id"]) if user else None  # re-read: it may have changed while hashing
     if user is None or not matches or not user["is_active"]:
-        _login_failed(request, account_id, user, email, ip, identity)
+        reason = "unknown_user" if user is None else ("inactive" if not user["is_active"] else "bad_password")
+        if account_id is None:
+            reason = "unknown_account"
+        _login_failed(request, body.account_identifier, user, email, identity, reason, count=True)
     assert user is not None
     if settings.require_verified_email and not user["email_verified"]:
-        raise ApiError(403, "email_not_verified", "Verify your email address before logging in.")
-    if rehash:
-        new_hash = await hash_password(params, body.password)
-        with conn:
-            conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (new_hash, user["id"]))
+        _login_failed(request, body.account_identifier, user, email, identity, "email_not_verified")
+    new_hash = await hash_password(params, body.password) if rehash else None
     with conn:
+        if new_hash is not None:
+            conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (new_hash, user["id"]))
         throttle.clear_identity(conn, identity)
-        _login_event(request, user["account_id"], user["id"], email, True, "")
-    return logged_in(request, user)
+        session_id, refresh = open_session(request, user)
+        _login_event(request, body.account_identifier, user, email, True, "", session_id)
+    return logged_in(request, user["id"], session_id, refresh)
 
 
 def _login_failed(
-    request: Request, account_id: str | None, user: dict[str, Any] | None, email: str, ip: str, identity: str
+    request: Request,
+    account_ref: str,
+    user: dict[str, Any] | None,
+    email: str,
+    identity: str,
+    reason: str,
+    count: bool = False,
 ) -> None:
+    """Records a failed login (the throttle counters when `count`, and its audit entry) and raises."""
     conn = request.app.state.db.conn
-    throttle.record_failure(conn, request.app.state.settings, ip, identity)
-    reason = "unknown_user" if user is None else ("inactive" if not user["is_active"] else "bad_password")
     with conn:
-        _login_event(request, account_id, user["id"] if user else None, email, False, reason)
+        if count:
+            throttle.record_failure(conn, request.app.state.settings, client_ip(request), identity)
+        _login_event(request, account_ref, user, email, False, reason)
+    if reason == "email_not_verified":
+        raise ApiError(403, "email_not_verified", "Verify your email address before logging in.")
     raise ApiError(401, "invalid_credentials", INVALID_CREDENTIALS)
 
 
 def _login_event(
-    request: Request, account_id: str | None, user_id: str | None, email: str, success: bool, reason: str
+    request: Request,
+    account_ref: str,
+    user: dict[str, Any] | None,
+    email: str,
+    success: bool,
+    reason: str,
+    session_id: str | None = None,
 ) -> None:
     throttle.record_login_event(
         request.app.state.db.conn,
-        account_id=account_id,
-        user_id=user_id,
+        user=user,
         email=email,
+        account_ref=account_ref.strip(),
         success=success,
         reason=reason,
-        ip=client_ip(request),
-        user_agent=user_agent(request),
-        request_id=str(request.scope.get("state", {}).get("request_id", "")),
+        meta=audit.meta_from_request(request),
+        session_id=session_id,
     )
 
 
 async def refresh(request: Request) -> Response:
     settings, conn = request.app.state.settings, request.app.state.db.conn
     body = await read_struct(request, RefreshBody)
-    row, new_token = rotate_refresh_token(conn, settings, body.refresh_token)
+    row, new_token = rotate_refresh_token(
+        conn, settings, body.refresh_token, audit.meta_from_request(request)
+    )
     return json_response(token_pair(settings, row, row["session_id"], new_token))
 
 
@@ -202,18 +250,38 @@ async def logout(request: Request) -> Response:
     body = await read_struct(request, RefreshBody)
     conn = request.app.state.db.conn
     with conn:
+        ended = []
         session = session_of_refresh_token(conn, body.refresh_token)
         if session is not None and session["user_id"] == auth.user_id:
-            revoke_session(conn, session["id"], "logout")
-        revoke_session(conn, str(auth.session_id), "logout")
+            ended += [session["id"]] if revoke_session(conn, session["id"], "logout") else []
+        if revoke_session(conn, str(auth.session_id), "logout"):
+            ended.append(str(auth.session_id))
+        _audit_logout(request, auth, "session", str(auth.session_id), ended)
     return no_content()
+
+
+def _audit_logout(request: Request, auth: Any, scope: str, session_id: str | None, ended: list[str]) -> None:
+    """`auth.logout` for logout (`scope` "session"), logout-all ("all") and revoking one session
+    ("revoke"); `extra` lists the sessions that ended."""
+    audit_change(
+        request.app.state.db.conn,
+        request,
+        audit.actor_from_auth(auth),
+        "auth.logout",
+        account_id=str(auth.account_id),
+        collection="sessions",
+        record_id=session_id,
+        extra={"scope": scope, "sessions_revoked": len(ended), "session_ids": ended[:100]},
+    )
 
 
 async def logout_all(request: Request) -> Response:
     auth = await require_user(request)
     conn = request.app.state.db.conn
     with conn:
+        ended = [row["id"] for row in active_sessions(conn, str(auth.user_id))]
         revoke_user_sessions(conn, str(auth.user_id), "logout_all")
+        _audit_logout(request, auth, "all", None, ended)
     return no_content()
 
 
@@ -240,7 +308,8 @@ async def delete_session(request: Request) -> Response:
     if not any(row["id"] == session_id for row in active_sessions(conn, str(auth.user_id))):
         raise ApiError(404, "not_found", "No active session of yours has this id.")
     with conn:
-        revoke_session(conn, session_id, "revoked_by_user")
+        if revoke_session(conn, session_id, "revoked_by_user"):
+            _audit_logout(request, auth, "revoke", session_id, [session_id])
     return no_content()
 
 
@@ -265,17 +334,30 @@ async def change_password(request: Request) -> Response:
     check_policy(body.new_password, user["email"], settings.password_min_length, "new_password")
     new_hash = await hash_password(params, body.new_password)
     with conn:
-        _set_password(conn, user["id"], new_hash)
-        revoke_user_sessions(conn, user["id"], "password_change", keep=auth.session_id)
+        now = _set_password(conn, user["id"], new_hash)
+        revoked = revoke_user_sessions(conn, user["id"], "password_change", keep=auth.session_id)
+        audit_change(
+            conn,
+            request,
+            audit.actor_from_auth(auth),
+            "auth.password_change",
+            account_id=user["account_id"],
+            collection="users",
+            record_id=user["id"],
+            before={"password_changed_at": user["password_changed_at"]},
+            after={"password_changed_at": now},
+            extra={"via": "change_password", "sessions_revoked": revoked},
+        )
     return no_content()
 
 
-def _set_password(conn: Any, user_id: str, password_hash: str) -> None:
+def _set_password(conn: Any, user_id: str, password_hash: str) -> str:
     now = now_iso()
     conn.execute(
         "UPDATE users SET password_hash = ?, password_changed_at = ?, updated_at = ? WHERE id = ?",
         (password_hash, now, now, user_id),
     )
+    return now
 
 
 async def forgot_password(request: Request) -> Response:
@@ -311,12 +393,27 @@ async def reset_password(request: Request) -> Response:
         if spent is None:
             raise _bad_token()
         user = spent
-        _set_password(conn, user["id"], new_hash)
+        now = _set_password(conn, user["id"], new_hash)
         # The reset link proved control of the mailbox, which is what verification proves too.
         conn.execute("UPDATE users SET email_verified = 1 WHERE id = ?", (user["id"],))
-        revoke_user_sessions(conn, user["id"], "password_reset")
+        revoked = revoke_user_sessions(conn, user["id"], "password_reset")
         onetime.revoke_all(conn, "reset_password", user["id"])
         throttle.clear_identity(conn, throttle.identity_key(user["account_id"], user["email"]))
+        audit_change(
+            conn,
+            request,
+            user_actor(user, "token"),
+            "auth.password_change",
+            account_id=user["account_id"],
+            collection="users",
+            record_id=user["id"],
+            before={
+                "password_changed_at": user["password_changed_at"],
+                "email_verified": bool(user["email_verified"]),
+            },
+            after={"password_changed_at": now, "email_verified": True},
+            extra={"via": "reset_password", "sessions_revoked": revoked},
+        )
     return no_content()
 
 
@@ -351,6 +448,17 @@ async def verify_email_confirm(request: Request) -> Response:
             raise _bad_token()
         conn.execute(
             "UPDATE users SET email_verified = 1, updated_at = ? WHERE id = ?", (now_iso(), user["id"])
+        )
+        audit_change(
+            conn,
+            request,
+            user_actor(user, "token"),
+            "auth.email_verified",
+            account_id=user["account_id"],
+            collection="users",
+            record_id=user["id"],
+            before={"email_verified": bool(user["email_verified"])},
+            after={"email_verified": True},
         )
     return no_content()
 

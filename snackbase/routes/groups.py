@@ -10,7 +10,8 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase.auth import require_account_admin
+from snackbase import audit
+from snackbase.auth import Auth, audit_change, require_account_admin
 from snackbase.db import fetch_all, fetch_one
 from snackbase.errors import ApiError, field_error
 from snackbase.ids import uuid7
@@ -37,6 +38,37 @@ class PatchGroupBody(msgspec.Struct, forbid_unknown_fields=True):
 
 def public_group(row: dict[str, Any]) -> dict[str, Any]:
     return {key: row[key] for key in ("id", "account_id", "name", "description", "created_at", "updated_at")}
+
+
+def _view(row: dict[str, Any]) -> dict[str, Any]:
+    return {"name": row["name"], "description": row["description"]}
+
+
+def _audit(
+    request: Request,
+    auth: Auth,
+    action: str,
+    group: dict[str, Any],
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    reason: str | None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """The group's entry (call inside the change's transaction); an update that changed nothing has none."""
+    audit_change(
+        request.app.state.db.conn,
+        request,
+        audit.actor_from_auth(auth),
+        action,
+        account_id=group["account_id"],
+        collection="groups",
+        record_id=group["id"],
+        before=before,
+        after=after,
+        reason=reason,
+        extra=extra,
+        only_if_changed=action == "group.update",
+    )
 
 
 def check_name(name: str) -> str:
@@ -85,6 +117,7 @@ async def create_group(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
     body = await read_struct(request, CreateGroupBody)
+    reason = audit.reason_from(request)
     account_id = acting_account(conn, auth, body.account_id)
     name = check_name(body.name)
     if error := name_taken(conn, account_id, name):
@@ -98,6 +131,8 @@ async def create_group(request: Request) -> Response:
         """,
             (group_id, account_id, name, body.description, now, now),
         )
+        group = {"id": group_id, "account_id": account_id, "name": name, "description": body.description}
+        _audit(request, auth, "group.create", group, None, _view(group), reason)
     return json_response(public_group(visible_group(conn, auth, group_id)), status=201)
 
 
@@ -105,21 +140,25 @@ async def get_group(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
     group = visible_group(conn, auth, request.path_params["id"])
-    members = fetch_all(
+    return json_response({**public_group(group), "members": _members(conn, group["id"])})
+
+
+def _members(conn: apsw.Connection, group_id: str) -> list[dict[str, Any]]:
+    return fetch_all(
         conn,
         """
         SELECT u.id, u.email FROM group_members m JOIN users u ON u.id = m.user_id WHERE m.group_id = ?
         ORDER BY u.email
     """,
-        (group["id"],),
+        (group_id,),
     )
-    return json_response({**public_group(group), "members": members})
 
 
 async def patch_group(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
     body = await read_struct(request, PatchGroupBody)
+    reason = audit.reason_from(request)
     group = visible_group(conn, auth, request.path_params["id"])
     name = check_name(body.name) if body.name is not None else group["name"]
     if name != group["name"]:
@@ -133,17 +172,22 @@ async def patch_group(request: Request) -> Response:
             "UPDATE groups SET name = ?, description = ?, updated_at = ? WHERE id = ?",
             (name, description, now_iso(), group["id"]),
         )
+        after = {"name": name, "description": description}
+        _audit(request, auth, "group.update", group, _view(group), after, reason)
     return json_response(public_group(visible_group(conn, auth, group["id"])))
 
 
 async def delete_group(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
+    reason = audit.reason_from(request)
     group = visible_group(conn, auth, request.path_params["id"])
     if group["name"] == PROTECTED:
         raise ApiError(409, "conflict", "The pii_access group cannot be deleted.")
     with conn:
+        members = [row["email"] for row in _members(conn, group["id"])]
         conn.execute("DELETE FROM groups WHERE id = ?", (group["id"],))
+        _audit(request, auth, "group.delete", group, _view(group), None, reason, {"members": members[:1000]})
     return no_content()
 
 
@@ -160,24 +204,40 @@ def _member_target(
 async def add_member(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
+    reason = audit.reason_from(request)
     group, user = _member_target(conn, auth, request)
     with conn:
         conn.execute(
             "INSERT OR IGNORE INTO group_members (group_id, user_id, created_at) VALUES (?, ?, ?)",
             (group["id"], user["id"], now_iso()),
         )
+        if conn.changes():  # already a member: nothing changed, nothing to record
+            _member_audit(request, auth, "group.member_add", group, user, reason)
     return no_content()
 
 
 async def remove_member(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
+    reason = audit.reason_from(request)
     group, user = _member_target(conn, auth, request)
     with conn:
         conn.execute(
             "DELETE FROM group_members WHERE group_id = ? AND user_id = ?", (group["id"], user["id"])
         )
+        if conn.changes():
+            _member_audit(request, auth, "group.member_remove", group, user, reason)
     return no_content()
+
+
+def _member_audit(
+    request: Request, auth: Auth, action: str, group: dict[str, Any], user: dict[str, Any], reason: str | None
+) -> None:
+    """Target: the group; `changes.member` holds the user's email as added (new) or removed (old)."""
+    email = user["email"]
+    before, after = ({}, {"member": email}) if action == "group.member_add" else ({"member": email}, {})
+    extra = {"user_id": user["id"], "group": group["name"]}
+    _audit(request, auth, action, group, before, after, reason, extra)
 
 
 routes = [

@@ -10,9 +10,17 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import mail
+from snackbase import audit, mail
 from snackbase.accounts import get_account, public_account
-from snackbase.auth import Auth, create_session, later_iso, require_account_admin, token_pair
+from snackbase.auth import (
+    Auth,
+    audit_change,
+    create_session,
+    later_iso,
+    require_account_admin,
+    token_pair,
+    user_actor,
+)
 from snackbase.config import Settings
 from snackbase.db import fetch_one
 from snackbase.errors import ApiError
@@ -23,6 +31,7 @@ from snackbase.times import now_iso
 from snackbase.tokens import digest, new_one_time_token
 from snackbase.users import (
     acting_account,
+    audit_view,
     check_email,
     check_role,
     find_user,
@@ -83,6 +92,41 @@ def _send(settings: Settings, conn: apsw.Connection, row: dict[str, Any], token:
     mail.send(settings, "invitation", message)
 
 
+def _view(row: dict[str, Any]) -> dict[str, Any]:
+    """The invitation as its audit entries show it: never the token or its digest."""
+    return {
+        "email": row["email"],
+        "role": row["role"],
+        "groups": json.loads(row["groups"]),
+        "expires_at": row["expires_at"],
+    }
+
+
+def _audit(
+    request: Request,
+    actor: audit.Actor,
+    action: str,
+    row: dict[str, Any],
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    reason: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    audit_change(
+        request.app.state.db.conn,
+        request,
+        actor,
+        action,
+        account_id=row["account_id"],
+        collection="invitations",
+        record_id=row["id"],
+        before=before,
+        after=after,
+        reason=reason,
+        extra=extra,
+    )
+
+
 def _visible(conn: apsw.Connection, auth: Auth, invitation_id: str) -> dict[str, Any]:
     row = fetch_one(conn, "SELECT * FROM invitations WHERE id = ?", (invitation_id,))
     if row is None or (not auth.is_superadmin and row["account_id"] != auth.account_id):
@@ -94,6 +138,7 @@ async def create(request: Request) -> Response:
     auth = await require_account_admin(request)
     settings, conn = request.app.state.settings, request.app.state.db.conn
     body = await read_struct(request, CreateInvitationBody)
+    reason = audit.reason_from(request)
     account_id = acting_account(conn, auth, body.account_id)
     email = check_email(body.email)
     check_role(conn, body.role)
@@ -120,7 +165,8 @@ async def create(request: Request) -> Response:
                 later_iso(settings.invitation_expire_hours * 3600),
             ),
         )
-    row = _visible(conn, auth, invitation_id)
+        row = _visible(conn, auth, invitation_id)
+        _audit(request, audit.actor_from_auth(auth), "invitation.create", row, None, _view(row), reason)
     _send(settings, conn, row, token)
     return json_response({**public_invitation(row), "token": token}, status=201)
 
@@ -144,9 +190,14 @@ async def list_invitations(request: Request) -> Response:
 async def delete(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
+    reason = audit.reason_from(request)
     row = _visible(conn, auth, request.path_params["id"])
     with conn:
         conn.execute("DELETE FROM invitations WHERE id = ?", (row["id"],))
+        extra = {"status": status_of(row)}
+        _audit(
+            request, audit.actor_from_auth(auth), "invitation.delete", row, _view(row), None, reason, extra
+        )
     return no_content()
 
 
@@ -154,6 +205,7 @@ async def resend(request: Request) -> Response:
     """A new token and expiry (the old token stops working: only its hash was kept)."""
     auth = await require_account_admin(request)
     settings, conn = request.app.state.settings, request.app.state.db.conn
+    reason = audit.reason_from(request)
     row = _visible(conn, auth, request.path_params["id"])
     if row["accepted_at"]:
         raise ApiError(410, "invitation_expired", "This invitation was already accepted.")
@@ -163,7 +215,11 @@ async def resend(request: Request) -> Response:
             "UPDATE invitations SET token_hash = ?, expires_at = ? WHERE id = ?",
             (digest(token), later_iso(settings.invitation_expire_hours * 3600), row["id"]),
         )
-    row = _visible(conn, auth, row["id"])
+        before, row = row, _visible(conn, auth, row["id"])
+        # Always recorded: the token changed (never written) even when the expiry did not move.
+        _audit(
+            request, audit.actor_from_auth(auth), "invitation.resend", row, _view(before), _view(row), reason
+        )
     _send(settings, conn, row, token)
     return json_response({**public_invitation(row), "token": token})
 
@@ -207,14 +263,25 @@ async def accept(request: Request) -> Response:
         # The emailed link proved the mailbox, so the address counts as verified.
         user = insert_user(conn, row["account_id"], row["email"], password_hash, row["role"], verified=True)
         set_groups(conn, user["id"], _existing_groups(conn, row))
+        accepted_at = now_iso()
         conn.execute(
             "UPDATE invitations SET accepted_at = ?, user_id = ? WHERE id = ?",
-            (now_iso(), user["id"], row["id"]),
+            (accepted_at, user["id"], row["id"]),
         )
         session_id, refresh = create_session(
             conn, settings, user["id"], _ip(request), request.headers.get("user-agent", "")
         )
         conn.execute("UPDATE users SET last_login_at = ? WHERE id = ?", (now_iso(), user["id"]))
+        # One entry for the acceptance: the invitation spent, the user it created, the session it opened.
+        _audit(
+            request,
+            user_actor(user, "token"),
+            "invitation.accept",
+            row,
+            {"accepted_at": None, "user_id": None},
+            {"accepted_at": accepted_at, "user_id": user["id"]},
+            extra={"user": {"id": user["id"], **audit_view(conn, user)}, "session_id": session_id},
+        )
     user = get_user(conn, user["id"]) or user
     account = get_account(conn, user["account_id"]) or {}
     return json_response(

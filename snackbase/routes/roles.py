@@ -9,9 +9,11 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase.auth import require_superadmin, require_user
+from snackbase import audit
+from snackbase.auth import audit_change, require_superadmin, require_user
 from snackbase.db import fetch_one, fetch_value
 from snackbase.errors import ApiError, field_error
+from snackbase.ids import SYSTEM_ACCOUNT_ID
 from snackbase.paging import page_of
 from snackbase.times import now_iso
 from snackbase.web import json_response, no_content, read_struct
@@ -40,9 +42,10 @@ async def list_roles(request: Request) -> Response:
 
 
 async def create_role(request: Request) -> Response:
-    await require_superadmin(request)
+    auth = await require_superadmin(request)
     conn = request.app.state.db.conn
     body = await read_struct(request, CreateRoleBody)
+    reason = audit.reason_from(request)
     if not _NAME.fullmatch(body.name):
         raise ApiError(
             400,
@@ -66,14 +69,16 @@ async def create_role(request: Request) -> Response:
             "INSERT INTO roles (name, description, builtin, created_at) VALUES (?, ?, 0, ?)",
             (body.name, body.description, now_iso()),
         )
-    row = fetch_one(conn, "SELECT * FROM roles WHERE name = ?", (body.name,))
-    assert row is not None
+        row = fetch_one(conn, "SELECT * FROM roles WHERE name = ?", (body.name,))
+        assert row is not None
+        _audit(request, auth, "role.create", row["name"], None, _view(row), reason)
     return json_response(public_role(row), status=201)
 
 
 async def delete_role(request: Request) -> Response:
-    await require_superadmin(request)
+    auth = await require_superadmin(request)
     conn = request.app.state.db.conn
+    reason = audit.reason_from(request)
     name = request.path_params["name"]
     row = fetch_one(conn, "SELECT * FROM roles WHERE name = ?", (name,))
     if row is None:
@@ -84,7 +89,36 @@ async def delete_role(request: Request) -> Response:
         raise ApiError(409, "role_in_use", "Users or pending invitations still have this role.")
     with conn:
         conn.execute("DELETE FROM roles WHERE name = ?", (name,))
+        _audit(request, auth, "role.delete", name, _view(row), None, reason)
     return no_content()
+
+
+def _view(row: dict[str, Any]) -> dict[str, Any]:
+    return {"name": row["name"], "description": row["description"], "builtin": bool(row["builtin"])}
+
+
+def _audit(
+    request: Request,
+    auth: Any,
+    action: str,
+    name: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    reason: str | None,
+) -> None:
+    """Roles are shared by all accounts, so their changes go into the system account's chain."""
+    audit_change(
+        request.app.state.db.conn,
+        request,
+        audit.actor_from_auth(auth),
+        action,
+        account_id=SYSTEM_ACCOUNT_ID,
+        collection="roles",
+        record_id=name,
+        before=before,
+        after=after,
+        reason=reason,
+    )
 
 
 def _in_use(conn: Any, name: str) -> bool:

@@ -8,14 +8,15 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import throttle
-from snackbase.auth import require_account_admin, revoke_user_sessions
+from snackbase import audit, throttle
+from snackbase.auth import Auth, audit_change, require_account_admin, revoke_user_sessions
 from snackbase.errors import ApiError
 from snackbase.paging import page_of
 from snackbase.passwords import check_policy, hash_password, params_for
 from snackbase.times import now_iso
 from snackbase.users import (
     acting_account,
+    audit_view,
     check_email,
     check_role,
     group_ids,
@@ -64,6 +65,7 @@ async def create_user(request: Request) -> Response:
     auth = await require_account_admin(request)
     settings, conn = request.app.state.settings, request.app.state.db.conn
     body = await read_struct(request, CreateUserBody)
+    reason = audit.reason_from(request)
     account_id = acting_account(conn, auth, body.account_id)
     email = check_email(body.email)
     check_role(conn, body.role)
@@ -76,7 +78,34 @@ async def create_user(request: Request) -> Response:
         if not body.is_active:
             conn.execute("UPDATE users SET is_active = 0 WHERE id = ?", (user["id"],))
             user["is_active"] = 0
+        _audit(request, auth, "user.create", user, None, audit_view(conn, user), reason)
     return json_response(public_user(conn, user), status=201)
+
+
+def _audit(
+    request: Request,
+    auth: Auth,
+    action: str,
+    user: dict[str, Any],
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    reason: str | None,
+    extra: dict[str, Any] | None = None,
+) -> bool:
+    return audit_change(
+        request.app.state.db.conn,
+        request,
+        audit.actor_from_auth(auth),
+        action,
+        account_id=user["account_id"],
+        collection="users",
+        record_id=user["id"],
+        before=before,
+        after=after,
+        reason=reason,
+        extra=extra,
+        only_if_changed=action == "user.update",
+    )
 
 
 async def get_user(request: Request) -> Response:
@@ -89,6 +118,7 @@ async def patch_user(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
     body = await read_struct(request, PatchUserBody)
+    reason = audit.reason_from(request)
     user = visible_user(conn, auth, request.path_params["id"])
     if body.role is not None:
         check_role(conn, body.role)
@@ -96,11 +126,16 @@ async def patch_user(request: Request) -> Response:
     if user["id"] == auth.user_id and (body.is_active is False or body.role not in (None, "admin")):
         raise ApiError(409, "conflict", "You cannot deactivate or demote yourself; ask another admin.")
     with conn:
-        _apply_patch(conn, user, body, ids)
+        before = audit_view(conn, visible_user(conn, auth, user["id"]))
+        revoked = _apply_patch(conn, user, body, ids)
+        after = audit_view(conn, visible_user(conn, auth, user["id"]))
+        extra = {"sessions_revoked": revoked} if revoked else None
+        _audit(request, auth, "user.update", user, before, after, reason, extra)
     return json_response(public_user(conn, visible_user(conn, auth, user["id"])))
 
 
-def _apply_patch(conn: Any, user: dict[str, Any], body: PatchUserBody, ids: list[str] | None) -> None:
+def _apply_patch(conn: Any, user: dict[str, Any], body: PatchUserBody, ids: list[str] | None) -> int:
+    """Applies a PATCH; how many sessions a deactivation ended."""
     now = now_iso()
     if body.role is not None:
         conn.execute("UPDATE users SET role = ?, updated_at = ? WHERE id = ?", (body.role, now, user["id"]))
@@ -113,17 +148,21 @@ def _apply_patch(conn: Any, user: dict[str, Any], body: PatchUserBody, ids: list
             (int(body.is_active), now, user["id"]),
         )
         if not body.is_active:
-            revoke_user_sessions(conn, user["id"], "deactivated")
+            return revoke_user_sessions(conn, user["id"], "deactivated")
+    return 0
 
 
 async def delete_user(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
+    reason = audit.reason_from(request)
     user = visible_user(conn, auth, request.path_params["id"])
     if user["id"] == auth.user_id:
         raise ApiError(409, "conflict", "You cannot delete yourself.")
     with conn:
+        before = audit_view(conn, user)
         conn.execute("DELETE FROM users WHERE id = ?", (user["id"],))
+        _audit(request, auth, "user.delete", user, before, None, reason)
     return no_content()
 
 
@@ -131,9 +170,13 @@ async def unlock_user(request: Request) -> Response:
     """Lifts a login lockout (and forgets the failed attempts) of a user."""
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
+    reason = audit.reason_from(request)
     user = visible_user(conn, auth, request.path_params["id"])
+    identity = throttle.identity_key(user["account_id"], user["email"])
     with conn:
-        throttle.clear_identity(conn, throttle.identity_key(user["account_id"], user["email"]))
+        was_locked = throttle.is_locked(conn, identity)
+        throttle.clear_identity(conn, identity)
+        _audit(request, auth, "user.unlock", user, {"is_locked": was_locked}, {"is_locked": False}, reason)
     return no_content()
 
 

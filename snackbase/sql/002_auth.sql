@@ -1,4 +1,4 @@
--- Users, roles, groups, sessions, invitations, one-time tokens, login throttling and login events.
+-- Users, roles, groups, sessions, invitations, one-time tokens and login throttling.
 -- Emails are stored normalized (NFC, trimmed, lowercased) so (account_id, email) is the identity.
 -- Secrets (refresh, invitation, reset and verification tokens) are stored only as SHA-256 hex digests.
 
@@ -117,18 +117,4 @@ CREATE TABLE login_throttle (
     locked_at TEXT
 ) STRICT, WITHOUT ROWID;
 
--- Successful and failed logins (the audit trail will take these over).
-CREATE TABLE login_events (
-    id INTEGER PRIMARY KEY,
-    occurred_at TEXT NOT NULL,
-    account_id TEXT,
-    user_id TEXT,
-    email TEXT NOT NULL,
-    success INTEGER NOT NULL CHECK (success IN (0, 1)),
-    reason TEXT NOT NULL DEFAULT '',
-    ip TEXT NOT NULL DEFAULT '',
-    user_agent TEXT NOT NULL DEFAULT '',
-    request_id TEXT NOT NULL DEFAULT ''
-) STRICT;
-
-CREATE INDEX login_events_user ON login_events (user_id, occurred_at);
+-- Login attempts (successful and failed) are recorded in the audit trail (003_audit.sql), not here.
