@@ -126,3 +126,50 @@ def test_collection_hooks(world: tuple) -> None:
     client.post(f"{API}/collections", headers=sa.headers, json={"name": "notes", "fields": []})
     client.delete(f"{API}/collections/notes", headers=sa.headers)
     assert seen == ["collection.after_create:notes", "collection.after_delete:notes"]
+
+
+def test_auth_hooks(client: TestClient, hook_registry: Any) -> None:
+    seen: list[tuple[str, Any]] = []
+
+    @hooks_on(hook_registry, "auth.before_register")
+    def closed_domain(event: Any) -> None:
+        if str(event.data.get("email", "")).endswith("@blocked.example"):
+            raise HookAbort(403, "This domain may not register.")
+
+    for name in ("auth.after_register", "auth.after_login", "auth.after_refresh", "auth.after_logout"):
+        hooks_on(hook_registry, name)(lambda event: seen.append((event.name, event.record)))
+
+    password = "a perfectly long passphrase 7"
+    blocked = client.post(
+        f"{API}/auth/register", json={"account_name": "B", "email": "x@blocked.example", "password": password}
+    )
+    assert blocked.status_code == 403
+    registered = client.post(
+        f"{API}/auth/register",
+        json={"account_name": "Hooks Inc", "email": "h@ok.example", "password": password},
+    ).json()
+    login = client.post(
+        f"{API}/auth/login",
+        json={
+            "email": "h@ok.example",
+            "password": password,
+            "account_identifier": registered["account"]["slug"],
+        },
+    ).json()
+    refreshed = client.post(f"{API}/auth/refresh", json={"refresh_token": login["refresh_token"]}).json()
+    client.post(
+        f"{API}/auth/logout",
+        headers={"authorization": f"Bearer {refreshed['access_token']}"},
+        json={"refresh_token": refreshed["refresh_token"]},
+    )
+    assert [name for name, _ in seen] == [
+        "auth.after_register",
+        "auth.after_login",
+        "auth.after_refresh",
+        "auth.after_logout",
+    ]
+    assert all(record["email"] == "h@ok.example" and "password_hash" not in record for _, record in seen)
+
+
+def hooks_on(registry: Any, event: str) -> Any:
+    return registry.on(event)
