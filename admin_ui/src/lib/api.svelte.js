@@ -26,7 +26,7 @@ export const session = $state({
 });
 
 /** Connectivity state: `down` shows the banner with a retry button. */
-export const net = $state({ down: false, message: "", pending: 0 });
+export const net = $state({ down: false, message: "" });
 
 let refreshTimer = null;
 let refreshing = null;
@@ -151,7 +151,6 @@ async function send(method, path, opts = {}) {
   if (body !== undefined) h["content-type"] = "application/json";
   if (auth && session.access) h.authorization = `Bearer ${session.access}`;
   let res;
-  net.pending++;
   try {
     res = await fetch(buildUrl(path, query), {
       method,
@@ -164,8 +163,6 @@ async function send(method, path, opts = {}) {
     net.down = true;
     net.message = "The SnackBase API cannot be reached.";
     throw new ApiError(0, { message: "The server cannot be reached. Check that it is running, then retry." });
-  } finally {
-    net.pending--;
   }
   if (res.status === 502 || res.status === 503 || res.status === 504) {
     net.down = true;

@@ -18,17 +18,19 @@ let nextId = 1;
 export function toast(message, kind = "success") {
   const id = nextId++;
   toasts.items.push({ id, message, kind });
+  if (toasts.items.length > 3) toasts.items.splice(0, toasts.items.length - 3);
   setTimeout(() => {
     const i = toasts.items.findIndex((t) => t.id === id);
     if (i >= 0) toasts.items.splice(i, 1);
-  }, kind === "error" ? 7000 : 3500);
+  }, kind === "error" ? 7000 : 3000);
 }
 
 export function fmtDate(value) {
   if (!value) return "—";
   const d = new Date(value);
   if (Number.isNaN(d.getTime())) return String(value);
-  return d.toLocaleString(undefined, { year: "numeric", month: "short", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
 /** A record value as plain text for a table cell (never HTML). */
