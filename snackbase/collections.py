@@ -16,6 +16,7 @@ import apsw
 
 from snackbase import audit
 from snackbase.db import execute_many, fetch_all, fetch_value
+from snackbase.ddl import SchemaChange, create_table_sql, drop_table_sql, patch_collection
 from snackbase.errors import ApiError, field_error, validation_error
 from snackbase.ids import SYSTEM_ACCOUNT_ID, uuid7
 from snackbase.macros import param_counts
@@ -23,15 +24,11 @@ from snackbase.rules import check_rules
 from snackbase.schema import (
     Collection,
     RecordValidator,
-    SchemaChange,
     collection_from_row,
     collection_to_json,
     collection_to_row,
-    create_table_sql,
-    drop_table_sql,
     new_collection,
     parse_collection_body,
-    patch_collection,
     referenced_collections,
     referencing_fields,
 )
@@ -191,7 +188,7 @@ def _data_conflict(exc: apsw.ConstraintError) -> ApiError:
 
 @contextlib.contextmanager
 def _foreign_keys_off(conn: apsw.Connection, off: bool) -> Iterator[None]:
-    """Table rebuilds run with foreign keys off (see schema.plan_schema_change for why).
+    """Table rebuilds run with foreign keys off (see ddl.plan_schema_change for why).
 
     Must be entered outside any transaction: inside one, PRAGMA foreign_keys is a no-op."""
     if not off:

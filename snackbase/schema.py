@@ -1,4 +1,4 @@
-"""Collections: definitions, record validation and DDL (pure: no database access here).
+"""Collections: definitions and record validation (pure: no database access here).
 
 A collection is one SQL table `"c_<name>"` holding the six system columns and one column per field;
 every row carries `account_id`, so per-field UNIQUE is a unique index on `(account_id, column)`.
@@ -10,11 +10,11 @@ What lives here, in file order:
 - names (`validate_collection_name`, `table_name`, `quote_ident`),
 - value converters: one small function per field type, JSON value -> SQL value, compiled once,
 - field definition checks and the `/collections` body parser,
-- `RecordValidator` (record body -> SQL values, SQL row -> API record),
-- DDL: `create_table_sql`, `plan_schema_change` (see its docstring for the foreign-key protocol).
+- `RecordValidator` (record body -> SQL values, SQL row -> API record).
+The DDL built from these definitions (CREATE/DROP, schema-change plans) lives in `ddl`.
 
 Every identifier that reaches SQL text went through a name check and `quote_ident`; the only values
-written into SQL text are field defaults, rendered as literals by `_sql_literal` after validation.
+written into SQL text are field defaults, rendered as literals by `ddl._sql_literal` after validation.
 """
 
 from __future__ import annotations
@@ -57,8 +57,7 @@ _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 # Identifiers we build: validated names, "c_<name>", "_new_c_<name>" and "ix:c_<name>:<column>".
 _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_:]{0,200}")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_ON_DELETE_SQL = {"restrict": "RESTRICT", "cascade": "CASCADE", "set_null": "SET NULL"}
-_FK_TYPES = ("reference", "user")
+FK_TYPES = ("reference", "user")
 
 
 class Field(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -90,19 +89,6 @@ class Collection(msgspec.Struct, frozen=True, dict=True):
     @property
     def table(self) -> str:
         return table_name(self.name)
-
-
-class SchemaChange(msgspec.Struct, frozen=True):
-    """The result of `plan_schema_change`; `statements` run in order inside one transaction."""
-
-    fields: tuple[Field, ...]
-    renames: dict[str, str]  # new name -> old name
-    added: tuple[str, ...]
-    dropped: tuple[str, ...]
-    changed: tuple[str, ...]  # (new) names of kept fields whose definition changed
-    needs_rebuild: bool
-    statements: list[str]
-    fk_check_sql: str  # run after `statements`, inside the transaction: any row returned -> roll back
 
 
 # --- names -------------------------------------------------------------------------------------
@@ -404,6 +390,11 @@ def _is_empty(value: Any) -> bool:
 _NO_DEFAULT: Any = object()
 
 
+def default_value(field: Field) -> SqlValue:
+    """The field's default as stored (already validated when the definition was saved)."""
+    return _FieldSpec(field).default
+
+
 class _FieldSpec:
     """One field compiled for validation: the converter plus what an empty value means."""
 
@@ -559,7 +550,7 @@ def _cross_option_errors(field: Field, prefix: str) -> FieldErrors:
 
 
 def _default_error(field: Field) -> tuple[str, str] | None:
-    if field.type in (*_FK_TYPES, "file"):
+    if field.type in (*FK_TYPES, "file"):
         return "invalid_value", f"Type {field.type} cannot have a default."
     try:
         value = _FieldSpec(field).default
@@ -614,7 +605,7 @@ def normalize_field(field: Field) -> Field:
     """Make implicit choices explicit so stored definitions compare equal: `on_delete` defaults to
     restrict, and a PII field without a mask is masked in `full` (the safe side)."""
     options = dict(field.options)
-    if field.type in _FK_TYPES:
+    if field.type in FK_TYPES:
         options.setdefault("on_delete", "restrict")
     mask = field.mask or ("full" if field.pii else None)
     return msgspec.structs.replace(field, options=options, mask=mask)
@@ -709,7 +700,7 @@ def _parse_audit(value: object, partial: bool, errors: FieldErrors) -> dict[str,
     return audit if partial else {"require_reason": audit.get("require_reason", False)}
 
 
-def _field_access_errors(access: Mapping[str, list[str]], fields: Iterable[Field]) -> FieldErrors:
+def field_access_errors(access: Mapping[str, list[str]], fields: Iterable[Field]) -> FieldErrors:
     known = {f.name for f in fields}
     errors: FieldErrors = {}
     for op, names in access.items():
@@ -754,7 +745,7 @@ def parse_collection_body(body: object, *, partial: bool = False) -> dict[str, A
         if not partial and key not in body:
             errors.update(field_error(key, "required", f"`{key}` is required."))
     if not partial and not errors:
-        errors.update(_field_access_errors(out["field_access"], out["fields"]))
+        errors.update(field_access_errors(out["field_access"], out["fields"]))
     if errors:
         raise validation_error(errors)
     return out
@@ -767,35 +758,6 @@ def new_collection(parsed: Mapping[str, Any], *, id: str, now: str) -> Collectio
         id, parsed["name"], fields, dict(parsed["rules"]), dict(parsed["field_access"]),
         dict(parsed["audit"]), now, now,
     )  # fmt: skip
-
-
-def _carry_field_access(access: Mapping[str, list[str]], change: SchemaChange) -> dict[str, list[str]]:
-    """Renamed fields keep their access; dropped fields leave the lists."""
-    new_name = {old: new for new, old in change.renames.items()}
-    kept = {f.name for f in change.fields}
-    return {
-        op: ["*"] if names == ["*"] else [n2 for n in names if (n2 := new_name.get(n, n)) in kept]
-        for op, names in access.items()
-    }
-
-
-def patch_collection(
-    old: Collection, parsed: Mapping[str, Any], *, now: str
-) -> tuple[Collection, SchemaChange | None]:
-    """Apply a parsed PATCH body. Returns the new definition and the schema change to run (None when
-    `fields` was not given). Collections cannot be renamed: other collections' reference options and
-    stored audit targets name them."""
-    if parsed.get("name", old.name) != old.name:
-        raise validation_error(field_error("name", "immutable", "A collection cannot be renamed."))
-    change = plan_schema_change(old, parsed["fields"]) if "fields" in parsed else None
-    fields = change.fields if change else old.fields
-    access = _carry_field_access(old.field_access, change) if change else dict(old.field_access)
-    access.update(parsed.get("field_access", {}))
-    if errors := _field_access_errors(access, fields):
-        raise validation_error(errors)
-    rules = {**old.rules, **parsed.get("rules", {})}
-    audit = {**old.audit, **parsed.get("audit", {})}
-    return Collection(old.id, old.name, fields, rules, access, audit, old.created_at, now), change
 
 
 # --- API shape and storage ---------------------------------------------------------------------
@@ -933,243 +895,3 @@ class RecordValidator:
             if value is not None:
                 record[name] = read(value)
         return record
-
-
-# --- DDL ---------------------------------------------------------------------------------------
-
-_SQL_TYPES = {t: "TEXT" for t in FIELD_TYPES} | {"number": "NUMERIC", "boolean": "INTEGER"}
-
-_SYSTEM_COLUMNS_SQL = """\
-  id TEXT PRIMARY KEY NOT NULL,
-  account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
-  created_at TEXT NOT NULL,
-  created_by TEXT,
-  updated_at TEXT NOT NULL,
-  updated_by TEXT"""
-
-
-def _sql_literal(value: SqlValue) -> str:
-    """Only for validated defaults (DDL cannot take bound parameters)."""
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return repr(value)
-    raise ValueError(f"no SQL literal for {value!r}")
-
-
-def _column_def(field: Field) -> str:
-    col = quote_ident(field.name)
-    parts = [col, _SQL_TYPES[field.type]]
-    if field.required:
-        parts.append("NOT NULL")
-    if field.default is not None:
-        parts.append("DEFAULT " + _sql_literal(_FieldSpec(field).default))
-    if field.type == "boolean":
-        parts.append(f"CHECK ({col} IN (0, 1))")
-    if field.type in _FK_TYPES:
-        target = (
-            quote_ident(table_name(field.options["collection"])) if field.type == "reference" else "users"
-        )
-        on_delete = _ON_DELETE_SQL[field.options.get("on_delete", "restrict")]
-        parts.append(f"REFERENCES {target}(id) ON DELETE {on_delete}")
-    return " ".join(parts)
-
-
-def _create_table(table: str, fields: Iterable[Field]) -> str:
-    columns = [_SYSTEM_COLUMNS_SQL, *("  " + _column_def(f) for f in fields)]
-    return f"CREATE TABLE {quote_ident(table)} (\n" + ",\n".join(columns) + "\n)"
-
-
-def _index(kind: str, table: str, column: str, columns_sql: str) -> tuple[str, str]:
-    """Index names are `<kind>:<table>:<column>`: ':' cannot occur in a name, so two (table, column)
-    pairs never produce the same index name."""
-    name = f"{kind}:{table}:{column}"
-    unique = "UNIQUE " if kind == "ux" else ""
-    return name, f"CREATE {unique}INDEX {quote_ident(name)} ON {quote_ident(table)} ({columns_sql})"
-
-
-def _field_indexes(table: str, field: Field) -> dict[str, str]:
-    col = quote_ident(field.name)
-    kinds = []
-    if field.unique:  # per account: tenants must not collide with each other
-        kinds.append(("ux", f"account_id, {col}"))
-    elif field.options.get("index"):
-        kinds.append(("ix", f"account_id, {col}"))
-    if field.type in _FK_TYPES:  # without it every parent delete scans this table
-        kinds.append(("fk", col))
-    return dict(_index(kind, table, field.name, cols) for kind, cols in kinds)
-
-
-def _indexes(table: str, fields: Iterable[Field]) -> dict[str, str]:
-    # `id` ends the index because it breaks ties in every sort (in the direction of the last key), so
-    # a newest-first list (ORDER BY created_at DESC, id DESC) reads the index backwards with no sort step.
-    out = dict([_index("ix", table, "created_at", "account_id, created_at, id")])
-    for field in fields:
-        out.update(_field_indexes(table, field))
-    return out
-
-
-def create_table_sql(collection: Collection) -> list[str]:
-    table = table_name(collection.name)
-    return [_create_table(table, collection.fields), *_indexes(table, collection.fields).values()]
-
-
-def drop_table_sql(collection_name: str) -> list[str]:
-    """Run like a rebuild (foreign_keys OFF, see `plan_schema_change`) after checking
-    `referencing_fields`: with foreign keys on, DROP TABLE deletes every row first and a
-    self-reference with ON DELETE RESTRICT would refuse it."""
-    return [f"DROP TABLE {quote_ident(table_name(collection_name))}"]
-
-
-def _match_fields(old: Collection, new_fields: Sequence[Field]) -> dict[str, str | None]:
-    """New field name -> the old field it continues (None: added). An explicit previous_name claims
-    an old field first, so `b (previous_name a)` plus a new `a` is a rename and an add."""
-    claimed = [f.previous_name for f in new_fields if f.previous_name is not None]
-    errors: FieldErrors = {}
-    sources: dict[str, str | None] = {}
-    for i, f in enumerate(new_fields):
-        if f.previous_name is None:
-            sources[f.name] = f.name if f.name in old.field_map and f.name not in claimed else None
-        elif f.previous_name not in old.field_map or claimed.count(f.previous_name) > 1:
-            message = "Must name an existing field, once."
-            errors.update(field_error(f"fields.{i}.previous_name", "unknown_field", message))
-        else:
-            sources[f.name] = f.previous_name
-    if errors:
-        raise validation_error(errors)
-    return sources
-
-
-def _change_errors(
-    old: Collection, new_fields: Sequence[Field], sources: dict[str, str | None]
-) -> FieldErrors:
-    errors: FieldErrors = {}
-    for i, f in enumerate(new_fields):
-        was = old.field_map.get(sources[f.name] or "")
-        if was is None:
-            continue
-        if was.type != f.type:
-            message = "A field's type cannot change; add a new field and drop this one."
-            errors.update(field_error(f"fields.{i}.type", "invalid_change", message))
-        elif was.options.get("multiple") and not f.options.get("multiple"):
-            message = "A multiple field cannot become single."
-            errors.update(field_error(f"fields.{i}.options.multiple", "invalid_change", message))
-    return errors
-
-
-def _copy_expr(was: Field, now: Field) -> str:
-    """SQL that carries an old column into the rebuilt table; single -> multiple wraps in a list."""
-    col = quote_ident(was.name)
-    if now.options.get("multiple") and not was.options.get("multiple"):
-        item = f"json({col})" if now.type == "file" else col
-        return f"CASE WHEN {col} IS NULL THEN NULL ELSE json_array({item}) END"
-    return col
-
-
-def _rebuild_sql(old: Collection, fields: Sequence[Field], sources: dict[str, str | None]) -> list[str]:
-    table = table_name(old.name)
-    t, tmp = quote_ident(table), "_new_" + table
-    kept = [(f, old.field_map[src]) for f in fields if (src := sources[f.name]) is not None]
-    columns = ", ".join([*SYSTEM_FIELDS, *(quote_ident(f.name) for f, _ in kept)])
-    exprs = ", ".join([*SYSTEM_FIELDS, *(_copy_expr(was, f) for f, was in kept)])
-    return [
-        _create_table(tmp, fields),
-        f"INSERT INTO {quote_ident(tmp)} ({columns}) SELECT {exprs} FROM {t}",
-        f"DROP TABLE {t}",
-        # Renaming the *new* table onto the old name leaves other tables' REFERENCES "c_x" pointing at
-        # it; renaming the old table away first would rewrite those references (legacy_alter_table=OFF).
-        f"ALTER TABLE {quote_ident(tmp)} RENAME TO {t}",
-        *_indexes(table, fields).values(),
-    ]
-
-
-def _alter_sql(old: Collection, fields: Sequence[Field], sources: dict[str, str | None]) -> list[str]:
-    table = table_name(old.name)
-    t = quote_ident(table)
-    renames = {new: src for new, src in sources.items() if src is not None and src != new}
-    dropped = [f for f in old.fields if f.name not in sources.values()]
-    # Indexes on renamed/dropped columns go first: a dropped column may not be indexed, and a kept
-    # index name would otherwise describe a column that no longer has that name.
-    touched = {*renames.values(), *(f.name for f in dropped)}
-    stale = {n for f in old.fields if f.name in touched for n in _field_indexes(table, f)}
-    old_ix, new_ix = _indexes(table, old.fields), _indexes(table, fields)
-    drop_ix = [n for n, sql in old_ix.items() if n in stale or new_ix.get(n) != sql]
-    return [
-        *(f"DROP INDEX {quote_ident(n)}" for n in drop_ix),
-        *(f"ALTER TABLE {t} RENAME COLUMN {quote_ident(o)} TO {quote_ident(n)}" for n, o in renames.items()),
-        *(f"ALTER TABLE {t} DROP COLUMN {quote_ident(f.name)}" for f in dropped),
-        *(f"ALTER TABLE {t} ADD COLUMN {_column_def(f)}" for f in fields if sources[f.name] is None),
-        *(sql for n, sql in new_ix.items() if n in drop_ix or n not in old_ix),
-    ]
-
-
-def _needs_rebuild(old: Collection, fields: Sequence[Field], sources: dict[str, str | None]) -> bool:
-    for f in fields:
-        src = sources[f.name]
-        if src is None:
-            if f.required and f.default is None:  # so existing rows fail NOT NULL (ConstraintError)
-                return True
-            continue
-        was = old.field_map[src]
-        if src != f.name and f.name in old.field_map:  # swaps and chains cannot be RENAME COLUMNs
-            return True
-        if _column_def(msgspec.structs.replace(was, name=f.name)) != _column_def(f):
-            return True
-        if _copy_expr(was, f) != quote_ident(was.name):
-            return True
-    # SQLite refuses DROP COLUMN on a column with a foreign key.
-    return any(f.type in _FK_TYPES and f.name not in sources.values() for f in old.fields)
-
-
-def plan_schema_change(old: Collection, new_fields: Sequence[Field]) -> SchemaChange:
-    """Plan the DDL that turns `old`'s table into one for `new_fields` (the complete new list; a
-    field with `previous_name` renames, a missing old field is dropped, a new name is added).
-
-    Refused with 400 validation_failed: invalid definitions, a `previous_name` naming no old field,
-    a type change, multiple -> single. Options that only affect validation (max_length, values, …)
-    are not checked against existing rows. Adds, drops and renames use ALTER TABLE when SQLite can;
-    anything that changes a column's definition (required, default, reference target, on_delete,
-    single -> multiple) rebuilds the table as SQLite's "Making Other Kinds Of Table Schema Changes".
-
-    The caller must run it like this (its connection normally has foreign keys ON):
-
-        conn.execute("PRAGMA foreign_keys=OFF")  # outside any transaction: a no-op inside one
-        try:
-            with conn:
-                for sql in change.statements: conn.execute(sql)
-                if conn.execute(change.fk_check_sql).fetchall(): raise ApiError(409, ...)
-                ... update the collections row, write the audit entry ...
-        finally:
-            conn.execute("PRAGMA foreign_keys=ON")
-
-    Why OFF and not `PRAGMA defer_foreign_keys=ON`: with foreign keys enabled, DROP TABLE first
-    deletes every row, and that fires ON DELETE CASCADE / SET NULL in the tables that reference this
-    one — deferring only postpones violation *checks*, not these actions, so children would be
-    silently deleted. With foreign keys OFF nothing fires, so `fk_check_sql` re-checks this table's
-    own references before commit (rows keep their ids, so references *into* it stay valid). Leave
-    `legacy_alter_table` at its default (OFF). NOT NULL on existing nulls, UNIQUE on duplicates and
-    CHECK failures raise apsw.ConstraintError inside `with conn:`, which rolls everything back: the
-    caller answers 409. The ALTER-only path is correct with foreign keys on or off.
-    """
-    validate_field_defs(new_fields)
-    new_fields = [normalize_field(f) for f in new_fields]
-    sources = _match_fields(old, new_fields)
-    if errors := _change_errors(old, new_fields, sources):
-        raise validation_error(errors, "The schema change is not possible.")
-    fields = tuple(msgspec.structs.replace(f, previous_name=None) for f in new_fields)
-    rebuild = _needs_rebuild(old, fields, sources)
-    statements = (_rebuild_sql if rebuild else _alter_sql)(old, fields, sources)
-    return SchemaChange(
-        fields=fields,
-        renames={new: src for new, src in sources.items() if src is not None and src != new},
-        added=tuple(name for name, src in sources.items() if src is None),
-        dropped=tuple(f.name for f in old.fields if f.name not in sources.values()),
-        changed=tuple(f.name for f in fields if _changed(old, f, sources[f.name])),
-        needs_rebuild=rebuild,
-        statements=statements,
-        fk_check_sql=f"PRAGMA foreign_key_check({quote_ident(table_name(old.name))})",
-    )
-
-
-def _changed(old: Collection, field: Field, source: str | None) -> bool:
-    return source is not None and msgspec.structs.replace(old.field_map[source], name=field.name) != field

@@ -16,23 +16,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from snackbase.ddl import SchemaChange, create_table_sql, drop_table_sql, patch_collection, plan_schema_change
 from snackbase.errors import ApiError
 from snackbase.schema import (
     FIELD_TYPES,
     Collection,
     Field,
     RecordValidator,
-    SchemaChange,
     collection_from_json,
     collection_from_row,
     collection_to_json,
     collection_to_row,
-    create_table_sql,
-    drop_table_sql,
     new_collection,
     parse_collection_body,
-    patch_collection,
-    plan_schema_change,
     quote_ident,
     referenced_collections,
     referencing_fields,
