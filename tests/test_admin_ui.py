@@ -130,9 +130,11 @@ def tab(page: Any, name: str) -> Any:
     return page.get_by_role("navigation", name="Collection sections").get_by_role("link", name=name, exact=True)
 
 
-def shot(page: Any, name: str) -> None:
+def shot(page: Any, name: str, scroll_top: bool = True) -> None:
     if os.environ.get("SNACKBASE_SCREENSHOTS", "1") != "0":
         SHOTS.mkdir(parents=True, exist_ok=True)
+        if scroll_top:
+            page.evaluate("window.scrollTo(0, 0)")
         page.wait_for_timeout(150)  # let transitions settle
         page.evaluate("document.querySelector('.toasts')?.style.setProperty('visibility', 'hidden')")
         page.screenshot(path=str(SHOTS / f"{name}.png"))

@@ -138,7 +138,7 @@ export async function logout() {
 }
 
 function buildUrl(path, query) {
-  const url = new URL((path.startsWith("/health") || path.startsWith("/ready") ? "" : API) + path, location.origin);
+  const url = new URL((/^\/(health|ready|live)$/.test(path) ? "" : API) + path, location.origin);
   for (const [k, v] of Object.entries(query || {})) {
     if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, String(v));
   }
