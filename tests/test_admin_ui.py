@@ -79,14 +79,18 @@ class Api:
         return json.loads(raw) if raw else None
 
     def login(self, email: str, password: str, account: str = "system") -> Api:
-        body = self.call("POST", "/auth/login", {"email": email, "password": password, "account_identifier": account})
+        body = self.call(
+            "POST", "/auth/login", {"email": email, "password": password, "account_identifier": account}
+        )
         self.token = body["access_token"]
         return self
 
 
 @pytest.fixture
 def server(start_server: Callable[..., Any]) -> Any:
-    return start_server(env={"SNACKBASE_SUPERADMIN_EMAIL": ADMIN_EMAIL, "SNACKBASE_SUPERADMIN_PASSWORD": ADMIN_PASSWORD})
+    return start_server(
+        env={"SNACKBASE_SUPERADMIN_EMAIL": ADMIN_EMAIL, "SNACKBASE_SUPERADMIN_PASSWORD": ADMIN_PASSWORD}
+    )
 
 
 @pytest.fixture
@@ -127,7 +131,9 @@ def nav(page: Any, name: str) -> Any:
 
 
 def tab(page: Any, name: str) -> Any:
-    return page.get_by_role("navigation", name="Collection sections").get_by_role("link", name=name, exact=True)
+    return page.get_by_role("navigation", name="Collection sections").get_by_role(
+        "link", name=name, exact=True
+    )
 
 
 def shot(page: Any, name: str, scroll_top: bool = True) -> None:
@@ -169,6 +175,28 @@ def test_plain_user_is_refused(page: Any, server: Any, api: Api) -> None:
     refused.wait_for()
     assert "for administrators" in refused.inner_text()
     assert page.get_by_role("navigation", name="Main navigation").count() == 0
+
+
+def test_account_admin_sees_their_account(page: Any, server: Any, api: Api) -> None:
+    account = seed_account(api)
+    other = seed_account(api, "Other Tenant")
+    api.call("POST", "/collections", {"name": "tasks", "fields": [{"name": "label", "type": "text"}],
+                                      "rules": {"list": "", "create": "", "view": ""}})  # fmt: skip
+    for owner, label in ((account, "ours"), (other, "theirs")):
+        api.call("POST", "/records/tasks", {"label": label}, headers={"x-account-id": owner["id"]})
+    api.call("POST", "/users", {"email": "boss@acme.example", "password": USER_PASSWORD, "role": "admin",
+                                "account_id": account["id"]})  # fmt: skip
+    sign_in(page, server.url, "boss@acme.example", USER_PASSWORD, account["slug"])
+    page.get_by_role("heading", name="Dashboard").wait_for()
+    assert nav(page, "Accounts").count() == 0  # superadmin only
+    nav(page, "Users").click()
+    page.get_by_role("cell", name="boss@acme.example").wait_for()
+    nav(page, "Records").click()
+    page.get_by_label("Collection name").fill("tasks")
+    page.get_by_role("button", name="Open").click()
+    table = page.get_by_test_id("records-table")
+    table.get_by_role("cell", name="ours", exact=True).wait_for()
+    assert table.get_by_role("cell", name="theirs", exact=True).count() == 0
 
 
 def test_xss_in_record_values_renders_as_text(page: Any, server: Any, api: Api) -> None:
@@ -284,7 +312,12 @@ def test_tour_and_screenshots(page: Any, server: Any, api: Api) -> None:
     shot(page, "record-form")
     page.get_by_role("button", name="Save changes").click()
     table.get_by_role("cell", name="First sample, edited").wait_for()
-    first_id = table.get_by_role("row").filter(has_text="First sample, edited").get_by_role("cell").first.inner_text()
+    first_id = (
+        table.get_by_role("row")
+        .filter(has_text="First sample, edited")
+        .get_by_role("cell")
+        .first.inner_text()
+    )
     page.get_by_label("Filter").fill("weight > 10")
     page.get_by_role("button", name="Apply").click()
     table.get_by_role("cell", name="First sample, edited").wait_for(state="detached")
@@ -300,14 +333,16 @@ def test_tour_and_screenshots(page: Any, server: Any, api: Api) -> None:
     # rules: a syntax error shown at its position, then a valid rule saved and tested
     tab(page, "API rules").click()
     page.get_by_role("group", name="list").get_by_label("Expression").check()
-    page.get_by_label("list rule expression").fill('weight > 10 && && approved = true')
+    page.get_by_label("list rule expression").fill("weight > 10 && && approved = true")
     page.get_by_role("button", name="Save rules").click()
     page.locator(".err-pointer mark").wait_for()
     page.get_by_label("list rule expression").fill('@has_role("admin") && weight > 1')
     page.get_by_role("button", name="Save rules").click()
     page.get_by_text("Rules saved").wait_for()
     page.get_by_role("button", name="Copy from editor").click()
-    page.get_by_label("As user", exact=True).select_option(label=f"ann@acme.example · admin · {account['id']}")
+    page.get_by_label("As user", exact=True).select_option(
+        label=f"ann@acme.example · admin · {account['id']}"
+    )
     page.get_by_label("Record id (view, update, delete)").fill(first_id)
     page.get_by_role("button", name="Run test").click()
     assert "Allowed" in page.get_by_test_id("rule-test-result").inner_text()
