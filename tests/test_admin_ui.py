@@ -318,6 +318,21 @@ def test_tour_and_screenshots(page: Any, server: Any, api: Api) -> None:
         .get_by_role("cell")
         .first.inner_text()
     )
+    # an electronic signature: a wrong password is refused without ending the session
+    table.get_by_role("row").filter(has_text="First sample, edited").get_by_role(
+        "button", name="Edit"
+    ).click()
+    page.get_by_text("Signatures and history").click()
+    page.get_by_label("Your password").fill("not my password")
+    page.get_by_role("button", name="Sign record").click()
+    page.get_by_text("nothing was signed").wait_for()
+    page.get_by_label("Your password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Sign record").click()
+    page.get_by_text("current version").wait_for()
+    shot(page, "record-signature")
+    page.get_by_role("dialog").get_by_role("button", name="Cancel").click()
+    page.get_by_role("dialog").wait_for(state="detached")
+
     page.get_by_label("Filter").fill("weight > 10")
     page.get_by_role("button", name="Apply").click()
     table.get_by_role("cell", name="First sample, edited").wait_for(state="detached")
@@ -403,6 +418,22 @@ def test_tour_and_screenshots(page: Any, server: Any, api: Api) -> None:
         page.wait_for_load_state("networkidle")
         shot(page, name)
     assert page.get_by_test_id("count-collections").inner_text() == "1"
+
+    # a rename keeps the data, a drop says what happens to it before anything changes
+    nav(page, "samples").click()
+    tab(page, "Schema").click()
+    cards.nth(4).get_by_label("Name").fill("payload")
+    cards.nth(3).get_by_role("button", name="Remove").click()
+    page.get_by_role("button", name="Save schema").click()
+    confirm = page.get_by_role("dialog", name="Apply schema changes to samples?")
+    confirm.get_by_text("Drop “status”").wait_for()
+    confirm.get_by_text("Rename “data” → “payload”").wait_for()
+    shot(page, "schema-change-confirm")
+    page.get_by_test_id("confirm-ok").click()
+    page.get_by_text("Schema saved").wait_for()
+    tab(page, "Records").click()
+    page.get_by_test_id("records-table").get_by_role("cell", name='{"batch":7}').wait_for()
+    assert page.get_by_role("columnheader", name="status").count() == 0
 
     # narrow screens: the navigation folds into a menu button
     page.set_viewport_size({"width": 390, "height": 800})

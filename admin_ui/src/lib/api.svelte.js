@@ -194,11 +194,13 @@ export async function api(method, path, opts = {}) {
   try {
     return await send(method, path, opts);
   } catch (err) {
-    if (err.status === 401 && opts.auth !== false && opts.retry !== false && session.refresh) {
+    // 401 invalid_credentials answers a password in the body (e.g. signing), not the token.
+    const tokenProblem = err.status === 401 && opts.auth !== false && err.code !== "invalid_credentials";
+    if (tokenProblem && opts.retry !== false && session.refresh) {
       await refreshTokens();
       return await send(method, path, opts);
     }
-    if (err.status === 401 && opts.auth !== false && session.user) expireSession();
+    if (tokenProblem && session.user) expireSession();
     throw err;
   }
 }

@@ -107,11 +107,11 @@ export function fieldBody(d, withPrevious) {
 /** Human sentences for what a schema change does to existing data (shown before saving). */
 export function describeChanges(drafts, total) {
   const lines = [];
-  const n = total === null || total === undefined ? "all" : `all ${total}`;
+  const n = total === null || total === undefined ? "all" : total === 1 ? "the 1" : `all ${total}`;
   for (const d of drafts) {
     const name = d.name.trim();
     if (d.orig && d.drop) {
-      lines.push(`Drop “${d.orig}”: the column and its values in ${n} records (every account) are deleted permanently. Past values stay in the audit trail.`);
+      lines.push(`Drop “${d.orig}”: the column and its values in ${n} record${total === 1 ? "" : "s"} (every account) are deleted permanently. Past values stay in the audit trail.`);
     } else if (!d.orig) {
       lines.push(`Add “${name}” (${d.type}): existing records get ${d.defaultText ? "the default " + d.defaultText : "null"}${d.required && !d.defaultText ? " — refused with 409 if records exist, since it is required without a default" : ""}.`);
     } else {
