@@ -8,6 +8,7 @@ Nothing here ever formats a request body or header: secrets stay out of the logs
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from snackbase.times import format_ts
+from snackbase.times import format_ts, now_iso
 
 # Fields describing the current request, set by the request middleware and the auth middleware.
 request_context: ContextVar[dict[str, Any] | None] = ContextVar("request_context", default=None)
@@ -54,7 +55,30 @@ class ConsoleFormatter(logging.Formatter):
         return text
 
 
+access_logger = logging.getLogger("snackbase.request")
+# File descriptor for the fast JSON access line (see log_access); None: go through `logging`.
+_access_fd: int | None = None
+
+
+def log_access(method: str, path: str, status: int, duration_ms: float) -> None:
+    """One access line per request. In JSON format it is encoded and written with a single os.write,
+    bypassing the logging machinery, which cost ~30 µs a request: a third of a simple GET. The line has
+    exactly the shape JsonFormatter gives every other line."""
+    if not access_logger.isEnabledFor(logging.INFO):
+        return
+    fields = {"method": method, "path": path, "status": status, "duration_ms": duration_ms}
+    if _access_fd is None:
+        access_logger.info("request", extra=fields)
+        return
+    line = {"time": now_iso(), "level": "INFO", "message": "request", "logger": access_logger.name,
+            **(request_context.get() or {}), **fields}  # fmt: skip
+    os.write(_access_fd, _encoder.encode(line) + b"\n")
+
+
 def configure_logging(level: str, fmt: str) -> None:
+    global _access_fd
+    # Plain stderr lines are flushed per line (Python >= 3.9), so direct writes never interleave them.
+    _access_fd = sys.stderr.fileno() if fmt == "json" else None
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
     root = logging.getLogger()

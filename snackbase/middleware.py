@@ -16,7 +16,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from snackbase.errors import ApiError, envelope
-from snackbase.logs import request_context
+from snackbase.logs import log_access, request_context
 from snackbase.web import encode_json
 
 log = logging.getLogger("snackbase.request")
@@ -74,15 +74,7 @@ class RequestMiddleware:
                 await self._send_500(send_wrapper, request_id)
         finally:
             duration_ms = round((time.perf_counter() - started) * 1000, 2)
-            log.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status["code"],
-                    "duration_ms": duration_ms,
-                },
-            )
+            log_access(scope["method"], scope["path"], status["code"], duration_ms)
             request_context.reset(token)
 
     def _headers(self, scope: Scope, request_id: str) -> list[tuple[bytes, bytes]]:
