@@ -9,6 +9,8 @@ so a role change or a deactivation takes effect on the next request.
 from __future__ import annotations
 
 import re
+import time
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -146,10 +148,34 @@ def _anonymous_account(conn: apsw.Connection, ref: str | None) -> str | None:
     return account_id
 
 
+# X-Account-ID arrives on every anonymous request: remember what each reference named for a few
+# seconds, per database. Only hits are kept, so a new account is usable at once; a deleted one
+# lingers at most this long, and writing into it then fails on the foreign key.
+ACCOUNT_CACHE_SECONDS = 5.0
+_account_cache: weakref.WeakKeyDictionary[apsw.Connection, dict[str, tuple[str, float]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def forget_accounts(conn: apsw.Connection) -> None:
+    """Drops the remembered references (after an account is deleted)."""
+    _account_cache.pop(conn, None)
+
+
 def find_account_id(conn: apsw.Connection, ref: str) -> str | None:
     """The id of the account named by id or slug (ids are uppercase, slugs lowercase: no overlap)."""
+    cache = _account_cache.setdefault(conn, {})
+    now = time.monotonic()
+    hit = cache.get(ref)
+    if hit is not None and hit[1] > now:
+        return hit[0]
     row = fetch_one(conn, "SELECT id FROM accounts WHERE id = ? OR slug = ?", (ref.upper(), ref.lower()))
-    return row["id"] if row else None
+    if row is None:
+        return None
+    if len(cache) > 10_000:
+        cache.clear()
+    cache[ref] = (row["id"], now + ACCOUNT_CACHE_SECONDS)
+    return str(row["id"])
 
 
 async def require_user(request: Request) -> Auth:

@@ -472,3 +472,10 @@ def test_require_reason(w: World) -> None:
         f"{API}/records/batches", headers=w.user.headers, json={"lot": "A2", "_reason": "x" * 5000}
     )
     assert bad.status_code == 400
+
+
+def test_deleted_account_is_forgotten_at_once(w: World) -> None:
+    headers = {"x-account-id": w.other_account}
+    assert w.client.get(f"{API}/records/posts", headers=headers).status_code == 200  # now remembered
+    assert w.client.delete(f"{API}/accounts/{w.other_account}", headers=w.sa.headers).status_code == 204
+    assert w.client.get(f"{API}/records/posts", headers=headers).status_code == 404

@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from snackbase import audit
 from snackbase.accounts import check_slug, create_account, get_account, is_system, public_account, slug_taken
-from snackbase.auth import Auth, audit_change, require_account_admin, require_superadmin
+from snackbase.auth import Auth, audit_change, forget_accounts, require_account_admin, require_superadmin
 from snackbase.db import fetch_value
 from snackbase.errors import ApiError, field_error
 from snackbase.paging import page_of
@@ -118,6 +118,7 @@ async def delete(request: Request) -> Response:
         # Into the deleted account's own chain, which outlives it (entries have no foreign keys).
         extra = {"users_deleted": users}
         _audit(request, auth, "account.delete", account["id"], _view(account), None, reason, extra)
+    forget_accounts(conn)
     return no_content()
 
 
