@@ -71,6 +71,10 @@ def connect(path: str | Path, statement_timeout_ms: int = 5_000) -> apsw.Connect
     conn = apsw.Connection(str(path))
     # First, so that every pragma below waits for a lock held by another process instead of failing.
     conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+    # Only takes effect when the file is created (before WAL below). A create dirties ~7 pages (record,
+    # its two indexes, the audit entry, its two indexes, the chain head) and a commit writes them whole
+    # to the WAL: 2 KiB pages made a create ~10% cheaper than 4 KiB, with reads unchanged (measured).
+    conn.execute("PRAGMA page_size=2048")
     # WAL: readers never block the writer and vice versa; persistent, so set once per database file.
     conn.execute("PRAGMA journal_mode=WAL").fetchall()
     # NORMAL is durable across application crashes in WAL mode; only a power loss may drop the last commits.
