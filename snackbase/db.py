@@ -87,6 +87,10 @@ def connect(path: str | Path, statement_timeout_ms: int = 5_000) -> apsw.Connect
     # enough estimates for the planner, bounded work on big tables. 1,000 misjudged a one-account table
     # of 10,000 rows as ten accounts of 1,000 and kept the slow index walk.
     conn.execute("PRAGMA analysis_limit=20000")
+    # Up to 64 MiB of page cache (the default is 2 MiB): a filtered COUNT over 46,000 records re-read
+    # the whole table from the OS on every list and took 19 ms instead of 7 ms. It is allocated only as
+    # pages are read, so idle memory does not change.
+    conn.execute("PRAGMA cache_size=-65536")
     # Double-quoted strings as identifiers only: a typo in a quoted name is an error, never a string literal.
     conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
     conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
