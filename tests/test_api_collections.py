@@ -57,12 +57,17 @@ def test_table_has_system_columns_and_indexes(client: TestClient, sa: User) -> N
 
 
 @pytest.mark.parametrize("who", ["anonymous", "user", "admin"])
-def test_only_superadmins_define_collections(client: TestClient, who: str) -> None:
+def test_only_superadmins_define_collections(client: TestClient, sa: User, who: str) -> None:
+    client.post(f"{API}/collections", headers=sa.headers, json=POSTS)
     account = make_account(client)
     headers = {} if who == "anonymous" else make_user(client, account, who).headers
     expected = 401 if who == "anonymous" else 403
     assert client.post(f"{API}/collections", headers=headers, json=POSTS).status_code == expected
-    assert client.get(f"{API}/collections", headers=headers).status_code == expected
+    assert client.patch(f"{API}/collections/posts", headers=headers, json={"rules": {}}).status_code == expected
+    assert client.delete(f"{API}/collections/posts", headers=headers).status_code == expected
+    read = 200 if who == "admin" else expected  # account admins read definitions, for their record forms
+    assert client.get(f"{API}/collections", headers=headers).status_code == read
+    assert client.get(f"{API}/collections/posts", headers=headers).status_code == read
 
 
 BAD_BODIES = [

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from snackbase import records
-from snackbase.auth import require_superadmin
+from snackbase.auth import require_account_admin, require_superadmin
 from snackbase.collections import create_collection, delete_collection, update_collection
 from snackbase.context import caller_for, caller_for_user, change_context
 from snackbase.errors import ApiError
@@ -20,7 +20,9 @@ from snackbase.web import json_response, no_content, read_json, read_struct
 
 
 async def list_collections(request: Request) -> Response:
-    await require_superadmin(request)
+    # Account admins may read definitions (their console builds record forms from them); only
+    # superadmins change them.
+    await require_account_admin(request)
     registry, conn = request.app.state.registry, request.app.state.db.conn
     items = [collection_to_json(c) for c in registry.all(conn)]
     return json_response(
@@ -45,7 +47,7 @@ async def create(request: Request) -> Response:
 
 
 async def get_one(request: Request) -> Response:
-    await require_superadmin(request)
+    await require_account_admin(request)
     collection = request.app.state.registry.get(request.app.state.db.conn, request.path_params["name"])
     return json_response(collection_to_json(collection))
 
