@@ -56,6 +56,9 @@ class Auth:
     session_id: str | None
     is_superadmin: bool
     method: str  # "token" | "anonymous"
+    # Member of its account's pii_access group (reads PII in clear); read with the session, so a
+    # change of membership applies on the caller's next request.
+    pii_access: bool = False
 
     @property
     def is_authenticated(self) -> bool:
@@ -122,6 +125,7 @@ def resolve_auth(
         claims["sid"],
         account_id == SYSTEM_ACCOUNT_ID,
         "token",
+        bool(row["pii_access"]),
     )
 
 
@@ -129,7 +133,10 @@ def _live_session(conn: apsw.Connection, session_id: str, user_id: str, now: str
     return fetch_one(
         conn,
         """
-        SELECT u.account_id, u.email, u.role FROM sessions s JOIN users u ON u.id = s.user_id
+        SELECT u.account_id, u.email, u.role, EXISTS (
+            SELECT 1 FROM group_members m JOIN groups g ON g.id = m.group_id
+            WHERE m.user_id = u.id AND g.name = 'pii_access') AS pii_access
+        FROM sessions s JOIN users u ON u.id = s.user_id
         WHERE s.id = ? AND s.user_id = ? AND s.revoked_at IS NULL AND s.expires_at > ? AND u.is_active = 1
     """,
         (session_id, user_id, now),

@@ -33,7 +33,14 @@ async def caller_for(request: Request) -> Caller:
     if auth.user_id is None:
         return Caller(None, auth.account_id, None, None, False, _no_groups, macro)
     return Caller(
-        auth.user_id, auth.account_id, auth.email, auth.role, False, _groups_of(conn, auth.user_id), macro
+        auth.user_id,
+        auth.account_id,
+        auth.email,
+        auth.role,
+        False,
+        _groups_of(conn, auth.user_id),
+        macro,
+        auth.pii_access,
     )
 
 

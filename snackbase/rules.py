@@ -39,6 +39,8 @@ class Caller:
     groups: Callable[[], frozenset[str]]  # looked up only when a rule or a PII field needs them
     # Custom SQL macros: name, evaluated args, position -> truth value; None when the caller has none.
     macro: Callable[[str, list[object], int], bool] | None = None
+    # Known pii_access membership (read with the session); None: ask `groups()`.
+    pii_access: bool | None = None
 
     @property
     def is_authenticated(self) -> bool:
@@ -47,7 +49,11 @@ class Caller:
     @property
     def sees_pii(self) -> bool:
         """Superadmins and members of the account's pii_access group read PII in clear."""
-        return self.is_superadmin or (self.is_authenticated and PII_GROUP in self.groups())
+        if self.is_superadmin:
+            return True
+        if self.pii_access is not None:
+            return self.pii_access
+        return self.is_authenticated and PII_GROUP in self.groups()
 
 
 class RecordResolver:
