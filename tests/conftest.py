@@ -50,23 +50,35 @@ def free_port() -> int:
 class ServerProcess:
     """`snackbase serve` in a child process; stopped with SIGTERM by its own PID."""
 
-    def __init__(self, command: list[str], data_dir: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self, command: list[str], data_dir: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
-        full_env = {**os.environ, "SNACKBASE_ENVIRONMENT": "testing", "SNACKBASE_LOG_LEVEL": "WARNING",
-                    **(env or {})}
+        full_env = {
+            **os.environ,
+            "SNACKBASE_ENVIRONMENT": "testing",
+            "SNACKBASE_LOG_LEVEL": "WARNING",
+            **(env or {}),
+        }
         args = [*command, "serve", "--port", str(self.port), "--data-dir", str(data_dir)]
-        self.proc = subprocess.Popen(args, env=full_env, cwd=cwd or data_dir.parent,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            args,
+            env=full_env,
+            cwd=cwd or data_dir.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early: {self.proc.stderr.read() if self.proc.stderr else ''}")
+                stderr = self.proc.stderr.read() if self.proc.stderr else ""
+                raise RuntimeError(f"server exited early: {stderr}")
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=1) as response:
                     if response.status == 200:
@@ -114,8 +126,14 @@ def test_password_hash() -> str:
     return hasher(TESTING_PARAMS).hash(TEST_PASSWORD)
 
 
-def create_user(app: Any, role: str = "user", account_id: str | None = None, email: str | None = None,
-                groups: tuple[str, ...] = (), password_hash: str | None = None) -> dict[str, Any]:
+def create_user(
+    app: Any,
+    role: str = "user",
+    account_id: str | None = None,
+    email: str | None = None,
+    groups: tuple[str, ...] = (),
+    password_hash: str | None = None,
+) -> dict[str, Any]:
     from snackbase.accounts import create_account
     from snackbase.auth import create_session, mint_access_token
     from snackbase.ids import uuid7
@@ -129,11 +147,20 @@ def create_user(app: Any, role: str = "user", account_id: str | None = None, ema
         user = insert_user(conn, account_id, email, password_hash or test_password_hash(), role)
         set_groups(conn, user["id"], group_ids(conn, account_id, list(groups)))
         session_id, refresh = create_session(conn, settings, user["id"], "testclient", "pytest")
-    token = mint_access_token(settings, user_id=user["id"], account_id=account_id, role=role,
-                              session_id=session_id)
-    return {"id": user["id"], "account_id": account_id, "email": email, "password": TEST_PASSWORD,
-            "role": role, "session_id": session_id, "token": token, "refresh_token": refresh,
-            "headers": {"authorization": f"Bearer {token}"}}
+    token = mint_access_token(
+        settings, user_id=user["id"], account_id=account_id, role=role, session_id=session_id
+    )
+    return {
+        "id": user["id"],
+        "account_id": account_id,
+        "email": email,
+        "password": TEST_PASSWORD,
+        "role": role,
+        "session_id": session_id,
+        "token": token,
+        "refresh_token": refresh,
+        "headers": {"authorization": f"Bearer {token}"},
+    }
 
 
 class SmtpSink:
@@ -196,9 +223,14 @@ def smtp_sink() -> Iterator[Any]:
 @pytest.fixture
 def mail_client(tmp_path: Path, smtp_sink: Any) -> Iterator[TestClient]:
     """The app with SMTP pointed at `smtp_sink`."""
-    settings = make_settings(tmp_path / "data", smtp_host="127.0.0.1", smtp_port=smtp_sink.port,
-                             smtp_tls="none", mail_from="SnackBase <sb@example.com>",
-                             public_url="https://sb.example.com")
+    settings = make_settings(
+        tmp_path / "data",
+        smtp_host="127.0.0.1",
+        smtp_port=smtp_sink.port,
+        smtp_tls="none",
+        mail_from="SnackBase <sb@example.com>",
+        public_url="https://sb.example.com",
+    )
     with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
         yield test_client
 
