@@ -27,6 +27,19 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(_encoder.encode(data), status_code=status, media_type="application/json", headers=headers)
 
 
+def whole_list(items: list[Any]) -> Response:
+    """A list in the SPEC's list shape that fits on one page (short, unpaged lists such as collections)."""
+    count = len(items)
+    page = {
+        "items": items,
+        "page": 1,
+        "per_page": count,
+        "total_items": count,
+        "total_pages": 1 if count else 0,
+    }
+    return json_response(page)
+
+
 def no_content() -> Response:
     return Response(status_code=204)
 

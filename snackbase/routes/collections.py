@@ -16,7 +16,7 @@ from snackbase.errors import ApiError
 from snackbase.hooks import hooks
 from snackbase.rules import Caller
 from snackbase.schema import RULE_OPS, collection_to_json, parse_collection_body
-from snackbase.web import json_response, no_content, read_json, read_struct
+from snackbase.web import json_response, no_content, read_json, read_struct, whole_list
 
 
 async def list_collections(request: Request) -> Response:
@@ -25,15 +25,7 @@ async def list_collections(request: Request) -> Response:
     await require_account_admin(request)
     registry, conn = request.app.state.registry, request.app.state.db.conn
     items = [collection_to_json(c) for c in registry.all(conn)]
-    return json_response(
-        {
-            "items": items,
-            "page": 1,
-            "per_page": len(items),
-            "total_items": len(items),
-            "total_pages": 1 if items else 0,
-        }
-    )
+    return whole_list(items)
 
 
 async def create(request: Request) -> Response:

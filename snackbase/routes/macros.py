@@ -16,7 +16,7 @@ from snackbase.errors import ApiError
 from snackbase.filter import parse
 from snackbase.ids import SYSTEM_ACCOUNT_ID
 from snackbase.rules import check_rules, used_macros
-from snackbase.web import json_response, no_content, read_struct
+from snackbase.web import json_response, no_content, read_struct, whole_list
 
 
 class MacroCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -54,15 +54,7 @@ def _description(text: str) -> str:
 async def list_macros(request: Request) -> Response:
     await require_superadmin(request)
     items = [m.to_json() for m in _store(request).all(request.app.state.db.conn).values()]
-    return json_response(
-        {
-            "items": items,
-            "page": 1,
-            "per_page": len(items),
-            "total_items": len(items),
-            "total_pages": 1 if items else 0,
-        }
-    )
+    return whole_list(items)
 
 
 async def create(request: Request) -> Response:
