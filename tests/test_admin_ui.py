@@ -2,7 +2,8 @@
 
 Never downloads a browser: chromium comes from the system (`.ci/run` apt-installs it). Without it the
 tests are skipped locally and fail under CI=true. Screenshots of the main screens are written to
-docs/screenshots/ by `test_tour_and_screenshots` (set SNACKBASE_SCREENSHOTS=0 to skip writing them).
+docs/screenshots/ by `test_tour_and_screenshots` when SNACKBASE_SCREENSHOTS=1 (`make screenshots`), so a
+plain test run leaves the working tree as it was.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def tab(page: Any, name: str) -> Any:
 
 
 def shot(page: Any, name: str, scroll_top: bool = True) -> None:
-    if os.environ.get("SNACKBASE_SCREENSHOTS", "1") != "0":
+    if os.environ.get("SNACKBASE_SCREENSHOTS", "0") == "1":
         SHOTS.mkdir(parents=True, exist_ok=True)
         if scroll_top:
             page.evaluate("window.scrollTo(0, 0)")
