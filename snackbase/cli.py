@@ -53,7 +53,7 @@ def settings_from(**flags: Any) -> Settings:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="snackbase", message="%(prog)s %(version)s")
 def cli() -> None:
-    """SnackBase: a backend in one file — REST API, realtime, admin UI and audit trail over SQLite."""
+    """SnackBase: a backend in one file — REST API, admin UI and audit trail over SQLite."""
 
 
 def data_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -69,7 +69,7 @@ def data_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 def serve(
     host: str | None, port: int | None, data_dir: str | None, workers: int | None, reload: bool
 ) -> None:
-    """Start the API, realtime and admin UI server."""
+    """Start the REST API and admin UI server."""
     from snackbase.app import create_app
     from snackbase.logs import configure_logging
 

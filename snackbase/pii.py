@@ -1,7 +1,8 @@
 """PII masks and field access: what of a record a caller may read, filter on and write (SPEC section 7).
 
-Every read path — get, list, expand, the records returned by writes, realtime, audit views and
-exports — goes through `present` (records) or `mask_value` (audit entries), so a mask is defined once.
+Every read path — get, list, expand, the records returned by writes, record history, audit views and
+exports — goes through `present` (records) or `mask_value` (audit entries), so a mask is defined once;
+realtime, when it comes, must use `present` too.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 hooks before_* (their changes are validated like client input) → validate (schema) → field access →
 rules (create: against the new values, as a CTE; update: the stored row and the result) → ONE
 transaction { references checked in the caller's account, INSERT/UPDATE/DELETE … RETURNING, audit
-entry } → commit → after-commit effects (hooks after_*, realtime). REST, batch and the in-process
-API of hooks all call these functions. Reads live in `queries`.
+entry } → commit → after-commit effects (hooks after_*; realtime will listen here). REST, batch and
+the in-process API of hooks all call these functions. Reads live in `queries`.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class WriteEvent:
 
 WriteListener = Callable[[apsw.Connection, WriteEvent], None]
 write_listeners: list[WriteListener] = []
-# Called after commit with the event (hooks after_*, realtime publish).
+# Called after commit with the event (hooks after_*; realtime publishing will listen here too).
 commit_listeners: list[WriteListener] = []
 
 
