@@ -23,6 +23,15 @@ pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "docs" / "screenshots"
+
+
+def expect(locator: Any) -> Any:
+    """Playwright's retrying assertions (imported late: the module skips cleanly without playwright)."""
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
 CHROMIUM = os.environ.get("SNACKBASE_CHROMIUM", "/usr/bin/chromium")
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "Snack-console-2026!"
@@ -361,7 +370,7 @@ def test_tour_and_screenshots(page: Any, server: Any, api: Api) -> None:
     )
     page.get_by_label("Record id (view, update, delete)").fill(first_id)
     page.get_by_role("button", name="Run test").click()
-    assert "Allowed" in page.get_by_test_id("rule-test-result").inner_text()
+    expect(page.get_by_test_id("rule-test-result")).to_contain_text("Allowed")
     page.get_by_label("Test rule kind").select_option("null")
     page.get_by_role("button", name="Run test").click()
     page.get_by_test_id("rule-test-result").get_by_text("Denied").wait_for()
@@ -378,7 +387,7 @@ def test_tour_and_screenshots(page: Any, server: Any, api: Api) -> None:
     audit.get_by_text("record.update").first.wait_for()
     audit.get_by_text("collection.create").first.wait_for()
     page.get_by_role("button", name="Verify chains").click()
-    assert "intact" in page.get_by_test_id("verify-result").inner_text()
+    expect(page.get_by_test_id("verify-result")).to_contain_text("intact")
     shot(page, "audit-log")
     audit.get_by_role("row").filter(has_text="record.update").first.click()
     changes = page.get_by_test_id("audit-changes")
@@ -418,7 +427,8 @@ def test_tour_and_screenshots(page: Any, server: Any, api: Api) -> None:
         page.get_by_role("heading", name=heading, exact=True).wait_for()
         page.wait_for_load_state("networkidle")
         shot(page, name)
-    assert page.get_by_test_id("count-collections").inner_text() == "1"
+    # The dashboard shows "—" until its counts arrive: wait for the text, never read it at once.
+    expect(page.get_by_test_id("count-collections")).to_have_text("1")
 
     # a rename keeps the data, a drop says what happens to it before anything changes
     nav(page, "samples").click()
