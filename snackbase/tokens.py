@@ -16,7 +16,6 @@ import time
 from functools import lru_cache
 from typing import Any
 
-import jwt
 import msgspec
 
 from snackbase.config import Settings
@@ -38,7 +37,12 @@ def _key(secret: str) -> bytes:
     return secret.encode("utf-8")
 
 
-_jwt = jwt.PyJWT()
+@lru_cache(maxsize=1)
+def _jwt() -> Any:
+    # Imported on first use: pyjwt pulls in urllib.request for its JWKS client, ~3 MiB of idle memory.
+    import jwt
+
+    return jwt.PyJWT()
 
 
 def mint_access_token(
@@ -55,7 +59,7 @@ def mint_access_token(
         "exp": now + ttl,
         "iss": ISSUER,
     }
-    return _jwt.encode(claims, _key(settings.secret_key), algorithm=ALGORITHM)
+    return str(_jwt().encode(claims, _key(settings.secret_key), algorithm=ALGORITHM))
 
 
 class _Claims(msgspec.Struct):
