@@ -147,11 +147,9 @@ def _close_on_error(db: Database) -> Iterator[None]:
 
 
 def start_auth(settings: Settings, db: Database) -> None:
-    """Warms the dummy password hash and creates the SNACKBASE_SUPERADMIN_EMAIL superadmin if missing."""
-    from snackbase.passwords import params_for, warm_up
+    """Creates the SNACKBASE_SUPERADMIN_EMAIL superadmin if missing."""
     from snackbase.users import ensure_superadmin_from_settings
 
-    warm_up(params_for(settings.environment))
     ensure_superadmin_from_settings(settings, db.conn)
 
 

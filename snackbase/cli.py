@@ -7,7 +7,6 @@ line `snackbase: error: …` on stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
-import code
 import contextlib
 import errno
 import json
@@ -121,6 +120,9 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
         "proxy_headers": False,
         "timeout_graceful_shutdown": 10,
         "lifespan": "on",
+        # No WebSocket endpoint exists yet (realtime is not built): not loading a WebSocket protocol
+        # keeps ~1 MiB off an idle server. Realtime will set this back to "websockets".
+        "ws": "none",
     }
 
 
@@ -200,6 +202,8 @@ def init_db(data_dir: str | None, force: bool) -> None:
 @data_dir_option
 def shell(data_dir: str | None) -> None:
     """A Python shell with `settings`, `db` (apsw connection) and `q(sql, *params)`."""
+    import code
+
     from snackbase.app import open_database
 
     settings = settings_from(data_dir=data_dir)

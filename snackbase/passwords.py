@@ -14,11 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-
-from argon2 import PasswordHasher, Type
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from typing import TYPE_CHECKING
 
 from snackbase.errors import ApiError, FieldErrors, field_error
+
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
 
 MAX_LENGTH = 128
 # Beyond this many queued hash jobs the server answers 503 instead of queueing without bound.
@@ -46,6 +47,10 @@ def params_for(environment: str) -> Argon2Params:
 
 @cache
 def hasher(params: Argon2Params) -> PasswordHasher:
+    # argon2 (with cffi) is imported on the first password operation, not at start: an idle server
+    # that nobody logs in to does not carry it.
+    from argon2 import PasswordHasher, Type
+
     return PasswordHasher(
         time_cost=params.time_cost,
         memory_cost=params.memory_kib,
@@ -83,10 +88,15 @@ def _hash_sync(params: Argon2Params, password: str) -> str:
 
 
 def _verify_sync(params: Argon2Params, stored: str | None, password: str) -> tuple[bool, bool]:
-    """(matches, needs_rehash); an unknown user (stored None) verifies against the dummy hash."""
-    ph = hasher(params)
+    """(matches, needs_rehash); an unknown user (stored None) verifies against the dummy hash.
+
+    The dummy hash is made on the first verification of any kind (then cached), so the first login
+    after a start costs the same whether the user exists or not."""
+    from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+    ph, dummy = hasher(params), dummy_hash(params)
     try:
-        ph.verify(stored or dummy_hash(params), normalize(password))
+        ph.verify(stored or dummy, normalize(password))
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False, False
     if stored is None:
@@ -101,11 +111,6 @@ async def hash_password(params: Argon2Params, password: str) -> str:
 async def verify_password(params: Argon2Params, stored: str | None, password: str) -> tuple[bool, bool]:
     matches, rehash = await _run(_verify_sync, params, stored, password)
     return bool(matches), bool(rehash)
-
-
-def warm_up(params: Argon2Params) -> None:
-    """Computes the dummy hash ahead of the first login, off the event loop."""
-    _executor.submit(dummy_hash, params)
 
 
 @cache

@@ -7,7 +7,6 @@ PII in `changes` is masked (SPEC section 7) unless the caller is a superadmin or
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -158,6 +157,8 @@ async def _export_chunks(request: Request, view: View, where: str, params: list[
 
 
 def _csv_line(values: Any) -> str:
+    import csv  # exports only: not loaded by an idle server
+
     out = io.StringIO()
     csv.writer(out, lineterminator="\r\n").writerow(values)
     return out.getvalue()
@@ -166,6 +167,8 @@ def _csv_line(values: Any) -> str:
 def _csv_rows(rows: list[dict[str, Any]]) -> str:
     # Values are written exactly as stored (no spreadsheet-formula escaping): an audit export must be
     # byte-faithful to be verifiable. Open it in a spreadsheet as text.
+    import csv
+
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerows(["" if r[c] is None else r[c] for c in CSV_COLUMNS] for r in rows)
