@@ -30,7 +30,7 @@ from snackbase.schema import Collection, quote_ident
 from snackbase.times import now_iso
 
 MAX_BATCH_OPS = 100
-# Write-pipeline seams: called with (conn, event) inside the transaction (audit) or after commit.
+# Work a write leaves for after its commit (hooks after_*, and later realtime).
 Effect = Callable[[], None]
 
 
@@ -47,7 +47,7 @@ class WriteContext:
 
 @dataclass(frozen=True)
 class WriteEvent:
-    """What the in-transaction listeners (the audit trail) receive for each record change."""
+    """One record change, for the audit entry (in the transaction) and the commit listeners."""
 
     action: str  # record.create | record.update | record.delete
     collection: Collection
@@ -59,7 +59,6 @@ class WriteEvent:
 
 
 WriteListener = Callable[[apsw.Connection, WriteEvent], None]
-write_listeners: list[WriteListener] = []
 # Called after commit with the event (hooks after_*; realtime publishing will listen here too).
 commit_listeners: list[WriteListener] = []
 
@@ -148,7 +147,7 @@ def _run_write(
 
 
 def _emit(conn: apsw.Connection, event: WriteEvent) -> None:
-    """In the write's transaction: the audit entry, then other listeners; after commit: the rest."""
+    """In the write's transaction: the audit entry; after commit: the commit listeners."""
     pii = {f.name: f.mask or "full" for f in event.collection.fields if f.pii}
     audit.append(
         conn, account_id=event.account_id, actor=event.ctx.actor, action=event.action,
@@ -156,8 +155,6 @@ def _emit(conn: apsw.Connection, event: WriteEvent) -> None:
         changes=audit.diff(event.old, event.new, pii=pii),
         reason=event.ctx.reason, meta=event.ctx.meta,
     )  # fmt: skip
-    for listener in write_listeners:
-        listener(conn, event)
     if commit_listeners:
         event.ctx.after_commit.append(lambda: _committed(conn, event))
 
