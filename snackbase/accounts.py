@@ -123,3 +123,16 @@ def create_account(
 
 def is_system(account_id: str) -> bool:
     return account_id == SYSTEM_ACCOUNT_ID
+
+
+def clean_name(value: str, field: str) -> str:
+    """An account name as stored: inner whitespace collapsed; empty or control characters are 400."""
+    name = " ".join(value.split())
+    if not name or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ApiError(
+            400,
+            "validation_failed",
+            "The name is not valid.",
+            field_error(field, "invalid", "Must be non-empty text without control characters."),
+        )
+    return name

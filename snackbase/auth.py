@@ -442,3 +442,8 @@ def audit_change(
         extra=extra,
     )
     return True
+
+
+def audit_by_caller(request: Request, auth: Auth, action: str, **entry: Any) -> bool:
+    """`audit_change` for a change made by the authenticated caller of `request`."""
+    return audit_change(request.app.state.db.conn, request, audit.actor_from_auth(auth), action, **entry)

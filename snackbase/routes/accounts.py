@@ -9,8 +9,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from snackbase import audit
-from snackbase.accounts import check_slug, create_account, get_account, is_system, public_account, slug_taken
-from snackbase.auth import Auth, audit_change, forget_accounts, require_account_admin, require_superadmin
+from snackbase.accounts import (
+    check_slug,
+    clean_name,
+    create_account,
+    get_account,
+    is_system,
+    public_account,
+    slug_taken,
+)
+from snackbase.auth import (
+    Auth,
+    audit_by_caller,
+    forget_accounts,
+    require_account_admin,
+    require_superadmin,
+)
 from snackbase.db import fetch_value
 from snackbase.errors import ApiError, field_error
 from snackbase.paging import page_of
@@ -32,18 +46,6 @@ class PatchAccountBody(msgspec.Struct, forbid_unknown_fields=True):
     slug: Slug | None = None
 
 
-def clean_name(value: str) -> str:
-    name = " ".join(value.split())
-    if not name or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise ApiError(
-            400,
-            "validation_failed",
-            "The name is not valid.",
-            field_error("name", "invalid", "Must be non-empty text without control characters."),
-        )
-    return name
-
-
 def visible_account(request: Request, auth: Auth) -> dict[str, Any]:
     account = get_account(request.app.state.db.conn, request.path_params["id"])
     if account is None or (not auth.is_superadmin and account["id"] != auth.account_id):
@@ -62,7 +64,7 @@ async def create(request: Request) -> Response:
     conn = request.app.state.db.conn
     body = await read_struct(request, CreateAccountBody)
     reason = audit.reason_from(request)
-    name = clean_name(body.name)
+    name = clean_name(body.name, "name")
     with conn:
         account = create_account(conn, name, body.slug, slug_field="slug")
         _audit(request, auth, "account.create", account["id"], None, _view(account), reason)
@@ -93,7 +95,7 @@ async def patch(request: Request) -> Response:
                 "This account slug is already taken.",
                 field_error("slug", "slug_taken", "Choose another slug."),
             )
-    name = clean_name(body.name) if body.name is not None else account["name"]
+    name = clean_name(body.name, "name") if body.name is not None else account["name"]
     slug = body.slug or account["slug"]
     with conn:
         conn.execute(
@@ -137,10 +139,9 @@ def _audit(
     extra: dict[str, Any] | None = None,
 ) -> None:
     """The account's entry, in its own chain; an update that changed nothing has none."""
-    audit_change(
-        request.app.state.db.conn,
+    audit_by_caller(
         request,
-        audit.actor_from_auth(auth),
+        auth,
         action,
         account_id=account_id,
         collection="accounts",

@@ -9,11 +9,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from snackbase import audit, onetime, throttle
-from snackbase.accounts import create_account, get_account, public_account
+from snackbase.accounts import clean_name, create_account, get_account, public_account
 from snackbase.auth import (
     ACCOUNT_ID_RE,
     SLUG_RE,
     active_sessions,
+    audit_by_caller,
     audit_change,
     create_session,
     find_account_id,
@@ -94,18 +95,6 @@ def client_ip(request: Request) -> str:
 
 def user_agent(request: Request) -> str:
     return request.headers.get("user-agent", "")[:256]
-
-
-def clean_name(value: str, field: str) -> str:
-    name = " ".join(value.split())
-    if not name or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise ApiError(
-            400,
-            "validation_failed",
-            "The name is not valid.",
-            field_error(field, "invalid", "Must be non-empty text without control characters."),
-        )
-    return name
 
 
 def open_session(request: Request, user: dict[str, Any]) -> tuple[str, str]:
@@ -272,10 +261,9 @@ async def logout(request: Request) -> Response:
 def _audit_logout(request: Request, auth: Any, scope: str, session_id: str | None, ended: list[str]) -> None:
     """`auth.logout` for logout (`scope` "session"), logout-all ("all") and revoking one session
     ("revoke"); `extra` lists the sessions that ended."""
-    audit_change(
-        request.app.state.db.conn,
+    audit_by_caller(
         request,
-        audit.actor_from_auth(auth),
+        auth,
         "auth.logout",
         account_id=str(auth.account_id),
         collection="sessions",

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from snackbase import audit
-from snackbase.auth import Auth, audit_change, require_account_admin
+from snackbase.auth import Auth, audit_by_caller, require_account_admin
 from snackbase.db import fetch_all, fetch_one
 from snackbase.errors import ApiError, field_error
 from snackbase.ids import uuid7
@@ -55,10 +55,9 @@ def _audit(
     extra: dict[str, Any] | None = None,
 ) -> None:
     """The group's entry (call inside the change's transaction); an update that changed nothing has none."""
-    audit_change(
-        request.app.state.db.conn,
+    audit_by_caller(
         request,
-        audit.actor_from_auth(auth),
+        auth,
         action,
         account_id=group["account_id"],
         collection="groups",

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from snackbase import audit
-from snackbase.auth import audit_change, require_superadmin, require_user
+from snackbase.auth import audit_by_caller, require_superadmin, require_user
 from snackbase.db import fetch_one, fetch_value
 from snackbase.errors import ApiError, field_error
 from snackbase.ids import SYSTEM_ACCOUNT_ID
@@ -107,10 +107,9 @@ def _audit(
     reason: str | None,
 ) -> None:
     """Roles are shared by all accounts, so their changes go into the system account's chain."""
-    audit_change(
-        request.app.state.db.conn,
+    audit_by_caller(
         request,
-        audit.actor_from_auth(auth),
+        auth,
         action,
         account_id=SYSTEM_ACCOUNT_ID,
         collection="roles",

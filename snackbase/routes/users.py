@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from snackbase import audit, throttle
-from snackbase.auth import Auth, audit_change, require_account_admin, revoke_user_sessions
+from snackbase.auth import Auth, audit_by_caller, require_account_admin, revoke_user_sessions
 from snackbase.errors import ApiError
 from snackbase.paging import page_of
 from snackbase.passwords import check_policy, hash_password, params_for
@@ -92,10 +92,9 @@ def _audit(
     reason: str | None,
     extra: dict[str, Any] | None = None,
 ) -> bool:
-    return audit_change(
-        request.app.state.db.conn,
+    return audit_by_caller(
         request,
-        audit.actor_from_auth(auth),
+        auth,
         action,
         account_id=user["account_id"],
         collection="users",
