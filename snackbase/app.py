@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await serve_hooks(app)
+        db.checkpoint_in_background()
         optimizer = asyncio.create_task(db.optimize_periodically())
         yield
         optimizer.cancel()

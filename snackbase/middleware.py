@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import time
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from snackbase.errors import ApiError, envelope
+from snackbase.ids import random_bytes
 from snackbase.logs import log_access, request_context
 from snackbase.web import encode_json
 
@@ -39,7 +39,7 @@ def request_id_from(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id" and _SAFE_REQUEST_ID.fullmatch(value):
             return value.decode()
-    return secrets.token_hex(12)
+    return random_bytes(12).hex()
 
 
 class RequestMiddleware:

@@ -14,10 +14,18 @@ def format_ts(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+# now_iso formats the date and time once per second: strftime was ~4% of a create's CPU time.
+# (the Unix second last formatted, its "YYYY-MM-DDTHH:MM:SS"): replaced whole, so threads see a pair.
+_second: tuple[int, str] = (-1, "")
+
+
 def now_iso() -> str:
-    # time.gmtime + strftime: a third of the cost of going through datetime, on every write.
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    global _second
+    ms = time.time_ns() // 1_000_000
+    second, text = _second
+    if ms // 1000 != second:
+        _second = second, text = ms // 1000, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000))
+    return f"{text}.{ms % 1000:03d}Z"
 
 
 def parse_ts(text: str) -> datetime:

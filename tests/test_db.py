@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import apsw
@@ -67,3 +68,66 @@ def test_worker_thread_has_its_own_connection(tmp_path: Path) -> None:
     assert count == 1
     db.close()
     assert not (tmp_path / "x.db-wal").exists() or (tmp_path / "x.db-wal").stat().st_size == 0
+
+
+PAGE = 2048
+WAL_FRAME = PAGE + 24  # each WAL frame: a 24-byte header and one page
+
+
+async def _commit_rows(db: Database, commits: int) -> None:
+    """One row of ~1.5 KiB per commit (about one new page each), yielding to the loop in between
+    as a server does between requests."""
+    for _ in range(commits):
+        with db.conn:
+            db.conn.execute("INSERT INTO t VALUES (randomblob(1500))")
+        await asyncio.sleep(0)
+
+
+def test_checkpoints_run_on_the_worker_thread(tmp_path: Path) -> None:
+    # The inline threshold is out of reach: only the worker can have moved pages into the main file.
+    db = Database(tmp_path / "x.db", checkpoint_pages=50, wal_reset_pages=1_000_000)
+
+    async def scenario() -> int:
+        db.checkpoint_in_background()
+        db.conn.execute("CREATE TABLE t (x BLOB)")
+        await _commit_rows(db, 400)
+        await db.in_worker(lambda conn: None)  # the last checkpoint job has finished
+        return (tmp_path / "x.db").stat().st_size
+
+    main_file_bytes = asyncio.run(scenario())
+    assert main_file_bytes > 300 * 1500  # most rows are in the database file, not only in the WAL
+    assert fetch_value(db.conn, "SELECT count(*) FROM t") == 400
+    db.close()
+
+
+def test_the_wal_stays_bounded_while_the_worker_is_busy(tmp_path: Path) -> None:
+    db = Database(tmp_path / "x.db", checkpoint_pages=20, wal_reset_pages=100)
+    release = threading.Event()
+
+    async def scenario() -> int:
+        db.checkpoint_in_background()
+        db.conn.execute("CREATE TABLE t (x BLOB)")
+        busy = asyncio.ensure_future(db.in_worker(lambda conn: release.wait(30)))  # a long export
+        await _commit_rows(db, 1_000)
+        wal_bytes = (tmp_path / "x.db-wal").stat().st_size
+        release.set()
+        await busy
+        return wal_bytes
+
+    wal_bytes = asyncio.run(scenario())
+    # ~1,000 pages were written; the inline checkpoint let the WAL start over at ~100 pages each time.
+    assert wal_bytes < 200 * WAL_FRAME
+    assert fetch_value(db.conn, "SELECT count(*) FROM t") == 1_000
+    assert fetch_value(db.conn, "PRAGMA integrity_check") == "ok"
+    db.close()
+
+
+def test_without_the_background_checkpointer_sqlite_checkpoints_on_commit(tmp_path: Path) -> None:
+    # CLI commands and tests use the connection without a running server loop.
+    db = Database(tmp_path / "x.db")
+    db.conn.execute("CREATE TABLE t (x BLOB)")
+    for _ in range(1_500):
+        with db.conn:
+            db.conn.execute("INSERT INTO t VALUES (randomblob(1500))")
+    assert (tmp_path / "x.db-wal").stat().st_size < 1_200 * WAL_FRAME
+    db.close()
