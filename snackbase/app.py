@@ -12,7 +12,6 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -25,7 +24,7 @@ from snackbase.db import Database
 from snackbase.errors import ApiError, error_response
 from snackbase.hook_loader import HookMiddleware, serve_hooks, start_hooks, terminate_hooks
 from snackbase.macros import MacroStore
-from snackbase.middleware import RequestMiddleware
+from snackbase.middleware import ExceptionHandlers, RequestMiddleware
 from snackbase.migrations import migrate, refuse_newer
 from snackbase.routes import RouteTable, audit, collections, health, macros, records, signatures
 from snackbase.routes import accounts as accounts_routes
@@ -92,14 +91,18 @@ def open_database(settings: Settings) -> Database:
 
 
 class SnackBaseApp(Starlette):
-    """Starlette without its outermost ServerErrorMiddleware: RequestMiddleware, the first layer inside
-    it, already logs any unhandled exception and answers the enveloped 500, so the second wrapper only
-    cost a coroutine around the app and around each `send` (~3% of a create's time, measured)."""
+    """Starlette with a leaner middleware stack around the same router and middleware.
+
+    Starlette wraps the app in ServerErrorMiddleware (outermost) and ExceptionMiddleware (innermost),
+    each adding a coroutine around the app and around every `send`. RequestMiddleware, our outermost
+    layer, already logs any unhandled exception and answers the enveloped 500, and ExceptionHandlers
+    gives routes their error handlers without the wrapping: together ~3-5% of a create's time."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        stack = super().build_middleware_stack()
-        assert isinstance(stack, ServerErrorMiddleware)
-        return stack.app
+        app: ASGIApp = ExceptionHandlers(self.router, self.exception_handlers)
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return app
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

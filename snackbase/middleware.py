@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 
 from snackbase.errors import ApiError, envelope
 from snackbase.ids import random_bytes
@@ -96,3 +99,36 @@ class RequestMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+HttpHandler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+class ExceptionHandlers:
+    """Starlette's ExceptionMiddleware without its per-request wrapping of the app and of `send`.
+
+    A route finds its error handlers in the scope (Starlette wraps every endpoint in its own handler
+    lookup); what escapes the router itself, Starlette's 404 and 405, is answered here — always
+    before any response started, since routing comes first. Anything without a handler goes on up
+    to RequestMiddleware, which answers the bare 500."""
+
+    def __init__(self, app: ASGIApp, handlers: Mapping[Any, ExceptionHandler]) -> None:
+        self.app = app
+        self.handlers: tuple[dict[Any, ExceptionHandler], dict[int, ExceptionHandler]] = (dict(handlers), {})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["starlette.exception_handlers"] = self.handlers
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            handler = self._handler_for(exc)
+            if handler is None or scope["type"] != "http":
+                raise
+            response = await cast(HttpHandler, handler)(Request(scope, receive), exc)
+            await response(scope, receive, send)
+
+    def _handler_for(self, exc: Exception) -> ExceptionHandler | None:
+        for cls in type(exc).__mro__:
+            if cls in self.handlers[0]:
+                return self.handlers[0][cls]
+        return None
