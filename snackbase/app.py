@@ -122,8 +122,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         db.close()
         log.info("database closed after a WAL checkpoint")
 
-    # The API first: each route tried before a match costs a regex (see api_tables).
-    routes = build_routes(settings.api_prefix, api_tables()) + build_routes("", [health.root_routes])
+    # The three probes first (load balancers call them often), then the API (see api_tables).
+    routes = build_routes("", [health.root_routes]) + build_routes(settings.api_prefix, api_tables())
     routes += [Route(UI_PREFIX.rstrip("/"), admin_ui_redirect), Route(UI_PREFIX + "{path:path}", admin_ui)]
     middleware = [Middleware(RequestMiddleware, ui_prefix=UI_PREFIX)]
     if settings.cors_origin_list:
