@@ -5,8 +5,8 @@ connections: get by id, a list of 20 with a filter and newest-first sort, and cr
 public rules (anonymous) and with rules that need a signed-in user (a user token).
 
 Both servers run at once and only one is under load at a time: every scenario is measured three
-times (`--rounds`), alternating the servers, and the median round is reported, so drift of this
-shared machine during the run (it moves results by ±10%) hits both alike.
+times (`--rounds`), alternating the servers and which goes first, and the median round is reported,
+so drift of this shared machine during the run (it moves results by ±10%) hits both alike.
 
 The reads run before the creates, so both servers read exactly the 10,000 seeded rows. (Run after the
 creates, the list would read whatever each server created in its 10 s — more rows for the faster
@@ -253,8 +253,8 @@ def _median(results: list[Result]) -> Result:
 
 def run(duration: int, connections: int, rounds: int = 3) -> list[Result]:
     """Both servers run at once, pinned to the same core, and only one is under load at a time: each
-    scenario is measured `rounds` times, alternating SnackBase and PocketBase, so drift of this shared
-    machine during the run hits both alike. Reported: the median round of each."""
+    scenario is measured `rounds` times, alternating SnackBase and PocketBase (and which goes first),
+    so drift of this shared machine during the run hits both alike. Reported: the median round of each."""
     servers: list[Server] = []
     try:
         sb = Server(
@@ -276,11 +276,13 @@ def run(duration: int, connections: int, rounds: int = 3) -> list[Result]:
         results: list[Result] = []
         for scenario in scenarios:
             runs: dict[str, list[Result]] = {"snackbase": [], "pocketbase": []}
-            for _ in range(rounds):
-                runs["snackbase"].append(_measure("snackbase", scenario, duration, connections))
-                if scenario[0] in pb_scenarios:
-                    pb_scenario = pb_scenarios[scenario[0]]
-                    runs["pocketbase"].append(_measure("pocketbase", pb_scenario, duration, connections))
+            pair = {"snackbase": scenario, "pocketbase": pb_scenarios.get(scenario[0])}
+            for round_ in range(rounds):
+                # SnackBase first in even rounds, PocketBase first in odd ones: neither always goes first.
+                for name in sorted(pair, reverse=round_ % 2 == 0):
+                    own = pair[name]
+                    if own is not None:
+                        runs[name].append(_measure(name, own, duration, connections))
             raw += runs["snackbase"] + runs["pocketbase"]
             results += [_median(r) for r in runs.values() if r]
     finally:
