@@ -6,6 +6,7 @@ import os
 import re
 import time
 import uuid
+import warnings
 
 import pytest
 
@@ -34,7 +35,9 @@ def test_random_pool_never_repeats_bytes_across_refills() -> None:
 def test_forked_child_does_not_reuse_the_parents_random_bytes() -> None:
     ids.random_bytes(1)  # the parent has a filled pool
     read, write = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():  # Python 3.12+ warns about forking a process that has threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # the child: report its next bytes, then leave without running pytest's teardown
         os.write(write, ids.random_bytes(16))
         os._exit(0)
