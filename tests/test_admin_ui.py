@@ -452,3 +452,38 @@ def test_tour_and_screenshots(page: Any, server: Any, api: Api) -> None:
     nav(page, "Audit log").click()
     page.get_by_test_id("audit-table").wait_for()
     shot(page, "narrow")
+
+
+def test_pager_and_row_actions_report_their_outcome(page: Any, server: Any, api: Api) -> None:
+    """The shared pager pages through a list; a row action toasts its success and reloads the list,
+    or toasts the server's refusal and leaves the list as it was."""
+    for i in range(10):
+        seed_account(api, f"Tenant {i:02d}")  # with "Roles Holder" and the system account: 12 accounts
+    api.call("POST", "/roles", {"name": "auditor"})
+    api.call("POST", "/roles", {"name": "reviewer"})
+    account = seed_account(api, "Roles Holder")
+    api.call("POST", "/users", {"email": "rev@acme.example", "password": USER_PASSWORD, "role": "reviewer",
+                                "account_id": account["id"]})  # fmt: skip
+    sign_in(page, server.url)
+    page.get_by_role("heading", name="Dashboard").wait_for()
+
+    nav(page, "Accounts").click()
+    pager = page.get_by_role("navigation", name="Pages")
+    expect(pager).to_contain_text("12 items")
+    pager.get_by_label("Per page").select_option("10")
+    expect(pager).to_contain_text("Page 1 of 2")
+    pager.get_by_role("button", name="Next page").click()
+    expect(pager).to_contain_text("Page 2 of 2")
+    expect(page.locator("table tbody tr")).to_have_count(2)
+
+    nav(page, "Roles").click()
+    row = page.get_by_role("row").filter(has_text="auditor")
+    row.get_by_role("button", name="Delete").click()
+    page.get_by_test_id("confirm-ok").click()
+    expect(page.get_by_role("status")).to_contain_text("Role deleted")
+    row.wait_for(state="detached")
+    held = page.get_by_role("row").filter(has_text="reviewer")
+    held.get_by_role("button", name="Delete").click()  # a user holds it: the server refuses
+    page.get_by_test_id("confirm-ok").click()
+    expect(page.get_by_role("status").locator(".toast.error")).to_contain_text("still have this role")
+    expect(held).to_have_count(1)

@@ -25,6 +25,19 @@ export function toast(message, kind = "success") {
   }, kind === "error" ? 7000 : 3000);
 }
 
+/** Runs `action` (an API call); toasts `done` when it succeeds and the error's message when it fails.
+ * Returns whether it succeeded, so the caller reloads only then. */
+export async function attempt(action, done) {
+  try {
+    await action();
+    toast(done);
+    return true;
+  } catch (err) {
+    toast(err.message, "error");
+    return false;
+  }
+}
+
 export function fmtDate(value) {
   if (!value) return "—";
   const d = new Date(value);
