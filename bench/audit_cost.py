@@ -12,7 +12,6 @@ both alike; the medians are printed.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import records
-from harness import Server, wrk
+from harness import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 _SERVE = "import sys; sys.argv[0] = 'snackbase'; {patch}from snackbase.cli import main; main()"
@@ -45,16 +44,7 @@ def create_rate(code: str, duration: int, connections: int) -> tuple[float, floa
     try:
         setup = records.snackbase_setup(server)
         scenario = {s[0]: s for s in records.snackbase_scenarios(server, setup)}["create (public)"]
-        result = wrk(
-            scenario[2],
-            scenario="create (public)",
-            server="snackbase",
-            method="POST",
-            body=json.dumps(records.BODY),
-            headers={**scenario[3], "content-type": "application/json"},
-            duration_s=duration,
-            connections=connections,
-        )
+        result = records.measure("snackbase", scenario, duration, connections)
         return result.requests_per_s, result.p99_ms
     finally:
         server.stop()

@@ -227,7 +227,7 @@ def pocketbase_scenarios(server: Server, setup: dict[str, Any]) -> list[tuple[st
 # --- run -----------------------------------------------------------------------------------------
 
 
-def _measure(
+def measure(
     name: str, scenario: tuple[str, str, str, dict[str, str]], duration: int, connections: int
 ) -> Result:
     label, method, url, headers = scenario
@@ -282,7 +282,7 @@ def run(duration: int, connections: int, rounds: int = 3) -> list[Result]:
                 for name in sorted(pair, reverse=round_ % 2 == 0):
                     own = pair[name]
                     if own is not None:
-                        runs[name].append(_measure(name, own, duration, connections))
+                        runs[name].append(measure(name, own, duration, connections))
             raw += runs["snackbase"] + runs["pocketbase"]
             results += [_median(r) for r in runs.values() if r]
     finally:
