@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import apsw
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -20,9 +21,11 @@ from starlette.types import ASGIApp
 from snackbase.auth import AuthMiddleware
 from snackbase.collections import Registry
 from snackbase.config import Settings, ensure_data_dir, load_settings, with_secret_key
+from snackbase.context import scope_caller
 from snackbase.db import Database
-from snackbase.errors import ApiError, error_response
+from snackbase.errors import ApiError, database_error, error_response
 from snackbase.hook_loader import HookMiddleware, serve_hooks, start_hooks, terminate_hooks
+from snackbase.hooks import hooks
 from snackbase.macros import MacroStore
 from snackbase.middleware import ExceptionHandlers, RequestMiddleware
 from snackbase.migrations import migrate, refuse_newer
@@ -142,7 +145,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = SnackBaseApp(
         routes=routes,
         middleware=middleware,
-        exception_handlers={ApiError: handle_api_error, HTTPException: handle_http_exception},
+        exception_handlers={
+            ApiError: handle_api_error,
+            HTTPException: handle_http_exception,
+            # Errors by kind, wherever they happen (reads too): busy → 503 busy, the statement budget →
+            # 503 statement_timeout, a constraint → 409 named by its result code.
+            apsw.BusyError: handle_database_error,
+            apsw.InterruptError: handle_database_error,
+            apsw.ConstraintError: handle_database_error,
+        },
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -150,6 +161,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.registry = Registry()
     app.state.macros = MacroStore()
     start_auth(settings, db)
+    hooks.make_caller = scope_caller  # hook events get the request's one caller
     with _close_on_error(db):  # a broken hook file refuses the start (one line in the CLI)
         start_hooks(app, settings.hooks_path)
     return app
@@ -183,6 +195,10 @@ def request_id(request: Request) -> str:
 async def handle_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return error_response(exc, request_id(request))
+
+
+async def handle_database_error(request: Request, exc: Exception) -> Response:
+    return error_response(database_error(exc), request_id(request))
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:

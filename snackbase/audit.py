@@ -178,7 +178,7 @@ RETURNING account_seq, hash, (SELECT coalesce(max(seq), 0) FROM audit_log)
 """
 
 
-def _differs(a: Any, b: Any) -> bool:
+def differs(a: Any, b: Any) -> bool:
     # 1 == True and 1 == 1.0 in Python, but a change from 1 to true is a change in the record.
     return a != b or type(a) is not type(b)
 
@@ -200,7 +200,7 @@ def diff(
         if name in skipped:
             continue
         before, after = old.get(name), new.get(name)
-        if _differs(before, after):
+        if differs(before, after):
             change = {"old": before, "new": after}
             if pii and name in pii:
                 change["mask"] = pii[name]

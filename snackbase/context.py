@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import apsw
 from starlette.requests import Request
+from starlette.types import Scope
 
 from snackbase import audit, macros
 from snackbase.auth import Auth, find_account_id, get_auth, user_groups
@@ -14,7 +15,7 @@ from snackbase.errors import ApiError
 from snackbase.filter import FilterError
 from snackbase.ids import SYSTEM_ACCOUNT_ID
 from snackbase.macros import MacroStore
-from snackbase.records import WriteContext
+from snackbase.record_changes import WriteContext
 from snackbase.rules import Caller
 from snackbase.users import get_user
 
@@ -24,24 +25,26 @@ def _no_groups() -> frozenset[str]:
 
 
 async def caller_for(request: Request) -> Caller:
-    """The caller as rules see it. A superadmin's scope is the account named by X-Account-ID, or all."""
-    auth = await get_auth(request)
+    """The request's one caller — for rules, the audit trail, hooks and `event.records` alike — built
+    once per request. A superadmin's scope is the account named by X-Account-ID, or all accounts."""
+    state = request.scope.setdefault("state", {})
+    caller = state.get("caller")
+    if caller is None:
+        caller = state["caller"] = _build_caller(request, await get_auth(request))
+    assert isinstance(caller, Caller)
+    return caller
+
+
+def _build_caller(request: Request, auth: Auth) -> Caller:
     conn = request.app.state.db.conn
     macro = _macro_runner(conn, request.app.state.macros)
     if auth.is_superadmin:
-        return Caller(auth.user_id, _named_account(request), auth.email, auth.role, True, _no_groups, macro)
+        return Caller(auth.user_id, _named_account(request), auth.email, auth.role, True, _no_groups, macro,
+                      session_id=auth.session_id, method=auth.method)  # fmt: skip
     if auth.user_id is None:
-        return Caller(None, auth.account_id, None, None, False, _no_groups, macro)
-    return Caller(
-        auth.user_id,
-        auth.account_id,
-        auth.email,
-        auth.role,
-        False,
-        _groups_of(conn, auth.user_id),
-        macro,
-        auth.pii_access,
-    )
+        return Caller(None, auth.account_id, None, None, False, _no_groups, macro, method="anonymous")
+    return Caller(auth.user_id, auth.account_id, auth.email, auth.role, False, _groups_of(conn, auth.user_id),
+                  macro, auth.pii_access, auth.session_id, auth.method)  # fmt: skip
 
 
 def _groups_of(conn: apsw.Connection, user_id: str) -> Callable[[], frozenset[str]]:
@@ -77,10 +80,7 @@ def _named_account(request: Request) -> str | None:
 
 
 async def write_context(request: Request, caller: Caller) -> WriteContext:
-    auth: Auth = await get_auth(request)
-    return WriteContext(
-        caller, audit.actor_from_auth(auth), audit.meta_from_request(request), _header_reason(request)
-    )
+    return WriteContext(caller, audit.meta_from_request(request), _header_reason(request))
 
 
 async def change_context(request: Request) -> ChangeContext:
@@ -116,3 +116,15 @@ def caller_for_user(request: Request, user_id: str) -> Caller:
         _groups_of(conn, row["id"]),
         _macro_runner(conn, request.app.state.macros),
     )
+
+
+def scope_caller(scope: Scope) -> Caller | None:
+    """The request's one caller for hook events fired while it is served (see HookRegistry.fill)."""
+    state = scope.get("state") or {}
+    caller = state.get("caller")
+    if caller is None and state.get("auth") is not None:
+        try:
+            caller = state["caller"] = _build_caller(Request(scope), state["auth"])
+        except ApiError:  # X-Account-ID names no account: the route answers that itself
+            return None
+    return caller if isinstance(caller, Caller) else None

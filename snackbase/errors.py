@@ -81,3 +81,65 @@ def error_response(error: ApiError, request_id: str) -> Response:
         media_type="application/json",
         headers=error.headers,
     )
+
+
+# --- database errors by kind (SQLite's result codes, never its message text) ----------------------
+
+BUSY_RETRY_AFTER_S = 1
+
+
+def database_error(exc: Exception) -> ApiError:
+    """The answer to an error SQLite raised: a busy database or an interrupted statement is a 503 the
+    client may retry; a constraint is a 409 named by its kind. Anything else is a 500."""
+    import apsw  # here, not at the top: the pure modules importing this one never need apsw
+
+    if isinstance(exc, apsw.BusyError):
+        return ApiError(
+            503,
+            "busy",
+            "The database is busy with other writes; try again shortly.",
+            headers={"retry-after": str(BUSY_RETRY_AFTER_S)},
+        )
+    if isinstance(exc, apsw.InterruptError):
+        return ApiError(
+            503,
+            "statement_timeout",
+            "The request took longer than the server allows for one database statement.",
+            headers={"retry-after": str(BUSY_RETRY_AFTER_S)},
+        )
+    if isinstance(exc, apsw.ConstraintError):
+        return constraint_error(exc)
+    return ApiError(500)
+
+
+def constraint_kind(exc: Exception) -> str:
+    """`unique`, `foreign_key`, `not_null`, `check` or `other`, from SQLite's extended result code."""
+    import apsw
+
+    code = getattr(exc, "extendedresult", None)
+    return {
+        apsw.SQLITE_CONSTRAINT_UNIQUE: "unique",
+        apsw.SQLITE_CONSTRAINT_PRIMARYKEY: "unique",
+        apsw.SQLITE_CONSTRAINT_FOREIGNKEY: "foreign_key",
+        apsw.SQLITE_CONSTRAINT_NOTNULL: "not_null",
+        apsw.SQLITE_CONSTRAINT_CHECK: "check",
+    }.get(code, "other")
+
+
+def unique_columns(exc: Exception) -> list[str]:
+    """The columns a UNIQUE violation names ("UNIQUE constraint failed: t.account_id, t.code"). The
+    kind comes from the result code; only the columns' names have to be read from the message."""
+    if constraint_kind(exc) != "unique":
+        return []
+    return [part.strip().rsplit(".", 1)[-1] for part in str(exc).split("failed:", 1)[-1].split(",")]
+
+
+def constraint_error(exc: Exception) -> ApiError:
+    kind = constraint_kind(exc)
+    messages = {
+        "unique": "A record with these values already exists.",
+        "foreign_key": "Other records still reference this one, or a reference names no record.",
+        "not_null": "A required value is missing.",
+        "check": "A value is outside what the collection allows.",
+    }
+    return ApiError(409, "conflict", messages.get(kind, "The change violates a constraint."))

@@ -7,6 +7,7 @@ access, the audit trail and other hooks all apply; only `bypass_rules=True` step
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import apsw
@@ -14,7 +15,8 @@ import apsw
 from snackbase import audit
 from snackbase.hooks import MAX_NESTING, Event, _nesting, hooks
 from snackbase.queries import MAX_PER_PAGE, ListQuery, get_record, list_records
-from snackbase.records import WriteContext, create_record, delete_record, run_after_commit, update_record
+from snackbase.record_changes import WriteContext
+from snackbase.records import create_record, delete_record, update_record
 from snackbase.rules import Caller
 
 
@@ -52,10 +54,11 @@ class RecordsHelper:
         return list_records(conn, registry, registry.get(conn, collection), caller, query)
 
     def caller(self, account_id: str | None, bypass_rules: bool) -> Caller:
-        base = _as_caller(self.event.auth)
+        """The event's caller — the request's one Caller, with its groups and pii access — acting
+        through a hook; `bypass_rules` makes it a superadmin scoped to `account_id` or its own account."""
+        base = replace(_as_caller(self.event.auth), method="hook")
         if bypass_rules:
-            target = account_id or base.account_id
-            return Caller(base.user_id, target, base.email, base.role, True, base.groups)
+            return replace(base, account_id=account_id or base.account_id, is_superadmin=True)
         if account_id is not None and account_id != base.account_id:
             raise ValueError("writing into another account than the caller's requires bypass_rules=True")
         return base
@@ -67,6 +70,8 @@ class RecordsHelper:
 
     def _write(self, collection: str, account_id: str | None, bypass_rules: bool, reason: str | None,
                pipeline: Callable[..., Any], *args: Any) -> Any:  # fmt: skip
+        """One unit of work — or, inside a write's before-hook, part of that write's unit: rolled back
+        with it, and its after-commit work waits for that commit."""
         if _nesting.get() >= MAX_NESTING:
             raise RuntimeError(
                 f"hooks nested more than {MAX_NESTING} writes deep (a hook writing what fires it?)"
@@ -75,35 +80,24 @@ class RecordsHelper:
         ctx = self._context(account_id, bypass_rules, reason)
         token = _nesting.set(_nesting.get() + 1)  # held through the after-effects: they may write too
         try:
-            result = pipeline(conn, registry, registry.get(conn, collection), ctx, *args)
-            outer = getattr(self.event, "ctx", None)
-            if conn.in_transaction and outer is not None:  # inside a batch: after-effects wait for its commit
-                outer.after_commit.extend(ctx.after_commit)
-            else:
-                run_after_commit(ctx)
+            return pipeline(conn, registry, registry.get(conn, collection), ctx, *args)
         finally:
             _nesting.reset(token)
-        return result
 
     def _context(self, account_id: str | None, bypass_rules: bool, reason: str | None) -> WriteContext:
-        caller = self.caller(account_id, bypass_rules)
         outer = getattr(self.event, "ctx", None)
         meta = outer.meta if outer is not None else audit.RequestMeta(self.event.request_id, None, None)
-        # The audit trail names the user the hook acted for, with method "hook".
-        actor = audit.Actor(caller.user_id, caller.email, caller.role, "hook")
-        return WriteContext(caller, actor, meta, reason)
+        return WriteContext(self.caller(account_id, bypass_rules), meta, reason)
 
 
 def _no_groups() -> frozenset[str]:
     return frozenset()
 
 
+ANONYMOUS = Caller(None, None, None, None, False, _no_groups, method="anonymous")
+
+
 def _as_caller(auth: Any) -> Caller:
-    """The rules' view of an event's caller: a Caller as it is, an auth.Auth converted, None anonymous."""
-    if isinstance(auth, Caller):
-        return auth
-    if auth is None:
-        return Caller(None, None, None, None, False, _no_groups)
-    is_super = bool(getattr(auth, "is_superadmin", False))
-    account_id = None if is_super else auth.account_id
-    return Caller(auth.user_id, account_id, auth.email, auth.role, is_super, _no_groups)
+    """The event's caller. Events carry the request's Caller; outside a request (app events, the CLI)
+    there is none, and the helper acts as an anonymous caller (only `bypass_rules` gets further)."""
+    return auth if isinstance(auth, Caller) else ANONYMOUS

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from snackbase.hook_records import RecordsHelper
     from snackbase.queries import ListQuery
-    from snackbase.records import WriteContext, WriteEvent
+    from snackbase.record_changes import Change, WriteContext
     from snackbase.schema import Collection
 
 __all__ = ["EVENTS", "Event", "HookAbort", "HookRegistry", "RecordEvent", "hooks"]
@@ -139,8 +139,14 @@ def request_id() -> str | None:
 
 
 def _scope_auth() -> Any:
+    """The caller of the request being served: the request's one Caller (built by the factory the app
+    installs as `hooks.make_caller`), or None outside a request."""
     scope = current_scope.get()
-    return (scope.get("state") or {}).get("auth") if scope else None
+    if scope is None:
+        return None
+    if hooks.make_caller is not None:
+        return hooks.make_caller(scope)
+    return (scope.get("state") or {}).get("auth")
 
 
 @dataclass(kw_only=True)
@@ -247,6 +253,9 @@ class HookRegistry:
         self._tasks: set[asyncio.Task[None]] = set()
         self.loading: Path | None = None  # set by the hook-file loader while a file runs
         self.app: Any = None
+        # The request's caller from its ASGI scope, installed by the app (snackbase.context.scope_caller);
+        # injected, so that this module imports nothing of the request pipeline.
+        self.make_caller: Callable[[Scope], Any] | None = None
         self.slow_seconds = SLOW_HOOK_SECONDS
 
     # registration
@@ -436,11 +445,7 @@ class HookRegistry:
 
     def attach(self, app: Any) -> None:
         """Binds the app whose settings, connection and collections events and the records helper use."""
-        from snackbase import records
-
         self.app = app
-        if _record_committed not in records.commit_listeners:
-            records.commit_listeners.append(_record_committed)
 
     # one-line seams for the synchronous pipeline (snackbase.records, snackbase.mail)
 
@@ -466,6 +471,16 @@ class HookRegistry:
         if not isinstance(event.data, dict):
             raise ApiError(500)
         return event.data
+
+    def record_committed(self, conn: apsw.Connection, change: Change) -> None:
+        """record.after_<action> for a committed change (called by the unit of work after COMMIT)."""
+        op = change.action.removeprefix("record.")
+        record = change.new if change.new is not None else change.old
+        event = RecordEvent(collection=change.collection.name, data=dict(change.new or {}), record=record,
+                            old=change.old if op == "update" else None, auth=change.ctx.caller,
+                            ctx=change.ctx, request_id=change.ctx.meta.request_id or request_id(),
+                            conn=conn)  # fmt: skip
+        self.fire(f"record.after_{op}", event)
 
     def record_list(self, collection: Collection, caller: Caller, query: ListQuery) -> ListQuery:
         if self.has("record.before_list", collection.name):
@@ -574,21 +589,6 @@ def _check_registration(event: str, fn: HookFn, collection: str | None, priority
 hooks = HookRegistry()
 
 
-# --- after-commit: record.after_* from the pipeline's commit listeners ------------------------
-
-
-def _record_committed(conn: apsw.Connection, write: WriteEvent) -> None:
-    op = write.action.removeprefix("record.")
-    name = f"record.after_{op}"
-    if not hooks.has(name, write.collection.name):
-        return
-    record = write.new if write.new is not None else write.old
-    event = RecordEvent(collection=write.collection.name, data=dict(write.new or {}), record=record,
-                        old=write.old if op == "update" else None, auth=write.ctx.caller, ctx=write.ctx,
-                        request_id=write.ctx.meta.request_id or request_id(), conn=conn)  # fmt: skip
-    hooks.fire(name, event)
-
-
 # --- built-ins: listed with reserved priorities, below every user hook (so they run last) ----
 # Descriptive entries: the named function in the pipeline does the work, at the point shown by the
 # priority; they are never called, cannot be unregistered, and exist so `snackbase info` is complete.
@@ -596,19 +596,20 @@ def _record_committed(conn: apsw.Connection, write: WriteEvent) -> None:
 _ISOLATION = "builtin.account_isolation", -10_000
 _TIMESTAMPS = "builtin.timestamps", -10_001
 _AUDIT = "builtin.audit", -10_003
-_IN_TX = "records._emit → audit.append, in the write's transaction"
+_SCOPED = "records._stored_for + rules.scope_clause: only records of the caller's account"
+_IN_TX = "record_changes.record_change → audit.append, in the write's unit of work"
 _BUILTINS = [
     ("record.before_create", *_ISOLATION, "records._target_account: into the caller's account"),
-    ("record.before_create", *_TIMESTAMPS, "records.create_record: created_at = updated_at = now"),
-    ("record.before_create", "builtin.created_by", -10_002, "records.create_record: created_by = the caller"),
+    ("record.before_create", *_TIMESTAMPS, "records._create: created_at = updated_at = now"),
+    ("record.before_create", "builtin.created_by", -10_002, "records._create: created_by = the caller"),
     ("record.before_create", *_AUDIT, _IN_TX),
-    ("record.before_update", *_ISOLATION, "records._stored_for/_scope: only records of the caller's account"),
-    ("record.before_update", *_TIMESTAMPS, "records.update_record: updated_at = now"),
-    ("record.before_update", "builtin.updated_by", -10_002, "records.update_record: updated_by = the caller"),
+    ("record.before_update", *_ISOLATION, _SCOPED),
+    ("record.before_update", *_TIMESTAMPS, "records._update: updated_at = now"),
+    ("record.before_update", "builtin.updated_by", -10_002, "records._update: updated_by = the caller"),
     ("record.before_update", *_AUDIT, _IN_TX),
-    ("record.before_delete", *_ISOLATION, "records._stored_for/_scope: only records of the caller's account"),
+    ("record.before_delete", *_ISOLATION, _SCOPED),
     ("record.before_delete", *_AUDIT, _IN_TX),
-    ("record.before_list", *_ISOLATION, "records._scope: WHERE account_id = the caller's account"),
+    ("record.before_list", *_ISOLATION, "rules.scope_clause: WHERE account_id = the caller's account"),
     *((f"collection.before_{op}", *_AUDIT, "collections._audit, in the change's transaction")
       for op in ("create", "update", "delete")),
 ]  # fmt: skip

@@ -2,7 +2,7 @@
 
 One SELECT per request with the tenant scope, the rule and the client's filter compiled into its
 WHERE clause; `expand` costs one query per expanded field (never one per row). What a caller may see
-of each record (field access, PII masks) is applied by `pii.present` on every path.
+of each record (field access, PII masks, expand) is decided by `snackbase.presenter`.
 """
 
 from __future__ import annotations
@@ -19,12 +19,20 @@ from snackbase.db import fetch_all, fetch_value
 from snackbase.errors import ApiError, field_error
 from snackbase.filter import FilterError, parse_sort
 from snackbase.hooks import hooks
-from snackbase.pii import hidden_fields, present
-from snackbase.rules import ALIAS, Caller, RecordResolver, filter_clause, rule_clause
-from snackbase.schema import SYSTEM_FIELDS, Collection, quote_ident
+from snackbase.pii import hidden_fields
+from snackbase.presenter import check_expand, check_projection, present_rows
+from snackbase.rules import (
+    ALIAS,
+    Caller,
+    RecordResolver,
+    filter_clause,
+    rule_clause,
+    scope_clause,
+    where_clause,
+)
+from snackbase.schema import Collection, quote_ident
 
 MAX_PER_PAGE = 500
-MAX_EXPAND_DEPTH = 3
 
 
 @dataclass
@@ -37,25 +45,6 @@ class ListQuery:
     per_page: int = 30
     skip_total: bool = False
     after: str | None = None  # None: offset paging; "" or a cursor: cursor paging
-
-
-# --- scope --------------------------------------------------------------------------------------
-
-
-def scope_clause(caller: Caller) -> tuple[str, list[Any]]:
-    if caller.account_id is None:
-        if not caller.is_superadmin:
-            raise ApiError(
-                401, "unauthorized", "Authenticate, or name an account with the X-Account-ID header."
-            )
-        return "", []
-    return f"{ALIAS}.account_id = ?", [caller.account_id]
-
-
-def where_clause(*clauses: tuple[str, list[Any]]) -> tuple[str, list[Any]]:
-    parts = [sql for sql, _ in clauses if sql]
-    params = [p for _, ps in clauses for p in ps]
-    return (" WHERE " + " AND ".join(f"({p})" for p in parts) if parts else ""), params
 
 
 # --- reads --------------------------------------------------------------------------------------
@@ -77,9 +66,7 @@ def get_record(
     rows = fetch_all(conn, f"SELECT * FROM {quote_ident(collection.table)} AS {ALIAS}{where}", params)
     if not rows:
         raise ApiError(404, "not_found", "The record was not found.")
-    records = present(collection, caller, "view", [registry.validator(collection).to_json(rows[0])])
-    expand_records(conn, registry, collection, caller, records, expand)
-    return project(records, fields)[0]
+    return present_rows(conn, registry, collection, caller, "view", rows, expand, fields)[0]
 
 
 def list_records(
@@ -128,10 +115,7 @@ def _to_json(
     rows: list[dict[str, Any]],
     query: ListQuery,
 ) -> list[dict[str, Any]]:
-    to_json = registry.validator(collection).to_json
-    records = present(collection, caller, "list", [to_json(row) for row in rows])
-    expand_records(conn, registry, collection, caller, records, query.expand)
-    return project(records, query.fields)
+    return present_rows(conn, registry, collection, caller, "list", rows, query.expand, query.fields)
 
 
 def _sort_keys(sort: str) -> list[tuple[str, bool]]:
@@ -238,85 +222,3 @@ def _cursor_page(
     rows = rows[: query.per_page]
     cursor = _encode_cursor(query.sort, rows[-1], keys) if more else None
     return {"items": _to_json(conn, registry, collection, caller, rows, query), "next_cursor": cursor}
-
-
-# --- projection and expansion -------------------------------------------------------------------
-
-
-def check_projection(collection: Collection, fields: list[str] | None) -> None:
-    for name in fields or ():
-        if name not in collection.field_map and name not in SYSTEM_FIELDS and name != "expand":
-            raise ApiError(
-                400,
-                "bad_request",
-                f"Unknown field '{name[:64]}' in fields.",
-                field_error("fields", "unknown_field", f"'{name[:64]}' is not a field."),
-            )
-
-
-def project(records: list[dict[str, Any]], fields: list[str] | None) -> list[dict[str, Any]]:
-    if not fields:
-        return records
-    keep = [*fields, "expand"]
-    return [{k: r[k] for k in keep if k in r} for r in records]
-
-
-def check_expand(registry: Registry, conn: apsw.Connection, collection: Collection, paths: list[str]) -> None:
-    for path in paths:
-        parts = path.split(".")
-        if len(parts) > MAX_EXPAND_DEPTH:
-            raise ApiError(
-                400, "bad_request", f"expand '{path[:64]}' is deeper than {MAX_EXPAND_DEPTH} levels."
-            )
-        current = collection
-        for part in parts:
-            f = current.field_map.get(part)
-            if f is None or f.type != "reference":
-                raise ApiError(
-                    400,
-                    "bad_request",
-                    f"Cannot expand '{path[:64]}': '{part[:64]}' is not a reference field.",
-                    field_error("expand", "unknown_field", f"'{part[:64]}' is not a reference field."),
-                )
-            current = registry.get(conn, f.options["collection"])
-
-
-def expand_records(
-    conn: apsw.Connection,
-    registry: Registry,
-    collection: Collection,
-    caller: Caller,
-    records: list[dict[str, Any]],
-    paths: list[str] | tuple[str, ...],
-) -> None:
-    """Attaches referenced records under record["expand"][field]; each passes its own view rule."""
-    groups: dict[str, list[str]] = {}
-    for path in paths:
-        head, _, rest = path.partition(".")
-        groups.setdefault(head, [])
-        if rest:
-            groups[head].append(rest)
-    for name, nested in groups.items():
-        target = registry.get(conn, collection.field_map[name].options["collection"])
-        ids = sorted({r[name] for r in records if isinstance(r.get(name), str)})
-        found = _viewable_by_id(conn, registry, target, caller, ids)
-        expand_records(conn, registry, target, caller, list(found.values()), nested)
-        for record in records:
-            if record.get(name) in found:
-                record.setdefault("expand", {})[name] = found[record[name]]
-
-
-def _viewable_by_id(
-    conn: apsw.Connection, registry: Registry, target: Collection, caller: Caller, ids: list[str]
-) -> dict[str, dict[str, Any]]:
-    if not ids:
-        return {}
-    try:
-        rule = rule_clause(target, "view", RecordResolver(target, caller))
-    except ApiError:  # the caller may not view that collection at all: nothing is expanded
-        return {}
-    marks = ", ".join("?" * len(ids))
-    where, params = where_clause(scope_clause(caller), rule, (f"{ALIAS}.id IN ({marks})", ids))
-    rows = fetch_all(conn, f"SELECT * FROM {quote_ident(target.table)} AS {ALIAS}{where}", params)
-    to_json = registry.validator(target).to_json
-    return {r["id"]: r for r in present(target, caller, "view", [to_json(row) for row in rows])}

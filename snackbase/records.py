@@ -1,69 +1,165 @@
 """The record write pipeline — the one place every record change goes through.
 
-hooks before_* (their changes are validated like client input) → validate (schema) → field access →
-rules (create: against the new values, as a CTE; update: the stored row and the result) → ONE
-transaction { references checked in the caller's account, INSERT/UPDATE/DELETE … RETURNING, audit
-entry } → commit → after-commit effects (hooks after_*; realtime will listen here). REST, batch and
-the in-process API of hooks all call these functions. Reads live in `queries`.
+Each write is one unit of work (snackbase.unit_of_work): BEGIN IMMEDIATE → the stored row read and
+checked against the rules as it is now → hooks before_* (inside the transaction, so whatever they
+write is rolled back with it) → validate (schema) → field access → rules on the result → references
+checked in the record's account → INSERT/UPDATE/DELETE … RETURNING, and the rows that references
+cascade to or set to null (snackbase.cascade) → one audit entry per changed row → COMMIT →
+after-commit: hooks after_* (realtime will plug in there). REST, batch and the in-process API of hooks
+all call these functions; what a caller reads of the result comes from snackbase.presenter.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import apsw
 
-from snackbase import audit
+from snackbase import audit, cascade
 from snackbase.collections import Registry
-from snackbase.db import fetch_all, fetch_value, write_transaction
-from snackbase.errors import ApiError, FieldErrors, field_error, validation_error
+from snackbase.errors import (
+    ApiError,
+    FieldErrors,
+    constraint_kind,
+    field_error,
+    unique_columns,
+    validation_error,
+)
 from snackbase.filter import FilterError, compile_filter
 from snackbase.hooks import hooks
 from snackbase.ids import uuid7
-from snackbase.pii import check_write_access, present
-from snackbase.queries import scope_clause, where_clause
-from snackbase.rules import ALIAS, Caller, RecordResolver, rule_clause
+from snackbase.pii import check_write_access, mask_value, pii_masks
+from snackbase.presenter import present_json
+from snackbase.record_changes import Change, WriteContext, record_change
+from snackbase.rules import ALIAS, Caller, RecordResolver, rule_clause, scope_clause, where_clause
 from snackbase.schema import Collection, quote_ident
 from snackbase.times import now_iso
+from snackbase.unit_of_work import Work, unit_of_work
+
+__all__ = ["MAX_BATCH_OPS", "Change", "WriteContext", "batch", "create_record", "delete_record",
+           "stored_record", "try_rule", "update_record"]  # fmt: skip
 
 MAX_BATCH_OPS = 100
-# Work a write leaves for after its commit (hooks after_*, and later realtime).
-Effect = Callable[[], None]
 
 
-@dataclass
-class WriteContext:
-    """One write request: who (as rules and the audit trail see them), why, and what to do after commit."""
+@dataclass(frozen=True, slots=True)
+class _Op:
+    """One write as the pipeline runs it: the body without `_reason`, and the reason it carries."""
 
-    caller: Caller
-    actor: audit.Actor
-    meta: audit.RequestMeta
-    reason: str | None = None
-    after_commit: list[Effect] = field(default_factory=list)
+    body: dict[str, Any]
+    reason: str | None
 
 
-@dataclass(frozen=True)
-class WriteEvent:
-    """One record change, for the audit entry (in the transaction) and the commit listeners."""
-
-    action: str  # record.create | record.update | record.delete
-    collection: Collection
-    account_id: str
-    record_id: str
-    old: dict[str, Any] | None
-    new: dict[str, Any] | None
-    ctx: WriteContext
+# --- the public entry points: one unit of work each -----------------------------------------------
 
 
-WriteListener = Callable[[apsw.Connection, WriteEvent], None]
-# Called after commit with the event (hooks after_*; realtime publishing will listen here too).
-commit_listeners: list[WriteListener] = []
+def create_record(
+    conn: apsw.Connection, registry: Registry, collection: Collection, ctx: WriteContext, body: Any
+) -> dict[str, Any]:
+    op = _op(body, ctx.reason, collection)
+    with _writing(conn, collection) as work:
+        stored = _create(conn, registry, collection, ctx, op, work)
+    return present_json(conn, registry, collection, ctx.caller, "view", [stored])[0]
 
 
-# --- writes -------------------------------------------------------------------------------------
+def update_record(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    ctx: WriteContext,
+    record_id: str,
+    body: Any,
+    *,
+    replace: bool = False,
+) -> dict[str, Any]:
+    op = _op(body, ctx.reason, collection)
+    with _writing(conn, collection) as work:
+        stored = _update(conn, registry, collection, ctx, record_id, op, replace, work)
+    return present_json(conn, registry, collection, ctx.caller, "view", [stored])[0]
+
+
+def delete_record(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    ctx: WriteContext,
+    record_id: str,
+    body: Any = None,
+) -> str:
+    op = _op(body if isinstance(body, dict) else {}, ctx.reason, collection)
+    with _writing(conn, collection) as work:
+        return _delete(conn, registry, collection, ctx, record_id, op, work)
+
+
+@contextlib.contextmanager
+def _writing(conn: apsw.Connection, collection: Collection) -> Iterator[Work]:
+    """The unit of work of a record write, with SQLite's constraint errors answered for this collection."""
+    try:
+        with unit_of_work(conn) as work:
+            yield work
+    except apsw.ConstraintError as exc:
+        raise _constraint_error(exc, collection) from None
+
+
+def _constraint_error(exc: apsw.ConstraintError, collection: Collection) -> ApiError:
+    kind = constraint_kind(exc)
+    if kind == "unique":
+        for column in unique_columns(exc):
+            if column in collection.field_map:
+                return validation_error(field_error(column, "not_unique", "This value is already taken."))
+        return ApiError(409, "conflict", "A record with these values already exists.")
+    if kind == "foreign_key":
+        return ApiError(409, "conflict", "Other records still reference this record.")
+    return ApiError(409, "conflict", "The change violates a constraint of the collection.")
+
+
+# --- reasons --------------------------------------------------------------------------------------
+
+
+def _op(body: Any, fallback: str | None, collection: Collection) -> _Op:
+    """The body without `_reason`; its reason is its own `_reason`, else `fallback` (the batch's
+    `_reason` or the X-Audit-Reason header). Collections with `require_reason` refuse a write without."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "The body must be a JSON object.")
+    body = dict(body)
+    reason = fallback
+    if audit.REASON_BODY_KEY in body:
+        reason = audit.validate_reason(body.pop(audit.REASON_BODY_KEY)) or fallback
+    if collection.audit.get("require_reason"):
+        audit.require_reason(reason)
+    return _Op(body, reason)
+
+
+# --- create ---------------------------------------------------------------------------------------
+
+
+def _create(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    ctx: WriteContext,
+    op: _Op,
+    work: Work,
+) -> dict[str, Any]:
+    account_id = _target_account(ctx.caller)
+    body = hooks.record_before("create", collection, ctx, op.body)
+    validator = registry.validator(collection)
+    values = validator.validate(body, mode="create")
+    check_write_access(collection, ctx.caller, "create", list(body))
+    now, user = now_iso(), ctx.caller.user_id
+    row = {"id": uuid7(), "account_id": account_id, "created_at": now, "created_by": user,
+           "updated_at": now, "updated_by": user, **values}  # fmt: skip
+    if not _rule_holds(conn, collection, "create", ctx.caller, row, body):
+        raise ApiError(403, "forbidden", "The create rule does not allow this record.")
+    _check_references(conn, registry, collection, values, account_id)
+    stored = validator.to_json(_insert(conn, collection, row))
+    record_change(conn, work, Change("record.create", collection, account_id, row["id"], None, stored,
+                                     ctx, op.reason))  # fmt: skip
+    return stored
 
 
 def _target_account(caller: Caller) -> str:
@@ -74,14 +170,137 @@ def _target_account(caller: Caller) -> str:
     return caller.account_id
 
 
-def _take_reason(body: dict[str, Any], ctx: WriteContext, collection: Collection) -> dict[str, Any]:
-    """Takes `_reason` out of the body (it wins over the X-Audit-Reason header already in ctx)."""
-    body = dict(body)
-    if audit.REASON_BODY_KEY in body:
-        ctx.reason = audit.validate_reason(body.pop(audit.REASON_BODY_KEY))
-    if collection.audit.get("require_reason"):
-        audit.require_reason(ctx.reason)
-    return body
+def _insert(conn: apsw.Connection, collection: Collection, row: dict[str, Any]) -> dict[str, Any]:
+    return _fetch_row(conn, _insert_sql(collection.table, tuple(row)), list(row.values()))
+
+
+@functools.lru_cache(maxsize=1024)
+def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    """Built once per column set: quoting every name on every insert was ~6% of a create."""
+    names = ", ".join(quote_ident(c) for c in columns)
+    return f"INSERT INTO {quote_ident(table)} ({names}) VALUES ({', '.join('?' * len(columns))}) RETURNING *"
+
+
+def _fetch_row(conn: apsw.Connection, sql: str, params: list[Any]) -> dict[str, Any]:
+    cursor = conn.execute(sql, params)
+    row = cursor.fetchone()
+    names = [d[0] for d in cursor.get_description()]
+    assert row is not None  # INSERT/UPDATE … RETURNING of a row known to exist
+    return dict(zip(names, row, strict=True))
+
+
+# --- update ---------------------------------------------------------------------------------------
+
+
+def _update(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    ctx: WriteContext,
+    record_id: str,
+    op: _Op,
+    replace: bool,
+    work: Work,
+) -> dict[str, Any]:
+    validator = registry.validator(collection)
+    # The rule sees the body as sent (`@request.data`), against the row as it is now: the write lock
+    # is held, so no other process can change the row between this check and the UPDATE.
+    old = _stored_for(conn, collection, ctx.caller, "update", record_id, data=op.body)
+    sent = _without_masked_echoes(collection, ctx.caller, validator.to_json(old), op.body)
+    body = hooks.record_before("update", collection, ctx, sent, old)
+    values = validator.validate(body, mode="replace" if replace else "update")
+    # PUT writes every field (those not given get their default), so each must be writable.
+    check_write_access(collection, ctx.caller, "update", list(values) if replace else list(body))
+    changed = {k: v for k, v in values.items() if audit.differs(old.get(k), v)}
+    new = {**old, **changed, "updated_at": now_iso(), "updated_by": ctx.caller.user_id}
+    if not _rule_holds(conn, collection, "update", ctx.caller, new, body):
+        raise ApiError(403, "forbidden", "The update rule does not allow the record as changed.")
+    if not changed:  # nothing to write: no audit entry, updated_at stays
+        return validator.to_json(old)
+    _check_references(conn, registry, collection, changed, old["account_id"])
+    assignments = {**changed, "updated_at": new["updated_at"], "updated_by": new["updated_by"]}
+    stored = validator.to_json(
+        _fetch_row(
+            conn, _update_sql(collection.table, tuple(assignments)), [*assignments.values(), old["id"]]
+        )
+    )
+    record_change(conn, work, Change("record.update", collection, old["account_id"], old["id"],
+                                     validator.to_json(old), stored, ctx, op.reason))  # fmt: skip
+    return stored
+
+
+@functools.lru_cache(maxsize=1024)
+def _update_sql(table: str, columns: tuple[str, ...]) -> str:
+    assignments = ", ".join(f"{quote_ident(c)} = ?" for c in columns)
+    return f"UPDATE {quote_ident(table)} SET {assignments} WHERE id = ? RETURNING *"
+
+
+def _without_masked_echoes(
+    collection: Collection, caller: Caller, old: dict[str, Any], body: dict[str, Any]
+) -> dict[str, Any]:
+    """Drops PII values that are exactly the caller's own masked rendering of the stored value: a form
+    that sends back what it was shown (`******`) must not replace the real value with the mask."""
+    masks = pii_masks(collection, caller)
+    echoes = {
+        name for name, kind in masks.items()
+        if name in body and old.get(name) is not None and body[name] == mask_value(kind, old[name])
+    }  # fmt: skip
+    return {k: v for k, v in body.items() if k not in echoes} if echoes else body
+
+
+# --- delete ---------------------------------------------------------------------------------------
+
+
+def _delete(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    ctx: WriteContext,
+    record_id: str,
+    op: _Op,
+    work: Work,
+) -> str:
+    old = _stored_for(conn, collection, ctx.caller, "delete", record_id, data=op.body)
+    hooks.record_before("delete", collection, ctx, None, old)
+    cascade.before_delete(conn, registry, collection.name, [old["id"]], ctx, work, op.reason)
+    conn.execute(f"DELETE FROM {quote_ident(collection.table)} WHERE id = ?", (old["id"],))
+    previous = registry.validator(collection).to_json(old)
+    record_change(conn, work, Change("record.delete", collection, old["account_id"], old["id"], previous,
+                                     None, ctx, op.reason))  # fmt: skip
+    return str(old["id"])
+
+
+# --- reading the row a write is about --------------------------------------------------------------
+
+
+def _stored_for(
+    conn: apsw.Connection,
+    collection: Collection,
+    caller: Caller,
+    op: str,
+    record_id: str,
+    data: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The stored row if it is in the caller's scope and passes the `op` rule; 404 otherwise."""
+    if not isinstance(record_id, str):
+        raise validation_error(field_error("id", "invalid_type", "The id must be text."))
+    resolver = RecordResolver(collection, caller, data=data)
+    where, params = where_clause(
+        scope_clause(caller), rule_clause(collection, op, resolver), (f"{ALIAS}.id = ?", [record_id])
+    )
+    cursor = conn.execute(f"SELECT * FROM {quote_ident(collection.table)} AS {ALIAS}{where}", params)
+    row = cursor.fetchone()
+    if row is None:
+        raise ApiError(404, "not_found", "The record was not found.")
+    return dict(zip([d[0] for d in cursor.get_description()], row, strict=True))
+
+
+def stored_record(
+    conn: apsw.Connection, registry: Registry, collection: Collection, caller: Caller, op: str, record_id: str
+) -> dict[str, Any]:
+    """The stored record (unmasked JSON) if the caller may `op` it; 404 otherwise. For server-side use
+    such as signing, which binds to the exact stored values, never for responses."""
+    return registry.validator(collection).to_json(_stored_for(conn, collection, caller, op, record_id))
 
 
 def _rule_holds(
@@ -101,7 +320,7 @@ def _rule_holds(
         f"{ALIAS}({', '.join(quote_ident(c) for c in columns)}) AS (VALUES ({', '.join('?' * len(columns))}))"
     )
     sql = f"WITH {cte} SELECT EXISTS (SELECT 1 FROM {ALIAS} WHERE {clause})"
-    return bool(fetch_value(conn, sql, [*row.values(), *params]))
+    return bool(conn.execute(sql, [*row.values(), *params]).fetchone()[0])
 
 
 def _check_references(
@@ -118,223 +337,38 @@ def _check_references(
             sql = f"SELECT 1 FROM {target} WHERE id = ? AND account_id = ?"
         else:
             sql = "SELECT 1 FROM users WHERE id = ? AND account_id = ?"
-        if fetch_value(conn, sql, (value, account_id)) is None:
+        if conn.execute(sql, (value, account_id)).fetchone() is None:
             errors.update(field_error(name, "reference_not_found", "No such record in this account."))
     if errors:
         raise validation_error(errors)
 
 
-def _constraint_error(exc: apsw.ConstraintError, collection: Collection) -> ApiError:
-    text = str(exc)
-    if "UNIQUE" in text:
-        for f in collection.fields:
-            if f".{f.name}" in text.split("failed:", 1)[-1]:
-                return validation_error(field_error(f.name, "not_unique", "This value is already taken."))
-        return ApiError(409, "conflict", "A record with these values already exists.")
-    if "FOREIGN KEY" in text:
-        return ApiError(409, "conflict", "Other records still reference this record.")
-    return ApiError(409, "conflict", "The change violates a constraint of the collection.")
-
-
-def _run_write(
-    conn: apsw.Connection, collection: Collection, fn: Callable[[], dict[str, Any]]
-) -> dict[str, Any]:
-    try:
-        with write_transaction(conn):
-            return fn()
-    except apsw.ConstraintError as exc:
-        raise _constraint_error(exc, collection) from None
-
-
-def _emit(conn: apsw.Connection, event: WriteEvent) -> None:
-    """In the write's transaction: the audit entry; after commit: the commit listeners."""
-    pii = {f.name: f.mask or "full" for f in event.collection.fields if f.pii}
-    audit.append(
-        conn, account_id=event.account_id, actor=event.ctx.actor, action=event.action,
-        collection=event.collection.name, record_id=event.record_id,
-        changes=audit.diff(event.old, event.new, pii=pii),
-        reason=event.ctx.reason, meta=event.ctx.meta,
-    )  # fmt: skip
-    if commit_listeners:
-        event.ctx.after_commit.append(lambda: _committed(conn, event))
-
-
-def _committed(conn: apsw.Connection, event: WriteEvent) -> None:
-    for listener in commit_listeners:
-        listener(conn, event)
-
-
-def create_record(
-    conn: apsw.Connection, registry: Registry, collection: Collection, ctx: WriteContext, body: Any
-) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_request", "The body must be a JSON object.")
-    body = _take_reason(body, ctx, collection)
-    body = hooks.record_before("create", collection, ctx, body)
-    values = registry.validator(collection).validate(body, mode="create")
-    check_write_access(collection, ctx.caller, "create", list(body))
-    account_id = _target_account(ctx.caller)
-    now, user = now_iso(), ctx.caller.user_id
-    row = {
-        "id": uuid7(),
-        "account_id": account_id,
-        "created_at": now,
-        "created_by": user,
-        "updated_at": now,
-        "updated_by": user,
-        **values,
-    }
-    if not _rule_holds(conn, collection, "create", ctx.caller, row, body):
-        raise ApiError(403, "forbidden", "The create rule does not allow this record.")
-
-    def write() -> dict[str, Any]:
-        _check_references(conn, registry, collection, values, account_id)
-        stored = to_json(_insert(conn, collection, row))
-        _emit(conn, WriteEvent("record.create", collection, account_id, row["id"], None, stored, ctx))
-        return stored
-
-    to_json = registry.validator(collection).to_json
-    # A copy: the stored values also travel to the after-commit listeners, which must see them unmasked.
-    return present(collection, ctx.caller, "view", [dict(_run_write(conn, collection, write))])[0]
-
-
-def _insert(conn: apsw.Connection, collection: Collection, row: dict[str, Any]) -> dict[str, Any]:
-    return fetch_all(conn, _insert_sql(collection.table, tuple(row)), list(row.values()))[0]
-
-
-@functools.lru_cache(maxsize=1024)
-def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
-    """Built once per column set: quoting every name on every insert was ~6% of a create."""
-    names = ", ".join(quote_ident(c) for c in columns)
-    return f"INSERT INTO {quote_ident(table)} ({names}) VALUES ({', '.join('?' * len(columns))}) RETURNING *"
-
-
-def _stored_for(
-    conn: apsw.Connection, collection: Collection, caller: Caller, op: str, record_id: str
-) -> dict[str, Any]:
-    """The stored row if it is in the caller's scope and passes the `op` rule; 404 otherwise."""
-    if not isinstance(record_id, str):
-        raise validation_error(field_error("id", "invalid_type", "The id must be text."))
-    resolver = RecordResolver(collection, caller)
-    where, params = where_clause(
-        scope_clause(caller), rule_clause(collection, op, resolver), (f"{ALIAS}.id = ?", [record_id])
-    )
-    rows = fetch_all(conn, f"SELECT * FROM {quote_ident(collection.table)} AS {ALIAS}{where}", params)
-    if not rows:
-        raise ApiError(404, "not_found", "The record was not found.")
-    return rows[0]
-
-
-def stored_record(
-    conn: apsw.Connection, registry: Registry, collection: Collection, caller: Caller, op: str, record_id: str
-) -> dict[str, Any]:
-    """The stored record (unmasked JSON) if the caller may `op` it; 404 otherwise. For server-side use
-    such as signing, which binds to the exact stored values, never for responses."""
-    return registry.validator(collection).to_json(_stored_for(conn, collection, caller, op, record_id))
-
-
-def update_record(
-    conn: apsw.Connection,
-    registry: Registry,
-    collection: Collection,
-    ctx: WriteContext,
-    record_id: str,
-    body: Any,
-    *,
-    replace: bool = False,
-) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_request", "The body must be a JSON object.")
-    body = _take_reason(body, ctx, collection)
-    old = _stored_for(conn, collection, ctx.caller, "update", record_id)
-    body = hooks.record_before("update", collection, ctx, body, old)
-    values = registry.validator(collection).validate(body, mode="replace" if replace else "update")
-    # PUT writes every field (those not given get their default), so each must be writable.
-    check_write_access(collection, ctx.caller, "update", list(values) if replace else list(body))
-    new = {**old, **values, "updated_at": now_iso(), "updated_by": ctx.caller.user_id}
-    if not _rule_holds(conn, collection, "update", ctx.caller, new, body):
-        raise ApiError(403, "forbidden", "The update rule does not allow the record as changed.")
-
-    def write() -> dict[str, Any]:
-        _check_references(conn, registry, collection, values, old["account_id"])
-        changes = {**values, "updated_at": new["updated_at"], "updated_by": new["updated_by"]}
-        stored = to_json(_update(conn, collection, old["id"], changes))
-        _emit(
-            conn,
-            WriteEvent("record.update", collection, old["account_id"], old["id"], to_json(old), stored, ctx),
-        )
-        return stored
-
-    to_json = registry.validator(collection).to_json
-    # A copy: the stored values also travel to the after-commit listeners, which must see them unmasked.
-    return present(collection, ctx.caller, "view", [dict(_run_write(conn, collection, write))])[0]
-
-
-def _update(
-    conn: apsw.Connection, collection: Collection, record_id: str, changes: dict[str, Any]
-) -> dict[str, Any]:
-    sql = _update_sql(collection.table, tuple(changes))
-    return fetch_all(conn, sql, [*changes.values(), record_id])[0]
-
-
-@functools.lru_cache(maxsize=1024)
-def _update_sql(table: str, columns: tuple[str, ...]) -> str:
-    assignments = ", ".join(f"{quote_ident(c)} = ?" for c in columns)
-    return f"UPDATE {quote_ident(table)} SET {assignments} WHERE id = ? RETURNING *"
-
-
-def delete_record(
-    conn: apsw.Connection,
-    registry: Registry,
-    collection: Collection,
-    ctx: WriteContext,
-    record_id: str,
-    body: Any = None,
-) -> str:
-    _take_reason(body if isinstance(body, dict) else {}, ctx, collection)
-    old = _stored_for(conn, collection, ctx.caller, "delete", record_id)
-    hooks.record_before("delete", collection, ctx, None, old)
-
-    def write() -> dict[str, Any]:
-        conn.execute(f"DELETE FROM {quote_ident(collection.table)} WHERE id = ?", (old["id"],))
-        previous = registry.validator(collection).to_json(old)
-        _emit(
-            conn, WriteEvent("record.delete", collection, old["account_id"], old["id"], previous, None, ctx)
-        )
-        return old
-
-    _run_write(conn, collection, write)
-    return str(old["id"])
-
-
-def run_after_commit(ctx: WriteContext) -> None:
-    for effect in ctx.after_commit:
-        effect()
-    ctx.after_commit.clear()
-
-
-# --- batch --------------------------------------------------------------------------------------
+# --- batch ----------------------------------------------------------------------------------------
 
 
 def batch(
     conn: apsw.Connection, registry: Registry, collection: Collection, ctx: WriteContext, body: Any
 ) -> dict[str, list[Any]]:
-    """All operations in one transaction, in order create → update → delete; the first failure names
-    its operation and index and undoes everything."""
-    ops = _batch_ops(body)
+    """All operations in one unit of work, in order create → update → delete; the first failure names
+    its operation and index and undoes everything. Each operation's audit entry carries its own
+    `_reason`, else the batch's top-level `_reason`, else the X-Audit-Reason header."""
+    ops, batch_reason = _batch_ops(body, ctx.reason)
     out: dict[str, list[Any]] = {"create": [], "update": [], "delete": []}
-    try:
-        with write_transaction(conn):
-            for kind, index, item in ops:
-                out[kind].append(_batch_one(conn, registry, collection, ctx, kind, index, item))
-    except apsw.ConstraintError as exc:
-        raise _constraint_error(exc, collection) from None
+    stored: dict[str, list[Any]] = {"create": [], "update": [], "delete": []}
+    with _writing(conn, collection) as work:
+        for kind, index, item in ops:
+            stored[kind].append(_batch_one(conn, registry, collection, ctx, kind, index, item, batch_reason,
+                                           work))  # fmt: skip
+    for kind in ("create", "update"):
+        out[kind] = present_json(conn, registry, collection, ctx.caller, "view", stored[kind])
+    out["delete"] = stored["delete"]
     return out
 
 
-def _batch_ops(body: Any) -> list[tuple[str, int, Any]]:
-    if not isinstance(body, dict) or set(body) - {"create", "update", "delete", "_reason"}:
+def _batch_ops(body: Any, header_reason: str | None) -> tuple[list[tuple[str, int, Any]], str | None]:
+    if not isinstance(body, dict) or set(body) - {"create", "update", "delete", audit.REASON_BODY_KEY}:
         raise ApiError(400, "bad_request", "A batch is an object with create, update and delete lists.")
+    reason = audit.validate_reason(body.get(audit.REASON_BODY_KEY)) or header_reason
     ops = []
     for kind in ("create", "update", "delete"):
         items = body.get(kind, [])
@@ -343,7 +377,7 @@ def _batch_ops(body: Any) -> list[tuple[str, int, Any]]:
         ops += [(kind, i, item) for i, item in enumerate(items)]
     if not ops or len(ops) > MAX_BATCH_OPS:
         raise ApiError(400, "bad_request", f"A batch holds 1 to {MAX_BATCH_OPS} operations.")
-    return ops
+    return ops, reason
 
 
 def _batch_one(
@@ -354,16 +388,20 @@ def _batch_one(
     kind: str,
     index: int,
     item: Any,
+    reason: str | None,
+    work: Work,
 ) -> Any:
     try:
         if kind == "create":
-            return create_record(conn, registry, collection, ctx, item)
+            return _create(conn, registry, collection, ctx, _op(item, reason, collection), work)
         if kind == "update":
             if not isinstance(item, dict) or not isinstance(item.get("id"), str):
                 raise validation_error(field_error("id", "required", "Each update names the record's id."))
-            body = {k: v for k, v in item.items() if k != "id"}
-            return update_record(conn, registry, collection, ctx, item["id"], body)
-        return delete_record(conn, registry, collection, ctx, item)
+            op = _op({k: v for k, v in item.items() if k != "id"}, reason, collection)
+            return _update(conn, registry, collection, ctx, item["id"], op, False, work)
+        op = _op(item if isinstance(item, dict) else {}, reason, collection)
+        record_id = item.get("id") if isinstance(item, dict) else item
+        return _delete(conn, registry, collection, ctx, record_id, op, work)
     except ApiError as exc:
         prefix = f"{kind}.{index}"
         fields = {f"{prefix}.{k}": v for k, v in exc.fields.items()} or field_error(
@@ -439,10 +477,5 @@ def _rule_holds_for_stored(
     where, all_params = where_clause(
         (f"{ALIAS}.id = ?", [record_id]), (f"{ALIAS}.account_id = ?", [caller.account_id]), (clause, params)
     )
-    return bool(
-        fetch_value(
-            conn,
-            f"SELECT EXISTS (SELECT 1 FROM {quote_ident(collection.table)} AS {ALIAS}{where})",
-            all_params,
-        )
-    )
+    sql = f"SELECT EXISTS (SELECT 1 FROM {quote_ident(collection.table)} AS {ALIAS}{where})"
+    return bool(conn.execute(sql, all_params).fetchone()[0])

@@ -41,10 +41,18 @@ class Caller:
     macro: Callable[[str, list[object], int], bool] | None = None
     # Known pii_access membership (read with the session); None: ask `groups()`.
     pii_access: bool | None = None
+    session_id: str | None = None
+    # How the caller acts: "token" (a request with an access token), "anonymous", or "hook" (a hook
+    # writing through `event.records` for the user it acts for). The audit trail records it.
+    method: str = "token"
 
     @property
     def is_authenticated(self) -> bool:
         return self.user_id is not None
+
+    @property
+    def is_account_admin(self) -> bool:
+        return self.is_superadmin or (self.is_authenticated and self.role == "admin")
 
     @property
     def sees_pii(self) -> bool:
@@ -230,3 +238,22 @@ def used_macros(node: object) -> list[Macro]:
         value = getattr(node, name)
         children += value if isinstance(value, (list, tuple)) else [value]
     return [m for child in children for m in used_macros(child)]
+
+
+def scope_clause(caller: Caller) -> tuple[str, list[Any]]:
+    """The tenant scope of every record query: the caller's account (a superadmin without a named
+    account sees all); an anonymous caller must name an account."""
+    if caller.account_id is None:
+        if not caller.is_superadmin:
+            raise ApiError(
+                401, "unauthorized", "Authenticate, or name an account with the X-Account-ID header."
+            )
+        return "", []
+    return f"{ALIAS}.account_id = ?", [caller.account_id]
+
+
+def where_clause(*clauses: tuple[str, list[Any]]) -> tuple[str, list[Any]]:
+    """` WHERE (a) AND (b) …` of the non-empty clauses, and their parameters in order."""
+    parts = [sql for sql, _ in clauses if sql]
+    params = [p for _, ps in clauses for p in ps]
+    return (" WHERE " + " AND ".join(f"({p})" for p in parts) if parts else ""), params

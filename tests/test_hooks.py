@@ -13,7 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from snackbase import queries, records
-from snackbase.audit import Actor, RequestMeta
+from snackbase.audit import RequestMeta
 from snackbase.db import fetch_all, fetch_value
 from snackbase.errors import ApiError
 from snackbase.hook_loader import HookLoadError, load_hook_files
@@ -146,7 +146,8 @@ def test_builtins_are_listed_with_reserved_priorities_and_never_called() -> None
     names = {h.name for h in builtins}
     assert {"builtin.account_isolation", "builtin.timestamps", "builtin.created_by", "builtin.audit"} <= names
     assert all(h.priority <= -RESERVED_PRIORITY for h in builtins)
-    assert all("records." in h.builtin or "collections." in h.builtin for h in builtins if h.builtin)
+    places = ("records.", "record_changes.", "rules.", "collections.")
+    assert all(any(p in h.builtin for p in places) for h in builtins if h.builtin)
     assert not hooks.has("record.before_delete", "posts") or any(
         h.builtin is None for h in hooks.registered("record.before_delete")
     )
@@ -315,9 +316,7 @@ def setup(client: TestClient) -> tuple[User, User]:
 
 def context(user: User) -> records.WriteContext:
     caller = Caller(user.id, user.account_id, user.email, user.role, False, frozenset)
-    return records.WriteContext(
-        caller, Actor(user.id, user.email, user.role, "token"), RequestMeta("rid-1", None, None)
-    )
+    return records.WriteContext(caller, RequestMeta("rid-1", None, None))
 
 
 def create_through_seam(client: TestClient, user: User, body: dict[str, Any]) -> dict[str, Any]:
@@ -326,9 +325,7 @@ def create_through_seam(client: TestClient, user: User, body: dict[str, Any]) ->
     conn, registry = app.state.db.conn, app.state.registry
     collection, ctx = registry.get(conn, "posts"), context(user)
     body = hooks.record_before("create", collection, ctx, body)
-    record = records.create_record(conn, registry, collection, ctx, body)
-    records.run_after_commit(ctx)
-    return record
+    return records.create_record(conn, registry, collection, ctx, body)
 
 
 def test_before_create_fills_the_body_and_the_pipeline_validates_it(app_client: TestClient) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import queries, records
+from snackbase import presenter, queries, records
 from snackbase.context import caller_for, write_context
 from snackbase.errors import ApiError
 from snackbase.schema import Collection
@@ -58,8 +58,8 @@ async def get_record(request: Request) -> Response:
     collection = _collection(request)
     caller = await caller_for(request)
     fields, expand = _names(request, "fields") or None, _names(request, "expand")
-    queries.check_projection(collection, fields)
-    queries.check_expand(request.app.state.registry, request.app.state.db.conn, collection, expand)
+    presenter.check_projection(collection, fields)
+    presenter.check_expand(request.app.state.registry, request.app.state.db.conn, collection, expand)
     record = queries.get_record(
         request.app.state.db.conn,
         request.app.state.registry,
@@ -80,7 +80,6 @@ async def create_record(request: Request) -> Response:
     record = records.create_record(
         request.app.state.db.conn, request.app.state.registry, collection, ctx, body
     )
-    records.run_after_commit(ctx)
     return json_response(record, status=201)
 
 
@@ -98,7 +97,6 @@ async def _update(request: Request, replace: bool) -> Response:
         body,
         replace=replace,
     )
-    records.run_after_commit(ctx)
     return json_response(record)
 
 
@@ -117,7 +115,6 @@ async def delete_record(request: Request) -> Response:
     records.delete_record(
         request.app.state.db.conn, request.app.state.registry, collection, ctx, request.path_params["id"]
     )
-    records.run_after_commit(ctx)
     return no_content()
 
 
@@ -127,7 +124,6 @@ async def batch(request: Request) -> Response:
     body = await read_json(request)
     ctx = await write_context(request, caller)
     result = records.batch(request.app.state.db.conn, request.app.state.registry, collection, ctx, body)
-    records.run_after_commit(ctx)
     return json_response(result)
 
 

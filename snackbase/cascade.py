@@ -1,0 +1,163 @@
+"""What deleting a record or a user does to the records that reference it, inside the same unit of work.
+
+SQLite's foreign keys would do `cascade` and `set_null` silently, with no audit entry for the rows they
+touch and no new `updated_at`. So the write path does them itself before the DELETE, row by row into
+the audit trail (each entry's `extra.cascade` names the record that caused it), and the foreign keys
+only stand guard. `restrict` is checked first and answers 409 naming the collection and field, instead
+of SQLite's bare constraint error.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import apsw
+import msgspec
+
+from snackbase.db import fetch_all
+from snackbase.errors import ApiError
+from snackbase.record_changes import Change, WriteContext, record_change
+from snackbase.schema import Collection, Field, quote_ident
+from snackbase.times import now_iso
+from snackbase.unit_of_work import Work
+
+if TYPE_CHECKING:
+    from snackbase.collections import Registry
+
+USERS = None  # the target name of `user` fields
+MAX_DEPTH = 16  # cascades deeper than this are refused rather than walked
+
+_ids_json = msgspec.json.Encoder()
+
+
+def referencing(
+    registry: Registry, conn: apsw.Connection, target: str | None
+) -> list[tuple[Collection, Field]]:
+    """Every (collection, field) that references collection `target`, or users when `target` is None."""
+    found = []
+    for collection in registry.all(conn):
+        for f in collection.fields:
+            points_here = (
+                f.type == "reference" and f.options.get("collection") == target
+                if target is not None
+                else f.type == "user"
+            )
+            if points_here:
+                found.append((collection, f))
+    return found
+
+
+def before_delete(
+    conn: apsw.Connection,
+    registry: Registry,
+    target: str | None,
+    ids: list[str],
+    ctx: WriteContext,
+    work: Work,
+    reason: str | None,
+    depth: int = 0,
+    seen: set[tuple[str, str]] | None = None,
+) -> None:
+    """Refuses (restrict), nulls (set_null) or deletes (cascade) the rows referencing `ids` of `target`
+    (a collection name, or None for users), each change with its audit entry. `seen` holds the rows
+    this delete already takes down, so a reference cycle ends instead of going round."""
+    if not ids:
+        return
+    seen = seen if seen is not None else {(target or "users", i) for i in ids}
+    if depth > MAX_DEPTH:
+        raise ApiError(409, "conflict", f"Deleting this would cascade more than {MAX_DEPTH} levels deep.")
+    fields = referencing(registry, conn, target)
+    for collection, f in fields:  # every restrict first: nothing changes if any refuses
+        if f.options.get("on_delete", "restrict") == "restrict":
+            _refuse_if_referenced(conn, collection, f, ids, target)
+    for collection, f in fields:
+        on_delete = f.options.get("on_delete", "restrict")
+        if on_delete == "set_null":
+            _set_null(conn, registry, collection, f, ids, ctx, work, reason, target)
+        elif on_delete == "cascade":
+            _cascade(conn, registry, collection, f, ids, ctx, work, reason, target, depth, seen)
+
+
+def _referencing_rows(
+    conn: apsw.Connection, collection: Collection, f: Field, ids: list[str], limit: int | None = None
+) -> list[dict[str, Any]]:
+    # One parameter for any number of ids (json_each), so a parent with 50,000 children needs no
+    # statement with 50,000 placeholders.
+    sql = (
+        f"SELECT * FROM {quote_ident(collection.table)} "
+        f"WHERE {quote_ident(f.name)} IN (SELECT value FROM json_each(?))"
+    )
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    return fetch_all(conn, sql, (_ids_json.encode(ids).decode(),))
+
+
+def _refuse_if_referenced(
+    conn: apsw.Connection, collection: Collection, f: Field, ids: list[str], target: str | None
+) -> None:
+    if _referencing_rows(conn, collection, f, ids, limit=1):
+        what = "user" if target is USERS else "record"
+        raise ApiError(
+            409,
+            "record_in_use",
+            f"Records of '{collection.name}' still reference this {what} through '{f.name}' "
+            f"(on_delete: restrict); change or delete them first.",
+            {f"{collection.name}.{f.name}": {"code": "record_in_use", "message": "Still referenced."}},
+        )
+
+
+def _cause(target: str | None, parent_id: str, on_delete: str) -> dict[str, Any]:
+    return {"collection": target or "users", "record_id": parent_id, "on_delete": on_delete}
+
+
+def _set_null(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    f: Field,
+    ids: list[str],
+    ctx: WriteContext,
+    work: Work,
+    reason: str | None,
+    target: str | None,
+) -> None:
+    to_json = registry.validator(collection).to_json
+    now, user = now_iso(), ctx.caller.user_id
+    sql = (
+        f"UPDATE {quote_ident(collection.table)} SET {quote_ident(f.name)} = NULL, updated_at = ?, "
+        "updated_by = ? WHERE id = ? RETURNING *"
+    )
+    for row in _referencing_rows(conn, collection, f, ids):
+        new = fetch_all(conn, sql, (now, user, row["id"]))[0]
+        change = Change("record.update", collection, row["account_id"], row["id"], to_json(row), to_json(new),
+                        ctx, reason, _cause(target, row[f.name], "set_null"))  # fmt: skip
+        record_change(conn, work, change)
+
+
+def _cascade(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    f: Field,
+    ids: list[str],
+    ctx: WriteContext,
+    work: Work,
+    reason: str | None,
+    target: str | None,
+    depth: int,
+    seen: set[tuple[str, str]],
+) -> None:
+    rows = [r for r in _referencing_rows(conn, collection, f, ids) if (collection.name, r["id"]) not in seen]
+    if not rows:
+        return
+    seen.update((collection.name, r["id"]) for r in rows)
+    child_ids = [r["id"] for r in rows]
+    before_delete(conn, registry, collection.name, child_ids, ctx, work, reason, depth + 1, seen)
+    to_json = registry.validator(collection).to_json
+    delete = f"DELETE FROM {quote_ident(collection.table)} WHERE id = ? RETURNING id"
+    for row in rows:
+        if conn.execute(delete, (row["id"],)).fetchone() is None:
+            continue  # deleted further down this same cascade
+        change = Change("record.delete", collection, row["account_id"], row["id"], to_json(row), None, ctx,
+                        reason, _cause(target, row[f.name], "cascade"))  # fmt: skip
+        record_change(conn, work, change)

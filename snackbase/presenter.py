@@ -1,0 +1,243 @@
+"""The one presenter: what a caller may see of a record, of its history and of its signatures.
+
+Every read path — get, list, expand, the records a write answers with, batch answers, a record's
+history, the audit views and exports, signatures, and realtime next — shows records only through
+`present_rows` / `present_json` and audit entries only through `present_entries`, so field access and
+PII masks are decided in one place and a new read path cannot forget them.
+
+Rules for audit entries (history and the audit views):
+- a change to a field the caller may not read (field access `view`) is left out;
+- PII is masked by the kind recorded in the change (or the field's current mask) unless the caller
+  reads PII in clear;
+- an entry with a masked change carries no `hash`/`prev_hash`: the hash covers the clear values, and
+  with every other field of the entry in hand, a low-entropy value (an SSN) could be recovered by
+  hashing candidates;
+- callers who are not account admins see who changed what and when, not the editor's email, address,
+  user agent, request id or the entry's hashes (the chain is verified by `/audit-log/verify`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import apsw
+
+from snackbase import audit
+from snackbase.collections import Registry
+from snackbase.db import fetch_all
+from snackbase.errors import ApiError, field_error
+from snackbase.pii import mask_value, pii_masks, present, readable_fields
+from snackbase.rules import ALIAS, Caller, RecordResolver, rule_clause, scope_clause, where_clause
+from snackbase.schema import SYSTEM_FIELDS, Collection, quote_ident
+
+MAX_EXPAND_DEPTH = 3
+# What a caller who is not an account admin sees of an entry's `extra` (e.g. a signature's meaning).
+_PUBLIC_EXTRA = frozenset(("meaning", "signature_id", "cascade"))
+_ADMIN_ONLY = ("ip", "user_agent", "request_id", "hash", "prev_hash")
+
+
+# --- records ------------------------------------------------------------------------------------
+
+
+def present_rows(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    caller: Caller,
+    op: str,
+    rows: list[dict[str, Any]],
+    expand: list[str] | tuple[str, ...] = (),
+    fields: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Stored rows as this caller reads them (`op` is list or view): JSON values, field access, PII
+    masks, expanded references (each passing its own view rule), then the `fields` projection."""
+    to_json = registry.validator(collection).to_json
+    return present_json(conn, registry, collection, caller, op, [to_json(r) for r in rows], expand, fields)
+
+
+def present_json(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    caller: Caller,
+    op: str,
+    records: list[dict[str, Any]],
+    expand: list[str] | tuple[str, ...] = (),
+    fields: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """`present_rows` for records already in JSON form (the answers of writes). Works on copies: the
+    stored values also travel to after-commit work, which must see them unmasked."""
+    shown = present(collection, caller, op, [dict(r) for r in records])
+    if expand:
+        expand_records(conn, registry, collection, caller, shown, expand)
+    return project(shown, fields)
+
+
+def check_projection(collection: Collection, fields: list[str] | None) -> None:
+    for name in fields or ():
+        if name not in collection.field_map and name not in SYSTEM_FIELDS and name != "expand":
+            raise ApiError(
+                400,
+                "bad_request",
+                f"Unknown field '{name[:64]}' in fields.",
+                field_error("fields", "unknown_field", f"'{name[:64]}' is not a field."),
+            )
+
+
+def project(records: list[dict[str, Any]], fields: list[str] | None) -> list[dict[str, Any]]:
+    if not fields:
+        return records
+    keep = [*fields, "expand"]
+    return [{k: r[k] for k in keep if k in r} for r in records]
+
+
+def check_expand(registry: Registry, conn: apsw.Connection, collection: Collection, paths: list[str]) -> None:
+    for path in paths:
+        parts = path.split(".")
+        if len(parts) > MAX_EXPAND_DEPTH:
+            raise ApiError(
+                400, "bad_request", f"expand '{path[:64]}' is deeper than {MAX_EXPAND_DEPTH} levels."
+            )
+        current = collection
+        for part in parts:
+            f = current.field_map.get(part)
+            if f is None or f.type != "reference":
+                raise ApiError(
+                    400,
+                    "bad_request",
+                    f"Cannot expand '{path[:64]}': '{part[:64]}' is not a reference field.",
+                    field_error("expand", "unknown_field", f"'{part[:64]}' is not a reference field."),
+                )
+            current = registry.get(conn, f.options["collection"])
+
+
+def expand_records(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    caller: Caller,
+    records: list[dict[str, Any]],
+    paths: list[str] | tuple[str, ...],
+) -> None:
+    """Attaches referenced records under record["expand"][field]; one query per field, never per row."""
+    groups: dict[str, list[str]] = {}
+    for path in paths:
+        head, _, rest = path.partition(".")
+        groups.setdefault(head, [])
+        if rest:
+            groups[head].append(rest)
+    for name, nested in groups.items():
+        if name not in collection.field_map:  # a field the caller may not read was projected away
+            continue
+        target = registry.get(conn, collection.field_map[name].options["collection"])
+        ids = sorted({r[name] for r in records if isinstance(r.get(name), str)})
+        found = _viewable_by_id(conn, registry, target, caller, ids, nested)
+        for record in records:
+            if record.get(name) in found:
+                record.setdefault("expand", {})[name] = found[record[name]]
+
+
+def _viewable_by_id(
+    conn: apsw.Connection,
+    registry: Registry,
+    target: Collection,
+    caller: Caller,
+    ids: list[str],
+    nested: list[str],
+) -> dict[str, dict[str, Any]]:
+    if not ids:
+        return {}
+    try:
+        rule = rule_clause(target, "view", RecordResolver(target, caller))
+    except ApiError:  # the caller may not view that collection at all: nothing is expanded
+        return {}
+    marks = ", ".join("?" * len(ids))
+    where, params = where_clause(scope_clause(caller), rule, (f"{ALIAS}.id IN ({marks})", ids))
+    rows = fetch_all(conn, f"SELECT * FROM {quote_ident(target.table)} AS {ALIAS}{where}", params)
+    shown = present_rows(conn, registry, target, caller, "view", rows, nested)
+    return {r["id"]: r for r in shown}
+
+
+def sees_whole_record(collection: Collection, caller: Caller) -> bool:
+    """True when the caller reads every field of the collection in clear (nothing hidden, no mask)."""
+    return readable_fields(collection, caller, "view") is None and not pii_masks(collection, caller)
+
+
+# --- audit entries (history, audit views, exports) ----------------------------------------------
+
+
+def present_entries(
+    entries: list[dict[str, Any]],
+    caller_sees_pii: bool,
+    *,
+    is_admin: bool,
+    collection: Collection | None = None,
+    caller: Caller | None = None,
+    masker: audit.Masker | None = None,
+) -> list[dict[str, Any]]:
+    """API-shaped audit entries as this caller may see them (the rules are in the module docstring).
+
+    `collection` and `caller` give field access and the current PII masks of one collection (history);
+    `masker` gives the current masks of every collection (the audit views)."""
+    readable = readable_fields(collection, caller, "view") if collection and caller else None
+    current_masks = {f.name: f.mask or "full" for f in collection.fields if f.pii} if collection else {}
+    for entry in entries:
+        masked = _present_changes(entry, readable, current_masks, caller_sees_pii, masker)
+        if masked:
+            entry["hash"] = entry["prev_hash"] = None
+        if not is_admin:
+            _hide_editor_details(entry)
+    return entries
+
+
+def _present_changes(
+    entry: dict[str, Any],
+    readable: frozenset[str] | None,
+    current_masks: dict[str, str],
+    sees_pii: bool,
+    masker: audit.Masker | None,
+) -> bool:
+    """Filters and masks `entry["changes"]` in place; True when a value was masked."""
+    changes = entry.get("changes")
+    if not isinstance(changes, dict):
+        return False
+    target = (entry.get("target") or {}).get("collection")
+    shown: dict[str, Any] = {}
+    masked = False
+    for name, change in changes.items():
+        if readable is not None and name not in readable:
+            continue
+        if not sees_pii and isinstance(change, dict):
+            kind = change.get("mask") or current_masks.get(name)
+            if isinstance(kind, str):
+                change = {**change, "old": mask_value(kind, change.get("old")),
+                          "new": mask_value(kind, change.get("new"))}  # fmt: skip
+                masked = True
+            elif masker is not None:
+                old, new = change.get("old"), change.get("new")
+                shown_old, shown_new = masker(target, name, old), masker(target, name, new)
+                if (shown_old, shown_new) != (old, new):
+                    change, masked = {**change, "old": shown_old, "new": shown_new}, True
+        shown[name] = change
+    entry["changes"] = shown
+    return masked
+
+
+def _hide_editor_details(entry: dict[str, Any]) -> None:
+    actor = entry.get("actor")
+    if isinstance(actor, dict):
+        entry["actor"] = {k: actor.get(k) for k in ("user_id", "role", "method")}
+    for key in _ADMIN_ONLY:
+        entry.pop(key, None)
+    extra = entry.get("extra")
+    if isinstance(extra, dict):
+        entry["extra"] = {k: v for k, v in extra.items() if k in _PUBLIC_EXTRA} or None
+
+
+def present_stored_row(row: dict[str, Any], masker: audit.Masker | None) -> dict[str, Any]:
+    """A stored audit row for an export to a caller without pii_access: PII masked, and no hashes on a
+    row that was masked (see the module docstring)."""
+    shown = audit.mask_row_changes(row, masker)
+    if shown["changes"] != row["changes"]:
+        shown = {**shown, "hash": None, "prev_hash": None}
+    return shown

@@ -1,0 +1,61 @@
+"""A record change as the write path records it: the audit entry inside the unit of work, and the
+after-commit work (hooks `record.after_*`; realtime plugs in here next) once it has committed.
+
+Every changed row goes through `record_change` — the record a request writes, and every row its
+references cascade to or set to null — so no change can reach the database without its audit entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import apsw
+
+from snackbase import audit
+from snackbase.hooks import hooks
+from snackbase.rules import Caller
+from snackbase.schema import Collection
+from snackbase.unit_of_work import Work
+
+
+@dataclass
+class WriteContext:
+    """One write request: who (the request's one caller) and the request's metadata and header reason."""
+
+    caller: Caller
+    meta: audit.RequestMeta
+    reason: str | None = None  # the X-Audit-Reason header; a body's `_reason` wins per operation
+
+    @property
+    def actor(self) -> audit.Actor:
+        return audit.actor_from_auth(self.caller)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One changed record row."""
+
+    action: str  # record.create | record.update | record.delete
+    collection: Collection
+    account_id: str
+    record_id: str
+    old: dict[str, Any] | None  # JSON values before (None on create)
+    new: dict[str, Any] | None  # JSON values after (None on delete)
+    ctx: WriteContext
+    reason: str | None
+    # Why a row changed that the request did not name: {"collection", "record_id", "on_delete"}.
+    cascade: dict[str, Any] | None = field(default=None)
+
+
+def record_change(conn: apsw.Connection, work: Work, change: Change) -> None:
+    """In the unit of work: the change's audit entry; after its commit: the after-hooks."""
+    pii = {f.name: f.mask or "full" for f in change.collection.fields if f.pii}
+    audit.append(
+        conn, account_id=change.account_id, actor=change.ctx.actor, action=change.action,
+        collection=change.collection.name, record_id=change.record_id,
+        changes=audit.diff(change.old, change.new, pii=pii), reason=change.reason, meta=change.ctx.meta,
+        extra={"cascade": change.cascade} if change.cascade else None,
+    )  # fmt: skip
+    if hooks.has(f"record.after_{change.action.removeprefix('record.')}", change.collection.name):
+        work.after_commit(lambda: hooks.record_committed(conn, change))

@@ -1,0 +1,146 @@
+"""One unit of work for every write: BEGIN IMMEDIATE → the change and its audit entries → COMMIT →
+after-commit work.
+
+Every change — records (REST, batch, the `event.records` of hooks), collections, accounts, users,
+groups, roles, invitations, macros, sessions and tokens, signatures — runs inside `unit_of_work(conn)`.
+It takes SQLite's write lock first, so a write never reads a snapshot that another process then makes
+stale (a deferred transaction's upgrade to a write lock fails at once with SQLITE_BUSY, which no busy
+timeout can help). Whatever runs inside — before-hooks, validation, rules read against the rows as they
+are now, the SQL, one audit entry per changed row — commits together or not at all. What must only
+happen for a committed change (after-hooks, later realtime and file deletion) is queued with
+`work.after_commit(...)` and runs after COMMIT, never for a rolled-back write.
+
+A unit opened while another is open on the same connection (a hook writing through `event.records`
+inside a record write, or a batch) joins it as a savepoint: its failure undoes only itself, and its
+after-commit work waits for the outer commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import apsw
+
+from snackbase.errors import database_error
+
+log = logging.getLogger("snackbase.write")
+
+Effect = Callable[[], None]
+
+
+@dataclass
+class Work:
+    """The open unit of work of one connection: what to run once it has committed."""
+
+    conn: apsw.Connection
+    effects: list[Effect] = field(default_factory=list)
+
+    def after_commit(self, effect: Effect) -> None:
+        self.effects.append(effect)
+
+
+# The unit open on each connection. Writes are synchronous between BEGIN and COMMIT (no await inside),
+# so on the event loop's one connection at most one outermost unit is open at a time.
+_open: weakref.WeakKeyDictionary[apsw.Connection, Work] = weakref.WeakKeyDictionary()
+
+
+def current(conn: apsw.Connection) -> Work | None:
+    """The unit of work open on `conn`, if any."""
+    return _open.get(conn)
+
+
+@contextlib.contextmanager
+def unit_of_work(conn: apsw.Connection, *, foreign_keys_off: bool = False) -> Iterator[Work]:
+    """Runs the block as one write transaction; see the module docstring.
+
+    `foreign_keys_off` is for table rebuilds (collection schema changes): PRAGMA foreign_keys is a
+    no-op inside a transaction, so it is switched before BEGIN and back after the end."""
+    outer = _open.get(conn)
+    if outer is not None:
+        with _savepoint(conn):
+            yield outer
+        return
+    if conn.in_transaction:
+        raise RuntimeError("a write began inside a transaction that is not a unit of work")
+    work = Work(conn)
+    with _foreign_keys(conn, not foreign_keys_off), _database_errors():
+        conn.execute("BEGIN IMMEDIATE")
+        _open[conn] = work
+        try:
+            yield work
+        except BaseException:
+            _rollback(conn)
+            raise
+        finally:
+            _open.pop(conn, None)
+        conn.execute("COMMIT")
+    run_effects(work.effects)
+
+
+def run_effects(effects: list[Effect]) -> None:
+    """After COMMIT: each effect runs once; a failing one is logged and never undoes the change."""
+    for effect in effects:
+        try:
+            effect()
+        except Exception:
+            log.exception("after-commit work failed; the change stands")
+    effects.clear()
+
+
+@contextlib.contextmanager
+def _savepoint(conn: apsw.Connection) -> Iterator[None]:
+    conn.execute("SAVEPOINT unit_of_work")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK TO unit_of_work")
+        conn.execute("RELEASE unit_of_work")
+        raise
+    conn.execute("RELEASE unit_of_work")
+
+
+def _rollback(conn: apsw.Connection) -> None:
+    # SQLite may have rolled back already (an interrupted statement, a full disk): then there is
+    # nothing left to undo, and ROLLBACK would fail with "no transaction is active".
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+@contextlib.contextmanager
+def _database_errors() -> Iterator[None]:
+    """A busy database or an exhausted statement budget leaves as its own 503, never a bare 500."""
+    try:
+        yield
+    except (apsw.BusyError, apsw.InterruptError) as exc:
+        raise database_error(exc) from None
+
+
+@contextlib.contextmanager
+def _foreign_keys(conn: apsw.Connection, on: bool) -> Iterator[None]:
+    if on:
+        yield
+        return
+    conn.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        conn.execute("PRAGMA foreign_keys=ON")
+
+
+@contextlib.contextmanager
+def read_snapshot(conn: apsw.Connection) -> Iterator[None]:
+    """Several reads that must see one consistent state (a deferred transaction that never writes, so
+    it cannot fail on a lock upgrade). Inside an open unit of work, that unit is the snapshot."""
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
