@@ -90,7 +90,7 @@ def new_account_id(conn: apsw.Connection) -> str:
 def create_account(
     conn: apsw.Connection, name: str, slug: str | None = None, slug_field: str = "account_slug"
 ) -> dict[str, Any]:
-    """Inserts an account and its `pii_access` group. Call inside `with conn:`; 409 slug_taken."""
+    """Inserts an account and its `pii_access` group (inside the caller's unit of work); 409 slug_taken."""
     if slug is not None:
         check_slug(slug, slug_field)
         if slug_taken(conn, slug):

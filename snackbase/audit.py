@@ -27,6 +27,7 @@ import msgspec
 from snackbase.errors import ApiError
 from snackbase.pii import mask_value
 from snackbase.times import now_iso
+from snackbase.unit_of_work import read_snapshot
 
 GENESIS_HASH = "0" * 64
 MAX_REASON_CHARS = 1000
@@ -130,7 +131,7 @@ def append(
 ) -> int:
     """Appends one entry to the account's chain and returns its `seq`. Runs in the caller's transaction."""
     if not conn.in_transaction:
-        raise RuntimeError("audit.append must run inside the caller's transaction (`with conn:`)")
+        raise RuntimeError("audit.append must run inside the caller's transaction (its unit of work)")
     head_pos, head_hash, last_seq = _lock_head(conn, account_id)
     meta = meta or RequestMeta(None, None, None)
     entry: dict[str, Any] = {
@@ -343,7 +344,7 @@ def verify(conn: apsw.Connection, account_id: str | None = None) -> VerifyResult
     `prev_hash` equal to the previous entry's `hash`, each `hash` recomputed from the entry, `seq`
     increasing, and the chain ending where `audit_heads` says. Reports the broken entry with the
     smallest `seq` (the first written), so fixing forward from it is possible."""
-    with conn:  # one read snapshot for the heads and the entries
+    with read_snapshot(conn):  # one read snapshot for the heads and the entries
         heads = _read_heads(conn, account_id)
         chains, checked = _walk(_entries(conn, account_id), heads)
     for account, head in heads.items():

@@ -27,6 +27,7 @@ from snackbase.ids import SYSTEM_ACCOUNT_ID, uuid7
 from snackbase.logs import request_context
 from snackbase.times import format_ts, now_iso
 from snackbase.tokens import InvalidToken, decode_access_token, digest, mint_access_token, new_refresh_token
+from snackbase.unit_of_work import unit_of_work
 
 __all__ = [
     "ANONYMOUS",
@@ -244,7 +245,7 @@ class AuthMiddleware:
 def create_session(
     conn: apsw.Connection, settings: Settings, user_id: str, ip: str, user_agent: str
 ) -> tuple[str, str]:
-    """A new session and its first refresh token: (session id, refresh token). Call inside `with conn:`."""
+    """A new session and its first refresh token: (session id, refresh token); in a unit of work."""
     session_id, token, now = uuid7(), new_refresh_token(), now_iso()
     expires = later_iso(settings.refresh_token_expire_days * 86400)
     conn.execute(
@@ -272,7 +273,7 @@ def rotate_refresh_token(
 ) -> tuple[dict[str, Any], str]:
     """Spends a refresh token: (user row, new refresh token). Reuse revokes the session (audited as
     `auth.refresh_reuse`); 401 on failure."""
-    with conn:
+    with unit_of_work(conn):
         row = _refresh_row(conn, digest(token))
         new_token = _spend(conn, settings, row, now_iso(), meta) if row else None
     # Raised after the transaction committed, so a reuse revocation is kept.
@@ -423,7 +424,7 @@ def audit_change(
     extra: dict[str, Any] | None = None,
     only_if_changed: bool = False,
 ) -> bool:
-    """One audit entry for an auth-side change (call inside the change's `with conn:`): `changes` is the
+    """One audit entry for an auth-side change (call inside the change's unit of work): `changes` is the
     field-level diff of the two snapshots without secrets. With `only_if_changed`, a write that changed
     no field writes no entry. True when an entry was written."""
     changes = audit.diff(before, after, skip=AUDIT_SKIP)

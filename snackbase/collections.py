@@ -7,8 +7,6 @@ cannot satisfy raises inside the transaction, so nothing of it remains.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +31,7 @@ from snackbase.schema import (
     referencing_fields,
 )
 from snackbase.times import now_iso
+from snackbase.unit_of_work import unit_of_work
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,7 @@ def create_collection(
     collection = new_collection(parsed, id=uuid7(), now=now_iso())
     _check_references_exist(registry, collection)
     check_rules(collection, param_counts(conn))
-    with conn:
+    with unit_of_work(conn):
         _insert_row(conn, collection)
         execute_many(conn, create_table_sql(collection))
         _bump_version(conn)
@@ -152,15 +151,14 @@ def update_collection(
     new, change = patch_collection(old, parsed, now=now_iso())
     _check_references_exist(registry, new)
     check_rules(new, param_counts(conn))
-    with _foreign_keys_off(conn, change is not None and change.needs_rebuild):
-        try:
-            with conn:
-                _apply_change(conn, change)
-                _update_row(conn, new)
-                _bump_version(conn)
-                _audit(conn, ctx, "collection.update", old, new)
-        except apsw.ConstraintError as exc:
-            raise _data_conflict(exc) from None
+    try:
+        with unit_of_work(conn, foreign_keys_off=change is not None and change.needs_rebuild):
+            _apply_change(conn, change)
+            _update_row(conn, new)
+            _bump_version(conn)
+            _audit(conn, ctx, "collection.update", old, new)
+    except apsw.ConstraintError as exc:
+        raise _data_conflict(exc) from None
     registry.refresh(conn)
     return new
 
@@ -186,21 +184,6 @@ def _data_conflict(exc: apsw.ConstraintError) -> ApiError:
     return ApiError(409, "conflict", f"The schema change was not applied: {reason}.")
 
 
-@contextlib.contextmanager
-def _foreign_keys_off(conn: apsw.Connection, off: bool) -> Iterator[None]:
-    """Table rebuilds run with foreign keys off (see ddl.plan_schema_change for why).
-
-    Must be entered outside any transaction: inside one, PRAGMA foreign_keys is a no-op."""
-    if not off:
-        yield
-        return
-    conn.execute("PRAGMA foreign_keys=OFF")
-    try:
-        yield
-    finally:
-        conn.execute("PRAGMA foreign_keys=ON")
-
-
 def _update_row(conn: apsw.Connection, collection: Collection) -> None:
     conn.execute(
         "UPDATE collections SET fields = :fields, rules = :rules, field_access = :field_access, "
@@ -217,7 +200,7 @@ def delete_collection(conn: apsw.Connection, registry: Registry, name: str, ctx:
         raise ApiError(409, "collection_in_use", f"Reference fields still point at '{name}': {where}.")
     # Foreign keys off: DROP TABLE deletes row by row first, which a self-reference with `restrict`
     # would refuse; no other collection references this one (checked above).
-    with _foreign_keys_off(conn, True), conn:
+    with unit_of_work(conn, foreign_keys_off=True):
         execute_many(conn, drop_table_sql(name))
         conn.execute("DELETE FROM collections WHERE id = ?", (old.id,))
         _bump_version(conn)
@@ -250,7 +233,7 @@ def import_definitions(
     if not isinstance(definitions, list):
         raise ApiError(400, "bad_request", "The file must hold a JSON list of collection definitions.")
     report: dict[str, list[str]] = {"created": [], "updated": [], "unchanged": []}
-    with _foreign_keys_off(conn, True), conn:
+    with unit_of_work(conn, foreign_keys_off=True):
         for body in _dependency_order(definitions):
             _import_one(conn, registry, body, ctx, report)
         if conn.execute("PRAGMA foreign_key_check").fetchall():

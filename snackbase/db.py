@@ -1,10 +1,11 @@
 """SQLite through apsw: the connection pragmas, the statement time budget, read helpers, the worker thread.
 
-Connection discipline (DESIGN.md convention 3): one read-write connection is owned by the event-loop
+Connection discipline (docs/architecture.md): one read-write connection is owned by the event-loop
 thread and every short statement runs on it inline — measured on this stack, hopping to a thread pool
-costs more than the statement itself. Every mutation runs inside `with conn:` (a transaction; nested
-means a savepoint). Long work (backups, big exports) runs on `Database.in_worker`, a single thread
-with its own connection, because an apsw connection must never be shared across threads.
+costs more than the statement itself. Every mutation runs inside one unit of work
+(snackbase.unit_of_work: BEGIN IMMEDIATE … COMMIT; nested, a savepoint). Long work (backups, big
+exports) runs on `Database.in_worker`, a single thread with its own connection, because an apsw
+connection must never be shared across threads.
 """
 
 from __future__ import annotations
@@ -132,26 +133,6 @@ def fetch_value(conn: apsw.Connection, sql: str, params: Params = ()) -> Any:
     for row in conn.execute(sql, params):
         return row[0]
     return None
-
-
-@contextlib.contextmanager
-def write_transaction(conn: apsw.Connection) -> Iterator[None]:
-    """A transaction that takes the write lock first (BEGIN IMMEDIATE); nested, a savepoint.
-
-    With several server processes, a deferred transaction that reads and then writes can find its
-    snapshot stale and fail with SQLITE_BUSY at once (the busy timeout cannot help a lock upgrade).
-    Taking the write lock up front makes it wait its turn instead."""
-    if conn.in_transaction:
-        with conn:
-            yield
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def execute_many(conn: apsw.Connection, statements: Iterable[str]) -> None:

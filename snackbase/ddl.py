@@ -273,14 +273,10 @@ def plan_schema_change(old: Collection, new_fields: Sequence[Field]) -> SchemaCh
 
     The caller must run it like this (its connection normally has foreign keys ON):
 
-        conn.execute("PRAGMA foreign_keys=OFF")  # outside any transaction: a no-op inside one
-        try:
-            with conn:
-                for sql in change.statements: conn.execute(sql)
-                if conn.execute(change.fk_check_sql).fetchall(): raise ApiError(409, ...)
-                ... update the collections row, write the audit entry ...
-        finally:
-            conn.execute("PRAGMA foreign_keys=ON")
+        with unit_of_work(conn, foreign_keys_off=change.needs_rebuild):  # PRAGMA before BEGIN
+            for sql in change.statements: conn.execute(sql)
+            if conn.execute(change.fk_check_sql).fetchall(): raise ApiError(409, ...)
+            ... update the collections row, write the audit entry ...
 
     Why OFF and not `PRAGMA defer_foreign_keys=ON`: with foreign keys enabled, DROP TABLE first
     deletes every row, and that fires ON DELETE CASCADE / SET NULL in the tables that reference this
@@ -288,7 +284,7 @@ def plan_schema_change(old: Collection, new_fields: Sequence[Field]) -> SchemaCh
     silently deleted. With foreign keys OFF nothing fires, so `fk_check_sql` re-checks this table's
     own references before commit (rows keep their ids, so references *into* it stay valid). Leave
     `legacy_alter_table` at its default (OFF). NOT NULL on existing nulls, UNIQUE on duplicates and
-    CHECK failures raise apsw.ConstraintError inside `with conn:`, which rolls everything back: the
+    CHECK failures raise apsw.ConstraintError inside the unit of work, which rolls everything back: the
     caller answers 409. The ALTER-only path is correct with foreign keys on or off.
     """
     validate_field_defs(new_fields)

@@ -13,6 +13,7 @@ from snackbase.config import Settings
 from snackbase.db import fetch_one
 from snackbase.times import now_iso
 from snackbase.tokens import digest, new_one_time_token
+from snackbase.unit_of_work import unit_of_work
 
 LIFETIME_S = {"reset_password": 30 * 60, "verify_email": 24 * 3600}
 VALID_TEXT = {"reset_password": "30 minutes", "verify_email": "24 hours"}
@@ -33,7 +34,7 @@ def issue(conn: apsw.Connection, purpose: str, user_id: str) -> str | None:
     if recent is not None:
         return None
     token = new_one_time_token()
-    with conn:
+    with unit_of_work(conn):
         conn.execute(
             """
             INSERT INTO one_time_tokens (token_hash, purpose, user_id, created_at, expires_at)
@@ -58,7 +59,7 @@ def peek(conn: apsw.Connection, purpose: str, token: str) -> dict[str, Any] | No
 
 
 def consume(conn: apsw.Connection, purpose: str, token: str) -> dict[str, Any] | None:
-    """Spends a token (call inside `with conn:`): its active user's row, or None if unusable."""
+    """Spends a token (call inside the caller's unit of work): its active user's row, or None if unusable."""
     row = peek(conn, purpose, token)
     if row is None:
         return None

@@ -15,7 +15,7 @@ from typing import Any
 import apsw
 
 from snackbase import audit
-from snackbase.db import fetch_all, fetch_value, write_transaction
+from snackbase.db import fetch_all, fetch_value
 from snackbase.errors import ApiError, field_error, validation_error
 from snackbase.ids import uuid7
 from snackbase.schema import Collection
@@ -64,17 +64,17 @@ def record_failure(
     actor: audit.Actor,
     meta: audit.RequestMeta,
 ) -> None:
-    with write_transaction(conn):
-        audit.append(
-            conn,
-            account_id=record["account_id"],
-            actor=actor,
-            action="record.sign_failed",
-            collection=collection.name,
-            record_id=record["id"],
-            meta=meta,
-            extra={"reason": "wrong password"},
-        )
+    """The `record.sign_failed` entry (call inside the caller's unit of work)."""
+    audit.append(
+        conn,
+        account_id=record["account_id"],
+        actor=actor,
+        action="record.sign_failed",
+        collection=collection.name,
+        record_id=record["id"],
+        meta=meta,
+        extra={"reason": "wrong password"},
+    )
 
 
 def sign(
@@ -86,7 +86,8 @@ def sign(
     meaning: str,
     reason: str | None,
 ) -> dict[str, Any]:
-    """Stores the signature and its audit entry in one transaction; `record` is the stored, unmasked JSON."""
+    """Stores the signature and its audit entry (call inside the caller's unit of work, which read
+    `record`, the stored unmasked JSON, so the version signed is the one committed with it)."""
     signature = {
         "id": uuid7(),
         "account_id": record["account_id"],
@@ -98,32 +99,34 @@ def sign(
         "signed_at": now_iso(),
         "record_hash": record_hash(record),
     }
-    with write_transaction(conn):
-        seq = audit.append(
-            conn,
-            account_id=record["account_id"],
-            actor=actor,
-            action="record.sign",
-            collection=collection.name,
-            record_id=record["id"],
-            reason=reason,
-            meta=meta,
-            extra={
-                "meaning": meaning,
-                "record_hash": signature["record_hash"],
-                "signature_id": signature["id"],
-                "signer_name": signature["signer_name"],
-            },
-        )
-        signature["audit_seq"] = seq
-        columns = ", ".join(signature)
-        marks = ", ".join(f":{c}" for c in signature)
-        conn.execute(f"INSERT INTO signatures ({columns}) VALUES ({marks})", signature)
+    seq = audit.append(
+        conn,
+        account_id=record["account_id"],
+        actor=actor,
+        action="record.sign",
+        collection=collection.name,
+        record_id=record["id"],
+        reason=reason,
+        meta=meta,
+        extra={
+            "meaning": meaning,
+            "record_hash": signature["record_hash"],
+            "signature_id": signature["id"],
+            "signer_name": signature["signer_name"],
+        },
+    )
+    signature["audit_seq"] = seq
+    columns = ", ".join(signature)
+    marks = ", ".join(f":{c}" for c in signature)
+    conn.execute(f"INSERT INTO signatures ({columns}) VALUES ({marks})", signature)
     return to_api(signature, record)
 
 
-def to_api(row: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
-    """A signature as the API shows it; `current` is the record now (None once deleted)."""
+def to_api(row: dict[str, Any], current: dict[str, Any] | None, show_hash: bool = True) -> dict[str, Any]:
+    """A signature as the API shows it; `current` is the record now (None once deleted). The record
+    hash is an unkeyed SHA-256 of the whole record, so it is shown only to callers who read the whole
+    record in clear (`show_hash`): with the visible fields, a masked low-entropy value such as an SSN
+    could otherwise be recovered by hashing every candidate."""
     out = {
         k: row[k]
         for k in (
@@ -139,27 +142,24 @@ def to_api(row: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any
         )
     }
     out["changed_since_signing"] = current is None or record_hash(current) != row["record_hash"]
+    if not show_hash:
+        out["record_hash"] = None
     return out
 
 
 def signatures_of(
-    conn: apsw.Connection, account_id: str, record_id: str, current: dict[str, Any] | None
+    conn: apsw.Connection,
+    account_id: str,
+    record_id: str,
+    current: dict[str, Any] | None,
+    show_hash: bool = True,
 ) -> list[dict[str, Any]]:
     rows = fetch_all(
         conn,
         "SELECT * FROM signatures WHERE record_id = ? AND account_id = ? ORDER BY signed_at",
         (record_id, account_id),
     )
-    return [to_api(row, current) for row in rows]
-
-
-def history(
-    conn: apsw.Connection, account_id: str, collection: Collection, record_id: str, sees_pii: bool
-) -> list[dict[str, Any]]:
-    """Every audit entry about the record, oldest first, as the audit API shows them; PII fields masked
-    (by the mask kind recorded in each change) unless the caller reads PII in clear."""
-    entries = audit.record_history(conn, account_id, collection.name, record_id)
-    return entries if sees_pii else audit.mask_changes(entries, None)
+    return [to_api(row, current, show_hash) for row in rows]
 
 
 def require_password(ok: bool) -> None:

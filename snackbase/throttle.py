@@ -25,6 +25,7 @@ from snackbase.db import fetch_one
 from snackbase.errors import ApiError
 from snackbase.ids import SYSTEM_ACCOUNT_ID
 from snackbase.times import format_ts, now_iso, parse_ts
+from snackbase.unit_of_work import unit_of_work
 
 IP_WINDOW_S = 15 * 60
 BACKOFF_BASE_S = 30
@@ -87,7 +88,7 @@ def _rate_limited(retry_after: int) -> ApiError:
 def record_failure(conn: apsw.Connection, settings: Settings, ip: str, identity: str) -> None:
     now = now_iso()
     window_start = format_ts(datetime.now(UTC) - timedelta(seconds=IP_WINDOW_S))
-    with conn:
+    with unit_of_work(conn):
         conn.execute(
             """
             INSERT INTO login_throttle (key, failures, window_start, last_failure_at) VALUES (?, 1, ?, ?)
@@ -132,7 +133,7 @@ def record_login_event(
     session_id: str | None = None,
 ) -> None:
     """One successful (`auth.login`) or failed (`auth.login_failed`) login, as an audit entry in the
-    caller's transaction (`with conn:`). The password is never part of it.
+    caller's unit of work. The password is never part of it.
 
     A known user's attempts go into its account's chain with the user as the actor (method `password`);
     attempts on an unknown account or email go into the system account's chain (SY0000) with an

@@ -18,6 +18,7 @@ from snackbase.ids import SYSTEM_ACCOUNT_ID, uuid7
 from snackbase.passwords import hasher, params_for, policy_errors
 from snackbase.throttle import clear_identity, identity_key, is_locked
 from snackbase.times import now_iso
+from snackbase.unit_of_work import unit_of_work
 
 log = logging.getLogger("snackbase.auth")
 
@@ -98,7 +99,7 @@ def find_user(conn: apsw.Connection, account_id: str, email: str) -> dict[str, A
 def insert_user(
     conn: apsw.Connection, account_id: str, email: str, password_hash: str, role: str, verified: bool = False
 ) -> dict[str, Any]:
-    """Inserts a user (call inside `with conn:`); 409 email_taken when (account, email) exists."""
+    """Inserts a user (inside the caller's unit of work); 409 email_taken when (account, email) exists."""
     if find_user(conn, account_id, email) is not None:
         raise ApiError(
             409,
@@ -187,7 +188,7 @@ def create_superadmin(
     password_hash = hasher(params_for(settings.environment)).hash(unicodedata.normalize("NFC", password))
     existing = find_user(conn, SYSTEM_ACCOUNT_ID, normalized)
     if existing is None:
-        with conn:
+        with unit_of_work(conn):
             user = insert_user(conn, SYSTEM_ACCOUNT_ID, normalized, password_hash, "admin", verified=True)
             audit_change(
                 conn,
@@ -200,7 +201,7 @@ def create_superadmin(
                 after=audit_view(conn, user),
             )
         return user["id"], True
-    with conn:
+    with unit_of_work(conn):
         if not force:
             raise SuperadminError(
                 f"superadmin {normalized} already exists; use --force to reset its password"

@@ -29,6 +29,7 @@ from snackbase.db import fetch_value
 from snackbase.errors import ApiError, field_error
 from snackbase.paging import page_of
 from snackbase.times import now_iso
+from snackbase.unit_of_work import unit_of_work
 from snackbase.users import not_found
 from snackbase.web import json_response, no_content, read_struct
 
@@ -65,7 +66,7 @@ async def create(request: Request) -> Response:
     body = await read_struct(request, CreateAccountBody)
     reason = audit.reason_from(request)
     name = clean_name(body.name, "name")
-    with conn:
+    with unit_of_work(conn):
         account = create_account(conn, name, body.slug, slug_field="slug")
         _audit(request, auth, "account.create", account["id"], None, _view(account), reason)
     return json_response(public_account(account), status=201)
@@ -97,7 +98,7 @@ async def patch(request: Request) -> Response:
             )
     name = clean_name(body.name, "name") if body.name is not None else account["name"]
     slug = body.slug or account["slug"]
-    with conn:
+    with unit_of_work(conn):
         conn.execute(
             "UPDATE accounts SET name = ?, slug = ?, updated_at = ? WHERE id = ?",
             (name, slug, now_iso(), account["id"]),
@@ -114,7 +115,7 @@ async def delete(request: Request) -> Response:
     if is_system(account["id"]):
         raise ApiError(409, "system_account", "The system account cannot be deleted.")
     conn = request.app.state.db.conn
-    with conn:
+    with unit_of_work(conn):
         users = fetch_value(conn, "SELECT count(*) FROM users WHERE account_id = ?", (account["id"],))
         conn.execute("DELETE FROM accounts WHERE id = ?", (account["id"],))
         # Into the deleted account's own chain, which outlives it (entries have no foreign keys).

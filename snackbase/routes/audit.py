@@ -21,6 +21,7 @@ from snackbase.auth import ACCOUNT_ID_RE, Auth, require_account_admin, user_grou
 from snackbase.db import fetch_all, fetch_one, fetch_value
 from snackbase.errors import ApiError
 from snackbase.times import format_ts, now_iso, parse_ts
+from snackbase.unit_of_work import unit_of_work
 from snackbase.web import json_response, query_int
 
 MAX_PER_PAGE = 500
@@ -103,7 +104,7 @@ async def export_entries(request: Request) -> Response:
     where, params = _filters(request, view)
     reason = audit.reason_from(request)
     conn = request.app.state.db.conn
-    with conn:
+    with unit_of_work(conn):
         # The export records itself first; it covers exactly the entries committed before it.
         seq = audit.append(
             conn,

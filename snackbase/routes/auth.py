@@ -30,6 +30,7 @@ from snackbase.errors import ApiError, field_error
 from snackbase.hooks import hooks
 from snackbase.passwords import check_policy, hash_password, params_for, verify_password
 from snackbase.times import now_iso
+from snackbase.unit_of_work import unit_of_work
 from snackbase.users import (
     audit_view,
     check_email,
@@ -98,7 +99,7 @@ def user_agent(request: Request) -> str:
 
 
 def open_session(request: Request, user: dict[str, Any]) -> tuple[str, str]:
-    """A new session for `user` (call inside `with conn:`): (session id, refresh token)."""
+    """A new session for `user` (call inside the caller's unit of work): (session id, refresh token)."""
     conn, settings = request.app.state.db.conn, request.app.state.settings
     session_id, refresh = create_session(conn, settings, user["id"], client_ip(request), user_agent(request))
     conn.execute("UPDATE users SET last_login_at = ? WHERE id = ?", (now_iso(), user["id"]))
@@ -129,7 +130,7 @@ async def register(request: Request) -> Response:
     email = check_email(body.email)
     check_policy(body.password, email, settings.password_min_length)
     password_hash = await hash_password(params_for(settings.environment), body.password)
-    with conn:
+    with unit_of_work(conn):
         account = create_account(conn, name, body.account_slug)
         user = insert_user(conn, account["id"], email, password_hash, "admin")
         session_id, refresh = open_session(request, user)
@@ -179,7 +180,7 @@ async def login(request: Request) -> Response:
     if settings.require_verified_email and not user["email_verified"]:
         _login_failed(request, body.account_identifier, user, email, identity, "email_not_verified")
     new_hash = await hash_password(params, body.password) if rehash else None
-    with conn:
+    with unit_of_work(conn):
         if new_hash is not None:
             conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (new_hash, user["id"]))
         throttle.clear_identity(conn, identity)
@@ -200,7 +201,7 @@ def _login_failed(
 ) -> None:
     """Records a failed login (the throttle counters when `count`, and its audit entry) and raises."""
     conn = request.app.state.db.conn
-    with conn:
+    with unit_of_work(conn):
         if count:
             throttle.record_failure(conn, request.app.state.settings, client_ip(request), identity)
         _login_event(request, account_ref, user, email, False, reason)
@@ -246,7 +247,7 @@ async def logout(request: Request) -> Response:
     body = await read_struct(request, RefreshBody)
     await hooks.auth_before("logout", body)
     conn = request.app.state.db.conn
-    with conn:
+    with unit_of_work(conn):
         ended = []
         session = session_of_refresh_token(conn, body.refresh_token)
         if session is not None and session["user_id"] == auth.user_id:
@@ -275,7 +276,7 @@ def _audit_logout(request: Request, auth: Any, scope: str, session_id: str | Non
 async def logout_all(request: Request) -> Response:
     auth = await require_user(request)
     conn = request.app.state.db.conn
-    with conn:
+    with unit_of_work(conn):
         ended = [row["id"] for row in active_sessions(conn, str(auth.user_id))]
         revoke_user_sessions(conn, str(auth.user_id), "logout_all")
         _audit_logout(request, auth, "all", None, ended)
@@ -304,7 +305,7 @@ async def delete_session(request: Request) -> Response:
     session_id = request.path_params["id"]
     if not any(row["id"] == session_id for row in active_sessions(conn, str(auth.user_id))):
         raise ApiError(404, "not_found", "No active session of yours has this id.")
-    with conn:
+    with unit_of_work(conn):
         if revoke_session(conn, session_id, "revoked_by_user"):
             _audit_logout(request, auth, "revoke", session_id, [session_id])
     return no_content()
@@ -330,7 +331,7 @@ async def change_password(request: Request) -> Response:
         )
     check_policy(body.new_password, user["email"], settings.password_min_length, "new_password")
     new_hash = await hash_password(params, body.new_password)
-    with conn:
+    with unit_of_work(conn):
         now = _set_password(conn, user["id"], new_hash)
         revoked = revoke_user_sessions(conn, user["id"], "password_change", keep=auth.session_id)
         audit_change(
@@ -385,7 +386,7 @@ async def reset_password(request: Request) -> Response:
     user = _peek_token_user(conn, "reset_password", body.token)
     check_policy(body.new_password, user["email"], settings.password_min_length, "new_password")
     new_hash = await hash_password(params_for(settings.environment), body.new_password)
-    with conn:
+    with unit_of_work(conn):
         spent = onetime.consume(conn, "reset_password", body.token)  # again: it may have been used meanwhile
         if spent is None:
             raise _bad_token()
@@ -439,7 +440,7 @@ async def verify_email_request(request: Request) -> Response:
 async def verify_email_confirm(request: Request) -> Response:
     conn = request.app.state.db.conn
     body = await read_struct(request, TokenBody)
-    with conn:
+    with unit_of_work(conn):
         user = onetime.consume(conn, "verify_email", body.token)
         if user is None:
             raise _bad_token()

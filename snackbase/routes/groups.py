@@ -17,6 +17,7 @@ from snackbase.errors import ApiError, field_error
 from snackbase.ids import uuid7
 from snackbase.paging import page_of
 from snackbase.times import now_iso
+from snackbase.unit_of_work import unit_of_work
 from snackbase.users import acting_account, not_found, visible_user
 from snackbase.web import json_response, no_content, read_struct
 
@@ -122,7 +123,7 @@ async def create_group(request: Request) -> Response:
     if error := name_taken(conn, account_id, name):
         raise error
     group_id, now = uuid7(), now_iso()
-    with conn:
+    with unit_of_work(conn):
         conn.execute(
             """
             INSERT INTO groups (id, account_id, name, description, created_at, updated_at)
@@ -166,7 +167,7 @@ async def patch_group(request: Request) -> Response:
         if error := name_taken(conn, group["account_id"], name):
             raise error
     description = body.description if body.description is not None else group["description"]
-    with conn:
+    with unit_of_work(conn):
         conn.execute(
             "UPDATE groups SET name = ?, description = ?, updated_at = ? WHERE id = ?",
             (name, description, now_iso(), group["id"]),
@@ -183,7 +184,7 @@ async def delete_group(request: Request) -> Response:
     group = visible_group(conn, auth, request.path_params["id"])
     if group["name"] == PROTECTED:
         raise ApiError(409, "conflict", "The pii_access group cannot be deleted.")
-    with conn:
+    with unit_of_work(conn):
         members = [row["email"] for row in _members(conn, group["id"])]
         conn.execute("DELETE FROM groups WHERE id = ?", (group["id"],))
         _audit(request, auth, "group.delete", group, _view(group), None, reason, {"members": members[:1000]})
@@ -205,7 +206,7 @@ async def add_member(request: Request) -> Response:
     conn = request.app.state.db.conn
     reason = audit.reason_from(request)
     group, user = _member_target(conn, auth, request)
-    with conn:
+    with unit_of_work(conn):
         conn.execute(
             "INSERT OR IGNORE INTO group_members (group_id, user_id, created_at) VALUES (?, ?, ?)",
             (group["id"], user["id"], now_iso()),
@@ -220,7 +221,7 @@ async def remove_member(request: Request) -> Response:
     conn = request.app.state.db.conn
     reason = audit.reason_from(request)
     group, user = _member_target(conn, auth, request)
-    with conn:
+    with unit_of_work(conn):
         conn.execute(
             "DELETE FROM group_members WHERE group_id = ? AND user_id = ?", (group["id"], user["id"])
         )

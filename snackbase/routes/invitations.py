@@ -29,6 +29,7 @@ from snackbase.paging import page_of
 from snackbase.passwords import check_policy, hash_password, params_for
 from snackbase.times import now_iso
 from snackbase.tokens import digest, new_one_time_token
+from snackbase.unit_of_work import unit_of_work
 from snackbase.users import (
     acting_account,
     audit_view,
@@ -146,7 +147,7 @@ async def create(request: Request) -> Response:
     if find_user(conn, account_id, email) is not None:
         raise ApiError(409, "email_taken", "A user with this email already exists in the account.")
     token, invitation_id = new_one_time_token(), uuid7()
-    with conn:
+    with unit_of_work(conn):
         conn.execute(
             """
             INSERT INTO invitations (id, account_id, email, role, groups, token_hash, invited_by, created_at,
@@ -192,7 +193,7 @@ async def delete(request: Request) -> Response:
     conn = request.app.state.db.conn
     reason = audit.reason_from(request)
     row = _visible(conn, auth, request.path_params["id"])
-    with conn:
+    with unit_of_work(conn):
         conn.execute("DELETE FROM invitations WHERE id = ?", (row["id"],))
         extra = {"status": status_of(row)}
         _audit(
@@ -210,7 +211,7 @@ async def resend(request: Request) -> Response:
     if row["accepted_at"]:
         raise ApiError(410, "invitation_expired", "This invitation was already accepted.")
     token = new_one_time_token()
-    with conn:
+    with unit_of_work(conn):
         conn.execute(
             "UPDATE invitations SET token_hash = ?, expires_at = ? WHERE id = ?",
             (digest(token), later_iso(settings.invitation_expire_hours * 3600), row["id"]),
@@ -258,7 +259,7 @@ async def accept(request: Request) -> Response:
     row = _by_token(conn, token)
     check_policy(body.password, row["email"], settings.password_min_length)
     password_hash = await hash_password(params_for(settings.environment), body.password)
-    with conn:
+    with unit_of_work(conn):
         row = _by_token(conn, token)  # again: it may have been accepted while the password was hashed
         # The emailed link proved the mailbox, so the address counts as verified.
         user = insert_user(conn, row["account_id"], row["email"], password_hash, row["role"], verified=True)

@@ -16,6 +16,7 @@ from snackbase.errors import ApiError
 from snackbase.filter import parse
 from snackbase.ids import SYSTEM_ACCOUNT_ID
 from snackbase.rules import check_rules, used_macros
+from snackbase.unit_of_work import unit_of_work
 from snackbase.web import json_response, no_content, read_struct, whole_list
 
 
@@ -66,7 +67,7 @@ async def create(request: Request) -> Response:
         raise ApiError(409, "conflict", f"A macro named '{name}' already exists.")
     sql, params = macros.check_sql(conn, body.sql)
     ctx = await change_context(request)
-    with conn:
+    with unit_of_work(conn):
         macro = macros.insert(conn, name, sql, params, _description(body.description))
         _audit(conn, ctx, "macro.create", None, macro)
     _store(request).invalidate()
@@ -88,7 +89,7 @@ async def update(request: Request) -> Response:
     sql, params = macros.check_sql(conn, body.sql) if body.sql is not None else (old.sql, old.params)
     description = _description(body.description) if body.description is not None else old.description
     ctx = await change_context(request)
-    with conn:
+    with unit_of_work(conn):
         macro = macros.update(conn, old, sql, params, description)
         _check_rules_still_valid(request, conn)
         _audit(conn, ctx, "macro.update", old, macro)
@@ -104,7 +105,7 @@ async def delete(request: Request) -> Response:
     if users:
         raise ApiError(409, "macro_in_use", f"Rules of {', '.join(users)} use @{old.name}().")
     ctx = await change_context(request)
-    with conn:
+    with unit_of_work(conn):
         macros.delete(conn, old.name)
         _audit(conn, ctx, "macro.delete", old, None)
     _store(request).invalidate()

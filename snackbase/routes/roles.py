@@ -16,6 +16,7 @@ from snackbase.errors import ApiError, field_error
 from snackbase.ids import SYSTEM_ACCOUNT_ID
 from snackbase.paging import page_of
 from snackbase.times import now_iso
+from snackbase.unit_of_work import unit_of_work
 from snackbase.web import json_response, no_content, read_struct
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -64,7 +65,7 @@ async def create_role(request: Request) -> Response:
             "A role with this name exists.",
             field_error("name", "not_unique", "Role names are unique."),
         )
-    with conn:
+    with unit_of_work(conn):
         conn.execute(
             "INSERT INTO roles (name, description, builtin, created_at) VALUES (?, ?, 0, ?)",
             (body.name, body.description, now_iso()),
@@ -87,7 +88,7 @@ async def delete_role(request: Request) -> Response:
         raise ApiError(409, "builtin_role", "Built-in roles cannot be deleted.")
     if _in_use(conn, name):
         raise ApiError(409, "role_in_use", "Users or pending invitations still have this role.")
-    with conn:
+    with unit_of_work(conn):
         conn.execute("DELETE FROM roles WHERE name = ?", (name,))
         _audit(request, auth, "role.delete", name, _view(row), None, reason)
     return no_content()

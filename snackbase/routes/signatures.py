@@ -9,12 +9,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from snackbase import audit, records, signatures
-from snackbase.auth import get_auth, require_user
+from snackbase.auth import require_user
 from snackbase.context import caller_for
 from snackbase.db import fetch_value
 from snackbase.errors import ApiError
 from snackbase.passwords import params_for, verify_password
+from snackbase.presenter import present_entries, sees_whole_record
 from snackbase.schema import Collection
+from snackbase.unit_of_work import unit_of_work
 from snackbase.web import json_response, read_struct
 
 
@@ -28,13 +30,15 @@ def _collection(request: Request) -> Collection:
 
 
 async def sign(request: Request) -> Response:
+    """Re-authenticates the signer first; then ONE unit of work reads the record as it is now and
+    stores the signature bound to that exact version, so a concurrent edit cannot be signed unseen."""
     auth = await require_user(request)
     collection, caller = _collection(request), await caller_for(request)
     body = await read_struct(request, SignBody)
     meaning = signatures.check_meaning(body.meaning)
+    reason = audit.reason_from(request)
     conn, registry = request.app.state.db.conn, request.app.state.registry
-    record = records.stored_record(conn, registry, collection, caller, "view", request.path_params["id"])
-    actor, meta = audit.actor_from_auth(auth), audit.meta_from_request(request)
+    actor, meta = audit.actor_from_auth(caller), audit.meta_from_request(request)
     if signatures.too_many_failures(conn, auth.user_id or ""):
         raise ApiError(
             429,
@@ -45,25 +49,32 @@ async def sign(request: Request) -> Response:
     stored_hash = fetch_value(conn, "SELECT password_hash FROM users WHERE id = ?", (auth.user_id,))
     password = body.password if len(body.password) <= 1024 else ""
     ok, _ = await verify_password(params_for(request.app.state.settings.environment), stored_hash, password)
-    if not ok:
-        signatures.record_failure(conn, collection, record, actor, meta)
-        signatures.require_password(ok)
-    reason = audit.reason_from(request)
-    return json_response(signatures.sign(conn, collection, record, actor, meta, meaning, reason), status=201)
+    record_id = request.path_params["id"]
+    with unit_of_work(conn):
+        record = records.stored_record(conn, registry, collection, caller, "view", record_id)
+        if ok:
+            signature = signatures.sign(conn, collection, record, actor, meta, meaning, reason)
+        else:
+            signatures.record_failure(conn, collection, record, actor, meta)
+    signatures.require_password(ok)
+    signature["record_hash"] = signature["record_hash"] if sees_whole_record(collection, caller) else None
+    return json_response(signature, status=201)
 
 
 async def list_signatures(request: Request) -> Response:
     collection, caller = _collection(request), await caller_for(request)
     conn, registry = request.app.state.db.conn, request.app.state.registry
     record = records.stored_record(conn, registry, collection, caller, "view", request.path_params["id"])
-    return json_response(
-        {"items": signatures.signatures_of(conn, record["account_id"], record["id"], record)}
+    items = signatures.signatures_of(
+        conn, record["account_id"], record["id"], record, sees_whole_record(collection, caller)
     )
+    return json_response({"items": items})
 
 
 async def history(request: Request) -> Response:
-    """The record's audit entries and signatures. Deleted records' history stays readable by account
-    admins (and superadmins naming the account), since entries outlive the records they describe."""
+    """The record's audit entries and signatures, through the presenter (field access, PII masks, and
+    the editors' details for account admins only). Deleted records' history stays readable by
+    account admins (and superadmins naming the account): entries outlive the records they describe."""
     collection, caller = _collection(request), await caller_for(request)
     conn, registry = request.app.state.db.conn, request.app.state.registry
     record_id = request.path_params["id"]
@@ -72,15 +83,17 @@ async def history(request: Request) -> Response:
         record = records.stored_record(conn, registry, collection, caller, "view", record_id)
         account_id = str(record["account_id"])
     except ApiError:
-        auth = await get_auth(request)
-        if not auth.is_account_admin or caller.account_id is None:
+        if not caller.is_account_admin or caller.account_id is None:
             raise
         record, account_id = None, caller.account_id
-    entries = signatures.history(conn, account_id, collection, record_id, caller.sees_pii)
+    entries = audit.record_history(conn, account_id, collection.name, record_id)
     if not entries and record is None:
         raise ApiError(404, "not_found", "The record was not found.")
+    shown = present_entries(entries, caller.sees_pii, is_admin=caller.is_account_admin,
+                            collection=collection, caller=caller)  # fmt: skip
+    whole = sees_whole_record(collection, caller)
     return json_response(
-        {"items": entries, "signatures": signatures.signatures_of(conn, account_id, record_id, record)}
+        {"items": shown, "signatures": signatures.signatures_of(conn, account_id, record_id, record, whole)}
     )
 
 

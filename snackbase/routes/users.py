@@ -14,6 +14,7 @@ from snackbase.errors import ApiError
 from snackbase.paging import page_of
 from snackbase.passwords import check_policy, hash_password, params_for
 from snackbase.times import now_iso
+from snackbase.unit_of_work import unit_of_work
 from snackbase.users import (
     acting_account,
     audit_view,
@@ -72,7 +73,7 @@ async def create_user(request: Request) -> Response:
     ids = group_ids(conn, account_id, body.groups)
     check_policy(body.password, email, settings.password_min_length)
     password_hash = await hash_password(params_for(settings.environment), body.password)
-    with conn:
+    with unit_of_work(conn):
         user = insert_user(conn, account_id, email, password_hash, body.role)
         set_groups(conn, user["id"], ids)
         if not body.is_active:
@@ -124,7 +125,7 @@ async def patch_user(request: Request) -> Response:
     ids = group_ids(conn, user["account_id"], body.groups) if body.groups is not None else None
     if user["id"] == auth.user_id and (body.is_active is False or body.role not in (None, "admin")):
         raise ApiError(409, "conflict", "You cannot deactivate or demote yourself; ask another admin.")
-    with conn:
+    with unit_of_work(conn):
         before = audit_view(conn, visible_user(conn, auth, user["id"]))
         revoked = _apply_patch(conn, user, body, ids)
         after = audit_view(conn, visible_user(conn, auth, user["id"]))
@@ -158,7 +159,7 @@ async def delete_user(request: Request) -> Response:
     user = visible_user(conn, auth, request.path_params["id"])
     if user["id"] == auth.user_id:
         raise ApiError(409, "conflict", "You cannot delete yourself.")
-    with conn:
+    with unit_of_work(conn):
         before = audit_view(conn, user)
         conn.execute("DELETE FROM users WHERE id = ?", (user["id"],))
         _audit(request, auth, "user.delete", user, before, None, reason)
@@ -172,7 +173,7 @@ async def unlock_user(request: Request) -> Response:
     reason = audit.reason_from(request)
     user = visible_user(conn, auth, request.path_params["id"])
     identity = throttle.identity_key(user["account_id"], user["email"])
-    with conn:
+    with unit_of_work(conn):
         was_locked = throttle.is_locked(conn, identity)
         throttle.clear_identity(conn, identity)
         _audit(request, auth, "user.unlock", user, {"is_locked": was_locked}, {"is_locked": False}, reason)
