@@ -8,8 +8,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import audit, throttle
+from snackbase import audit, cascade, throttle
 from snackbase.auth import Auth, audit_by_caller, require_account_admin, revoke_user_sessions
+from snackbase.context import caller_for, write_context
 from snackbase.errors import ApiError
 from snackbase.paging import page_of
 from snackbase.passwords import check_policy, hash_password, params_for
@@ -159,8 +160,12 @@ async def delete_user(request: Request) -> Response:
     user = visible_user(conn, auth, request.path_params["id"])
     if user["id"] == auth.user_id:
         raise ApiError(409, "conflict", "You cannot delete yourself.")
-    with unit_of_work(conn):
+    ctx, registry = await write_context(request, await caller_for(request)), request.app.state.registry
+    with unit_of_work(conn) as work:
         before = audit_view(conn, user)
+        # Records whose `user` fields name this user: restrict refuses (409 naming the collection and
+        # field), set_null clears them, each cleared record with its own audit entry.
+        cascade.before_delete(conn, registry, cascade.USERS, [user["id"]], ctx, work, reason)
         conn.execute("DELETE FROM users WHERE id = ?", (user["id"],))
         _audit(request, auth, "user.delete", user, before, None, reason)
     return no_content()
