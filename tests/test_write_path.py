@@ -110,9 +110,10 @@ def test_restrict_refuses_with_409_naming_the_field_and_changes_nothing(world: t
 def test_a_self_referencing_cascade_cycle_ends(world: tuple) -> None:
     client, sa, user = world
     define(client, sa, "nodes", [{"name": "name", "type": "text"}])
-    client.patch(f"{API}/collections/nodes", headers=sa.headers, json={"fields": [
-        {"name": "name", "type": "text"},
-        {"name": "parent", "type": "reference", "options": {"collection": "nodes", "on_delete": "cascade"}}]})  # fmt: skip
+    options = {"collection": "nodes", "on_delete": "cascade"}
+    parent = {"name": "parent", "type": "reference", "options": options}
+    fields = [{"name": "name", "type": "text"}, parent]
+    client.patch(f"{API}/collections/nodes", headers=sa.headers, json={"fields": fields})
     a = create(client, user, "nodes", {"name": "a"})
     b = create(client, user, "nodes", {"name": "b", "parent": a["id"]})
     assert client.patch(f"{API}/records/nodes/{a['id']}", headers=user.headers,
