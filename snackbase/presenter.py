@@ -12,6 +12,8 @@ Rules for audit entries (history and the audit views):
 - an entry with a masked change carries no `hash`/`prev_hash`: the hash covers the clear values, and
   with every other field of the entry in hand, a low-entropy value (an SSN) could be recovered by
   hashing candidates;
+- a signature's `record_hash` (in `extra`) is shown only to callers who read PII in clear, for the
+  same reason;
 - callers who are not account admins see who changed what and when, not the editor's email, address,
   user agent, request id or the entry's hashes (the chain is verified by `/audit-log/verify`).
 """
@@ -185,6 +187,9 @@ def present_entries(
         masked = _present_changes(entry, readable, current_masks, caller_sees_pii, masker)
         if masked:
             entry["hash"] = entry["prev_hash"] = None
+        if not caller_sees_pii and isinstance(entry.get("extra"), dict):
+            # A signature's record hash covers the whole record, masked fields included.
+            entry["extra"].pop("record_hash", None)
         if not is_admin:
             _hide_editor_details(entry)
     return entries

@@ -20,6 +20,7 @@ from snackbase import audit
 from snackbase.auth import ACCOUNT_ID_RE, Auth, require_account_admin, user_groups
 from snackbase.db import fetch_all, fetch_one, fetch_value
 from snackbase.errors import ApiError
+from snackbase.presenter import present_entries, present_stored_row
 from snackbase.times import format_ts, now_iso, parse_ts
 from snackbase.unit_of_work import unit_of_work
 from snackbase.web import json_response, query_int
@@ -150,7 +151,7 @@ async def _export_chunks(request: Request, view: View, where: str, params: list[
             break
         after = rows[-1][column]
         if not view.pii_access:
-            rows = [audit.mask_row_changes(r, masker) for r in rows]
+            rows = [present_stored_row(r, masker) for r in rows]
         yield (_csv_rows(rows) if fmt == "csv" else _json_rows(rows, first)).encode()
         first = False
     if fmt == "json":
@@ -206,7 +207,9 @@ async def _view(request: Request) -> View:
 
 def _shown(conn: apsw.Connection, view: View, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     entries = [audit.to_api(row) for row in rows]
-    return entries if view.pii_access else audit.mask_changes(entries, audit.schema_masker(conn))
+    if view.pii_access:
+        return entries
+    return present_entries(entries, False, is_admin=True, masker=audit.schema_masker(conn))
 
 
 def _order_column(view: View) -> str:
