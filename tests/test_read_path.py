@@ -31,8 +31,8 @@ def world(client: TestClient) -> tuple[TestClient, User, User, User, dict[str, A
     assert client.post(f"{API}/collections", headers=sa.headers, json=body).status_code == 201
     account = make_account(client)
     user, admin = make_user(client, account), make_user(client, account, "admin")
-    record = client.post(f"{API}/records/visits", headers=user.headers,
-                         json={"ward": "A", "secret": "s1", "ssn": "123-45-6789", "notes": "n1"}).json()  # fmt: skip
+    first = {"ward": "A", "secret": "s1", "ssn": "123-45-6789", "notes": "n1"}
+    record = client.post(f"{API}/records/visits", headers=user.headers, json=first).json()
     client.patch(f"{API}/records/visits/{record['id']}", headers=user.headers,
                  json={"secret": "s2", "ssn": "987-65-4321", "ward": "B"})  # fmt: skip
     return client, sa, user, admin, record
