@@ -25,6 +25,7 @@ from snackbase.context import scope_caller
 from snackbase.db import Database
 from snackbase.errors import ApiError, database_error, error_response
 from snackbase.hook_loader import HookMiddleware, serve_hooks, start_hooks, terminate_hooks
+from snackbase.hook_records import RecordsHelper
 from snackbase.hooks import hooks
 from snackbase.macros import MacroStore
 from snackbase.middleware import ExceptionHandlers, RequestMiddleware
@@ -162,6 +163,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.macros = MacroStore()
     start_auth(settings, db)
     hooks.make_caller = scope_caller  # hook events get the request's one caller
+    hooks.make_records = RecordsHelper  # and `event.records`, the same write path as the API
     with _close_on_error(db):  # a broken hook file refuses the start (one line in the CLI)
         start_hooks(app, settings.hooks_path)
     return app

@@ -116,7 +116,7 @@ def constraint_kind(exc: Exception) -> str:
     """`unique`, `foreign_key`, `not_null`, `check` or `other`, from SQLite's extended result code."""
     import apsw
 
-    code = getattr(exc, "extendedresult", None)
+    code = int(getattr(exc, "extendedresult", 0) or 0)
     return {
         apsw.SQLITE_CONSTRAINT_UNIQUE: "unique",
         apsw.SQLITE_CONSTRAINT_PRIMARYKEY: "unique",

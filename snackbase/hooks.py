@@ -162,9 +162,9 @@ class Event:
 
     @property
     def records(self) -> RecordsHelper:
-        from snackbase.hook_records import RecordsHelper
-
-        return RecordsHelper(self)
+        if hooks.make_records is None:
+            raise RuntimeError("the records helper needs a running app (create_app installs it)")
+        return hooks.make_records(self)
 
 
 @dataclass(kw_only=True)
@@ -256,6 +256,8 @@ class HookRegistry:
         # The request's caller from its ASGI scope, installed by the app (snackbase.context.scope_caller);
         # injected, so that this module imports nothing of the request pipeline.
         self.make_caller: Callable[[Scope], Any] | None = None
+        # `event.records` (snackbase.hook_records.RecordsHelper), installed by the app the same way.
+        self.make_records: Callable[[Event], Any] | None = None
         self.slow_seconds = SLOW_HOOK_SECONDS
 
     # registration

@@ -256,7 +256,7 @@ def _delete(
     registry: Registry,
     collection: Collection,
     ctx: WriteContext,
-    record_id: str,
+    record_id: Any,
     op: _Op,
     work: Work,
 ) -> str:
@@ -278,7 +278,7 @@ def _stored_for(
     collection: Collection,
     caller: Caller,
     op: str,
-    record_id: str,
+    record_id: Any,
     data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The stored row if it is in the caller's scope and passes the `op` rule; 404 otherwise."""
@@ -320,7 +320,12 @@ def _rule_holds(
         f"{ALIAS}({', '.join(quote_ident(c) for c in columns)}) AS (VALUES ({', '.join('?' * len(columns))}))"
     )
     sql = f"WITH {cte} SELECT EXISTS (SELECT 1 FROM {ALIAS} WHERE {clause})"
-    return bool(conn.execute(sql, [*row.values(), *params]).fetchone()[0])
+    return bool(_value(conn, sql, [*row.values(), *params]))
+
+
+def _value(conn: apsw.Connection, sql: str, params: list[Any]) -> Any:
+    row = conn.execute(sql, params).fetchone()
+    return None if row is None else row[0]
 
 
 def _check_references(
@@ -401,7 +406,7 @@ def _batch_one(
             return _update(conn, registry, collection, ctx, item["id"], op, False, work)
         op = _op(item if isinstance(item, dict) else {}, reason, collection)
         record_id = item.get("id") if isinstance(item, dict) else item
-        return _delete(conn, registry, collection, ctx, record_id, op, work)
+        return _delete(conn, registry, collection, ctx, record_id, op, work)  # _stored_for checks the type
     except ApiError as exc:
         prefix = f"{kind}.{index}"
         fields = {f"{prefix}.{k}": v for k, v in exc.fields.items()} or field_error(
@@ -478,4 +483,4 @@ def _rule_holds_for_stored(
         (f"{ALIAS}.id = ?", [record_id]), (f"{ALIAS}.account_id = ?", [caller.account_id]), (clause, params)
     )
     sql = f"SELECT EXISTS (SELECT 1 FROM {quote_ident(collection.table)} AS {ALIAS}{where})"
-    return bool(conn.execute(sql, all_params).fetchone()[0])
+    return bool(_value(conn, sql, all_params))

@@ -57,8 +57,8 @@ class Tally:
 
 
 def login(http: Http, account: str, email: str = EMAIL, password: str = PASSWORD) -> dict[str, Any]:
-    status, body = http.call("POST", f"{API}/auth/login",
-                             {"email": email, "password": password, "account_identifier": account})  # fmt: skip
+    credentials = {"email": email, "password": password, "account_identifier": account}
+    status, body = http.call("POST", f"{API}/auth/login", credentials)
     assert status == 200, body
     return body  # type: ignore[no-any-return]
 
@@ -126,8 +126,8 @@ def _setup(http: Http) -> tuple[str, str, list[dict[str, str]]]:
     body = {"name": "notes", "rules": PUBLIC,
             "fields": [{"name": "n", "type": "number"}, {"name": "by", "type": "number"}]}  # fmt: skip
     assert http.call("POST", f"{API}/collections", body, root)[0] == 201
-    status, registered = http.call("POST", f"{API}/auth/register",
-                                   {"account_name": "Lab", "email": "lead@example.com", "password": PASSWORD})  # fmt: skip
+    signup = {"account_name": "Lab", "email": "lead@example.com", "password": PASSWORD}
+    status, registered = http.call("POST", f"{API}/auth/register", signup)
     assert status == 201, registered
     account = registered["account"]["id"]
     status, shared = http.call("POST", f"{API}/records/notes", {"n": 0}, registered["access_token"])
