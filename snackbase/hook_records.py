@@ -14,7 +14,8 @@ import apsw
 
 from snackbase import audit
 from snackbase.hooks import MAX_NESTING, Event, _nesting, hooks
-from snackbase.queries import MAX_PER_PAGE, ListQuery, get_record, list_records
+from snackbase.listing import MAX_PER_PAGE
+from snackbase.queries import ListQuery, get_record, list_records
 from snackbase.record_changes import WriteContext
 from snackbase.records import create_record, delete_record, update_record
 from snackbase.rules import Caller

@@ -7,18 +7,24 @@ of each record (field access, PII masks, expand) is decided by `snackbase.presen
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, field
 from typing import Any
 
 import apsw
-import msgspec
 
 from snackbase.collections import Registry
 from snackbase.db import fetch_all, fetch_value
 from snackbase.errors import ApiError, field_error
 from snackbase.filter import FilterError, parse_sort
 from snackbase.hooks import hooks
+from snackbase.listing import (
+    Paging,
+    after_clause,
+    decode_cursor,
+    encode_cursor,
+    offset_page,
+    order_sql,
+)
 from snackbase.pii import hidden_fields
 from snackbase.presenter import check_expand, check_projection, present_rows
 from snackbase.rules import (
@@ -31,8 +37,6 @@ from snackbase.rules import (
     where_clause,
 )
 from snackbase.schema import Collection, quote_ident
-
-MAX_PER_PAGE = 500
 
 
 @dataclass
@@ -96,15 +100,10 @@ def list_records(
         [*params, query.per_page, offset],
     )
     items = _to_json(conn, registry, collection, caller, rows, query)
-    total = -1 if query.skip_total else int(fetch_value(conn, f"SELECT count(*) FROM {table}{where}", params))
-    pages = -1 if query.skip_total else (total + query.per_page - 1) // query.per_page
-    return {
-        "items": items,
-        "page": query.page,
-        "per_page": query.per_page,
-        "total_items": total,
-        "total_pages": pages,
-    }
+    paging = Paging(query.page, query.per_page, query.skip_total)
+    return offset_page(
+        items, paging, lambda: int(fetch_value(conn, f"SELECT count(*) FROM {table}{where}", params))
+    )
 
 
 def _to_json(
@@ -133,68 +132,24 @@ def _sort_keys(sort: str) -> list[tuple[str, bool]]:
 
 
 def _order_by(sort: str, resolver: RecordResolver) -> str:
-    parts = []
-    for name, desc in _sort_keys(sort):
-        try:
-            expr = resolver.field(name, 0)
-        except FilterError as exc:
-            raise ApiError(
-                400,
-                "invalid_sort",
-                f"Invalid sort: {exc.message}.",
-                field_error("sort", "invalid_sort", exc.message),
-            ) from None
-        parts.append(f"{expr} {'DESC' if desc else 'ASC'}")
-    return ", ".join(parts)
+    return order_sql([(_sort_expr(resolver, name), desc) for name, desc in _sort_keys(sort)])
+
+
+def _sort_expr(resolver: RecordResolver, name: str) -> str:
+    try:
+        return resolver.field(name, 0)
+    except FilterError as exc:
+        raise ApiError(
+            400,
+            "invalid_sort",
+            f"Invalid sort: {exc.message}.",
+            field_error("sort", "invalid_sort", exc.message),
+        ) from None
 
 
 # --- cursor paging ------------------------------------------------------------------------------
-# The cursor holds the sort values of the last row; the next page is every row strictly after it in
-# the (total, because `id` ends every sort) order, so each row is visited once even while inserting.
-
-_cursor_encoder = msgspec.json.Encoder()
-_cursor_decoder = msgspec.json.Decoder(list[Any])
-
-
-def _encode_cursor(sort: str, row: dict[str, Any], keys: list[tuple[str, bool]]) -> str:
-    raw = _cursor_encoder.encode([sort, *(row[name] for name, _ in keys)])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, sort: str, count: int) -> list[Any]:
-    try:
-        values = _cursor_decoder.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, msgspec.DecodeError):
-        values = []
-    if len(values) != count + 1 or values[0] != sort:
-        raise ApiError(
-            400, "invalid_cursor", "The cursor is not valid for this query; start again with after=."
-        )
-    return values[1:]
-
-
-def _after_clause(
-    keys: list[tuple[str, bool]], values: list[Any], resolver: RecordResolver
-) -> tuple[str, list[Any]]:
-    """(k1 after v1) OR (k1 IS v1 AND k2 after v2) OR … with SQLite's NULL order (NULLs sort first)."""
-    ors, params = [], []
-    for i, (name, desc) in enumerate(keys):
-        ands, ps = [], []
-        for prior, value in zip(keys[:i], values[:i], strict=True):
-            ands.append(f"{resolver.field(prior[0], 0)} IS ?")
-            ps.append(value)
-        after_sql, after_params = _after_one(resolver.field(name, 0), values[i], desc)
-        ors.append("(" + " AND ".join([*ands, after_sql]) + ")")
-        params += ps + after_params
-    return " OR ".join(ors), params
-
-
-def _after_one(expr: str, value: Any, desc: bool) -> tuple[str, list[Any]]:
-    if value is None:
-        return ("0", []) if desc else (f"{expr} IS NOT NULL", [])
-    if desc:
-        return f"({expr} < ? OR {expr} IS NULL)", [value]
-    return f"{expr} > ?", [value]
+# The cursor holds the sort values of the last row (snackbase.listing); the next page is every row
+# strictly after it in the (total, because `id` ends every sort) order.
 
 
 def _cursor_page(
@@ -206,19 +161,16 @@ def _cursor_page(
     resolver: RecordResolver,
     clauses: list[tuple[str, list[Any]]],
 ) -> dict[str, Any]:
-    keys = _sort_keys(query.sort)
+    names = _sort_keys(query.sort)
+    keys = [(_sort_expr(resolver, name), desc) for name, desc in names]
     if query.after:
-        clauses = [
-            *clauses,
-            _after_clause(keys, _decode_cursor(query.after, query.sort, len(keys)), resolver),
-        ]
+        clauses = [*clauses, after_clause(keys, decode_cursor(query.after, query.sort, len(keys)))]
     where, params = where_clause(*clauses)
     sql = (
-        f"SELECT * FROM {quote_ident(collection.table)} AS {ALIAS}{where} "
-        f"ORDER BY {_order_by(query.sort, resolver)} LIMIT ?"
+        f"SELECT * FROM {quote_ident(collection.table)} AS {ALIAS}{where} ORDER BY {order_sql(keys)} LIMIT ?"
     )
     rows = fetch_all(conn, sql, [*params, query.per_page + 1])
     more = len(rows) > query.per_page
     rows = rows[: query.per_page]
-    cursor = _encode_cursor(query.sort, rows[-1], keys) if more else None
+    cursor = encode_cursor(query.sort, [rows[-1][name] for name, _ in names]) if more else None
     return {"items": _to_json(conn, registry, collection, caller, rows, query), "next_cursor": cursor}

@@ -1,4 +1,4 @@
-"""HTTP helpers shared by every route module: JSON responses, JSON bodies, paging parameters.
+"""HTTP helpers shared by every route module: JSON responses, JSON bodies, query parameters.
 
 Bodies are decoded with msgspec into a `Struct` per endpoint (decoders built once per type), so
 unknown keys, wrong types and malformed JSON are refused before a handler sees them.
@@ -25,19 +25,6 @@ _JSON_TYPES = ("application/json", "application/merge-patch+json")
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(_encoder.encode(data), status_code=status, media_type="application/json", headers=headers)
-
-
-def whole_list(items: list[Any]) -> Response:
-    """A list in the SPEC's list shape that fits on one page (short, unpaged lists such as collections)."""
-    count = len(items)
-    page = {
-        "items": items,
-        "page": 1,
-        "per_page": count,
-        "total_items": count,
-        "total_pages": 1 if count else 0,
-    }
-    return json_response(page)
 
 
 def no_content() -> Response:

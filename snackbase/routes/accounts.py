@@ -27,7 +27,7 @@ from snackbase.auth import (
 )
 from snackbase.db import fetch_value
 from snackbase.errors import ApiError, field_error
-from snackbase.paging import page_of
+from snackbase.listing import Source, paging, table_page
 from snackbase.times import now_iso
 from snackbase.unit_of_work import unit_of_work
 from snackbase.users import not_found
@@ -57,7 +57,8 @@ def visible_account(request: Request, auth: Auth) -> dict[str, Any]:
 async def list_accounts(request: Request) -> Response:
     await require_superadmin(request)
     conn = request.app.state.db.conn
-    return json_response(page_of(request, conn, "accounts", "1 = 1", (), "created_at, id", public_account))
+    source = Source("accounts", "1 = 1", (), (("created_at", False), ("id", False)))
+    return json_response(table_page(conn, source, paging(request), public_account))
 
 
 async def create(request: Request) -> Response:

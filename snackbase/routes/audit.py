@@ -20,12 +20,12 @@ from snackbase import audit
 from snackbase.auth import ACCOUNT_ID_RE, Auth, require_account_admin, user_groups
 from snackbase.db import fetch_all, fetch_one, fetch_value
 from snackbase.errors import ApiError
+from snackbase.listing import Paging, after_clause, decode_cursor, encode_cursor, offset_page, paging
 from snackbase.presenter import present_entries, present_stored_row
 from snackbase.times import format_ts, now_iso, parse_ts
 from snackbase.unit_of_work import unit_of_work
-from snackbase.web import json_response, query_int
+from snackbase.web import json_response
 
-MAX_PER_PAGE = 500
 EXPORT_PAGE = 1000
 _SELECT = f"SELECT {', '.join(audit.COLUMNS)} FROM audit_log"
 # CSV column order for people: position first, the chain's hashes last.
@@ -39,42 +39,36 @@ CSV_COLUMNS = (
 async def list_entries(request: Request) -> Response:
     view = await _view(request)
     where, params = _filters(request, view)
-    per_page = query_int(request, "per_page", 30, 1, MAX_PER_PAGE)
+    page = paging(request)
     descending = _descending(request)
     conn = request.app.state.db.conn
-    if "after" in request.query_params:
-        rows, cursor = _cursor_page(
-            conn, view, where, params, per_page, descending, request.query_params["after"]
-        )
+    if page.after is not None:
+        rows, cursor = _cursor_page(conn, view, where, params, page, descending)
         return json_response({"items": _shown(conn, view, rows), "next_cursor": cursor})
-    page = query_int(request, "page", 1, 1, 1_000_000)
     order = f"{_order_column(view)} {'DESC' if descending else 'ASC'}"
     rows = fetch_all(conn, f"{_SELECT} {where} ORDER BY {order} LIMIT ? OFFSET ?",
-                     [*params, per_page, (page - 1) * per_page])  # fmt: skip
-    total = -1 if request.query_params.get("skip_total") == "true" else _count(conn, where, params)
-    pages = -1 if total < 0 else (total + per_page - 1) // per_page
-    return json_response({"items": _shown(conn, view, rows), "page": page, "per_page": per_page,
-                          "total_items": total, "total_pages": pages})  # fmt: skip
+                     [*params, page.per_page, (page.page - 1) * page.per_page])  # fmt: skip
+    return json_response(offset_page(_shown(conn, view, rows), page, lambda: _count(conn, where, params)))
 
 
 def _count(conn: apsw.Connection, where: str, params: list[Any]) -> int:
     return int(fetch_value(conn, f"SELECT count(*) FROM audit_log {where}", params) or 0)
 
 
-def _cursor_page(conn: apsw.Connection, view: View, where: str, params: list[Any], per_page: int,
-                 descending: bool, after: str) -> tuple[list[dict[str, Any]], str | None]:  # fmt: skip
-    """Keyset paging on the order column: stable while new entries are appended."""
+def _cursor_page(conn: apsw.Connection, view: View, where: str, params: list[Any], page: Paging,
+                 descending: bool) -> tuple[list[dict[str, Any]], str | None]:  # fmt: skip
+    """Keyset paging on the order column (unique): stable while new entries are appended."""
     column = _order_column(view)
-    if after:
-        if not after.isdigit():
-            raise ApiError(400, "bad_request", "Query parameter 'after' is not a cursor from this list.")
-        where += f" {'AND' if where else 'WHERE'} {column} {'<' if descending else '>'} ?"
-        params = [*params, int(after)]
+    tag = f"audit-log:{column}:{'desc' if descending else 'asc'}"
+    if page.after:
+        clause, after = after_clause([(column, descending)], decode_cursor(page.after, tag, 1))
+        where += f" {'AND' if where else 'WHERE'} {clause}"
+        params = [*params, *after]
     order = f"{column} {'DESC' if descending else 'ASC'}"
-    rows = fetch_all(conn, f"{_SELECT} {where} ORDER BY {order} LIMIT ?", [*params, per_page + 1])
-    more = len(rows) > per_page
-    rows = rows[:per_page]
-    return rows, str(rows[-1][column]) if more else None
+    rows = fetch_all(conn, f"{_SELECT} {where} ORDER BY {order} LIMIT ?", [*params, page.per_page + 1])
+    more = len(rows) > page.per_page
+    rows = rows[: page.per_page]
+    return rows, encode_cursor(tag, [rows[-1][column]]) if more else None
 
 
 async def get_entry(request: Request) -> Response:

@@ -28,6 +28,7 @@ from snackbase.auth import (
 )
 from snackbase.errors import ApiError, field_error
 from snackbase.hooks import hooks
+from snackbase.listing import whole_list
 from snackbase.passwords import check_policy, hash_password, params_for, verify_password
 from snackbase.times import now_iso
 from snackbase.unit_of_work import unit_of_work
@@ -296,7 +297,7 @@ async def list_sessions(request: Request) -> Response:
     auth = await require_user(request)
     rows = active_sessions(request.app.state.db.conn, str(auth.user_id))
     items = [{**row, "current": row["id"] == auth.session_id} for row in rows]
-    return json_response({"items": items})
+    return json_response(whole_list(items))
 
 
 async def delete_session(request: Request) -> Response:

@@ -14,9 +14,10 @@ from snackbase.collections import create_collection, delete_collection, update_c
 from snackbase.context import caller_for, caller_for_user, change_context
 from snackbase.errors import ApiError
 from snackbase.hooks import hooks
+from snackbase.listing import whole_list
 from snackbase.rules import Caller
 from snackbase.schema import RULE_OPS, collection_to_json, parse_collection_body
-from snackbase.web import json_response, no_content, read_json, read_struct, whole_list
+from snackbase.web import json_response, no_content, read_json, read_struct
 
 
 async def list_collections(request: Request) -> Response:
@@ -25,7 +26,7 @@ async def list_collections(request: Request) -> Response:
     await require_account_admin(request)
     registry, conn = request.app.state.registry, request.app.state.db.conn
     items = [collection_to_json(c) for c in registry.all(conn)]
-    return whole_list(items)
+    return json_response(whole_list(items))
 
 
 async def create(request: Request) -> Response:

@@ -15,7 +15,7 @@ from snackbase.auth import Auth, audit_by_caller, require_account_admin
 from snackbase.db import fetch_all, fetch_one
 from snackbase.errors import ApiError, field_error
 from snackbase.ids import uuid7
-from snackbase.paging import page_of
+from snackbase.listing import Source, paging, table_page
 from snackbase.times import now_iso
 from snackbase.unit_of_work import unit_of_work
 from snackbase.users import acting_account, not_found, visible_user
@@ -108,9 +108,8 @@ async def list_groups(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
     account_id = acting_account(conn, auth, request.query_params.get("account_id"))
-    return json_response(
-        page_of(request, conn, "groups", "account_id = ?", (account_id,), "name", public_group)
-    )
+    source = Source("groups", "account_id = ?", (account_id,), (("name", False),))
+    return json_response(table_page(conn, source, paging(request), public_group))
 
 
 async def create_group(request: Request) -> Response:

@@ -25,7 +25,7 @@ from snackbase.config import Settings
 from snackbase.db import fetch_one
 from snackbase.errors import ApiError
 from snackbase.ids import uuid7
-from snackbase.paging import page_of
+from snackbase.listing import Source, paging, table_page
 from snackbase.passwords import check_policy, hash_password, params_for
 from snackbase.times import now_iso
 from snackbase.tokens import digest, new_one_time_token
@@ -176,16 +176,8 @@ async def list_invitations(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
     account_id = acting_account(conn, auth, request.query_params.get("account_id"))
-    page = page_of(
-        request,
-        conn,
-        "invitations",
-        "account_id = ?",
-        (account_id,),
-        "created_at DESC, id",
-        public_invitation,
-    )
-    return json_response(page)
+    source = Source("invitations", "account_id = ?", (account_id,), (("created_at", True), ("id", False)))
+    return json_response(table_page(conn, source, paging(request), public_invitation))
 
 
 async def delete(request: Request) -> Response:

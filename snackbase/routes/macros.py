@@ -15,9 +15,10 @@ from snackbase.context import caller_for_user, change_context
 from snackbase.errors import ApiError
 from snackbase.filter import parse
 from snackbase.ids import SYSTEM_ACCOUNT_ID
+from snackbase.listing import whole_list
 from snackbase.rules import check_rules, used_macros
 from snackbase.unit_of_work import unit_of_work
-from snackbase.web import json_response, no_content, read_struct, whole_list
+from snackbase.web import json_response, no_content, read_struct
 
 
 class MacroCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -55,7 +56,7 @@ def _description(text: str) -> str:
 async def list_macros(request: Request) -> Response:
     await require_superadmin(request)
     items = [m.to_json() for m in _store(request).all(request.app.state.db.conn).values()]
-    return whole_list(items)
+    return json_response(whole_list(items))
 
 
 async def create(request: Request) -> Response:

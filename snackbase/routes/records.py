@@ -12,8 +12,9 @@ from starlette.responses import Response
 from snackbase import presenter, queries, records
 from snackbase.context import caller_for, write_context
 from snackbase.errors import ApiError
+from snackbase.listing import paging
 from snackbase.schema import Collection
-from snackbase.web import json_response, no_content, query_int, read_json
+from snackbase.web import json_response, no_content, read_json
 
 
 def _collection(request: Request) -> Collection:
@@ -31,16 +32,11 @@ def _names(request: Request, param: str) -> list[str]:
 
 
 def _list_query(request: Request) -> queries.ListQuery:
-    params = request.query_params
-    skip_total = params.get("skip_total", "false").lower()
-    if skip_total not in ("true", "false", "1", "0"):
-        raise ApiError(400, "bad_request", "Query parameter 'skip_total' must be true or false.")
+    params, page = request.query_params, paging(request)
     return queries.ListQuery(
         filter=params.get("filter", ""), sort=params.get("sort", ""),
-        fields=_names(request, "fields") or None,
-        expand=_names(request, "expand"), page=query_int(request, "page", 1, 1, 1_000_000),
-        per_page=query_int(request, "per_page", 30, 1, queries.MAX_PER_PAGE),
-        skip_total=skip_total in ("true", "1"), after=params.get("after"),
+        fields=_names(request, "fields") or None, expand=_names(request, "expand"),
+        page=page.page, per_page=page.per_page, skip_total=page.skip_total, after=page.after,
     )  # fmt: skip
 
 

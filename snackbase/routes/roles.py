@@ -14,7 +14,7 @@ from snackbase.auth import audit_by_caller, require_superadmin, require_user
 from snackbase.db import fetch_one, fetch_value
 from snackbase.errors import ApiError, field_error
 from snackbase.ids import SYSTEM_ACCOUNT_ID
-from snackbase.paging import page_of
+from snackbase.listing import Source, paging, table_page
 from snackbase.times import now_iso
 from snackbase.unit_of_work import unit_of_work
 from snackbase.web import json_response, no_content, read_struct
@@ -39,7 +39,8 @@ def public_role(row: dict[str, Any]) -> dict[str, Any]:
 async def list_roles(request: Request) -> Response:
     await require_user(request)
     conn = request.app.state.db.conn
-    return json_response(page_of(request, conn, "roles", "1 = 1", (), "builtin DESC, name", public_role))
+    source = Source("roles", "1 = 1", (), (("builtin", True), ("name", False)))
+    return json_response(table_page(conn, source, paging(request), public_role))
 
 
 async def create_role(request: Request) -> Response:

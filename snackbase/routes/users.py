@@ -12,7 +12,7 @@ from snackbase import audit, cascade, throttle
 from snackbase.auth import Auth, audit_by_caller, require_account_admin, revoke_user_sessions
 from snackbase.context import caller_for, write_context
 from snackbase.errors import ApiError
-from snackbase.paging import page_of
+from snackbase.listing import Source, paging, table_page
 from snackbase.passwords import check_policy, hash_password, params_for
 from snackbase.times import now_iso
 from snackbase.unit_of_work import unit_of_work
@@ -57,10 +57,8 @@ async def list_users(request: Request) -> Response:
         where = "1 = 1"
     else:
         where, params = "account_id = ?", (acting_account(conn, auth, requested),)
-    page = page_of(
-        request, conn, "users", where, params, "created_at, id", lambda row: public_user(conn, row)
-    )
-    return json_response(page)
+    source = Source("users", where, params, (("created_at", False), ("id", False)))
+    return json_response(table_page(conn, source, paging(request), lambda row: public_user(conn, row)))
 
 
 async def create_user(request: Request) -> Response:
