@@ -24,6 +24,7 @@ from snackbase.config import Settings, ensure_data_dir, load_settings, with_secr
 from snackbase.context import scope_caller
 from snackbase.db import Database
 from snackbase.errors import ApiError, database_error, error_response
+from snackbase.hook_dispatch import HookDispatcher
 from snackbase.hook_loader import HookMiddleware, serve_hooks, start_hooks, terminate_hooks
 from snackbase.hook_records import RecordsHelper
 from snackbase.hooks import hooks
@@ -162,8 +163,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.registry = Registry()
     app.state.macros = MacroStore()
     start_auth(settings, db)
-    hooks.make_caller = scope_caller  # hook events get the request's one caller
-    hooks.make_records = RecordsHelper  # and `event.records`, the same write path as the API
+    # The app's view of the hook registry: its events get this app's settings, connection, the
+    # request's one caller, and `event.records` on the same write path as the API.
+    app.state.hooks = HookDispatcher(hooks, app, scope_caller, RecordsHelper)
     with _close_on_error(db):  # a broken hook file refuses the start (one line in the CLI)
         start_hooks(app, settings.hooks_path)
     return app

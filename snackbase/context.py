@@ -80,7 +80,8 @@ def _named_account(request: Request) -> str | None:
 
 
 async def write_context(request: Request, caller: Caller) -> WriteContext:
-    return WriteContext(caller, audit.meta_from_request(request), _header_reason(request))
+    meta = audit.meta_from_request(request)
+    return WriteContext(caller, meta, _header_reason(request), request.app.state.hooks)
 
 
 async def change_context(request: Request) -> ChangeContext:

@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,6 +22,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from snackbase.config import ConfigError
 from snackbase.errors import ApiError, error_response
 from snackbase.hooks import AppEvent, HookRegistry, RequestEvent, current_scope, hooks, request_id
+
+if TYPE_CHECKING:
+    from snackbase.hook_dispatch import HookDispatcher
 
 MODULE_PREFIX = "snackbase_hook_file_"
 _NOT_IDENT = re.compile(r"\W")
@@ -34,9 +37,8 @@ class HookLoadError(ConfigError):
 def start_hooks(app: Any, directory: Path, registry: HookRegistry = hooks) -> list[Path]:
     """Loads the hook files, binds the app and runs app.bootstrap; returns the files loaded."""
     loaded = load_hook_files(directory, registry)
-    registry.attach(app)
     try:
-        registry.dispatch_sync("app.bootstrap", AppEvent(app=app))
+        registry.dispatch_sync("app.bootstrap", app.state.hooks.bind(AppEvent(app=app)))
     except ApiError as exc:
         registry.unregister_files()
         raise HookLoadError(f"an app.bootstrap hook refused the start: {exc.message}") from None
@@ -44,13 +46,13 @@ def start_hooks(app: Any, directory: Path, registry: HookRegistry = hooks) -> li
 
 
 async def serve_hooks(app: Any) -> None:
-    await hooks.dispatch("app.serve", AppEvent(app=app))
+    await app.state.hooks.dispatch("app.serve", AppEvent(app=app))
 
 
 async def terminate_hooks(app: Any) -> None:
     """app.terminate, then waits for after-hooks still running: both may read the database, still open."""
-    await hooks.dispatch("app.terminate", AppEvent(app=app))
-    await hooks.drain()
+    await app.state.hooks.dispatch("app.terminate", AppEvent(app=app))
+    await app.state.hooks.registry.drain()
 
 
 def load_hook_files(directory: Path, registry: HookRegistry = hooks) -> list[Path]:
@@ -113,6 +115,7 @@ class HookMiddleware:
             current_scope.reset(token)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hooks = scope["app"].state.hooks
         if not hooks.has("request.before") and not hooks.has("request.after"):
             await self.app(scope, receive, send)  # the common case: no wrapper on the hot path
             return
@@ -124,7 +127,7 @@ class HookMiddleware:
             await send(message)
 
         try:
-            if await _allowed(scope, receive, send_status):
+            if await _allowed(hooks, scope, receive, send_status):
                 await self.app(scope, receive, send_status)
         finally:
             if hooks.has("request.after"):
@@ -132,7 +135,7 @@ class HookMiddleware:
                 hooks.fire("request.after", _request_event(scope, status["code"], duration_ms))
 
 
-async def _allowed(scope: Scope, receive: Receive, send: Send) -> bool:
+async def _allowed(hooks: HookDispatcher, scope: Scope, receive: Receive, send: Send) -> bool:
     """request.before: False when a hook aborted (its error has been answered)."""
     if not hooks.has("request.before"):
         return True

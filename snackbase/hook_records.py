@@ -13,7 +13,7 @@ from typing import Any
 import apsw
 
 from snackbase import audit
-from snackbase.hooks import MAX_NESTING, Event, _nesting, hooks
+from snackbase.hooks import MAX_NESTING, Event, _nesting
 from snackbase.listing import MAX_PER_PAGE
 from snackbase.queries import ListQuery, get_record, list_records
 from snackbase.record_changes import WriteContext
@@ -52,7 +52,9 @@ class RecordsHelper:
         conn, registry = self._app()
         query = ListQuery(filter=filter, sort=sort, page=page, per_page=min(per_page, MAX_PER_PAGE))
         caller = self.caller(account_id, bypass_rules)
-        return list_records(conn, registry, registry.get(conn, collection), caller, query)
+        return list_records(
+            conn, registry, registry.get(conn, collection), caller, query, self.event.dispatcher
+        )
 
     def caller(self, account_id: str | None, bypass_rules: bool) -> Caller:
         """The event's caller — the request's one Caller, with its groups and pii access — acting
@@ -65,9 +67,8 @@ class RecordsHelper:
         return base
 
     def _app(self) -> tuple[apsw.Connection, Any]:
-        if hooks.app is None:
-            raise RuntimeError("the records helper needs a running app (hooks.attach was not called)")
-        return hooks.app.state.db.conn, hooks.app.state.registry
+        app = self.event.dispatcher.app
+        return app.state.db.conn, app.state.registry
 
     def _write(self, collection: str, account_id: str | None, bypass_rules: bool, reason: str | None,
                pipeline: Callable[..., Any], *args: Any) -> Any:  # fmt: skip
@@ -88,7 +89,7 @@ class RecordsHelper:
     def _context(self, account_id: str | None, bypass_rules: bool, reason: str | None) -> WriteContext:
         outer = getattr(self.event, "ctx", None)
         meta = outer.meta if outer is not None else audit.RequestMeta(self.event.request_id, None, None)
-        return WriteContext(self.caller(account_id, bypass_rules), meta, reason)
+        return WriteContext(self.caller(account_id, bypass_rules), meta, reason, self.event.dispatcher)
 
 
 def _no_groups() -> frozenset[str]:

@@ -24,23 +24,19 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from starlette.requests import Request
 from starlette.types import Scope
 
 from snackbase.config import Settings
 from snackbase.errors import ApiError
 from snackbase.logs import request_context
-from snackbase.rules import Caller
-from snackbase.schema import collection_to_json
 
 if TYPE_CHECKING:
     import apsw
 
     from snackbase.hook_records import RecordsHelper
     from snackbase.queries import ListQuery
-    from snackbase.record_changes import Change, WriteContext
-    from snackbase.schema import Collection
+    from snackbase.record_changes import WriteContext
 
 __all__ = ["EVENTS", "Event", "HookAbort", "HookRegistry", "RecordEvent", "hooks"]
 
@@ -138,17 +134,6 @@ def request_id() -> str | None:
     return context.get("request_id") if context else None
 
 
-def _scope_auth() -> Any:
-    """The caller of the request being served: the request's one Caller (built by the factory the app
-    installs as `hooks.make_caller`), or None outside a request."""
-    scope = current_scope.get()
-    if scope is None:
-        return None
-    if hooks.make_caller is not None:
-        return hooks.make_caller(scope)
-    return (scope.get("state") or {}).get("auth")
-
-
 @dataclass(kw_only=True)
 class Event:
     """What every hook receives. `conn` is the app's connection, for READS: write through `records`,
@@ -160,11 +145,15 @@ class Event:
     settings: Settings | None = None
     conn: apsw.Connection | None = None
 
+    # The app's dispatcher that fired the event (snackbase.hook_dispatch.HookDispatcher); None for
+    # events fired straight on a registry, outside any app.
+    dispatcher: Any = field(default=None, repr=False, compare=False)
+
     @property
     def records(self) -> RecordsHelper:
-        if hooks.make_records is None:
-            raise RuntimeError("the records helper needs a running app (create_app installs it)")
-        return hooks.make_records(self)
+        if self.dispatcher is None:
+            raise RuntimeError("the records helper needs an event fired by a running app")
+        return self.dispatcher.records(self)
 
 
 @dataclass(kw_only=True)
@@ -252,12 +241,6 @@ class HookRegistry:
         self._seq = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
         self.loading: Path | None = None  # set by the hook-file loader while a file runs
-        self.app: Any = None
-        # The request's caller from its ASGI scope, installed by the app (snackbase.context.scope_caller);
-        # injected, so that this module imports nothing of the request pipeline.
-        self.make_caller: Callable[[Scope], Any] | None = None
-        # `event.records` (snackbase.hook_records.RecordsHelper), installed by the app the same way.
-        self.make_records: Callable[[Event], Any] | None = None
         self.slow_seconds = SLOW_HOOK_SECONDS
 
     # registration
@@ -417,11 +400,10 @@ class HookRegistry:
         return chain
 
     def _fill(self, event: Event) -> None:
-        if event.auth is None:
-            event.auth = _scope_auth()
-        if self.app is not None:
-            event.settings = event.settings or self.app.state.settings
-            event.conn = event.conn or self.app.state.db.conn
+        """The app's context for an event: the dispatcher that fired it (snackbase.hook_dispatch) knows
+        the app's settings, connection and request caller; the registry itself knows no app."""
+        if event.dispatcher is not None:
+            event.dispatcher.fill(event)
 
     def _failed(self, hook: Hook, name: str, exc: Exception) -> None:
         """Before-events: HookAbort (any ApiError) passes as it is; anything else is logged and becomes a
@@ -442,112 +424,6 @@ class HookRegistry:
                 "hook is slow",
                 extra={"hook": hook.name, "event": name, "duration_ms": round(elapsed * 1000, 1)},
             )
-
-    # the app
-
-    def attach(self, app: Any) -> None:
-        """Binds the app whose settings, connection and collections events and the records helper use."""
-        self.app = app
-
-    # one-line seams for the synchronous pipeline (snackbase.records, snackbase.mail)
-
-    def record_before(
-        self,
-        action: str,
-        collection: Collection,
-        ctx: WriteContext,
-        body: dict[str, Any] | None,
-        stored: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """record.before_<action>: returns the body to continue with (hooks may change or replace it).
-        `stored` is the stored row (update, delete); it is turned into the API record only when a hook
-        will see it."""
-        name = f"record.before_{action}"
-        body = body if body is not None else {}
-        if not self.has(name, collection.name):
-            return body
-        record = self.app.state.registry.validator(collection).to_json(stored) if stored is not None else None
-        event = RecordEvent(collection=collection.name, data=body, record=record, auth=ctx.caller, ctx=ctx,
-                            request_id=ctx.meta.request_id or request_id())  # fmt: skip
-        self.dispatch_sync(name, event)
-        if not isinstance(event.data, dict):
-            raise ApiError(500)
-        return event.data
-
-    def record_committed(self, conn: apsw.Connection, change: Change) -> None:
-        """record.after_<action> for a committed change (called by the unit of work after COMMIT)."""
-        op = change.action.removeprefix("record.")
-        record = change.new if change.new is not None else change.old
-        event = RecordEvent(collection=change.collection.name, data=dict(change.new or {}), record=record,
-                            old=change.old if op == "update" else None, auth=change.ctx.caller,
-                            ctx=change.ctx, request_id=change.ctx.meta.request_id or request_id(),
-                            conn=conn)  # fmt: skip
-        self.fire(f"record.after_{op}", event)
-
-    def record_list(self, collection: Collection, caller: Caller, query: ListQuery) -> ListQuery:
-        if self.has("record.before_list", collection.name):
-            self.dispatch_sync(
-                "record.before_list", ListEvent(collection=collection.name, query=query, auth=caller)
-            )
-        return query
-
-    # one-line seams for the async routes (collections, auth)
-
-    async def collection_before(self, action: str, name: str, data: dict[str, Any] | None = None) -> None:
-        """collection.before_<action>: `data` is the parsed definition body (hooks may change it in place)."""
-        event_name = f"collection.before_{action}"
-        if self.has(event_name, name):
-            event = CollectionEvent(collection=name, data=data if data is not None else {},
-                                    record=self._stored_collection(name))  # fmt: skip
-            await self.dispatch(event_name, event)
-
-    def _stored_collection(self, name: str) -> dict[str, Any] | None:
-        if self.app is None:
-            return None
-        registry = self.app.state.registry
-        registry.refresh(self.app.state.db.conn)
-        current = registry.by_name.get(name)
-        return collection_to_json(current) if current is not None else None
-
-    def collection_after(self, action: str, collection: Collection) -> None:
-        """collection.after_<action> with the definition as stored (as it was, for delete)."""
-        if self.has(f"collection.after_{action}", collection.name):
-            event = CollectionEvent(collection=collection.name, record=collection_to_json(collection))
-            self.fire(f"collection.after_{action}", event)
-
-    async def auth_before(self, action: str, body: Any) -> None:
-        """auth.before_<action> with the request body (a msgspec Struct or a dict) minus its secrets."""
-        if self.has(f"auth.before_{action}"):
-            await self.dispatch(f"auth.before_{action}", AuthEvent(data=_without_secrets(body)))
-
-    def auth_after(self, action: str, user: dict[str, Any] | None) -> None:
-        """auth.after_<action> with the user row (its password hash and other secrets removed)."""
-        if self.has(f"auth.after_{action}"):
-            record = _without_secrets(user) if user is not None else None
-            self.fire(f"auth.after_{action}", AuthEvent(record=record, data=dict(record or {})))
-
-    def mail_allowed(self, kind: str, message: EmailMessage) -> bool:
-        """mail.before_send: False when a hook aborted (the email is dropped and that is logged)."""
-        try:
-            self.dispatch_sync(
-                "mail.before_send", MailEvent(kind=kind, message=message, to=str(message["To"]))
-            )
-        except ApiError as exc:
-            log.warning(
-                "email not sent: a mail.before_send hook aborted it",
-                extra={"event": kind, "error": exc.message},
-            )
-            return False
-        return True
-
-
-_SECRET_WORDS = ("password", "token", "secret")
-
-
-def _without_secrets(value: Any) -> dict[str, Any]:
-    """Passwords, tokens and hashes never reach a hook (they would end up in its logs)."""
-    data = msgspec.structs.asdict(value) if isinstance(value, msgspec.Struct) else dict(value)
-    return {k: v for k, v in data.items() if not any(word in k.lower() for word in _SECRET_WORDS)}
 
 
 def _builtin_marker(event: Event) -> None:

@@ -18,7 +18,8 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 
 from snackbase.config import Settings
-from snackbase.hooks import hooks
+from snackbase.errors import ApiError
+from snackbase.hooks import HookRegistry, MailEvent, hooks
 
 log = logging.getLogger("snackbase.mail")
 SMTP_TIMEOUT_S = 15
@@ -113,7 +114,7 @@ async def _send(settings: Settings, kind: str, message: EmailMessage) -> None:
 def send(settings: Settings, kind: str, message: EmailMessage) -> None:
     """Queues the email and returns at once: a slow mail server must not slow the request (or reveal,
     by timing, whether forgot-password found a user)."""
-    if not hooks.mail_allowed(kind, message):  # mail.before_send: hooks may change or drop the email
+    if not allowed_by_hooks(settings, kind, message):
         return
     if not settings.smtp_host:
         _log_instead(settings, kind, message)
@@ -121,6 +122,25 @@ def send(settings: Settings, kind: str, message: EmailMessage) -> None:
     task = asyncio.get_running_loop().create_task(_send(settings, kind, message))
     _background.add(task)
     task.add_done_callback(_background.discard)
+
+
+def allowed_by_hooks(
+    settings: Settings, kind: str, message: EmailMessage, registry: HookRegistry = hooks
+) -> bool:
+    """mail.before_send: hooks may change the message in place, or abort (the email is dropped, logged)."""
+    if not registry.has("mail.before_send"):
+        return True
+    try:
+        registry.dispatch_sync(
+            "mail.before_send",
+            MailEvent(kind=kind, message=message, to=str(message["To"]), settings=settings),
+        )
+    except ApiError as exc:
+        log.warning(
+            "email not sent: a mail.before_send hook aborted it", extra={"event": kind, "error": exc.message}
+        )
+        return False
+    return True
 
 
 def _log_instead(settings: Settings, kind: str, message: EmailMessage) -> None:

@@ -8,7 +8,7 @@ of each record (field access, PII masks, expand) is decided by `snackbase.presen
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apsw
 
@@ -16,7 +16,6 @@ from snackbase.collections import Registry
 from snackbase.db import fetch_all, fetch_value
 from snackbase.errors import ApiError, field_error
 from snackbase.filter import FilterError, parse_sort
-from snackbase.hooks import hooks
 from snackbase.listing import (
     Paging,
     after_clause,
@@ -37,6 +36,9 @@ from snackbase.rules import (
     where_clause,
 )
 from snackbase.schema import Collection, quote_ident
+
+if TYPE_CHECKING:
+    from snackbase.hook_dispatch import HookDispatcher
 
 
 @dataclass
@@ -74,9 +76,15 @@ def get_record(
 
 
 def list_records(
-    conn: apsw.Connection, registry: Registry, collection: Collection, caller: Caller, query: ListQuery
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    caller: Caller,
+    query: ListQuery,
+    hooks: HookDispatcher | None = None,
 ) -> dict[str, Any]:
-    query = hooks.record_list(collection, caller, query)
+    if hooks is not None:
+        query = hooks.record_list(collection, caller, query)
     clauses = [scope_clause(caller)]
     resolver = RecordResolver(collection, caller, hidden=hidden_fields(collection, caller, "list"))
     # The caller's filter before the rule: SQLite tests the terms of a scan in this order, and the

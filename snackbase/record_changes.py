@@ -8,15 +8,17 @@ references cascade to or set to null — so no change can reach the database wit
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apsw
 
 from snackbase import audit
-from snackbase.hooks import hooks
 from snackbase.rules import Caller
 from snackbase.schema import Collection
 from snackbase.unit_of_work import Work
+
+if TYPE_CHECKING:
+    from snackbase.hook_dispatch import HookDispatcher
 
 
 @dataclass
@@ -26,6 +28,8 @@ class WriteContext:
     caller: Caller
     meta: audit.RequestMeta
     reason: str | None = None  # the X-Audit-Reason header; a body's `_reason` wins per operation
+    # The app's hook dispatcher (app.state.hooks); None for writes that fire no hooks (tools, tests).
+    hooks: HookDispatcher | None = None
 
     @property
     def actor(self) -> audit.Actor:
@@ -57,5 +61,8 @@ def record_change(conn: apsw.Connection, work: Work, change: Change) -> None:
         changes=audit.diff(change.old, change.new, pii=pii), reason=change.reason, meta=change.ctx.meta,
         extra={"cascade": change.cascade} if change.cascade else None,
     )  # fmt: skip
-    if hooks.has(f"record.after_{change.action.removeprefix('record.')}", change.collection.name):
-        work.after_commit(lambda: hooks.record_committed(conn, change))
+    dispatcher = change.ctx.hooks
+    if dispatcher and dispatcher.has(
+        f"record.after_{change.action.removeprefix('record.')}", change.collection.name
+    ):
+        work.after_commit(lambda: dispatcher.record_committed(conn, change))

@@ -30,7 +30,6 @@ from snackbase.errors import (
     validation_error,
 )
 from snackbase.filter import FilterError, compile_filter
-from snackbase.hooks import hooks
 from snackbase.ids import uuid7
 from snackbase.pii import check_write_access, mask_value, pii_masks
 from snackbase.presenter import present_json
@@ -146,7 +145,7 @@ def _create(
     work: Work,
 ) -> dict[str, Any]:
     account_id = _target_account(ctx.caller)
-    body = hooks.record_before("create", collection, ctx, op.body)
+    body = ctx.hooks.record_before("create", collection, ctx, op.body) if ctx.hooks else op.body
     validator = registry.validator(collection)
     values = validator.validate(body, mode="create")
     check_write_access(collection, ctx.caller, "create", list(body))
@@ -207,7 +206,7 @@ def _update(
     # is held, so no other process can change the row between this check and the UPDATE.
     old = _stored_for(conn, collection, ctx.caller, "update", record_id, data=op.body)
     sent = _without_masked_echoes(collection, ctx.caller, validator.to_json(old), op.body)
-    body = hooks.record_before("update", collection, ctx, sent, old)
+    body = ctx.hooks.record_before("update", collection, ctx, sent, old) if ctx.hooks else sent
     values = validator.validate(body, mode="replace" if replace else "update")
     # PUT writes every field (those not given get their default), so each must be writable.
     check_write_access(collection, ctx.caller, "update", list(values) if replace else list(body))
@@ -261,7 +260,8 @@ def _delete(
     work: Work,
 ) -> str:
     old = _stored_for(conn, collection, ctx.caller, "delete", record_id, data=op.body)
-    hooks.record_before("delete", collection, ctx, None, old)
+    if ctx.hooks:
+        ctx.hooks.record_before("delete", collection, ctx, None, old)
     cascade.before_delete(conn, registry, collection.name, [old["id"]], ctx, work, op.reason)
     conn.execute(f"DELETE FROM {quote_ident(collection.table)} WHERE id = ?", (old["id"],))
     previous = registry.validator(collection).to_json(old)

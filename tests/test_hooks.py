@@ -324,7 +324,7 @@ def create_through_seam(client: TestClient, user: User, body: dict[str, Any]) ->
     app: Any = client.app
     conn, registry = app.state.db.conn, app.state.registry
     collection, ctx = registry.get(conn, "posts"), context(user)
-    body = hooks.record_before("create", collection, ctx, body)
+    body = app.state.hooks.record_before("create", collection, ctx, body)
     return records.create_record(conn, registry, collection, ctx, body)
 
 
@@ -371,7 +371,7 @@ def test_before_update_sees_the_stored_record_and_changes_the_body(app_client: T
         event.data["slug"] = f"was-{event.record['title'].lower()}"
 
     collection, ctx = registry.get(conn, "posts"), context(user)
-    body = hooks.record_before(
+    body = app.state.hooks.record_before(
         "update", collection, ctx, {"title": "Final"}, stored_row(app_client, created["id"])
     )
     updated = records.update_record(conn, registry, collection, ctx, created["id"], body)
@@ -390,7 +390,7 @@ def test_before_delete_abort_keeps_the_record(app_client: TestClient) -> None:
             raise HookAbort(403, "Protected.")
 
     with pytest.raises(HookAbort):
-        hooks.record_before(
+        app.state.hooks.record_before(
             "delete", registry.get(conn, "posts"), context(user), None, stored_row(app_client, created["id"])
         )
     assert stored_row(app_client, created["id"])["title"] == "Keep me"
@@ -404,7 +404,7 @@ def test_before_list_may_narrow_the_query(app_client: TestClient) -> None:
         create_through_seam(app_client, user, {"title": title})
     hooks.on("record.before_list", collection="posts")(lambda e: setattr(e.query, "filter", 'title = "b"'))
     collection, caller = registry.get(conn, "posts"), context(user).caller
-    query = hooks.record_list(collection, caller, queries.ListQuery())
+    query = app.state.hooks.record_list(collection, caller, queries.ListQuery())
     assert [r["title"] for r in queries.list_records(conn, registry, collection, caller, query)["items"]] == [
         "b"
     ]
@@ -513,7 +513,8 @@ def test_records_helper_writes_fire_hooks_and_reads_follow_rules(app_client: Tes
 
 def test_records_helper_refuses_another_account_without_bypass(app_client: TestClient) -> None:
     _, user = setup(app_client)
-    event = RecordEvent(collection="posts", auth=context(user).caller)
+    app: Any = app_client.app
+    event = app.state.hooks.bind(RecordEvent(collection="posts", auth=context(user).caller))
     with pytest.raises(ValueError, match="bypass_rules=True"):
         event.records.create("posts", {"title": "x"}, account_id="ZZ9999")
 
@@ -555,19 +556,23 @@ def test_collection_seams_carry_the_definition(app_client: TestClient) -> None:
     hooks.on("collection.after_delete")(
         lambda e: seen.append((e.name, e.collection, e.data, e.record["name"]))
     )
-    asyncio.run(hooks.collection_before("update", "posts", {"rules": {}}))
+    asyncio.run(app.state.hooks.collection_before("update", "posts", {"rules": {}}))
     with pytest.raises(HookAbort):
-        asyncio.run(hooks.collection_before("create", "tmp_x", {"name": "tmp_x"}))
-    asyncio.run(hooks.collection_before("create", "kept", {"name": "kept"}))  # no definition yet: record None
-    hooks.collection_after("delete", app.state.registry.get(app.state.db.conn, "notifications"))
+        asyncio.run(app.state.hooks.collection_before("create", "tmp_x", {"name": "tmp_x"}))
+    asyncio.run(
+        app.state.hooks.collection_before("create", "kept", {"name": "kept"})
+    )  # no definition yet: record None
+    app.state.hooks.collection_after("delete", app.state.registry.get(app.state.db.conn, "notifications"))
     assert seen == [
         ("collection.before_update", "posts", {"rules": {}}, ["title", "slug"]),
         ("collection.after_delete", "notifications", {}, "notifications"),
     ]
 
 
-def test_auth_seams_never_show_secrets(hook_registry: HookRegistry) -> None:
+def test_auth_seams_never_show_secrets(client: TestClient, hook_registry: HookRegistry) -> None:
     import msgspec
+
+    app: Any = client.app
 
     class LoginBody(msgspec.Struct):
         email: str
@@ -583,10 +588,12 @@ def test_auth_seams_never_show_secrets(hook_registry: HookRegistry) -> None:
         if not event.data["email"].endswith("@acme.example"):
             raise HookAbort(403, "Registration is for Acme staff.")
 
-    asyncio.run(hooks.auth_before("login", LoginBody("a@acme.example", "hunter2hunter2", "acme")))
-    hooks.auth_after("login", {"id": "u1", "email": "a@acme.example", "password_hash": "$argon2id$…"})
+    asyncio.run(app.state.hooks.auth_before("login", LoginBody("a@acme.example", "hunter2hunter2", "acme")))
+    app.state.hooks.auth_after(
+        "login", {"id": "u1", "email": "a@acme.example", "password_hash": "$argon2id$…"}
+    )
     with pytest.raises(HookAbort):
-        asyncio.run(hooks.auth_before("register", {"email": "x@other.example", "password": "p"}))
+        asyncio.run(app.state.hooks.auth_before("register", {"email": "x@other.example", "password": "p"}))
     assert seen == [
         {"email": "a@acme.example", "account_identifier": "acme"},
         {"id": "u1", "email": "a@acme.example"},
@@ -636,7 +643,9 @@ def test_request_events_carry_the_caller(app_client: TestClient) -> None:
     assert seen == [user.id]
 
 
-def test_mail_before_send_may_change_or_drop_the_email() -> None:
+def test_mail_before_send_may_change_or_drop_the_email(settings: Any) -> None:
+    from snackbase.mail import allowed_by_hooks
+
     registry = HookRegistry()
     message = EmailMessage()
     message["To"], message["Subject"] = "a@example.com", "Hi"
@@ -647,10 +656,10 @@ def test_mail_before_send_may_change_or_drop_the_email() -> None:
         if event.to.endswith("@blocked.example"):
             raise HookAbort(400, "blocked domain")
 
-    assert registry.mail_allowed("verify_email", message) and message["Subject"] == "[Acme] Hi"
+    assert allowed_by_hooks(settings, "verify_email", message, registry) and message["Subject"] == "[Acme] Hi"
     blocked = EmailMessage()
     blocked["To"], blocked["Subject"] = "x@blocked.example", "Hi"
-    assert not registry.mail_allowed("verify_email", blocked)
+    assert not allowed_by_hooks(settings, "verify_email", blocked, registry)
 
 
 def test_app_events_fire_at_start_and_stop(settings: Any, hook_registry: HookRegistry) -> None:

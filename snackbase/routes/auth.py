@@ -27,7 +27,6 @@ from snackbase.auth import (
     user_actor,
 )
 from snackbase.errors import ApiError, field_error
-from snackbase.hooks import hooks
 from snackbase.listing import whole_list
 from snackbase.passwords import check_policy, hash_password, params_for, verify_password
 from snackbase.times import now_iso
@@ -124,7 +123,7 @@ def logged_in(request: Request, user_id: str, session_id: str, refresh: str, sta
 async def register(request: Request) -> Response:
     settings, conn = request.app.state.settings, request.app.state.db.conn
     body = await read_struct(request, RegisterBody)
-    await hooks.auth_before("register", body)
+    await request.app.state.hooks.auth_before("register", body)
     if settings.registration == "closed":
         raise ApiError(403, "registration_closed", "Registration is closed; ask an administrator.")
     name = clean_name(body.account_name, "account_name")
@@ -149,7 +148,7 @@ async def register(request: Request) -> Response:
                 "session_id": session_id,
             },
         )
-    hooks.auth_after("register", user)
+    request.app.state.hooks.auth_after("register", user)
     return logged_in(request, user["id"], session_id, refresh, status=201)
 
 
@@ -163,7 +162,7 @@ def _login_identity(conn: Any, ref: str, email: str) -> tuple[str | None, str]:
 async def login(request: Request) -> Response:
     settings, conn = request.app.state.settings, request.app.state.db.conn
     body = await read_struct(request, LoginBody)
-    await hooks.auth_before("login", body)
+    await request.app.state.hooks.auth_before("login", body)
     email, ip = normalize_email(body.email), client_ip(request)
     account_id, identity = _login_identity(conn, body.account_identifier, email)
     throttle.check_login_allowed(conn, settings, ip, identity)
@@ -187,7 +186,7 @@ async def login(request: Request) -> Response:
         throttle.clear_identity(conn, identity)
         session_id, refresh = open_session(request, user)
         _login_event(request, body.account_identifier, user, email, True, "", session_id)
-    hooks.auth_after("login", user)
+    request.app.state.hooks.auth_after("login", user)
     return logged_in(request, user["id"], session_id, refresh)
 
 
@@ -235,18 +234,18 @@ def _login_event(
 async def refresh(request: Request) -> Response:
     settings, conn = request.app.state.settings, request.app.state.db.conn
     body = await read_struct(request, RefreshBody)
-    await hooks.auth_before("refresh", body)
+    await request.app.state.hooks.auth_before("refresh", body)
     row, new_token = rotate_refresh_token(
         conn, settings, body.refresh_token, audit.meta_from_request(request)
     )
-    hooks.auth_after("refresh", get_user(conn, str(row["id"])))
+    request.app.state.hooks.auth_after("refresh", get_user(conn, str(row["id"])))
     return json_response(token_pair(settings, row, row["session_id"], new_token))
 
 
 async def logout(request: Request) -> Response:
     auth = await require_user(request)
     body = await read_struct(request, RefreshBody)
-    await hooks.auth_before("logout", body)
+    await request.app.state.hooks.auth_before("logout", body)
     conn = request.app.state.db.conn
     with unit_of_work(conn):
         ended = []
@@ -256,7 +255,7 @@ async def logout(request: Request) -> Response:
         if revoke_session(conn, str(auth.session_id), "logout"):
             ended.append(str(auth.session_id))
         _audit_logout(request, auth, "session", str(auth.session_id), ended)
-    hooks.auth_after("logout", get_user(conn, str(auth.user_id)))
+    request.app.state.hooks.auth_after("logout", get_user(conn, str(auth.user_id)))
     return no_content()
 
 

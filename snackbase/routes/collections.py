@@ -13,7 +13,6 @@ from snackbase.auth import require_account_admin, require_superadmin
 from snackbase.collections import create_collection, delete_collection, update_collection
 from snackbase.context import caller_for, caller_for_user, change_context
 from snackbase.errors import ApiError
-from snackbase.hooks import hooks
 from snackbase.listing import whole_list
 from snackbase.rules import Caller
 from snackbase.schema import RULE_OPS, collection_to_json, parse_collection_body
@@ -32,10 +31,10 @@ async def list_collections(request: Request) -> Response:
 async def create(request: Request) -> Response:
     await require_superadmin(request)
     parsed = parse_collection_body(await read_json(request))
-    await hooks.collection_before("create", parsed["name"], parsed)
+    await request.app.state.hooks.collection_before("create", parsed["name"], parsed)
     ctx = await change_context(request)
     collection = create_collection(request.app.state.db.conn, request.app.state.registry, parsed, ctx)
-    hooks.collection_after("create", collection)
+    request.app.state.hooks.collection_after("create", collection)
     return json_response(collection_to_json(collection), status=201)
 
 
@@ -48,23 +47,23 @@ async def get_one(request: Request) -> Response:
 async def update(request: Request) -> Response:
     await require_superadmin(request)
     parsed = parse_collection_body(await read_json(request), partial=True)
-    await hooks.collection_before("update", request.path_params["name"], parsed)
+    await request.app.state.hooks.collection_before("update", request.path_params["name"], parsed)
     ctx = await change_context(request)
     collection = update_collection(
         request.app.state.db.conn, request.app.state.registry, request.path_params["name"], parsed, ctx
     )
-    hooks.collection_after("update", collection)
+    request.app.state.hooks.collection_after("update", collection)
     return json_response(collection_to_json(collection))
 
 
 async def delete(request: Request) -> Response:
     await require_superadmin(request)
-    await hooks.collection_before("delete", request.path_params["name"])
+    await request.app.state.hooks.collection_before("delete", request.path_params["name"])
     ctx = await change_context(request)
     old = delete_collection(
         request.app.state.db.conn, request.app.state.registry, request.path_params["name"], ctx
     )
-    hooks.collection_after("delete", old)
+    request.app.state.hooks.collection_after("delete", old)
     return no_content()
 
 

@@ -45,7 +45,12 @@ async def list_records(request: Request) -> Response:
     caller = await caller_for(request)
     query = _list_query(request)
     page = queries.list_records(
-        request.app.state.db.conn, request.app.state.registry, collection, caller, query
+        request.app.state.db.conn,
+        request.app.state.registry,
+        collection,
+        caller,
+        query,
+        request.app.state.hooks,
     )
     return json_response(page)
 
