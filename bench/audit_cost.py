@@ -3,8 +3,8 @@
     .venv/bin/python bench/audit_cost.py [--duration 10] [--rounds 3]
 
 Both variants run from the source tree on core 0 with wrk on core 1, like bench/run.py. The variant
-without audit replaces the record pipeline's `_emit` (which writes the entry in the write's
-transaction) with a no-op in that process only: it measures what the audit entry costs, and is never
+without audit replaces `audit.append` (which the record pipeline's `record_changes.record_change`
+calls inside the write's unit of work) with a no-op in that process only: it measures what the audit entry costs, and is never
 a way to run SnackBase. The rounds alternate the two variants, so drift on this shared machine hits
 both alike; the medians are printed.
 """
@@ -26,7 +26,7 @@ _SERVE = "import sys; sys.argv[0] = 'snackbase'; {patch}from snackbase.cli impor
 VARIANTS = {
     "with audit": _SERVE.format(patch=""),
     "without audit": _SERVE.format(
-        patch="import snackbase.records as r; r._emit = lambda conn, event: None; "
+        patch="import snackbase.audit as a; a.append = lambda *args, **kwargs: 0; "
     ),
 }
 

@@ -54,7 +54,7 @@ def present_rows(
     """Stored rows as this caller reads them (`op` is list or view): JSON values, field access, PII
     masks, expanded references (each passing its own view rule), then the `fields` projection."""
     to_json = registry.validator(collection).to_json
-    return present_json(conn, registry, collection, caller, op, [to_json(r) for r in rows], expand, fields)
+    return _present(conn, registry, collection, caller, op, [to_json(r) for r in rows], expand, fields)
 
 
 def present_json(
@@ -69,7 +69,21 @@ def present_json(
 ) -> list[dict[str, Any]]:
     """`present_rows` for records already in JSON form (the answers of writes). Works on copies: the
     stored values also travel to after-commit work, which must see them unmasked."""
-    shown = present(collection, caller, op, [dict(r) for r in records])
+    return _present(conn, registry, collection, caller, op, [dict(r) for r in records], expand, fields)
+
+
+def _present(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    caller: Caller,
+    op: str,
+    records: list[dict[str, Any]],
+    expand: list[str] | tuple[str, ...],
+    fields: list[str] | None,
+) -> list[dict[str, Any]]:
+    """Changes `records` (fresh dicts of this call) in place: field access, masks, expand, projection."""
+    shown = present(collection, caller, op, records)
     if expand:
         expand_records(conn, registry, collection, caller, shown, expand)
     return project(shown, fields)

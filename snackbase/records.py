@@ -11,9 +11,7 @@ all call these functions; what a caller reads of the result comes from snackbase
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,14 +92,9 @@ def delete_record(
         return _delete(conn, registry, collection, ctx, record_id, op, work)
 
 
-@contextlib.contextmanager
-def _writing(conn: apsw.Connection, collection: Collection) -> Iterator[Work]:
+def _writing(conn: apsw.Connection, collection: Collection) -> unit_of_work:
     """The unit of work of a record write, with SQLite's constraint errors answered for this collection."""
-    try:
-        with unit_of_work(conn) as work:
-            yield work
-    except apsw.ConstraintError as exc:
-        raise _constraint_error(exc, collection) from None
+    return unit_of_work(conn, on_constraint=lambda exc: _constraint_error(exc, collection))
 
 
 def _constraint_error(exc: apsw.ConstraintError, collection: Collection) -> ApiError:

@@ -22,6 +22,7 @@ import logging
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import apsw
 
@@ -53,32 +54,89 @@ def current(conn: apsw.Connection) -> Work | None:
     return _open.get(conn)
 
 
-@contextlib.contextmanager
-def unit_of_work(conn: apsw.Connection, *, foreign_keys_off: bool = False) -> Iterator[Work]:
+class unit_of_work:
     """Runs the block as one write transaction; see the module docstring.
 
     `foreign_keys_off` is for table rebuilds (collection schema changes): PRAGMA foreign_keys is a
-    no-op inside a transaction, so it is switched before BEGIN and back after the end."""
-    outer = _open.get(conn)
-    if outer is not None:
-        with _savepoint(conn):
-            yield outer
-        return
-    if conn.in_transaction:
-        raise RuntimeError("a write began inside a transaction that is not a unit of work")
-    work = Work(conn)
-    with _foreign_keys(conn, not foreign_keys_off), _database_errors():
-        conn.execute("BEGIN IMMEDIATE")
-        _open[conn] = work
+    no-op inside a transaction, so it is switched before BEGIN and back after the end.
+    `on_constraint` turns SQLite's constraint error into the caller's own answer (after the rollback).
+
+    A class rather than a generator-based context manager: it runs on every write, and each
+    contextlib layer costs a generator step on the way in and out."""
+
+    __slots__ = ("conn", "foreign_keys_off", "nested", "on_constraint", "work")
+
+    def __init__(
+        self,
+        conn: apsw.Connection,
+        *,
+        foreign_keys_off: bool = False,
+        on_constraint: Callable[[apsw.ConstraintError], Exception] | None = None,
+    ) -> None:
+        self.conn = conn
+        self.foreign_keys_off = foreign_keys_off
+        self.on_constraint = on_constraint
+        self.nested = False
+
+    def __enter__(self) -> Work:
+        conn = self.conn
+        outer = _open.get(conn)
+        if outer is not None:  # joins the open unit as a savepoint
+            self.nested = True
+            conn.execute("SAVEPOINT unit_of_work")
+            self.work = outer
+            return outer
+        if conn.in_transaction:
+            raise RuntimeError("a write began inside a transaction that is not a unit of work")
+        if self.foreign_keys_off:
+            conn.execute("PRAGMA foreign_keys=OFF")
         try:
-            yield work
-        except BaseException:
-            _rollback(conn)
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            self._foreign_keys_on()
+            self._raise_translated(exc)
             raise
+        self.work = _open[conn] = Work(conn)
+        return self.work
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        conn = self.conn
+        if self.nested:
+            if exc is not None and conn.in_transaction:
+                conn.execute("ROLLBACK TO unit_of_work")
+            if conn.in_transaction:
+                conn.execute("RELEASE unit_of_work")
+            self._raise_translated(exc)
+            return
+        _open.pop(conn, None)
+        try:
+            if exc is not None:
+                _rollback(conn)
+                self._raise_translated(exc)
+                return
+            try:
+                conn.execute("COMMIT")
+            except BaseException as error:
+                _rollback(conn)
+                self._raise_translated(error)
+                raise
         finally:
-            _open.pop(conn, None)
-        conn.execute("COMMIT")
-    run_effects(work.effects)
+            self._foreign_keys_on()
+        run_effects(self.work.effects)
+
+    def _raise_translated(self, exc: BaseException | None) -> None:
+        """A busy database or an exhausted statement budget leaves as its own 503, never a bare 500;
+        a constraint as the caller's own answer when it gave one. Anything else propagates as it is."""
+        if exc is None:
+            return
+        if isinstance(exc, (apsw.BusyError, apsw.InterruptError)):
+            raise database_error(exc) from None
+        if self.on_constraint is not None and isinstance(exc, apsw.ConstraintError):
+            raise self.on_constraint(exc) from None
+
+    def _foreign_keys_on(self) -> None:
+        if self.foreign_keys_off:
+            self.conn.execute("PRAGMA foreign_keys=ON")
 
 
 def run_effects(effects: list[Effect]) -> None:
@@ -91,44 +149,11 @@ def run_effects(effects: list[Effect]) -> None:
     effects.clear()
 
 
-@contextlib.contextmanager
-def _savepoint(conn: apsw.Connection) -> Iterator[None]:
-    conn.execute("SAVEPOINT unit_of_work")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK TO unit_of_work")
-        conn.execute("RELEASE unit_of_work")
-        raise
-    conn.execute("RELEASE unit_of_work")
-
-
 def _rollback(conn: apsw.Connection) -> None:
     # SQLite may have rolled back already (an interrupted statement, a full disk): then there is
     # nothing left to undo, and ROLLBACK would fail with "no transaction is active".
     if conn.in_transaction:
         conn.execute("ROLLBACK")
-
-
-@contextlib.contextmanager
-def _database_errors() -> Iterator[None]:
-    """A busy database or an exhausted statement budget leaves as its own 503, never a bare 500."""
-    try:
-        yield
-    except (apsw.BusyError, apsw.InterruptError) as exc:
-        raise database_error(exc) from None
-
-
-@contextlib.contextmanager
-def _foreign_keys(conn: apsw.Connection, on: bool) -> Iterator[None]:
-    if on:
-        yield
-        return
-    conn.execute("PRAGMA foreign_keys=OFF")
-    try:
-        yield
-    finally:
-        conn.execute("PRAGMA foreign_keys=ON")
 
 
 @contextlib.contextmanager
