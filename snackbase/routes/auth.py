@@ -182,7 +182,7 @@ async def login(request: Request) -> Response:
     with conn:
         if new_hash is not None:
             conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (new_hash, user["id"]))
-        throttle.clear_identity(conn, identity)
+        throttle.clear_pair(conn, identity, ip)
         session_id, refresh = open_session(request, user)
         _login_event(request, body.account_identifier, user, email, True, "", session_id)
     hooks.auth_after("login", user)

@@ -24,7 +24,7 @@ from snackbase.auth import (
 from snackbase.config import Settings
 from snackbase.db import fetch_one
 from snackbase.errors import ApiError
-from snackbase.ids import uuid7
+from snackbase.ids import SYSTEM_ACCOUNT_ID, uuid7
 from snackbase.paging import page_of
 from snackbase.passwords import check_policy, hash_password, params_for
 from snackbase.times import now_iso
@@ -233,7 +233,31 @@ def _by_token(conn: apsw.Connection, token: str) -> dict[str, Any]:
         raise ApiError(404, "not_found", "This invitation does not exist.")
     if status_of(row) != "pending":
         raise ApiError(410, "invitation_expired", "This invitation was already used or has expired.")
+    if not _inviter_still_may(conn, row):
+        raise ApiError(410, "invitation_expired", "This invitation is no longer valid.")
     return row
+
+
+def _inviter_still_may(conn: apsw.Connection, row: dict[str, Any]) -> bool:
+    """An invitation carries its inviter's authority, so it dies with it: checked when the token is
+    used (always current, nothing to revoke). The inviter must still exist (deletion sets invited_by
+    to NULL), be active, and be a superadmin or an admin of the invitation's account — and an inviter
+    demoted to a plain role can no longer hand out the admin role."""
+    inviter = (
+        fetch_one(conn, "SELECT account_id, role, is_active FROM users WHERE id = ?", (row["invited_by"],))
+        if row["invited_by"]
+        else None
+    )
+    if inviter is None or not inviter["is_active"]:
+        return False
+    if inviter["account_id"] == SYSTEM_ACCOUNT_ID:
+        return True
+    return inviter["account_id"] == row["account_id"] and _rank(inviter["role"]) >= _rank(row["role"])
+
+
+def _rank(role: str) -> int:
+    """admin above every other role (built-in `user` and custom roles rank alike)."""
+    return 2 if role == "admin" else 1
 
 
 async def show(request: Request) -> Response:
