@@ -182,11 +182,18 @@ def _decode_cursor(cursor: str, sort: str, count: int) -> list[Any]:
         values = _cursor_decoder.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, msgspec.DecodeError):
         values = []
-    if len(values) != count + 1 or values[0] != sort:
+    if len(values) != count + 1 or values[0] != sort or not all(map(_sortable, values[1:])):
         raise ApiError(
             400, "invalid_cursor", "The cursor is not valid for this query; start again with after=."
         )
     return values[1:]
+
+
+def _sortable(value: Any) -> bool:
+    """A value a stored column can hold: a forged cursor's objects, lists or huge integers are refused."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return -(2**63) <= value < 2**63
+    return value is None or isinstance(value, (float, str))
 
 
 def _after_clause(

@@ -44,6 +44,7 @@ from snackbase.users import (
 )
 from snackbase.web import json_response, no_content, read_struct
 
+NO_STORE = {"cache-control": "no-store"}  # responses carrying a token (RFC 6749 section 5.1)
 Short = Annotated[str, msgspec.Meta(max_length=64)]
 
 
@@ -168,7 +169,7 @@ async def create(request: Request) -> Response:
         row = _visible(conn, auth, invitation_id)
         _audit(request, audit.actor_from_auth(auth), "invitation.create", row, None, _view(row), reason)
     _send(settings, conn, row, token)
-    return json_response({**public_invitation(row), "token": token}, status=201)
+    return json_response({**public_invitation(row), "token": token}, status=201, headers=NO_STORE)
 
 
 async def list_invitations(request: Request) -> Response:
@@ -221,7 +222,7 @@ async def resend(request: Request) -> Response:
             request, audit.actor_from_auth(auth), "invitation.resend", row, _view(before), _view(row), reason
         )
     _send(settings, conn, row, token)
-    return json_response({**public_invitation(row), "token": token})
+    return json_response({**public_invitation(row), "token": token}, headers=NO_STORE)
 
 
 def _by_token(conn: apsw.Connection, token: str) -> dict[str, Any]:
@@ -315,6 +316,7 @@ async def accept(request: Request) -> Response:
             **token_pair(settings, user, session_id, refresh),
         },
         status=201,
+        headers=NO_STORE,
     )
 
 

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from snackbase import audit, records, signatures
 from snackbase.auth import get_auth, require_user
 from snackbase.context import caller_for
-from snackbase.db import fetch_value
+from snackbase.db import fetch_value, write_transaction
 from snackbase.errors import ApiError
 from snackbase.passwords import params_for, verify_password
 from snackbase.schema import Collection
@@ -33,7 +33,6 @@ async def sign(request: Request) -> Response:
     body = await read_struct(request, SignBody)
     meaning = signatures.check_meaning(body.meaning)
     conn, registry = request.app.state.db.conn, request.app.state.registry
-    record = records.stored_record(conn, registry, collection, caller, "view", request.path_params["id"])
     actor, meta = audit.actor_from_auth(auth), audit.meta_from_request(request)
     if signatures.too_many_failures(conn, auth.user_id or ""):
         raise ApiError(
@@ -45,11 +44,18 @@ async def sign(request: Request) -> Response:
     stored_hash = fetch_value(conn, "SELECT password_hash FROM users WHERE id = ?", (auth.user_id,))
     password = body.password if len(body.password) <= 1024 else ""
     ok, _ = await verify_password(params_for(request.app.state.settings.environment), stored_hash, password)
+    record_id = request.path_params["id"]
     if not ok:
+        record = records.stored_record(conn, registry, collection, caller, "view", record_id)
         signatures.record_failure(conn, collection, record, actor, meta)
         signatures.require_password(ok)
     reason = audit.reason_from(request)
-    return json_response(signatures.sign(conn, collection, record, actor, meta, meaning, reason), status=201)
+    # The password is checked first (it awaits the hash); the record is read after it, in the write
+    # transaction that stores the signature, so what is signed is the version stored at that moment.
+    with write_transaction(conn):
+        record = records.stored_record(conn, registry, collection, caller, "view", record_id)
+        signed = signatures.sign(conn, collection, record, actor, meta, meaning, reason)
+    return json_response(signed, status=201)
 
 
 async def list_signatures(request: Request) -> Response:
