@@ -40,6 +40,11 @@ ADMIN_CSP = (
 )
 
 
+def security_headers() -> list[tuple[bytes, bytes]]:
+    """The headers every response carries (also the HTTP parser's own 400, see http_protocol.py)."""
+    return list(_SECURITY_HEADERS)
+
+
 def request_id_from(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id" and _SAFE_REQUEST_ID.fullmatch(value):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -317,6 +318,23 @@ def test_a_refused_cors_preflight_answers_in_the_envelope(tmp_path: Path) -> Non
         envelope_of(client.options(f"{API}/records/x", headers=preflight), 400, "cors_refused")
         allowed = client.options(f"{API}/records/x", headers={**preflight, "origin": "https://app.example.com"})
         assert allowed.status_code == 200
+
+
+def test_the_http_parsers_own_400_is_in_the_envelope(start_server: Callable[..., ServerProcess]) -> None:
+    """Before: uvicorn answered a malformed Content-Length with a plain-text 400 of its own."""
+    import socket
+
+    server = start_server()
+    for length in (b"abc", b"-1", b"9" * 30):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: " + length + b"\r\n\r\n{}")
+            raw = b""
+            while chunk := sock.recv(4096):
+                raw += chunk
+        head, _, payload = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower()
+        body = json.loads(payload)
+        assert set(body) == {"status", "code", "message", "fields", "request_id"} and body["status"] == 400
 
 
 # --- 7. HTTP details ----------------------------------------------------------------------------
