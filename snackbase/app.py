@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import apsw
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -141,7 +142,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = SnackBaseApp(
         routes=routes,
         middleware=middleware,
-        exception_handlers={ApiError: handle_api_error, HTTPException: handle_http_exception},
+        exception_handlers={
+            ApiError: handle_api_error,
+            HTTPException: handle_http_exception,
+            apsw.InterruptError: handle_interrupted,
+        },
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -202,6 +207,16 @@ def allowed_methods(request: Request) -> list[str]:
             methods |= route.methods
     order = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
     return sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m))
+
+
+async def handle_interrupted(request: Request, exc: Exception) -> Response:
+    """A statement stopped by the statement budget (db.StatementBudget): its transaction rolled back."""
+    error = ApiError(
+        503,
+        "query_timeout",
+        "The query ran longer than the server's statement budget and was stopped; narrow the filter.",
+    )
+    return error_response(error, request_id(request))
 
 
 def ui_dist_dir() -> Path | None:

@@ -24,6 +24,7 @@ from tests.test_filter import (
     grammar_filter,
     mutated_filter,
     quote,
+    with_budget,
 )
 
 EXAMPLES = int(os.environ.get("SNACKBASE_FUZZ_EXAMPLES", "0") or 0)
@@ -44,7 +45,7 @@ class TypedResolver(Resolver):
 
 @pytest.fixture(scope="module")
 def db() -> sqlite3.Connection:
-    conn = sqlite3.connect(":memory:")
+    conn = with_budget(sqlite3.connect(":memory:"))
     conn.execute(
         "CREATE TABLE t (id, a, b, c, title, status, views, owner, author_name, created_at)"
     )

@@ -174,6 +174,19 @@ def test_health_answers_while_a_heavy_like_runs(start_server: Callable[..., Serv
     assert done["list_s"] < 2.0, done
 
 
+def test_a_statement_over_budget_is_a_503_envelope(tmp_path: Path) -> None:
+    """Before: the statement budget's interrupt escaped as a bare 500."""
+    settings = make_settings(tmp_path / "data", statement_timeout_ms=5)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        su = create_user(client.app, account_id="SY0000", role="admin")
+        new_collection(client, su, "pages", [{"name": "body", "type": "text"}])
+        user = create_user(client.app, role="admin")
+        for _ in range(8):
+            assert client.post(f"{API}/records/pages", json={"body": BIG}, headers=user["headers"]).status_code == 201
+        response = client.get(f"{API}/records/pages", params={"filter": f'body ~ "{"a" * 255}b"'}, headers=user["headers"])
+        envelope_of(response, 503, "query_timeout")
+
+
 # --- 3. invitations die with their inviter's authority ------------------------------------------
 
 
