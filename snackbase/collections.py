@@ -120,8 +120,8 @@ def refuse_new_file_fields(old: Collection | None, new: Collection) -> None:
     database from an earlier version) still loads and can still be changed; only new ones are refused."""
     existing = {f.name for f in old.fields if f.type == "file"} if old is not None else set()
     errors = {}
-    for index, field in enumerate(new.fields):
-        if field.type == "file" and field.name not in existing:
+    for index, definition in enumerate(new.fields):
+        if definition.type == "file" and definition.name not in existing:
             errors.update(
                 field_error(
                     f"fields.{index}.type",

@@ -59,7 +59,7 @@ class StatementBudget:
     def on_progress(self) -> bool:
         return time.monotonic() > self.deadline
 
-    def check(self) -> int:
+    def check(self, *_args: Any) -> int:
         """The SQL function `sb_budget()`: 1, or the statement is stopped once over budget.
 
         The progress handler runs every PROGRESS_STEPS VM steps, but one step can be long: a `~`

@@ -20,7 +20,9 @@ from snackbase.web import encode_json
 class EnvelopeHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         request_id = random_bytes(12).hex()
-        error = ApiError(400, "bad_request", "The HTTP request is malformed (request line, headers or length).")
+        error = ApiError(
+            400, "bad_request", "The HTTP request is malformed (request line, headers or length)."
+        )
         body = encode_json(envelope(error, request_id))
         headers = [
             (b"content-type", b"application/json"),
@@ -29,6 +31,8 @@ class EnvelopeHttpToolsProtocol(HttpToolsProtocol):
             (b"x-request-id", request_id.encode()),
             *security_headers(),
         ]
-        head = b"HTTP/1.1 400 Bad Request\r\n" + b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+        head = b"HTTP/1.1 400 Bad Request\r\n" + b"".join(
+            name + b": " + value + b"\r\n" for name, value in headers
+        )
         self.transport.write(head + b"\r\n" + body)
         self.transport.close()

@@ -158,7 +158,11 @@ COMPILE_CASES = [
     (r'title ~ "a\\b%"', TLIKE, ["%a\\\\b%%"]),
     ("title ~ 42", INSTR, ["42"]),
     ('title !~ "x"', f"NOT COALESCE({INSTR}, 0)", ["x"]),
-    ("title ~ b", f"(sb_budget() AND CASE WHEN length({B}) <= 256 THEN instr(lower({T}), lower({B})) > 0 END)", []),
+    (
+        "title ~ b",
+        f"(sb_budget() AND CASE WHEN length({B}) <= 256 THEN instr(lower({T}), lower({B})) > 0 END)",
+        [],
+    ),
     ("title ~ null", T + " LIKE NULL", []),
     # @request, @now
     ("owner = @request.auth.id", '"t"."owner" = ?', ["u1"]),

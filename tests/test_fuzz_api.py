@@ -80,7 +80,9 @@ class World:
         items = found.json().get("items", []) if found.status_code == 200 else []
         if not items:
             made = self.client.post(
-                f"{API}/records/{self.collection}", json={"title": "seed", "n": 1}, headers=self.admin["headers"]
+                f"{API}/records/{self.collection}",
+                json={"title": "seed", "n": 1},
+                headers=self.admin["headers"],
             )
             items = [made.json()] if made.status_code == 201 else []
         self.record_id = items[0]["id"] if items else "none"
@@ -104,8 +106,27 @@ ROUTES = sorted(
 
 odd_text = st.one_of(
     st.text(max_size=40),
-    st.sampled_from(["", "\x00", "a\x00b", "²", "٣", "𝟘", "\u202e", "../../etc/passwd", "%00", "null", "-1",
-                     "9" * 30, "1e309", "NaN", "true", "'; DROP TABLE users; --", "é" * 300]),  # fmt: skip
+    st.sampled_from(
+        [
+            "",
+            "\x00",
+            "a\x00b",
+            "²",
+            "٣",
+            "𝟘",
+            "\u202e",
+            "../../etc/passwd",
+            "%00",
+            "null",
+            "-1",
+            "9" * 30,
+            "1e309",
+            "NaN",
+            "true",
+            "'; DROP TABLE users; --",
+            "é" * 300,
+        ]
+    ),
     st.text(alphabet="ab%_\\\"'", min_size=200, max_size=5000),
 )
 json_scalar = st.one_of(
@@ -135,17 +156,32 @@ def deep(depth: int, kind: str) -> bytes:
 raw_body = st.one_of(
     st.binary(max_size=200),
     st.builds(deep, st.sampled_from([64, 500, 2_000, 10_000, 100_000]), st.sampled_from(["list", "dict"])),
-    st.sampled_from([b"", b"{", b"[1,", b'{"a":1}garbage', b"\xff\xfe", b'"\\ud800"', b"1" * 400, b"{}" * 10]),
+    st.sampled_from(
+        [b"", b"{", b"[1,", b'{"a":1}garbage', b"\xff\xfe", b'"\\ud800"', b"1" * 400, b"{}" * 10]
+    ),
 )
 body = st.one_of(
-    json_object.map(lambda v: json.dumps(v).encode()), json_value.map(lambda v: json.dumps(v).encode()), raw_body
+    json_object.map(lambda v: json.dumps(v).encode()),
+    json_value.map(lambda v: json.dumps(v).encode()),
+    raw_body,
 )
 QUERY_KEYS = ["filter", "sort", "page", "per_page", "after", "fields", "expand", "skip_total", "from", "to",
               "account_id", "account", "format", "action", "collection", "record_id", "user_id"]  # fmt: skip
 query_value = st.one_of(
     odd_text,
-    st.sampled_from(['title ~ "x"', "n > 1 && ok = true", 'at >= "2026-01-01T00:00:00+02:00"', "-n,title",
-                     "@owns_record()", "@has_role(1)", "title ~ title", "meta = 1e999", 'at = "nope"']),  # fmt: skip
+    st.sampled_from(
+        [
+            'title ~ "x"',
+            "n > 1 && ok = true",
+            'at >= "2026-01-01T00:00:00+02:00"',
+            "-n,title",
+            "@owns_record()",
+            "@has_role(1)",
+            "title ~ title",
+            "meta = 1e999",
+            'at = "nope"',
+        ]
+    ),
     st.integers(-(10**25), 10**25).map(str),
 )
 query = st.dictionaries(st.sampled_from(QUERY_KEYS) | odd_text, query_value, max_size=4)

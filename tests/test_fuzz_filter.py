@@ -46,15 +46,24 @@ class TypedResolver(Resolver):
 @pytest.fixture(scope="module")
 def db() -> sqlite3.Connection:
     conn = with_budget(sqlite3.connect(":memory:"))
-    conn.execute(
-        "CREATE TABLE t (id, a, b, c, title, status, views, owner, author_name, created_at)"
-    )
+    conn.execute("CREATE TABLE t (id, a, b, c, title, status, views, owner, author_name, created_at)")
     conn.executemany(
         "INSERT INTO t VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            (1, "2026-11-12T09:00:00.000Z", "2026-11-12", None, "a" * 5000, "x", 3, "u1", "n", "2026-01-01T00:00:00.000Z"),
+            (
+                1,
+                "2026-11-12T09:00:00.000Z",
+                "2026-11-12",
+                None,
+                "a" * 5000,
+                "x",
+                3,
+                "u1",
+                "n",
+                "2026-01-01T00:00:00.000Z",
+            ),
             (2, None, None, 1.5, "Hello %_\\ wörld", None, None, None, None, None),
-        ],  # fmt: skip
+        ],
     )
     return conn
 

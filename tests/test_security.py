@@ -41,7 +41,9 @@ def envelope_of(response: Any, status: int, code: str | None = None) -> dict[str
     return body
 
 
-def new_collection(client: TestClient, su: dict[str, Any], name: str, fields: list[Any], **extra: Any) -> None:
+def new_collection(
+    client: TestClient, su: dict[str, Any], name: str, fields: list[Any], **extra: Any
+) -> None:
     body = {"name": name, "fields": fields, "rules": ANYONE, **extra}
     response = client.post(f"{API}/collections", json=body, headers=su["headers"])
     assert response.status_code == 201, response.text
@@ -54,13 +56,17 @@ def new_collection(client: TestClient, su: dict[str, Any], name: str, fields: li
 def macro_world(client: TestClient, make_user: MakeUser, superadmin: dict[str, Any]) -> dict[str, Any]:
     """The review's set-up: an account-scoped membership macro, and two tenants."""
     su = superadmin
-    new_collection(client, su, "members", [{"name": "acct", "type": "text"}, {"name": "project", "type": "text"}])
+    new_collection(
+        client, su, "members", [{"name": "acct", "type": "text"}, {"name": "project", "type": "text"}]
+    )
     new_collection(client, su, "docs", [{"name": "title", "type": "text"}])
     macro = {"name": "is_member", "sql": "SELECT count(*) > 0 FROM c_members WHERE acct = ? AND project = ?"}
     assert client.post(f"{API}/macros", json=macro, headers=su["headers"]).status_code == 201
     alice, mallory = make_user(role="admin"), make_user(role="admin")
     created = client.post(
-        f"{API}/records/members", json={"acct": alice["account_id"], "project": "proj-A"}, headers=alice["headers"]
+        f"{API}/records/members",
+        json={"acct": alice["account_id"], "project": "proj-A"},
+        headers=alice["headers"],
     )
     assert created.status_code == 201, created.text
     client.post(f"{API}/records/docs", json={"title": "mine"}, headers=mallory["headers"])
@@ -113,7 +119,9 @@ def test_macro_calls_per_rule_are_bounded(client: TestClient, macro_world: dict[
 
 def test_huge_integer_macro_arguments_fail_closed(client: TestClient, macro_world: dict[str, Any]) -> None:
     su = macro_world["su"]
-    assert client.post(f"{API}/macros", json={"name": "positive", "sql": "SELECT ? > 0"}, headers=su["headers"])
+    assert client.post(
+        f"{API}/macros", json={"name": "positive", "sql": "SELECT ? > 0"}, headers=su["headers"]
+    )
     response = client.post(f"{API}/macros/positive/test", json={"args": [10**30]}, headers=su["headers"])
     assert envelope_of(response, 400)["fields"]["args"]["code"] == "out_of_range"
     rules = {**ANYONE, "create": "@positive(@request.data.meta)"}
@@ -158,7 +166,9 @@ def test_health_answers_while_a_heavy_like_runs(start_server: Callable[..., Serv
 
         def heavy_list() -> None:
             started = time.perf_counter()
-            response = http.get(f"{API}/records/pages", params={"filter": f'body ~ "{needle}"'}, headers=headers)
+            response = http.get(
+                f"{API}/records/pages", params={"filter": f'body ~ "{needle}"'}, headers=headers
+            )
             assert response.status_code == 200 and response.json()["total_items"] == 0
             done["list_s"] = time.perf_counter() - started
 
@@ -182,8 +192,13 @@ def test_a_statement_over_budget_is_a_503_envelope(tmp_path: Path) -> None:
         new_collection(client, su, "pages", [{"name": "body", "type": "text"}])
         user = create_user(client.app, role="admin")
         for _ in range(8):
-            assert client.post(f"{API}/records/pages", json={"body": BIG}, headers=user["headers"]).status_code == 201
-        response = client.get(f"{API}/records/pages", params={"filter": f'body ~ "{"a" * 255}b"'}, headers=user["headers"])
+            assert (
+                client.post(f"{API}/records/pages", json={"body": BIG}, headers=user["headers"]).status_code
+                == 201
+            )
+        response = client.get(
+            f"{API}/records/pages", params={"filter": f'body ~ "{"a" * 255}b"'}, headers=user["headers"]
+        )
         envelope_of(response, 503, "query_timeout")
 
 
@@ -192,7 +207,9 @@ def test_a_statement_over_budget_is_a_503_envelope(tmp_path: Path) -> None:
 
 def invite_admin(client: TestClient, admin: dict[str, Any], role: str = "admin") -> str:
     response = client.post(
-        f"{API}/invitations", json={"email": f"eve-{role}@example.com", "role": role}, headers=admin["headers"]
+        f"{API}/invitations",
+        json={"email": f"eve-{role}@example.com", "role": role},
+        headers=admin["headers"],
     )
     assert response.status_code == 201, response.text
     return str(response.json()["token"])
@@ -214,8 +231,10 @@ def test_invitation_dies_with_the_inviters_authority(
     inviter = make_user(role="admin", account_id=owner["account_id"])
     token = invite_admin(client, inviter)
     url = f"{API}/users/{inviter['id']}"
-    done = client.delete(url, headers=owner["headers"]) if body is None else client.patch(
-        url, json=body, headers=owner["headers"]
+    done = (
+        client.delete(url, headers=owner["headers"])
+        if body is None
+        else client.patch(url, json=body, headers=owner["headers"])
     )
     assert done.status_code in (200, 204), done.text
     envelope_of(client.get(f"{API}/invitations/{token}"), 410, "invitation_expired")
@@ -247,7 +266,10 @@ def test_a_stranger_cannot_lock_out_the_owner(client: TestClient, superadmin: di
                for i in range(12)]  # fmt: skip
     assert answers[:5] == [401] * 5 and answers[-1] in (403, 429)
     # The stranger's own address is slowed and locked, even with the right password ...
-    assert stranger.post(f"{API}/auth/login", json={**login, "password": TEST_PASSWORD}).status_code in (403, 429)
+    assert stranger.post(f"{API}/auth/login", json={**login, "password": TEST_PASSWORD}).status_code in (
+        403,
+        429,
+    )
     # ... the owner, from another address, is not.
     ok = owner.post(f"{API}/auth/login", json={**login, "password": TEST_PASSWORD})
     assert ok.status_code == 200, ok.text
@@ -300,7 +322,9 @@ DEEP = b"[" * 10_000 + b"]" * 10_000
 def test_every_reported_500_is_a_4xx_envelope(client: TestClient, superadmin: dict[str, Any]) -> None:
     su = superadmin["headers"]
     new_collection(client, superadmin, "notes", [{"name": "title", "type": "text"}])
-    assert client.post(f"{API}/macros", json={"name": "m", "sql": "SELECT ? > 0"}, headers=su).status_code == 201
+    assert (
+        client.post(f"{API}/macros", json={"name": "m", "sql": "SELECT ? > 0"}, headers=su).status_code == 201
+    )
     before = client.app.state.db.conn.total_changes()  # type: ignore[attr-defined]
     json_headers = {**su, "content-type": "application/json"}
     requests: list[tuple[str, str, dict[str, Any], int]] = [
@@ -329,7 +353,9 @@ def test_a_refused_cors_preflight_answers_in_the_envelope(tmp_path: Path) -> Non
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         preflight = {"origin": "https://evil.example.com", "access-control-request-method": "GET"}
         envelope_of(client.options(f"{API}/records/x", headers=preflight), 400, "cors_refused")
-        allowed = client.options(f"{API}/records/x", headers={**preflight, "origin": "https://app.example.com"})
+        allowed = client.options(
+            f"{API}/records/x", headers={**preflight, "origin": "https://app.example.com"}
+        )
         assert allowed.status_code == 200
 
 
@@ -340,7 +366,9 @@ def test_the_http_parsers_own_400_is_in_the_envelope(start_server: Callable[...,
     server = start_server()
     for length in (b"abc", b"-1", b"9" * 30):
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-            sock.sendall(b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: " + length + b"\r\n\r\n{}")
+            sock.sendall(
+                b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: " + length + b"\r\n\r\n{}"
+            )
             raw = b""
             while chunk := sock.recv(4096):
                 raw += chunk
@@ -398,7 +426,9 @@ def test_a_password_change_kills_earlier_reset_links(client: TestClient, make_us
         headers=user["headers"],
     )
     assert changed.status_code == 204, changed.text
-    reset = client.post(f"{API}/auth/reset-password", json={"token": token, "new_password": "Attacker's pick 1234"})
+    reset = client.post(
+        f"{API}/auth/reset-password", json={"token": token, "new_password": "Attacker's pick 1234"}
+    )
     envelope_of(reset, 400, "invalid_token")
 
 
@@ -417,7 +447,9 @@ def test_sign_binds_the_version_stored_after_the_password_check(tmp_path: Path) 
         transport = httpx2.ASGITransport(app=app)
         async with httpx2.AsyncClient(transport=transport, base_url="http://sb") as http:
             body = {"name": "batches", "fields": [{"name": "lot", "type": "text"}], "rules": ANYONE}
-            assert (await http.post(f"{API}/collections", json=body, headers=su["headers"])).status_code == 201
+            assert (
+                await http.post(f"{API}/collections", json=body, headers=su["headers"])
+            ).status_code == 201
             h = signer["headers"]
             record = (await http.post(f"{API}/records/batches", json={"lot": "v1"}, headers=h)).json()
             url = f"{API}/records/batches/{record['id']}"
@@ -451,8 +483,12 @@ def test_datetime_literals_compare_as_instants(
     client: TestClient, superadmin: dict[str, Any], make_user: MakeUser
 ) -> None:
     h = make_user(role="admin")["headers"]
-    new_collection(client, superadmin, "runs", [{"name": "ran_at", "type": "datetime"}, {"name": "on", "type": "date"}])
-    stored = client.post(f"{API}/records/runs", json={"ran_at": "2026-11-12T09:00:00Z", "on": "2026-11-12"}, headers=h)
+    new_collection(
+        client, superadmin, "runs", [{"name": "ran_at", "type": "datetime"}, {"name": "on", "type": "date"}]
+    )
+    stored = client.post(
+        f"{API}/records/runs", json={"ran_at": "2026-11-12T09:00:00Z", "on": "2026-11-12"}, headers=h
+    )
     assert stored.status_code == 201, stored.text
 
     def count(text: str) -> int:
@@ -476,7 +512,10 @@ def test_datetime_literals_compare_as_instants(
 
 
 def test_file_fields_are_refused(client: TestClient, superadmin: dict[str, Any]) -> None:
-    body = {"name": "avatars", "fields": [{"name": "blob", "type": "file", "options": {"mime_types": ["image/png"]}}]}
+    body = {
+        "name": "avatars",
+        "fields": [{"name": "blob", "type": "file", "options": {"mime_types": ["image/png"]}}],
+    }
     response = client.post(f"{API}/collections", json=body, headers=superadmin["headers"])
     fields = envelope_of(response, 400, "validation_failed")["fields"]
     assert fields["fields.0.type"]["code"] == "unsupported_type"
@@ -492,13 +531,16 @@ def test_a_database_with_a_file_field_still_loads(tmp_path: Path) -> None:
     from snackbase.collections import _insert_row
     from snackbase.db import execute_many
     from snackbase.ddl import create_table_sql
-    from snackbase.schema import new_collection as build, parse_collection_body
+    from snackbase.schema import new_collection as build
+    from snackbase.schema import parse_collection_body
 
     settings = make_settings(tmp_path / "data")
     app = create_app(settings)
     conn = app.state.db.conn
     body = {"name": "legacy", "fields": [{"name": "blob", "type": "file"}], "rules": ANYONE}
-    old = build(parse_collection_body(body), id="01a00000-0000-7000-8000-000000000001", now="2026-01-01T00:00:00.000Z")
+    old = build(
+        parse_collection_body(body), id="01a00000-0000-7000-8000-000000000001", now="2026-01-01T00:00:00.000Z"
+    )
     with conn:
         _insert_row(conn, old)
         execute_many(conn, create_table_sql(old))
