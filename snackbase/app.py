@@ -12,10 +12,9 @@ import apsw
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Match, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
 from snackbase.auth import AuthMiddleware
@@ -29,7 +28,7 @@ from snackbase.hook_loader import HookMiddleware, serve_hooks, start_hooks, term
 from snackbase.hook_records import RecordsHelper
 from snackbase.hooks import hooks
 from snackbase.macros import MacroStore
-from snackbase.middleware import ExceptionHandlers, RequestMiddleware
+from snackbase.middleware import EnvelopeCORSMiddleware, ExceptionHandlers, RequestMiddleware
 from snackbase.migrations import migrate, refuse_newer
 from snackbase.routes import RouteTable, audit, collections, health, macros, records, signatures
 from snackbase.routes import accounts as accounts_routes
@@ -134,7 +133,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings.cors_origin_list:
         middleware.append(
             Middleware(
-                CORSMiddleware,
+                EnvelopeCORSMiddleware,
                 allow_origins=settings.cors_origin_list,
                 allow_methods=["*"],
                 allow_headers=["*"],
@@ -208,8 +207,21 @@ async def handle_database_error(request: Request, exc: Exception) -> Response:
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405 for unknown routes and methods, in the one envelope."""
     assert isinstance(exc, HTTPException)
-    headers = dict(exc.headers or {})
+    headers = {k: v for k, v in (exc.headers or {}).items() if k.lower() != "allow"}
+    if exc.status_code == 405:
+        headers["allow"] = ", ".join(allowed_methods(request))
     return error_response(ApiError(exc.status_code, headers=headers), request_id(request))
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on this path. Each route holds one method (build_routes), so
+    Starlette's own Allow header names only the first route that matched the path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods
+    order = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+    return sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m))
 
 
 def ui_dist_dir() -> Path | None:
@@ -231,8 +243,14 @@ async def admin_ui(request: Request) -> Response:
     if dist is None:
         raise ApiError(404, message="The admin UI is not bundled in this build (run `make ui`).")
     relative = request.path_params["path"] or "index.html"
-    target = (dist / relative).resolve()
-    if not target.is_relative_to(dist.resolve()) or not target.is_file():
+    if len(relative) > 1024 or "\x00" in relative:  # no file has such a name; the OS would refuse it
+        raise ApiError(404)
+    try:
+        target = (dist / relative).resolve()
+        found = target.is_relative_to(dist.resolve()) and target.is_file()
+    except (OSError, ValueError):  # a path component too long for the file system, say
+        found = False
+    if not found:
         if "." in relative.rsplit("/", 1)[-1]:  # a missing asset, not an app route
             raise ApiError(404)
         target = dist / "index.html"

@@ -113,7 +113,11 @@ def _display_host(host: str) -> str:
 
 def _uvicorn_options(settings: Settings) -> dict[str, Any]:
     # log_config=None keeps our JSON logging; graceful shutdown waits at most 10 s for in-flight requests.
+    # http: uvicorn's httptools protocol, whose parser-level 400 answers in the error envelope.
+    from snackbase.http_protocol import EnvelopeHttpToolsProtocol
+
     return {
+        "http": EnvelopeHttpToolsProtocol,
         "log_config": None,
         "access_log": False,
         "server_header": False,

@@ -113,6 +113,25 @@ def _check_references_exist(registry: Registry, collection: Collection) -> None:
         )
 
 
+def refuse_new_file_fields(old: Collection | None, new: Collection) -> None:
+    """`file` fields are refused until uploads exist: accepting one would store whatever metadata a
+    client claims (name, type, size) without a file behind it. A collection that already has one (a
+    database from an earlier version) still loads and can still be changed; only new ones are refused."""
+    existing = {f.name for f in old.fields if f.type == "file"} if old is not None else set()
+    errors = {}
+    for index, definition in enumerate(new.fields):
+        if definition.type == "file" and definition.name not in existing:
+            errors.update(
+                field_error(
+                    f"fields.{index}.type",
+                    "unsupported_type",
+                    "File fields are not supported yet: file uploads come in a later release.",
+                )
+            )
+    if errors:
+        raise validation_error(errors, "File fields are not supported yet.")
+
+
 def create_collection(
     conn: apsw.Connection, registry: Registry, parsed: dict[str, Any], ctx: ChangeContext
 ) -> Collection:
@@ -125,6 +144,7 @@ def create_collection(
             field_error("name", "not_unique", "This name is taken."),
         )
     collection = new_collection(parsed, id=uuid7(), now=now_iso())
+    refuse_new_file_fields(None, collection)
     _check_references_exist(registry, collection)
     check_rules(collection, param_counts(conn))
     with unit_of_work(conn):
@@ -149,6 +169,7 @@ def update_collection(
 ) -> Collection:
     old = registry.get(conn, name)
     new, change = patch_collection(old, parsed, now=now_iso())
+    refuse_new_file_fields(old, new)
     _check_references_exist(registry, new)
     check_rules(new, param_counts(conn))
     try:

@@ -60,6 +60,17 @@ class StatementBudget:
     def on_progress(self) -> bool:
         return time.monotonic() > self.deadline
 
+    def check(self, *_args: Any) -> int:
+        """The SQL function `sb_budget()`: 1, or the statement is stopped once over budget.
+
+        The progress handler runs every PROGRESS_STEPS VM steps, but one step can be long: a `~`
+        over a 1 MB text is one `instr`/`LIKE` call of up to ~100 ms, and a few hundred such rows fit
+        between two progress calls. The filter compiler puts `sb_budget() AND …` in front of those
+        calls, so the budget is checked once per row where a row is expensive."""
+        if time.monotonic() > self.deadline:
+            raise apsw.InterruptError("statement budget exceeded")
+        return 1
+
     @contextlib.contextmanager
     def limited(self, limit_s: float) -> Iterator[None]:
         """A shorter budget for the statements run inside (untrusted macro SQL)."""
@@ -109,6 +120,7 @@ def connect(path: str | Path, statement_timeout_ms: int = 5_000) -> apsw.Connect
     budget = StatementBudget(statement_timeout_ms / 1000)
     conn.exec_trace = budget.on_statement
     conn.set_progress_handler(budget.on_progress, PROGRESS_STEPS)
+    conn.create_scalar_function("sb_budget", budget.check, 0, deterministic=False)
     _budgets[conn] = budget
     return conn
 

@@ -29,17 +29,27 @@ NULL semantics (SQL's three-valued logic is hidden; every filter behaves two-val
 
 from __future__ import annotations
 
+import datetime
 import enum
 import functools
 import json
 import re
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Final, NamedTuple, NoReturn, Protocol, cast
 
 MAX_LENGTH: Final = 3500
 MAX_TERMS: Final = 64
 MAX_DEPTH: Final = 32
 MAX_SORT_ITEMS: Final = 32
+# `~` bounds: one SQLite LIKE or instr() call is a single VM instruction, which the statement budget's
+# progress handler cannot interrupt, so the work of each call is bounded by the size of its pattern
+# (measured on a 1 MB text: instr with 256 characters ~25 ms; LIKE with 64 characters ≤ ~270 ms,
+# SQLite's LIKE compares character by character), and each row first calls `sb_budget()`, which
+# stops the statement once it is over budget (db.StatementBudget.check).
+MAX_LIKE_PATTERN: Final = 256
+MAX_LIKE_WILDCARD_PATTERN: Final = 64
+MAX_LIKE_WILDCARDS: Final = 8
 
 
 class FilterError(Exception):
@@ -69,6 +79,13 @@ class Resolver(Protocol):
     def request_data(self, name: str) -> object: ...
     def macro(self, name: str, args: list[object], position: int) -> tuple[str, list[object]]: ...
     def now(self) -> str: ...
+
+
+class TypedResolver(Resolver, Protocol):
+    """A resolver that also knows field types: literals compared with `date`/`datetime` fields are then
+    normalised to the stored format (so they compare as instants, not as text)."""
+
+    def field_type(self, name: str) -> str | None: ...
 
 
 # ---------------------------------------------------------------------------------------------- AST
@@ -108,6 +125,7 @@ class Compare:
     op: str
     left: Operand
     right: Operand
+    position: int = dataclass_field(default=0, compare=False)  # of the operator, for error messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +321,7 @@ class _Parser:
         after = self.peek()
         if after.kind == "op" and after.value in _COMPARE_OPS:
             self.index += 1
-            return Compare(str(after.value), left, self.parse_operand())
+            return Compare(str(after.value), left, self.parse_operand(), after.pos)
         if after.kind == "kw" and after.value in ("not", "in", "is"):
             return self.parse_keyword_compare(left)
         if isinstance(left, Macro):
@@ -443,7 +461,6 @@ _NULL: Final = _Value("NULL", (), const=True, value=None)
 _LIKE_WILDCARD_RE = re.compile(r"(?<!\\)%")
 _LIKE_LONE_BACKSLASH_RE = re.compile(r"\\(?![%_])")
 _LIKE_UNESCAPE_RE = re.compile(r"\\([%_])")
-_LIKE_SPECIAL_RE = re.compile(r"[\\%_]")
 
 
 def compile_filter(text: str, resolver: Resolver) -> tuple[str, list[object]]:
@@ -495,18 +512,22 @@ class _Emitter:
         left, right = self.operand(node.left), self.operand(node.right)
         if left is MISSING or right is MISSING:
             return _FALSE
+        if node.op in ("~", "!~"):
+            frag = _like(left, right, node.position)
+            return _negate(frag) if node.op == "!~" else frag
+        left = self.as_instant(node.right, node.left, left, node.position)
+        right = self.as_instant(node.left, node.right, right, node.position)
         if node.op in ("=", "!="):
             return _equality(node, left, right)
-        if node.op in ("~", "!~"):
-            frag = _like(left, right)
-            return _negate(frag) if node.op == "!~" else frag
         return _Frag(f"{left.sql} {node.op} {right.sql}", left.params + right.params, True, False)
 
     def in_list(self, node: InList) -> _Frag:
         left = self.operand(node.operand)
         if left is MISSING:
             return _FALSE
-        frag = _in_frag(left, node.values)
+        kind = self.temporal_kind(node.operand)
+        values = node.values if kind is None else tuple(_temporal(kind, v, 0) for v in node.values)
+        frag = _in_frag(left, values)
         return _negate(frag) if node.negated else frag
 
     def is_null(self, operand: Operand, negated: bool) -> _Frag:
@@ -532,6 +553,21 @@ class _Emitter:
             case Macro():
                 return self.macro(node)
         raise TypeError(f"not an operand: {node!r}")
+
+    def temporal_kind(self, node: Operand) -> str | None:
+        """'date' or 'datetime' when `node` is a field of that type (and the resolver knows types)."""
+        field_type = getattr(self.resolver, "field_type", None)
+        if not isinstance(node, Field) or field_type is None:
+            return None
+        kind = field_type(node.name)
+        return kind if kind in ("date", "datetime") else None
+
+    def as_instant(self, other: Operand, node: Operand, value: _Value, position: int) -> _Value:
+        """A text literal compared with a date/datetime field, in the stored format (UTC, ms, `Z`)."""
+        if not isinstance(node, Literal) or not isinstance(node.value, str):
+            return value
+        kind = self.temporal_kind(other)
+        return value if kind is None else _const(_temporal(kind, node.value, position))
 
     def request_value(self, node: RequestValue) -> object:
         if node.source == "auth":
@@ -588,26 +624,75 @@ def _is_null_literal(node: Operand) -> bool:
     return isinstance(node, Literal) and node.value is None
 
 
-def _like(left: _Value, right: _Value) -> _Frag:
-    if right.const:
-        params = (*left.params, _like_pattern(right.value))
-        return _Frag(f"{left.sql} LIKE ? ESCAPE '\\'", params, True, False)
-    # A field or macro on the right has no compile-time value to inspect for wildcards: substring.
-    sql = f"instr(lower({left.sql}), lower({right.sql})) > 0"
-    return _Frag(sql, left.params + right.params, True, False)
+def _like(left: _Value, right: _Value, position: int) -> _Frag:
+    """`~`: a plain substring is instr() over lower-cased text (linear in the text for a pattern of at
+    most MAX_LIKE_PATTERN characters); a value with an unescaped `%` is a LIKE pattern, with at most
+    MAX_LIKE_WILDCARDS wildcards, so no single call can go quadratic on a large text."""
+    if not right.const:
+        # A field or macro on the right has no compile-time value: a bounded substring test (a longer
+        # needle never matches, so the work per row stays bounded whatever the row holds).
+        sql = (
+            f"CASE WHEN length({right.sql}) <= {MAX_LIKE_PATTERN} "
+            f"THEN instr(lower({left.sql}), lower({right.sql})) > 0 END"
+        )
+        return _budgeted(sql, right.params + left.params + right.params)
+    if right.value is None:
+        return _Frag(f"{left.sql} LIKE NULL", left.params, True, False)
+    text = right.value if isinstance(right.value, str) else str(right.value)
+    if len(text) > MAX_LIKE_PATTERN:
+        raise FilterError(f"'~' pattern is too long (max {MAX_LIKE_PATTERN} characters)", position)
+    if not _LIKE_WILDCARD_RE.search(text):
+        needle = _LIKE_UNESCAPE_RE.sub(r"\1", text)
+        return _budgeted(f"instr(lower({left.sql}), lower(?)) > 0", (*left.params, needle))
+    if len(text) > MAX_LIKE_WILDCARD_PATTERN:
+        message = f"'~' pattern with wildcards is too long (max {MAX_LIKE_WILDCARD_PATTERN} characters)"
+        raise FilterError(message, position)
+    if len(_LIKE_ANY_WILDCARD_RE.findall(text)) > MAX_LIKE_WILDCARDS:
+        raise FilterError(f"'~' pattern has too many wildcards (max {MAX_LIKE_WILDCARDS})", position)
+    # `\%`/`\_` already escape under ESCAPE '\'; any other backslash must stay a literal one.
+    pattern = "%" + _LIKE_LONE_BACKSLASH_RE.sub(r"\\\\", text) + "%"
+    return _budgeted(f"{left.sql} LIKE ? ESCAPE '\\'", (*left.params, pattern))
 
 
-def _like_pattern(value: object) -> str | None:
-    """SPEC: an unescaped `%` makes the value a LIKE pattern, otherwise it is a plain substring."""
-    if value is None:
-        return None
-    text = value if isinstance(value, str) else str(value)
-    if _LIKE_WILDCARD_RE.search(text):
-        # `\%`/`\_` already escape under ESCAPE '\'; any other backslash must stay a literal one.
-        body = _LIKE_LONE_BACKSLASH_RE.sub(r"\\\\", text)
-    else:
-        body = _LIKE_SPECIAL_RE.sub(r"\\\g<0>", _LIKE_UNESCAPE_RE.sub(r"\1", text))
-    return f"%{body}%"
+def _budgeted(sql: str, params: tuple[object, ...]) -> _Frag:
+    """`sb_budget() AND …`: the connection's budget check before each row's (possibly long) match.
+
+    `sb_budget()` is 1 or aborts the statement, so the value (and its NULL) is the match's own."""
+    return _Frag(f"(sb_budget() AND {sql})", params, True, True)
+
+
+_LIKE_ANY_WILDCARD_RE = re.compile(r"(?<!\\)[%_]")
+_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_DATETIME_RE = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}(?::[0-9]{2})?)(\.[0-9]+)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _temporal(kind: str, value: object, position: int) -> object:
+    """A literal compared with a date or datetime field, in the stored format; FilterError if malformed.
+
+    datetime: any RFC 3339 offset and precision → `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC, truncated to ms, as
+    stored), a bare date → its midnight UTC; date: `YYYY-MM-DD` only. `null` and non-text pass through."""
+    if not isinstance(value, str):
+        return value
+    try:
+        if _DATE_RE.fullmatch(value):
+            day = datetime.date.fromisoformat(value)
+            return day.isoformat() if kind == "date" else f"{day.isoformat()}T00:00:00.000Z"
+        match = _DATETIME_RE.fullmatch(value) if kind == "datetime" else None
+        if match is None:
+            raise ValueError(value)
+        day_text, clock, fraction, offset = match.groups()
+        clock = clock if clock.count(":") == 2 else clock + ":00"
+        micros = (fraction or ".0")[1:7].ljust(6, "0")
+        moment = datetime.datetime.fromisoformat(
+            f"{day_text}T{clock}.{micros}{'+00:00' if offset in ('Z', 'z') else offset}"
+        ).astimezone(datetime.UTC)
+    except (ValueError, OverflowError):
+        expected = "YYYY-MM-DD" if kind == "date" else "an RFC 3339 date-time with an offset"
+        raise FilterError(f"invalid {kind} literal {value[:40]!r}: expected {expected}", position) from None
+    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
 
 
 def _in_frag(left: _Value, values: tuple[object, ...]) -> _Frag:

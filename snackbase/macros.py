@@ -156,6 +156,10 @@ def run(conn: apsw.Connection, macro: Macro, args: list[Any]) -> bool:
     if len(args) != macro.params:
         log.warning("macro called with the wrong number of arguments", extra={"event": macro.name})
         return False
+    if not all(bindable(a) for a in args):
+        # An integer SQLite cannot hold (from @request.data, say): refuse rather than guess a value.
+        log.warning("macro argument out of range; access denied", extra={"event": macro.name})
+        return False
     try:
         with fenced(conn):
             rows = _first_two(conn, macro, args)
@@ -176,6 +180,11 @@ def _first_two(conn: apsw.Connection, macro: Macro, args: list[Any]) -> list[Any
         if len(rows) == 2:
             break
     return rows
+
+
+def bindable(value: Any) -> bool:
+    """False for integers outside SQLite's signed 64-bit range (they cannot be bound as integers)."""
+    return not isinstance(value, int) or isinstance(value, bool) or -(2**63) <= value < 2**63
 
 
 def _bindable(value: Any) -> Any:

@@ -46,13 +46,18 @@ def issue(conn: apsw.Connection, purpose: str, user_id: str) -> str | None:
 
 
 def peek(conn: apsw.Connection, purpose: str, token: str) -> dict[str, Any] | None:
-    """The active user a usable token belongs to, or None; the token is not spent."""
+    """The active user a usable token belongs to, or None; the token is not spent.
+
+    A reset link issued before the password last changed is dead, whatever changed it (the user, a
+    reset, an admin, `superadmin create --force`): the link was for the old password."""
     return fetch_one(
         conn,
         """
         SELECT u.* FROM one_time_tokens t JOIN users u ON u.id = t.user_id
         WHERE t.token_hash = ? AND t.purpose = ? AND t.used_at IS NULL AND t.expires_at > ?
           AND u.is_active = 1
+          AND (t.purpose != 'reset_password' OR u.password_changed_at IS NULL
+               OR t.created_at >= u.password_changed_at)
     """,
         (digest(token), purpose, now_iso()),
     )

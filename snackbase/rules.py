@@ -21,6 +21,9 @@ from snackbase.times import now_iso
 ALIAS = "r"
 PII_GROUP = "pii_access"
 ALLOW_ALL: tuple[str, list[object]] = ("", [])  # a clause that restricts nothing
+# Macro calls one rule may make: each custom macro runs a statement (up to its 200 ms budget) on the
+# event loop, so a rule with many of them could hold the server for seconds.
+MAX_MACRO_CALLS = 8
 
 # The caller's attributes reachable as @request.auth.<name>.
 _AUTH_ATTRS = {"id": "user_id", "account_id": "account_id", "email": "email", "role": "role"}
@@ -85,6 +88,13 @@ class RecordResolver:
         if name in self.hidden:
             raise FilterError(f"field '{name}' cannot be used in a filter or sort by this caller", position)
         return f"{ALIAS}.{quote_ident(name)}"
+
+    def field_type(self, name: str) -> str | None:
+        """The type of a field (system timestamps are datetimes), for comparing literals as instants."""
+        if name in ("created_at", "updated_at"):
+            return "datetime"
+        field = self.collection.field_map.get(name)
+        return field.type if field is not None else None
 
     def request_auth(self, name: str) -> object:
         attr = _AUTH_ATTRS.get(name)
@@ -181,6 +191,7 @@ def rule_clause(collection: Collection, op: str, resolver: RecordResolver) -> tu
     if rule.strip() == "":
         return ALLOW_ALL
     try:
+        check_macro_calls(parse(rule))
         return compile_filter(rule, resolver)
     except FilterError as exc:  # a rule broken by a later schema change fails closed
         raise ApiError(
@@ -189,8 +200,19 @@ def rule_clause(collection: Collection, op: str, resolver: RecordResolver) -> tu
 
 
 def filter_clause(text: str, resolver: RecordResolver) -> tuple[str, list[object]]:
-    """A client's `filter` parameter; errors are 400 invalid_filter with the position."""
+    """A client's `filter` parameter; errors are 400 invalid_filter with the position.
+
+    Only built-in macros may appear here. Custom SQL macros are callable from saved rules only: with
+    arguments of the client's choosing a macro is an oracle over every account's tables (the macro
+    SQL is platform-wide), and each call costs a statement."""
     try:
+        node = parse(text)
+        check_macro_calls(node)
+        for macro in used_macros(node):
+            if macro.name not in _BUILTIN_MACROS:
+                raise FilterError(
+                    f"custom macro '@{macro.name[:64]}' can only be used in collection rules", macro.position
+                )
         return compile_filter(text, resolver)
     except FilterError as exc:
         raise ApiError(
@@ -219,6 +241,7 @@ def check_rules(collection: Collection, macro_params: dict[str, int]) -> None:
         if rule is None or not rule.strip():
             continue
         try:
+            check_macro_calls(parse(rule))
             for macro in used_macros(parse(rule)):
                 if macro.name not in _BUILTIN_MACROS:
                     probe_macro(macro.name, list(macro.args), macro.position)
@@ -257,3 +280,10 @@ def where_clause(*clauses: tuple[str, list[Any]]) -> tuple[str, list[Any]]:
     parts = [sql for sql, _ in clauses if sql]
     params = [p for _, ps in clauses for p in ps]
     return (" WHERE " + " AND ".join(f"({p})" for p in parts) if parts else ""), params
+
+
+def check_macro_calls(node: object) -> None:
+    """At most MAX_MACRO_CALLS macro calls in one filter or rule."""
+    calls = used_macros(node)
+    if len(calls) > MAX_MACRO_CALLS:
+        raise FilterError(f"too many macro calls (max {MAX_MACRO_CALLS})", calls[MAX_MACRO_CALLS].position)

@@ -1,13 +1,17 @@
 """Login throttling, lockout and the audit entries of login attempts.
 
-Two counters of failed logins, kept in SQL so every worker process sees the same numbers:
+Two counters of failed logins, kept in SQL so every worker process sees the same numbers (the OWASP
+Authentication Cheat Sheet's pairing):
 - per client IP: more than SNACKBASE_LOGIN_IP_MAX_FAILURES failures in 15 minutes → 429 until the
   window ends (slows password spraying across many accounts);
-- per identity (account + email): from SNACKBASE_LOGIN_BACKOFF_AFTER failures in a row, each further
-  attempt must wait 30 s, 60 s, 120 s… (max 15 min) → 429 with Retry-After; at
-  SNACKBASE_LOGIN_LOCKOUT_AFTER failures in a row the identity is locked (403 account_locked) until an
-  admin unlocks the user or the user resets the password.
+- per (identity, client IP), identity = account + email: from SNACKBASE_LOGIN_BACKOFF_AFTER failures
+  in a row, each further attempt from that address must wait 30 s, 60 s, 120 s… (max 15 min) → 429
+  with Retry-After; at SNACKBASE_LOGIN_LOCKOUT_AFTER failures in a row the identity is locked *for
+  that address* (403 account_locked) until an admin unlocks the user or the user resets the password.
+  Counting per pair is what keeps a stranger from locking the owner out: the stranger's failures
+  slow and lock only the stranger's own address, while the owner, from another address, logs in.
 Identities are counted whether or not the user exists, so the answers never reveal which emails exist.
+Every failure is still an `auth.login_failed` audit entry, whoever makes it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import apsw
 from snackbase import audit
 from snackbase.auth import user_actor
 from snackbase.config import Settings
-from snackbase.db import fetch_one
+from snackbase.db import fetch_all, fetch_one
 from snackbase.errors import ApiError
 from snackbase.ids import SYSTEM_ACCOUNT_ID
 from snackbase.times import format_ts, now_iso, parse_ts
@@ -38,6 +42,20 @@ def identity_key(account_ref: str, email: str) -> str:
 
 def ip_key(ip: str) -> str:
     return f"ip:{ip}"
+
+
+def pair_key(identity: str, ip: str) -> str:
+    """The counter of one identity from one address: `<identity>|<ip>`. An address never holds `|`,
+    so the identity is everything before the last one, even when a guessed email contains `|`."""
+    return f"{identity}|{ip}"
+
+
+def _pair_rows(conn: apsw.Connection, identity: str) -> list[dict[str, Any]]:
+    """Every address's counter of `identity` (a primary-key range, then the exact identity)."""
+    rows = fetch_all(
+        conn, "SELECT * FROM login_throttle WHERE key > ? AND key < ?", (identity + "|", identity + "}")
+    )
+    return [row for row in rows if row["key"].rsplit("|", 1)[0] == identity]
 
 
 def _seconds_until(moment: datetime) -> int:
@@ -61,7 +79,7 @@ def check_login_allowed(conn: apsw.Connection, settings: Settings, ip: str, iden
         window_end = parse_ts(row["window_start"]) + timedelta(seconds=IP_WINDOW_S)
         if window_end > datetime.now(UTC):
             raise _rate_limited(_seconds_until(window_end))
-    row = _row(conn, identity)
+    row = _row(conn, pair_key(identity, ip))
     if row is None:
         return
     if row["locked_at"] is not None:
@@ -86,6 +104,7 @@ def _rate_limited(retry_after: int) -> ApiError:
 
 
 def record_failure(conn: apsw.Connection, settings: Settings, ip: str, identity: str) -> None:
+    """Counts a failure against the address and against the (identity, address) pair."""
     now = now_iso()
     window_start = format_ts(datetime.now(UTC) - timedelta(seconds=IP_WINDOW_S))
     with unit_of_work(conn):
@@ -107,18 +126,26 @@ def record_failure(conn: apsw.Connection, settings: Settings, ip: str, identity:
                 failures = failures + 1, last_failure_at = ?2,
                 locked_at = CASE WHEN failures + 1 >= ?3 THEN coalesce(locked_at, ?2) ELSE locked_at END
         """,
-            (identity, now, settings.login_lockout_after),
+            (pair_key(identity, ip), now, settings.login_lockout_after),
         )
 
 
+def clear_pair(conn: apsw.Connection, identity: str, ip: str) -> None:
+    """Forgets this address's failures for the identity (a successful login from it)."""
+    conn.execute("DELETE FROM login_throttle WHERE key = ?", (pair_key(identity, ip),))
+
+
 def clear_identity(conn: apsw.Connection, identity: str) -> None:
-    """Forgets failures and lifts a lockout (successful login, admin unlock, password reset)."""
-    conn.execute("DELETE FROM login_throttle WHERE key = ?", (identity,))
+    """Forgets failures and lifts lockouts from every address (admin unlock, password reset)."""
+    keys = [row["key"] for row in _pair_rows(conn, identity)]
+    # `identity` alone: the per-identity counter of versions before counting per address.
+    for key in [identity, *keys]:
+        conn.execute("DELETE FROM login_throttle WHERE key = ?", (key,))
 
 
 def is_locked(conn: apsw.Connection, identity: str) -> bool:
-    row = _row(conn, identity)
-    return bool(row and row["locked_at"])
+    """Locked from at least one address."""
+    return any(row["locked_at"] for row in _pair_rows(conn, identity))
 
 
 def record_login_event(

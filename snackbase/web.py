@@ -73,6 +73,8 @@ async def read_json(request: Request) -> Any:
         return _any_decoder.decode(raw)
     except msgspec.DecodeError:
         raise ApiError(400, "bad_request", "The request body is not valid JSON.") from None
+    except RecursionError:  # msgspec decodes nested arrays and objects recursively
+        raise too_deep() from None
 
 
 @lru_cache(maxsize=256)
@@ -96,6 +98,12 @@ def decode_struct(raw: bytes, kind: type[T]) -> T:
         raise struct_error(str(exc)) from None
     except msgspec.DecodeError:
         raise ApiError(400, "bad_request", "The request body is not valid JSON.") from None
+    except RecursionError:
+        raise too_deep() from None
+
+
+def too_deep() -> ApiError:
+    return ApiError(400, "bad_request", "The request body is nested too deeply.")
 
 
 _UNKNOWN = re.compile(r"Object contains unknown field `(?P<name>[^`]*)`(?: - at `(?P<path>[^`]*)`)?")

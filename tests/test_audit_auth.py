@@ -182,7 +182,7 @@ def _lock_target(w: World) -> None:
         conn.execute(
             "INSERT INTO login_throttle (key, failures, window_start, last_failure_at, locked_at) "
             "VALUES (?, 10, 'x', '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z')",
-            (f"id:{w.target['account_id']}:{w.target['email']}",),
+            (f"id:{w.target['account_id']}:{w.target['email']}|testclient",),  # (identity, address)
         )
 
 

@@ -8,6 +8,7 @@ PII in `changes` is masked (SPEC section 7) unless the caller is a superadmin or
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -71,12 +72,20 @@ def _cursor_page(conn: apsw.Connection, view: View, where: str, params: list[Any
     return rows, encode_cursor(tag, [rows[-1][column]]) if more else None
 
 
+def _is_seq(text: str) -> bool:
+    """ASCII digits of a value SQLite can hold (`str.isdigit` also accepts `²` and other digits)."""
+    return _SEQ_RE.fullmatch(text) is not None and int(text) < 2**63
+
+
+_SEQ_RE = re.compile(r"[0-9]{1,19}")
+
+
 async def get_entry(request: Request) -> Response:
     view = await _view(request)
     raw = request.path_params["seq"]
     row = (
         fetch_one(request.app.state.db.conn, f"{_SELECT} WHERE seq = ?", (int(raw),))
-        if raw.isdigit()
+        if _is_seq(raw)
         else None
     )
     if row is None or (view.account_id is not None and row["account_id"] != view.account_id):
@@ -267,7 +276,7 @@ def _action_clause(action: str, params: list[Any]) -> list[str]:
 def _timestamp(name: str, value: str) -> str:
     try:
         return format_ts(parse_ts(value))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an offset moves year 1 or 9999 out of range
         raise ApiError(
             400, "bad_request", f"Query parameter '{name}' must be an RFC 3339 timestamp."
         ) from None

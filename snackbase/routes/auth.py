@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -87,6 +88,8 @@ class TokenBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 INVALID_CREDENTIALS = "The email, password or account is not correct."
+# Token responses must not be kept by browsers or proxies (RFC 6749 section 5.1).
+NO_STORE = {"cache-control": "no-store"}
 FORGOT_ANSWER = {"message": "If this account and email exist, an email with a reset link is on its way."}
 
 
@@ -117,7 +120,7 @@ def logged_in(request: Request, user_id: str, session_id: str, refresh: str, sta
         "user": public_user(conn, user),
         **token_pair(settings, user, session_id, refresh),
     }
-    return json_response(body, status=status)
+    return json_response(body, status=status, headers=NO_STORE)
 
 
 async def register(request: Request) -> Response:
@@ -183,7 +186,7 @@ async def login(request: Request) -> Response:
     with unit_of_work(conn):
         if new_hash is not None:
             conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (new_hash, user["id"]))
-        throttle.clear_identity(conn, identity)
+        throttle.clear_pair(conn, identity, ip)
         session_id, refresh = open_session(request, user)
         _login_event(request, body.account_identifier, user, email, True, "", session_id)
     request.app.state.hooks.auth_after("login", user)
@@ -239,7 +242,7 @@ async def refresh(request: Request) -> Response:
         conn, settings, body.refresh_token, audit.meta_from_request(request)
     )
     request.app.state.hooks.auth_after("refresh", get_user(conn, str(row["id"])))
-    return json_response(token_pair(settings, row, row["session_id"], new_token))
+    return json_response(token_pair(settings, row, row["session_id"], new_token), headers=NO_STORE)
 
 
 async def logout(request: Request) -> Response:
@@ -359,16 +362,24 @@ def _set_password(conn: Any, user_id: str, password_hash: str) -> str:
 
 
 async def forgot_password(request: Request) -> Response:
-    settings, conn = request.app.state.settings, request.app.state.db.conn
+    """Always the same 202, answered before anything is looked up: the lookup, the token and the email
+    happen after the response is sent, so its timing cannot tell which emails exist."""
     body = await read_struct(request, ForgotBody)
-    email = normalize_email(body.email)
-    account_id, _ = _login_identity(conn, body.account_identifier, email)
+    response = json_response(FORGOT_ANSWER, status=202)
+    response.background = BackgroundTask(_send_reset_link, request, body.email, body.account_identifier)
+    return response
+
+
+async def _send_reset_link(request: Request, email_text: str, account_ref: str) -> None:
+    """Runs on the event loop (it is async), after the response: the connection belongs to the loop."""
+    settings, conn = request.app.state.settings, request.app.state.db.conn
+    email = normalize_email(email_text)
+    account_id, _ = _login_identity(conn, account_ref, email)
     user = find_user(conn, account_id, email) if account_id else None
     if user is not None and user["is_active"]:
         token = onetime.issue(conn, "reset_password", user["id"])
         if token is not None:
             onetime.send_token_mail(settings, conn, "reset_password", user, token)
-    return json_response(FORGOT_ANSWER, status=202)
 
 
 def _bad_token() -> ApiError:

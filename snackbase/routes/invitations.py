@@ -24,7 +24,7 @@ from snackbase.auth import (
 from snackbase.config import Settings
 from snackbase.db import fetch_one
 from snackbase.errors import ApiError
-from snackbase.ids import uuid7
+from snackbase.ids import SYSTEM_ACCOUNT_ID, uuid7
 from snackbase.listing import Source, paging, table_page
 from snackbase.passwords import check_policy, hash_password, params_for
 from snackbase.times import now_iso
@@ -45,6 +45,7 @@ from snackbase.users import (
 )
 from snackbase.web import json_response, no_content, read_struct
 
+NO_STORE = {"cache-control": "no-store"}  # responses carrying a token (RFC 6749 section 5.1)
 Short = Annotated[str, msgspec.Meta(max_length=64)]
 
 
@@ -169,7 +170,7 @@ async def create(request: Request) -> Response:
         row = _visible(conn, auth, invitation_id)
         _audit(request, audit.actor_from_auth(auth), "invitation.create", row, None, _view(row), reason)
     _send(settings, conn, row, token)
-    return json_response({**public_invitation(row), "token": token}, status=201)
+    return json_response({**public_invitation(row), "token": token}, status=201, headers=NO_STORE)
 
 
 async def list_invitations(request: Request) -> Response:
@@ -214,7 +215,7 @@ async def resend(request: Request) -> Response:
             request, audit.actor_from_auth(auth), "invitation.resend", row, _view(before), _view(row), reason
         )
     _send(settings, conn, row, token)
-    return json_response({**public_invitation(row), "token": token})
+    return json_response({**public_invitation(row), "token": token}, headers=NO_STORE)
 
 
 def _by_token(conn: apsw.Connection, token: str) -> dict[str, Any]:
@@ -226,7 +227,31 @@ def _by_token(conn: apsw.Connection, token: str) -> dict[str, Any]:
         raise ApiError(404, "not_found", "This invitation does not exist.")
     if status_of(row) != "pending":
         raise ApiError(410, "invitation_expired", "This invitation was already used or has expired.")
+    if not _inviter_still_may(conn, row):
+        raise ApiError(410, "invitation_expired", "This invitation is no longer valid.")
     return row
+
+
+def _inviter_still_may(conn: apsw.Connection, row: dict[str, Any]) -> bool:
+    """An invitation carries its inviter's authority, so it dies with it: checked when the token is
+    used (always current, nothing to revoke). The inviter must still exist (deletion sets invited_by
+    to NULL), be active, and be a superadmin or an admin of the invitation's account — and an inviter
+    demoted to a plain role can no longer hand out the admin role."""
+    inviter = (
+        fetch_one(conn, "SELECT account_id, role, is_active FROM users WHERE id = ?", (row["invited_by"],))
+        if row["invited_by"]
+        else None
+    )
+    if inviter is None or not inviter["is_active"]:
+        return False
+    if inviter["account_id"] == SYSTEM_ACCOUNT_ID:
+        return True
+    return inviter["account_id"] == row["account_id"] and _rank(inviter["role"]) >= _rank(row["role"])
+
+
+def _rank(role: str) -> int:
+    """admin above every other role (built-in `user` and custom roles rank alike)."""
+    return 2 if role == "admin" else 1
 
 
 async def show(request: Request) -> Response:
@@ -284,6 +309,7 @@ async def accept(request: Request) -> Response:
             **token_pair(settings, user, session_id, refresh),
         },
         status=201,
+        headers=NO_STORE,
     )
 
 

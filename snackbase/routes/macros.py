@@ -127,6 +127,13 @@ async def test(request: Request) -> Response:
             f"@{macro.name}() takes {macro.params} argument(s).",
             {"args": {"code": "invalid_length", "message": f"Give {macro.params} argument(s)."}},
         )
+    if not all(macros.bindable(a) for a in body.args):
+        raise ApiError(
+            400,
+            "validation_failed",
+            "An argument is an integer outside SQLite's 64-bit range.",
+            {"args": {"code": "out_of_range", "message": "Integers must fit in 64 bits (signed)."}},
+        )
     return json_response({"result": macros.run(conn, macro, body.args)})
 
 
