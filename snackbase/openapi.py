@@ -295,11 +295,15 @@ def request_struct(handler: Callable[..., Any]) -> type | None:
     return found if isinstance(found, type) and issubclass(found, msgspec.Struct) else None
 
 
+_STATUS_RE = re.compile(r"status=(2[0-9][0-9])\b")
+
+
 def success_status(handler: Callable[..., Any]) -> int:
+    """201/202 where the handler says so, 204 when it answers `no_content()`, else 200."""
     source = _handler_source(handler)
-    if "no_content()" in source:
-        return 204
-    return 201 if "status=201" in source else 200
+    if match := _STATUS_RE.search(source):
+        return int(match.group(1))
+    return 204 if "no_content()" in source else 200
 
 
 def reads_body(handler: Callable[..., Any]) -> bool:
