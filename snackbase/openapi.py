@@ -120,7 +120,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     # auth
     ("POST", "/auth/register"): Op("Register an account and its first admin", "public", response="Login"),
     ("POST", "/auth/login"): Op("Log in", "public", response="Login"),
-    ("POST", "/auth/refresh"): Op("Swap a refresh token for new tokens", "public", response="Login"),
+    ("POST", "/auth/refresh"): Op("Swap a refresh token for new tokens", "public", response="Tokens"),
     ("POST", "/auth/logout"): Op("End the session of a refresh token", "public"),
     ("POST", "/auth/logout-all"): Op("End every session of the caller", "user"),
     ("GET", "/auth/me"): Op("The caller", "user"),
@@ -197,6 +197,13 @@ class ApiInfo(msgspec.Struct):
     api_version: str
 
 
+class Tokens(msgspec.Struct):
+    access_token: str
+    refresh_token: str
+    token_type: str
+    expires_in: int
+
+
 class Login(msgspec.Struct):
     account: dict[str, Any]
     user: dict[str, Any]
@@ -221,7 +228,7 @@ class CollectionPatch(msgspec.Struct):
     audit: dict[str, bool] = {}
 
 
-_DOC_TYPES: tuple[type, ...] = (Error, Status, ApiInfo, Login, CollectionBody, CollectionPatch)
+_DOC_TYPES: tuple[type, ...] = (Error, Status, ApiInfo, Tokens, Login, CollectionBody, CollectionPatch)
 
 
 def _page_schema(item: dict[str, Any]) -> dict[str, Any]:
