@@ -109,7 +109,10 @@ def run_schemathesis(url: str, token: str, examples: int, config: Path) -> subpr
         "--max-examples", str(examples), "--checks", CHECKS, "--workers", "1",
         "--exclude-path-regex", SESSION_ENDING, "--seed", os.environ.get("SNACKBASE_CONTRACT_SEED", "1"),
     ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
+    # cwd: schemathesis keeps a cache directory (.schemathesis/) where it runs; not in the checkout
+    return subprocess.run(
+        command, cwd=config.parent, capture_output=True, text=True, timeout=3600, check=False
+    )
 
 
 def test_no_5xx_and_every_answer_matches_the_document(

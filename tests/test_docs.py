@@ -18,9 +18,7 @@ DOCS = ROOT / "docs"
 
 
 def docs_text() -> str:
-    return "\n".join(
-        p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
-    )
+    return "\n".join(p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))])
 
 
 @pytest.mark.parametrize("name", setting_names())
