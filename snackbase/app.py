@@ -153,6 +153,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.settings = settings
     app.state.db = db
+    app.state.route_tables = (root_tables(), api_tables())  # what /openapi.json describes
     app.state.registry = Registry()
     app.state.macros = MacroStore()
     start_auth(settings, db)

@@ -39,11 +39,10 @@ async def openapi_json(request: Request) -> Response:
     cache: dict[Any, bytes] = getattr(state, "openapi_cache", None) or {}
     body = cache.get(key)
     if body is None:
-        from snackbase.app import api_tables, root_tables
-
+        root_tables, api_tables = state.route_tables
         visible = openapi.visible_collections(collections, caller)
-        root = [route for table in root_tables() for route in table]
-        api = [route for table in api_tables() for route in table]
+        root = [route for table in root_tables for route in table]
+        api = [route for table in api_tables for route in table]
         document = openapi.build_document(state.settings.api_prefix, root, api, visible, caller)
         body = encode_json(document)
         cache = {k: v for k, v in cache.items() if k[0] == key[0]}  # drop older versions
