@@ -118,3 +118,14 @@ _FOREIGN = re.compile(r"SPEC|DESIGN\.md|\.\./shared|shared/|SPEC section")
 def test_docs_never_point_at_files_users_do_not_have(path: str) -> None:
     text = (ROOT / path).read_text(encoding="utf-8")
     assert not _FOREIGN.search(text), f"{path}: {_FOREIGN.search(text)}"
+
+
+def test_the_filter_examples_in_the_docs_parse() -> None:
+    from snackbase.filter import parse
+
+    text = (DOCS / "filters.md").read_text(encoding="utf-8")
+    example = text.split("```\n", 2)[1]  # the first fenced block: a complete filter
+    parse(example.strip())
+    for snippet in ('created_at >= "2026-11-01T00:00:00.000Z"', 'title ~ "50\\\\%"', "expires_at > @now"):
+        assert f"`{snippet}`" in text
+        parse(snippet)
