@@ -471,14 +471,15 @@ def build_document(
     }
 
 
-_COLLECTION_BODIES = {
-    ("POST", "/records/{collection}"): ("create", "record"),
-    ("PATCH", "/records/{collection}/{id}"): ("update", "record"),
-    ("PUT", "/records/{collection}/{id}"): ("create", "record"),
-    ("POST", "/records/{collection}/batch"): ("batch", "batch_result"),
-    ("GET", "/records/{collection}"): (None, "page"),
-    ("GET", "/records/{collection}/{id}"): (None, "record"),
-    ("DELETE", "/records/{collection}/{id}"): (None, None),
+# record route -> (operation id suffix, body schema, response schema) of its per-collection copy
+_COLLECTION_OPS = {
+    ("GET", "/records/{collection}"): ("list", None, "page"),
+    ("POST", "/records/{collection}"): ("create", "create", "record"),
+    ("POST", "/records/{collection}/batch"): ("batch", "batch", "batch_result"),
+    ("GET", "/records/{collection}/{id}"): ("get", None, "record"),
+    ("PATCH", "/records/{collection}/{id}"): ("update", "update", "record"),
+    ("PUT", "/records/{collection}/{id}"): ("replace", "create", "record"),
+    ("DELETE", "/records/{collection}/{id}"): ("delete", None, None),
 }
 
 
@@ -490,14 +491,16 @@ def _collection_paths(
 ) -> None:
     """The record routes once more with the collection filled in and its own schemas."""
     for method, path, handler in api_routes:
-        kinds = _COLLECTION_BODIES.get((method, path))
+        kinds = _COLLECTION_OPS.get((method, path))
         if kinds is None:
             continue
-        body, response = (f"{name}.{k}" if k else None for k in kinds)
+        verb, body, response = (f"{name}.{k}" if k else None for k in kinds)
         op = OPERATIONS[(method, path)]
         concrete = path.replace("{collection}", name)
         operation = _operation(method, concrete, op, handler, body, response)
-        operation["operationId"] = _operation_id(method, concrete)
+        # "posts.list": the dot never occurs in the generated ids of the generic routes, and collection
+        # names are unique, so ids stay unique whatever a collection is called
+        operation["operationId"] = verb
         operation["tags"] = [f"records: {name}"]
         paths.setdefault(prefix + concrete, {})[method.lower()] = operation
 

@@ -69,7 +69,7 @@ def test_docs_page_lists_operations_and_tries_one_with_a_pasted_token(
     page.get_by_label("X-Account-ID").fill(account["id"])
     page.get_by_role("button", name="Use").click()
     expect(page.locator("#who")).to_have_text("token in use")
-    create = page.locator("#op-post_records_notes")
+    create = page.locator('[id="op-notes.create"]')
     create.locator("summary").first.click()
     body = create.locator("textarea")
     expect(body).to_have_value('{\n  "title": "",\n  "mood": "calm"\n}')
@@ -81,7 +81,7 @@ def test_docs_page_lists_operations_and_tries_one_with_a_pasted_token(
     assert [r["title"] for r in stored["items"]] == ["from the docs page"]
 
     # an error answers the envelope, shown as is
-    get_one = page.locator("#op-get_records_notes_id")
+    get_one = page.locator('[id="op-notes.get"]')
     get_one.locator("summary").first.click()
     get_one.locator("input[name=id]").fill("no-such-id")
     get_one.get_by_role("button", name="Send").click()
