@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 EXE    := dist/snackbase
 ARGS   ?=
 
-.PHONY: install run build test check bench screenshots ui clean
+.PHONY: install run build test contract check bench screenshots ui clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ run: build  ## build and start the server (pass flags with ARGS="--port 9000")
 
 test: $(STAMP)  ## every test, including the built executable and the admin UI in a real browser
 	$(PY) -m pytest -q
+
+contract: $(STAMP)  ## the long contract run: schemathesis, 200 examples per operation (see docs/openapi.md)
+	SNACKBASE_CONTRACT_EXAMPLES=$${SNACKBASE_CONTRACT_EXAMPLES:-200} $(PY) -m pytest -q -s tests/test_contract.py
 
 check: $(STAMP)  ## formatting, lint and types
 	$(VENV)/bin/ruff format --check snackbase tests bench build.py

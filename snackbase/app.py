@@ -30,7 +30,7 @@ from snackbase.hooks import hooks
 from snackbase.macros import MacroStore
 from snackbase.middleware import EnvelopeCORSMiddleware, ExceptionHandlers, RequestMiddleware
 from snackbase.migrations import migrate, refuse_newer
-from snackbase.routes import RouteTable, audit, collections, health, macros, records, signatures
+from snackbase.routes import RouteTable, audit, collections, docs, health, macros, records, signatures
 from snackbase.routes import accounts as accounts_routes
 from snackbase.routes import auth as auth_routes
 from snackbase.routes import groups as groups_routes
@@ -55,8 +55,14 @@ def api_tables() -> list[RouteTable]:
         signatures.routes,
         macros.routes,
         audit.routes,
+        docs.routes,
         *auth_tables(),
     ]
+
+
+def root_tables() -> list[RouteTable]:
+    """Routes outside the API prefix: the probes (load balancers call them often) and the docs page."""
+    return [health.root_routes, docs.root_routes]
 
 
 def auth_tables() -> list[RouteTable]:
@@ -127,7 +133,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         log.info("database closed after a WAL checkpoint")
 
     # The three probes first (load balancers call them often), then the API (see api_tables).
-    routes = build_routes("", [health.root_routes]) + build_routes(settings.api_prefix, api_tables())
+    routes = build_routes("", root_tables()) + build_routes(settings.api_prefix, api_tables())
     routes += [Route(UI_PREFIX.rstrip("/"), admin_ui_redirect), Route(UI_PREFIX + "{path:path}", admin_ui)]
     middleware = [Middleware(RequestMiddleware, ui_prefix=UI_PREFIX)]
     if settings.cors_origin_list:
@@ -159,6 +165,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.settings = settings
     app.state.db = db
+    app.state.route_tables = (root_tables(), api_tables())  # what /openapi.json describes
     app.state.registry = Registry()
     app.state.macros = MacroStore()
     start_auth(settings, db)

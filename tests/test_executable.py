@@ -59,5 +59,11 @@ def test_serves_with_system_python(executable: Path, tmp_path: Path) -> None:
     server = ServerProcess([system_python(), str(executable)], tmp_path / "data")
     with urllib.request.urlopen(server.url + "/api/v1") as response:
         assert response.status == 200
+    # the OpenAPI document and the docs page's own files are bundled too
+    with urllib.request.urlopen(server.url + "/api/v1/openapi.json") as response:
+        assert b'"openapi":"3.1.0"' in response.read()
+    for path in ("/docs", "/docs/docs.js", "/docs/docs.css"):
+        with urllib.request.urlopen(server.url + path) as response:
+            assert response.status == 200 and response.read()
     server.stop()
     assert (tmp_path / "data" / "snackbase.db").is_file()
