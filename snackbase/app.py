@@ -11,12 +11,12 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
+from snackbase import runtime_settings
 from snackbase.auth import AuthMiddleware
 from snackbase.collections import Registry
 from snackbase.config import Settings, ensure_data_dir, load_settings, with_secret_key
@@ -32,7 +32,11 @@ from snackbase.routes import auth as auth_routes
 from snackbase.routes import groups as groups_routes
 from snackbase.routes import invitations as invitations_routes
 from snackbase.routes import roles as roles_routes
+from snackbase.routes import settings as settings_routes
+from snackbase.routes import transfer as transfer_routes
+from snackbase.routes import user_admin as user_admin_routes
 from snackbase.routes import users as users_routes
+from snackbase.runtime_settings import RuntimeSettingsMiddleware
 
 log = logging.getLogger("snackbase")
 
@@ -47,10 +51,12 @@ def api_tables() -> list[RouteTable]:
     return [
         records.routes,
         health.routes,
+        transfer_routes.routes,  # before collections: /collections/export is not /collections/{name}
         collections.routes,
         signatures.routes,
         macros.routes,
         audit.routes,
+        settings_routes.routes,
         *auth_tables(),
     ]
 
@@ -63,6 +69,7 @@ def auth_tables() -> list[RouteTable]:
         accounts_routes.routes,
         roles_routes.routes,
         invitations_routes.routes,
+        user_admin_routes.routes,
     ]
 
 
@@ -126,17 +133,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = build_routes("", [health.root_routes]) + build_routes(settings.api_prefix, api_tables())
     routes += [Route(UI_PREFIX.rstrip("/"), admin_ui_redirect), Route(UI_PREFIX + "{path:path}", admin_ui)]
     middleware = [Middleware(RequestMiddleware, ui_prefix=UI_PREFIX)]
-    if settings.cors_origin_list:
-        middleware.append(
-            Middleware(
-                CORSMiddleware,
-                allow_origins=settings.cors_origin_list,
-                allow_methods=["*"],
-                allow_headers=["*"],
-                expose_headers=["X-Request-ID"],
-                max_age=600,
-            )
-        )
+    # Settings changed in the console reach every process; CORS answers for the current origins.
+    middleware.append(Middleware(RuntimeSettingsMiddleware))
     middleware.append(Middleware(AuthMiddleware, prefix=settings.api_prefix))
     middleware.append(Middleware(HookMiddleware))  # inside auth: request hooks see the caller
     app = SnackBaseApp(
@@ -147,6 +145,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.settings = settings
     app.state.db = db
+    runtime_settings.start(app, settings)
     app.state.registry = Registry()
     app.state.macros = MacroStore()
     start_auth(settings, db)
