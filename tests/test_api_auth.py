@@ -15,7 +15,9 @@ from tests.conftest import TEST_PASSWORD, make_settings
 
 API = "/api/v1"
 GOOD_PASSWORD = "Plum tree at dawn, 1987!"
-TOKEN_KEYS = {"account", "user", "access_token", "refresh_token", "token_type", "expires_in", "session_idle_minutes"}
+TOKEN_KEYS = {
+    "account", "user", "access_token", "refresh_token", "token_type", "expires_in", "session_idle_minutes",
+}  # fmt: skip
 
 
 def register(client: TestClient, **overrides: Any) -> Any:
