@@ -219,3 +219,37 @@ def test_idle_limit_zero_is_off_and_a_setting(tmp_path: Any) -> None:
         _age_session(client, user["session_id"], 600)
         res = client.post("/api/v1/auth/refresh", json={"refresh_token": user["refresh_token"]})
         assert res.status_code == 200
+
+
+def test_a_change_reaches_every_worker_process(start_server: Callable[..., Any]) -> None:
+    """With two server processes, the one that did not take the PATCH applies it within seconds, and
+    settings the console may change are not shown as fixed by the environment in the workers."""
+    import json
+    import time
+    import urllib.error
+    import urllib.request
+
+    server = start_server(env={"SNACKBASE_WORKERS": "2", "SNACKBASE_SUPERADMIN_EMAIL": "root@example.com",
+                               "SNACKBASE_SUPERADMIN_PASSWORD": TEST_PASSWORD})  # fmt: skip
+
+    def call(method: str, path: str, body: Any, token: str = "") -> tuple[int, Any]:
+        request = urllib.request.Request(
+            server.url + "/api/v1" + path, json.dumps(body).encode(), method=method
+        )
+        request.add_header("content-type", "application/json")
+        if token:
+            request.add_header("authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    login = {"email": "root@example.com", "password": TEST_PASSWORD, "account_identifier": "system"}
+    token = call("POST", "/auth/login", login)[1]["access_token"]
+    status, listing = call("PATCH", "/settings", {"registration": "closed"}, token)
+    assert status == 200 and not any(row["fixed"] for row in listing["items"])
+    time.sleep(2.5)  # RECHECK_S: every process has looked again
+    for i in range(6):  # the kernel spreads new connections over both processes
+        body = {"account_name": f"Co {i}", "email": f"a{i}@co.example", "password": TEST_PASSWORD}
+        assert call("POST", "/auth/register", body)[0] == 403
