@@ -107,7 +107,7 @@ def coerce(name: str, value: Any) -> Any:
     return value.strip()
 
 
-def describe(settings: Settings, base: Settings, fixed: frozenset[str]) -> list[dict[str, Any]]:
+def describe(settings: Settings, fixed: frozenset[str]) -> list[dict[str, Any]]:
     """The Settings screen's rows: current value (secrets never shown), default, where it comes from."""
     defaults = Settings.defaults()
     items = []

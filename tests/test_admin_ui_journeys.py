@@ -520,6 +520,7 @@ def test_9_focus_errors_and_recovery(page: Any, server: Any, api: Api) -> None:
     expect(form.get_by_label("code")).to_be_focused()  # focus on the problem
     form.get_by_label("code").fill("UPPER")
     expect(error).to_have_count(0)  # the error goes as soon as the value changes
+    expect(form.locator(".alert.error")).to_have_count(0)  # and so does its summary
     form.get_by_role("button", name="Create", exact=True).click()
     table = page.get_by_test_id("records-table")
     table.get_by_role("cell", name="UPPER").wait_for()
@@ -539,7 +540,8 @@ def test_9_focus_errors_and_recovery(page: Any, server: Any, api: Api) -> None:
     page.unroute("**/api/v1/**")
     page.unroute("**/health")
     banner.wait_for(state="detached", timeout=8000)
-    page.get_by_role("cell", name=ADMIN_EMAIL).wait_for()
+    page.get_by_role("heading", name="Users", exact=True).wait_for()
+    page.get_by_role("cell", name=ADMIN_EMAIL, exact=True).first.wait_for()
 
 
 def test_10_refresh_shortly_before_expiry(page: Any, server: Any, api: Api) -> None:
@@ -555,7 +557,8 @@ def test_10_refresh_shortly_before_expiry(page: Any, server: Any, api: Api) -> N
         page.wait_for_timeout(300)
         assert len(refreshes) == 1
         nav(page, "Users").click()
-        page.get_by_role("cell", name=ADMIN_EMAIL).wait_for()
+        page.get_by_role("heading", name="Users", exact=True).wait_for()
+        page.get_by_role("cell", name=ADMIN_EMAIL, exact=True).first.wait_for()
     finally:
         api.call("PATCH", "/settings", {"access_token_expire_minutes": None})
 

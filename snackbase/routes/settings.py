@@ -34,7 +34,7 @@ _MASK = "********"
 
 def _listing(request: Request) -> dict[str, Any]:
     state = request.app.state
-    return {"items": runtime_settings.describe(state.settings, state.base_settings, state.fixed_settings)}
+    return {"items": runtime_settings.describe(state.settings, state.fixed_settings)}
 
 
 async def get_settings(request: Request) -> Response:
