@@ -253,3 +253,16 @@ def test_a_change_reaches_every_worker_process(start_server: Callable[..., Any])
     for i in range(6):  # the kernel spreads new connections over both processes
         body = {"account_name": f"Co {i}", "email": f"a{i}@co.example", "password": TEST_PASSWORD}
         assert call("POST", "/auth/register", body)[0] == 403
+
+
+def test_invitation_tokens_never_reach_the_access_log(start_server: Callable[..., Any]) -> None:
+    """The accept page calls GET /invitations/{token}: the access line shows `[token]` instead."""
+    import urllib.error
+    import urllib.request
+
+    server = start_server(env={"SNACKBASE_LOG_LEVEL": "INFO"})
+    token = "sbt_" + "Q" * 43
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(f"{server.url}/api/v1/invitations/{token}", timeout=5)
+    _, stderr = server.stop()
+    assert "/api/v1/invitations/[token]" in stderr and token not in stderr
