@@ -443,6 +443,8 @@ def test_7_records_table_labels_width_and_address(page: Any, server: Any, api: A
     # long text gets a text area
     table.get_by_role("button", name="Edit").first.click()
     assert record_form(page).locator("textarea#rec-description").count() == 1
+    labels = record_form(page).get_by_test_id("ref-label")  # the form names the referenced rows too
+    expect(labels).to_have_text(["Snack Supplies Ltd", "owner@wide.example"])
     page.keyboard.press("Escape")
     # an invalid filter says so, with no stale count
     page.get_by_label("Filter").fill("title ~")
