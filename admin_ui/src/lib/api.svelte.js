@@ -151,6 +151,11 @@ export function refreshTokens() {
     refreshing = (async () => {
       if (!token) throw new ApiError(401, { message: "Not signed in." });
       const res = await send("POST", "/auth/refresh", { body: { refresh_token: token }, auth: false });
+      if (session.refresh !== token) {
+        // Signed out (e.g. for inactivity) while this refresh was on its way: end the session it renewed.
+        send("POST", "/auth/logout", { body: { refresh_token: res.refresh_token }, headers: { authorization: `Bearer ${res.access_token}` }, auth: false }).catch(() => {});
+        return;
+      }
       applyTokens(res);
     })()
       .catch((err) => {
