@@ -353,6 +353,8 @@ def test_6_unlock_password_reset_and_superadmins(page: Any, server: Any, api: Ap
     nav(page, "Users").click()
     row = page.get_by_role("row").filter(has_text="locked@lock.example")
     row.get_by_test_id("locked-badge").wait_for()
+    box = row.get_by_role("button", name="Delete").bounding_box()
+    assert box and box["x"] + box["width"] <= 1280, box  # row actions stay on screen
     shot(page, "users-locked")
     row.get_by_role("button", name="Unlock").click()
     expect(row.get_by_test_id("locked-badge")).to_have_count(0)
