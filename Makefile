@@ -38,7 +38,7 @@ bench: build  ## benchmarks: SnackBase vs PocketBase (needs Debian's wrk; see do
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/run.py $(ARGS)
 
 screenshots: $(STAMP)  ## regenerate docs/screenshots/*.png with the admin UI browser tour
-	SNACKBASE_SCREENSHOTS=1 $(PY) -m pytest -q tests/test_admin_ui.py -k tour
+	SNACKBASE_SCREENSHOTS=1 $(PY) -m pytest -q tests/test_admin_ui.py tests/test_admin_ui_journeys.py -k "tour or journeys"
 
 ui:  ## rebuild admin_ui/dist from its sources (needs node + npm)
 	cd admin_ui && npm ci && npm run build

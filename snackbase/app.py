@@ -17,6 +17,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Match, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
+from snackbase import runtime_settings
 from snackbase.auth import AuthMiddleware
 from snackbase.collections import Registry
 from snackbase.config import Settings, ensure_data_dir, load_settings, with_secret_key
@@ -28,7 +29,7 @@ from snackbase.hook_loader import HookMiddleware, serve_hooks, start_hooks, term
 from snackbase.hook_records import RecordsHelper
 from snackbase.hooks import hooks
 from snackbase.macros import MacroStore
-from snackbase.middleware import EnvelopeCORSMiddleware, ExceptionHandlers, RequestMiddleware
+from snackbase.middleware import ExceptionHandlers, RequestMiddleware
 from snackbase.migrations import migrate, refuse_newer
 from snackbase.routes import RouteTable, audit, collections, docs, health, macros, records, signatures
 from snackbase.routes import accounts as accounts_routes
@@ -36,7 +37,11 @@ from snackbase.routes import auth as auth_routes
 from snackbase.routes import groups as groups_routes
 from snackbase.routes import invitations as invitations_routes
 from snackbase.routes import roles as roles_routes
+from snackbase.routes import settings as settings_routes
+from snackbase.routes import transfer as transfer_routes
+from snackbase.routes import user_admin as user_admin_routes
 from snackbase.routes import users as users_routes
+from snackbase.runtime_settings import RuntimeSettingsMiddleware
 
 log = logging.getLogger("snackbase")
 
@@ -51,11 +56,13 @@ def api_tables() -> list[RouteTable]:
     return [
         records.routes,
         health.routes,
+        transfer_routes.routes,  # before collections: /collections/export is not /collections/{name}
         collections.routes,
         signatures.routes,
         macros.routes,
         audit.routes,
         docs.routes,
+        settings_routes.routes,
         *auth_tables(),
     ]
 
@@ -73,6 +80,7 @@ def auth_tables() -> list[RouteTable]:
         accounts_routes.routes,
         roles_routes.routes,
         invitations_routes.routes,
+        user_admin_routes.routes,
     ]
 
 
@@ -136,17 +144,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = build_routes("", root_tables()) + build_routes(settings.api_prefix, api_tables())
     routes += [Route(UI_PREFIX.rstrip("/"), admin_ui_redirect), Route(UI_PREFIX + "{path:path}", admin_ui)]
     middleware = [Middleware(RequestMiddleware, ui_prefix=UI_PREFIX)]
-    if settings.cors_origin_list:
-        middleware.append(
-            Middleware(
-                EnvelopeCORSMiddleware,
-                allow_origins=settings.cors_origin_list,
-                allow_methods=["*"],
-                allow_headers=["*"],
-                expose_headers=["X-Request-ID"],
-                max_age=600,
-            )
-        )
+    # Settings changed in the console reach every process; CORS answers for the current origins.
+    middleware.append(Middleware(RuntimeSettingsMiddleware))
     middleware.append(Middleware(AuthMiddleware, prefix=settings.api_prefix))
     middleware.append(Middleware(HookMiddleware))  # inside auth: request hooks see the caller
     app = SnackBaseApp(
@@ -166,6 +165,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.db = db
     app.state.route_tables = (root_tables(), api_tables())  # what /openapi.json describes
+    runtime_settings.start(app, settings)
     app.state.registry = Registry()
     app.state.macros = MacroStore()
     start_auth(settings, db)

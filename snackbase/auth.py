@@ -301,7 +301,7 @@ def _spend(
                 extra={"user_id": row["id"], "email": row["email"], "revoked_reason": "refresh_token_reuse"},
             )
         return None
-    if not _usable(row, now):
+    if not _usable(row, now) or _idle(row, settings):
         return None
     conn.execute("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?", (now, row["token_hash"]))
     new_token, expires = new_refresh_token(), later_iso(settings.refresh_token_expire_days * 86400)
@@ -321,11 +321,19 @@ def _usable(row: dict[str, Any], now: str) -> bool:
     )
 
 
+def _idle(row: dict[str, Any], settings: Settings) -> bool:
+    """A session unused (no refresh) for session_idle_minutes has ended: 21 CFR 11 / Annex 11 session
+    control. The console refreshes at least every third of that period while its user is active."""
+    if settings.session_idle_minutes <= 0:
+        return False
+    return bool(row["last_used_at"] < later_iso(-settings.session_idle_minutes * 60))
+
+
 def _refresh_row(conn: apsw.Connection, token_hash: str) -> dict[str, Any] | None:
     return fetch_one(
         conn,
         """
-        SELECT r.token_hash, r.session_id, r.expires_at, r.used_at, s.revoked_at,
+        SELECT r.token_hash, r.session_id, r.expires_at, r.used_at, s.revoked_at, s.last_used_at,
                s.expires_at AS session_expires_at, u.id, u.account_id, u.email, u.role, u.is_active
         FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id JOIN users u ON u.id = s.user_id
         WHERE r.token_hash = ?
@@ -390,6 +398,7 @@ def token_pair(
         "refresh_token": refresh_token,
         "token_type": "Bearer",
         "expires_in": settings.access_token_expire_minutes * 60,
+        "session_idle_minutes": settings.session_idle_minutes,
     }
 
 

@@ -141,8 +141,12 @@ def _run_factory(settings: Settings, reload: bool) -> None:
     """Several workers (or --reload) re-create the app in each process from SNACKBASE_* variables."""
     import uvicorn
 
+    from snackbase.runtime_settings import EDITABLE
+
     for name, value in settings.redacted().items():
-        if name != "secret_key":
+        # Settings the console may change come only from the environment or .env, which every worker
+        # reads again; exporting them would make each look fixed by the environment there.
+        if name != "secret_key" and name not in EDITABLE:
             os.environ[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
     os.environ[env_name("secret_key")] = settings.secret_key or with_secret_key(settings).secret_key
     uvicorn.run(

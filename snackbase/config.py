@@ -51,6 +51,9 @@ class Settings:
     secret_key: str = _meta("JWT signing key (generated and kept in the data dir when unset)", secret=True)
     access_token_expire_minutes: int = _meta("access token lifetime in minutes")
     refresh_token_expire_days: int = _meta("refresh token lifetime in days")
+    session_idle_minutes: int = _meta(
+        "sign out a session unused for this many minutes (refresh refused; the console signs out); 0 = off"
+    )
     cors_origins: str = _meta("comma-separated allowed CORS origins")
     log_level: str = _meta("DEBUG, INFO, WARNING or ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = _meta("json or console", choices=("json", "console"))
@@ -90,6 +93,7 @@ class Settings:
             "secret_key": "",
             "access_token_expire_minutes": 60,
             "refresh_token_expire_days": 7,
+            "session_idle_minutes": 15,
             "cors_origins": "",
             "log_level": "INFO",
             "log_format": "json",
@@ -225,6 +229,8 @@ def _check_choices(settings: Settings) -> None:
 def _check_ranges(settings: Settings) -> None:
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"port must be between 0 and 65535, got {settings.port}")
+    if settings.session_idle_minutes < 0:
+        raise ConfigError("SNACKBASE_SESSION_IDLE_MINUTES must be 0 (off) or more")
     if settings.workers < 1:
         raise ConfigError("workers must be at least 1")
     if settings.max_json_bytes < 1024:

@@ -63,8 +63,8 @@ QUERY_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
     "audit_sort": ({"type": "string", "enum": ["seq", "-seq", "occurred_at", "-occurred_at"]}, "Order."),
     "format": ({"type": "string", "enum": ["json", "csv"], "default": "json"}, "Export format."),
 }
-_PAGED = ("page", "per_page", "skip_total")
-_RECORD_LIST = ("filter", "sort", "fields", "expand", *_PAGED, "after")
+_PAGED = ("page", "per_page", "skip_total", "after")
+_RECORD_LIST = ("filter", "sort", "fields", "expand", *_PAGED)
 _AUDIT_FILTERS = ("account", "collection", "record_id", "user_id", "action", "from", "to")
 
 # --- one entry per route -----------------------------------------------------------------------
@@ -104,6 +104,14 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("PATCH", "/collections/{name}"): Op("Change a collection", "superadmin", body="CollectionPatch"),
     ("DELETE", "/collections/{name}"): Op("Delete a collection and its records", "superadmin"),
     ("POST", "/collections/{name}/rules/test"): Op("Evaluate a rule for a user", "superadmin"),
+    ("GET", "/collections/export"): Op("Every collection definition, as one list", "superadmin"),
+    ("POST", "/collections/import"): Op(
+        "Create or change collections from definitions (`?dry_run=true`)", "superadmin", body="Definitions"
+    ),
+    # settings changed at run time
+    ("GET", "/settings"): Op("The settings a superadmin may change at run time", "superadmin"),
+    ("PATCH", "/settings"): Op("Change settings at run time (audited)", "superadmin", body="SettingsPatch"),
+    ("POST", "/settings/test-email"): Op("Send a test email with the current mail settings", "superadmin"),
     ("GET", "/macros"): Op("List macros", "admin", response="Page"),
     ("POST", "/macros"): Op("Create a macro", "superadmin"),
     ("GET", "/macros/{name}"): Op("Get a macro", "admin"),
@@ -111,9 +119,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("DELETE", "/macros/{name}"): Op("Delete a macro", "superadmin"),
     ("POST", "/macros/{name}/test"): Op("Run a macro", "superadmin"),
     # audit trail
-    ("GET", "/audit-log"): Op(
-        "List audit entries", "admin", (*_AUDIT_FILTERS, "audit_sort", *_PAGED, "after")
-    ),
+    ("GET", "/audit-log"): Op("List audit entries", "admin", (*_AUDIT_FILTERS, "audit_sort", *_PAGED)),
     ("GET", "/audit-log/verify"): Op("Verify the hash chains", "admin", ("account",)),
     ("GET", "/audit-log/export"): Op("Export audit entries", "admin", (*_AUDIT_FILTERS, "format")),
     ("GET", "/audit-log/{seq}"): Op("Get an audit entry", "admin"),
@@ -143,6 +149,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("PATCH", "/users/{id}"): Op("Change a user", "admin"),
     ("DELETE", "/users/{id}"): Op("Delete a user", "admin"),
     ("POST", "/users/{id}/unlock"): Op("Lift a login lock", "admin"),
+    ("POST", "/users/{id}/password"): Op("Set a user's password (ends its sessions)", "admin"),
     ("GET", "/groups"): Op("List groups", "admin", ("account_id", *_PAGED), "Page"),
     ("POST", "/groups"): Op("Create a group", "admin"),
     ("GET", "/groups/{id}"): Op("Get a group", "admin"),
@@ -252,6 +259,8 @@ def _generic_components() -> dict[str, Any]:
         "RecordPage": _page_schema({"$ref": _REF.format(name="Record")}),
         "BatchBody": _batch_schema("RecordBody", "RecordBody"),
         "BatchResult": _batch_result("Record"),
+        "SettingsPatch": {"type": "object", "additionalProperties": True},
+        "Definitions": {"type": "array", "items": {"type": "object", "additionalProperties": True}},
     }
 
 
@@ -263,7 +272,20 @@ def _batch_schema(create: str, update: str) -> dict[str, Any]:
         "properties": {
             "create": {"type": "array", "items": {"$ref": _REF.format(name=create)}},
             "update": {"type": "array", "items": update_item},
-            "delete": {"type": "array", "items": _STR},
+            "delete": {
+                "type": "array",
+                "items": {
+                    "anyOf": [
+                        _STR,
+                        {
+                            "type": "object",
+                            "required": ["id"],
+                            "properties": {"id": _STR, "_reason": _STR},
+                            "additionalProperties": False,
+                        },
+                    ]
+                },
+            },
             "_reason": _STR,
         },
         "additionalProperties": False,

@@ -15,7 +15,9 @@ from tests.conftest import TEST_PASSWORD, make_settings
 
 API = "/api/v1"
 GOOD_PASSWORD = "Plum tree at dawn, 1987!"
-TOKEN_KEYS = {"account", "user", "access_token", "refresh_token", "token_type", "expires_in"}
+TOKEN_KEYS = {
+    "account", "user", "access_token", "refresh_token", "token_type", "expires_in", "session_idle_minutes",
+}  # fmt: skip
 
 
 def register(client: TestClient, **overrides: Any) -> Any:
@@ -263,7 +265,7 @@ def test_refresh_rotates_and_reuse_revokes_the_session(client: TestClient) -> No
     second = client.post(f"{API}/auth/refresh", json={"refresh_token": first["refresh_token"]})
     assert second.status_code == 200
     pair = second.json()
-    assert set(pair) == {"access_token", "refresh_token", "token_type", "expires_in"}
+    assert set(pair) == {"access_token", "refresh_token", "token_type", "expires_in", "session_idle_minutes"}
     assert pair["refresh_token"] != first["refresh_token"]
     assert client.get(f"{API}/auth/me", headers=bearer(pair["access_token"])).status_code == 200
     # The old token again: reuse. The whole session ends, including the newest tokens.

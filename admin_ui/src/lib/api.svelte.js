@@ -3,7 +3,9 @@
 
 export const API = "/api/v1";
 const STORE_KEY = "sb.session";
+// Refresh a minute before expiry, or at 80% of a short lifetime (a 1-minute token: after 48 s).
 const REFRESH_MARGIN_MS = 60_000;
+const ACTIVITY_EVENTS = ["pointerdown", "keydown", "wheel", "touchstart"];
 
 export class ApiError extends Error {
   constructor(status, body = {}) {
@@ -20,9 +22,12 @@ export const session = $state({
   access: null,
   refresh: null,
   expiresAt: 0,
+  lifetimeMs: 0,
+  idleMs: 0, // sign out after this long without input (server setting session_idle_minutes; 0 = never)
   user: null,
   account: null,
   expired: false, // the server ended the session: show sign-in over the current screen
+  idleSignedOut: 0, // minutes: the last session ended for inactivity (told on the sign-in page)
 });
 
 /** Connectivity state: `down` shows the banner with a retry button. */
@@ -30,6 +35,35 @@ export const net = $state({ down: false, message: "" });
 
 let refreshTimer = null;
 let refreshing = null;
+let idleTimer = null;
+let lastActivity = Date.now();
+
+function noteActivity() {
+  lastActivity = Date.now();
+}
+
+/** How long before expiry a refresh is due: a minute, or a fifth of a short token's lifetime. */
+function margin() {
+  return Math.min(REFRESH_MARGIN_MS, (session.lifetimeMs || 3_600_000) / 5);
+}
+
+function idle() {
+  return session.idleMs > 0 && Date.now() - lastActivity >= session.idleMs;
+}
+
+/** Inactivity sign-out (21 CFR 11 / Annex 11 session control): checked every few seconds. */
+function watchIdle() {
+  clearInterval(idleTimer);
+  for (const ev of ACTIVITY_EVENTS) window.removeEventListener(ev, noteActivity, true);
+  if (!session.refresh || !session.idleMs) return;
+  for (const ev of ACTIVITY_EVENTS) window.addEventListener(ev, noteActivity, { capture: true, passive: true });
+  idleTimer = setInterval(() => {
+    if (session.refresh && idle()) {
+      const minutes = Math.round(session.idleMs / 60_000);
+      logout().then(() => (session.idleSignedOut = minutes || 1));
+    }
+  }, Math.min(10_000, Math.max(1_000, session.idleMs / 10)));
+}
 
 export function isAdmin(user) {
   return !!user && (user.is_superadmin || user.role === "admin");
@@ -42,8 +76,8 @@ export function isSuper() {
 function persist() {
   try {
     if (session.access) {
-      const { access, refresh, expiresAt, user, account } = session;
-      sessionStorage.setItem(STORE_KEY, JSON.stringify({ access, refresh, expiresAt, user, account }));
+      const { access, refresh, expiresAt, lifetimeMs, idleMs, user, account } = session;
+      sessionStorage.setItem(STORE_KEY, JSON.stringify({ access, refresh, expiresAt, lifetimeMs, idleMs, user, account }));
     } else {
       sessionStorage.removeItem(STORE_KEY);
     }
@@ -57,7 +91,9 @@ export function restoreSession() {
     const saved = JSON.parse(sessionStorage.getItem(STORE_KEY) || "null");
     if (saved?.refresh) {
       Object.assign(session, saved, { expired: false });
+      lastActivity = Date.now();
       scheduleRefresh();
+      watchIdle();
     }
   } catch {
     sessionStorage.removeItem(STORE_KEY);
@@ -65,25 +101,43 @@ export function restoreSession() {
 }
 
 function applyTokens(body) {
+  const wasSignedIn = !!session.refresh;
   session.access = body.access_token;
   session.refresh = body.refresh_token;
-  session.expiresAt = Date.now() + (body.expires_in || 3600) * 1000;
+  session.lifetimeMs = (body.expires_in || 3600) * 1000;
+  session.expiresAt = Date.now() + session.lifetimeMs;
+  session.idleMs = Math.max(0, Number(body.session_idle_minutes ?? session.idleMs / 60_000) || 0) * 60_000;
   if (body.user) session.user = body.user;
   if (body.account) session.account = body.account;
   session.expired = false;
+  session.idleSignedOut = 0;
+  if (!wasSignedIn) lastActivity = Date.now();
   persist();
   scheduleRefresh();
+  watchIdle();
 }
 
+/** Signs in with a token pair another endpoint returned (an accepted invitation). */
+export function adoptSession(body) {
+  applyTokens(body);
+}
+
+/** The next refresh: shortly before expiry; while the user is active, at least every third of the
+ * idle period too, since the server refuses a refresh token whose session sat unused that long. */
 function scheduleRefresh() {
   clearTimeout(refreshTimer);
   if (!session.refresh) return;
-  const wait = Math.max(5_000, session.expiresAt - Date.now() - REFRESH_MARGIN_MS);
-  refreshTimer = setTimeout(() => refreshTokens().catch(() => {}), wait);
+  let wait = session.expiresAt - Date.now() - margin();
+  if (session.idleMs) wait = Math.min(wait, session.idleMs / 3);
+  refreshTimer = setTimeout(() => {
+    if (idle()) return; // no keep-alive for an idle tab: the idle watch signs it out
+    refreshTokens().catch(() => {});
+  }, Math.max(1_000, wait));
 }
 
 function clearTokens() {
   clearTimeout(refreshTimer);
+  clearInterval(idleTimer);
   session.access = null;
   session.refresh = null;
   session.expiresAt = 0;
@@ -97,6 +151,11 @@ export function refreshTokens() {
     refreshing = (async () => {
       if (!token) throw new ApiError(401, { message: "Not signed in." });
       const res = await send("POST", "/auth/refresh", { body: { refresh_token: token }, auth: false });
+      if (session.refresh !== token) {
+        // Signed out (e.g. for inactivity) while this refresh was on its way: end the session it renewed.
+        send("POST", "/auth/logout", { body: { refresh_token: res.refresh_token }, headers: { authorization: `Bearer ${res.access_token}` }, auth: false }).catch(() => {});
+        return;
+      }
       applyTokens(res);
     })()
       .catch((err) => {
@@ -188,7 +247,7 @@ async function send(method, path, opts = {}) {
  * Refreshes the access token first when it is about to expire, and once more after a 401.
  */
 export async function api(method, path, opts = {}) {
-  if (opts.auth !== false && session.refresh && session.expiresAt - Date.now() < REFRESH_MARGIN_MS / 2) {
+  if (opts.auth !== false && session.refresh && session.expiresAt - Date.now() < margin() / 2) {
     await refreshTokens();
   }
   try {

@@ -1,14 +1,10 @@
-// Data the sidebar and several screens share: the collection list (superadmins) and the accounts.
+// Data the sidebar and several screens share: the collection list (every admin may read the
+// definitions; only superadmins change them) and the accounts.
 import { api, isSuper } from "./api.svelte.js";
 
 export const shared = $state({ collections: [], collectionsLoaded: false, accounts: [], roles: [] });
 
 export async function loadCollections() {
-  if (!isSuper()) {
-    shared.collections = [];
-    shared.collectionsLoaded = true;
-    return;
-  }
   const res = await api("GET", "/collections");
   shared.collections = res.items || [];
   shared.collectionsLoaded = true;

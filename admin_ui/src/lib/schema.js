@@ -116,7 +116,6 @@ export function describeChanges(drafts, total) {
       lines.push(`Add “${name}” (${d.type}): existing records get ${d.defaultText ? "the default " + d.defaultText : "null"}${d.required && !d.defaultText ? " — refused with 409 if records exist, since it is required without a default" : ""}.`);
     } else {
       if (d.orig !== name) lines.push(`Rename “${d.orig}” → “${name}”: values are kept; filters and rules that name “${d.orig}” must be updated.`);
-      if (d.origType && d.origType !== d.type) lines.push(`Change “${name}” from ${d.origType} to ${d.type}: values are converted; if any cannot be, nothing changes (409).`);
     }
   }
   return lines;
