@@ -348,24 +348,31 @@ def verify_backup(path: Path) -> VerifyReport:
         if not db.is_file():
             checks.append(("database", False, "the archive holds no database"))
             return VerifyReport(False, checks)
-        conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
         try:
-            result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
-            checks.append(("integrity_check", result == ["ok"], "; ".join(result[:5])))
-            chains = audit.verify(conn)
-            detail = (
-                f"ok, {chains.entries_checked} entries"
-                if chains.ok
-                else f"broken at seq {chains.first_bad_seq} (account {chains.account_id}): {chains.problem}"
-            )
-            checks.append(("audit chains", chains.ok, detail))
-        finally:
-            conn.close()
-        heads_ok = chain_heads(db) == manifest.get("audit_heads")
-        checks.append(
-            ("audit heads", heads_ok, "match the manifest" if heads_ok else "differ from the manifest")
-        )
+            checks.extend(_database_checks(db, manifest))
+        except apsw.Error as exc:  # a damaged file can fail before the checks can say what is wrong
+            checks.append(("database", False, f"cannot be read: {exc}"))
     return VerifyReport(all(ok for _, ok, _ in checks), checks)
+
+
+def _database_checks(db: Path, manifest: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    checks: list[tuple[str, bool, str]] = []
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+        checks.append(("integrity_check", result == ["ok"], "; ".join(result[:5])))
+        chains = audit.verify(conn)
+        detail = (
+            f"ok, {chains.entries_checked} entries"
+            if chains.ok
+            else f"broken at seq {chains.first_bad_seq} (account {chains.account_id}): {chains.problem}"
+        )
+        checks.append(("audit chains", chains.ok, detail))
+    finally:
+        conn.close()
+    heads_ok = chain_heads(db) == manifest.get("audit_heads")
+    checks.append(("audit heads", heads_ok, "match the manifest" if heads_ok else "differ from the manifest"))
+    return checks
 
 
 # --- restore -----------------------------------------------------------------------------------------
