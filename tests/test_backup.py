@@ -279,7 +279,7 @@ def test_backup_under_concurrent_writes_loses_nothing_acknowledged(tmp_path: Pat
     _post(api + "/collections", {"name": "events", "fields": [{"name": "n", "type": "number"},
           {"name": "pad", "type": "text"}], "rules": PUBLIC}, sa)  # fmt: skip
     # Some bulk first, so the copy takes many steps while writes land between them.
-    for i in range(40):
+    for _ in range(40):
         _post(api + "/records/events/batch", {"create": [{"n": -1, "pad": "x" * 2000}] * 100}, user)
 
     acked: list[tuple[float, str]] = []
