@@ -5,8 +5,8 @@ one process's numbers and a text renderer, about a hundred lines. prometheus_cli
 of package to the one-file executable, and its labelled `inc()`/`observe()` take a lock and a
 label lookup per call: measured on this machine (timeit, best of 5), observing one request (a
 labelled counter and a labelled histogram) cost 4.0 µs with prometheus_client 0.26 and 0.35 µs here
-— on a get by id of ~200 µs of server time, 2% against 0.2%. The tests parse our output with prometheus_client's own
-parser, so the format stays exact.
+— on a get by id of ~200 µs of server time, 2% against 0.2%. The tests parse our output with
+prometheus_client's own parser, so the format stays exact.
 
 With several server processes (`--workers N`) each process counts its own requests; a scrape reaches
 one of them. Run one process per port behind the proxy, or scrape each, when that matters.
