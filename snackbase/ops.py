@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import apsw
 from starlette.types import Scope
@@ -28,6 +29,7 @@ from snackbase.requestlog import RequestLog
 from snackbase.times import now_iso
 
 log = logging.getLogger("snackbase.ops")
+T = TypeVar("T")
 
 
 @dataclass
@@ -39,6 +41,32 @@ class BackupState:
     last_error: str | None = None
     next_run: datetime | None = None
     outcomes: dict[str, int] = field(default_factory=dict)
+
+
+async def in_own_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Runs `fn` on a new thread (not the shared pool: the backup lowers its thread's priority)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(_settle, future, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, future, result, None)
+
+    threading.Thread(target=run, name="sb-backup", daemon=True).start()
+    return await future
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class Ops:
@@ -212,7 +240,7 @@ class Ops:
         self.backups.running = True
         started = time.monotonic()
         try:
-            info = await asyncio.to_thread(
+            info = await in_own_thread(
                 backup.create_backup,
                 s.db_path,
                 s.hooks_path,
