@@ -134,7 +134,7 @@ def main() -> None:
         stop_flag = threading.Event()
         marker = threading.Thread(target=marker_writer, args=(api, ids["account"], stop_flag, acked))
         marker.start()
-        time.sleep(0.5)
+        time.sleep(2.0)
         outcome: dict[str, Any] = {}
 
         def run_backup() -> None:

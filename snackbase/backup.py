@@ -49,10 +49,13 @@ MANIFEST = "manifest.json"
 DB_PART = "snackbase.db"
 FORMAT = 1
 # The copy, the checksums and the archive are all paced (Pacer): after every few milliseconds of work
-# the backup thread sleeps as long again, so it takes at most about half of a core from the event
-# loop it shares the process (and the GIL) with. 1,024 pages of 2 KiB (2 MiB) per backup step.
+# the backup thread sleeps three times as long, so it takes at most a quarter of a core from the
+# event loop it shares the process (and the GIL) with. Measured with a 1 GB database under a create
+# load on one core (bench/backup_load.py, docs/operations.md): at half a core creates fell to 41% of
+# their rate without a backup, at a quarter to 80%; the backup took 56 s and 74 s. 1,024 pages of
+# 2 KiB (2 MiB) per backup step.
 BACKUP_STEP_PAGES = 1024
-BACKUP_DUTY = 0.5
+BACKUP_DUTY = 0.25
 _WORK_SLICE_S = 0.004
 NAME_RE = re.compile(r"snackbase-\d{8}T\d{6}(?:-\d{3})?Z\.tar")
 _HASH_CHUNK = 1 << 20
