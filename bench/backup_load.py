@@ -70,9 +70,15 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def setup(api: str) -> dict[str, Any]:
-    login = request(api + "/auth/login", "POST", {"email": EMAIL, "password": PASSWORD, "account_identifier": "system"})
+    login = request(
+        api + "/auth/login", "POST", {"email": EMAIL, "password": PASSWORD, "account_identifier": "system"}
+    )
     admin = {"authorization": "Bearer " + login["access_token"]}
-    reg = request(api + "/auth/register", "POST", {"account_name": "Bench", "email": "w@example.com", "password": PASSWORD})
+    reg = request(
+        api + "/auth/register",
+        "POST",
+        {"account_name": "Bench", "email": "w@example.com", "password": PASSWORD},
+    )
     request(api + "/collections", "POST", {"name": "events", "fields": FIELDS, "rules": PUBLIC}, admin)
     return {"admin": admin, "account": reg["account"]["id"], "user_id": reg["user"]["id"]}
 
@@ -87,8 +93,8 @@ def seed(db_path: Path, account: str, user_id: str, size_mb: int) -> int:
     for start_at in range(0, rows, batch):
         with conn:
             conn.executemany(
-                "INSERT INTO c_events (id, account_id, created_at, created_by, updated_at, updated_by, n, pad) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO c_events (id, account_id, created_at, created_by, updated_at, updated_by, n, "
+                "pad) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 ((f"seed{i:012d}", account, now, user_id, now, user_id, i, pad)
                  for i in range(start_at, min(rows, start_at + batch))),
             )  # fmt: skip
@@ -140,7 +146,9 @@ def main() -> None:
         def run_backup() -> None:
             began = time.monotonic()
             outcome["began"] = began
-            req = urllib.request.Request(api + "/backups", b"{}", {"content-type": "application/json", **ids["admin"]})
+            req = urllib.request.Request(
+                api + "/backups", b"{}", {"content-type": "application/json", **ids["admin"]}
+            )
             with urllib.request.urlopen(req, timeout=900) as response:  # a 1 GB copy takes minutes
                 outcome["info"] = json.loads(response.read())
             outcome["seconds"] = time.monotonic() - began
@@ -175,8 +183,11 @@ def main() -> None:
             "backup_s": round(outcome["seconds"], 1),
             "backup_still_running_when_wrk_ended": still_running,
             "create_without_backup": {"rps": round(baseline.requests_per_s), "p99_ms": baseline.p99_ms},
-            "create_during_backup": {"rps": round(during.requests_per_s), "p99_ms": during.p99_ms,
-                                     "errors": during.errors},  # fmt: skip
+            "create_during_backup": {
+                "rps": round(during.requests_per_s),
+                "p99_ms": during.p99_ms,
+                "errors": during.errors,
+            },
             "markers_acked_before_backup": len(before),
             "markers_missing_from_restore": len(missing),
             "markers_acked_during_backup": sum(1 for at, _ in acked if at >= began),
