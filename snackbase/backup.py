@@ -237,6 +237,7 @@ def create_backup(
     With `name` given (scheduled backups name the archive by their slot) and that archive already
     there, nothing is made: another server process took this slot."""
     with backup_lock(backups_dir):
+        _remove_leftovers(backups_dir)
         started = datetime.now(UTC)
         name = name or archive_name(started)
         if (backups_dir / name).exists():
@@ -269,6 +270,15 @@ def create_backup(
             os.replace(partial, backups_dir / name)
             _fsync_dir(backups_dir)
     return BackupInfo(name, backups_dir / name, (backups_dir / name).stat().st_size, manifest)
+
+
+def _remove_leftovers(backups_dir: Path) -> None:
+    """What a backup interrupted by a crash or shutdown left (under the lock, so none is running)."""
+    for leftover in [*backups_dir.glob(".staging-*"), *backups_dir.glob("snackbase-*.tar.partial")]:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def _write_tar(target: Path, manifest: dict[str, Any], parts: dict[str, Path], pacer: Pacer) -> None:

@@ -20,7 +20,7 @@ import apsw
 import click
 
 from snackbase import __version__
-from snackbase.config import ConfigError, Settings, env_name, load_settings, with_secret_key
+from snackbase.config import ConfigError, Settings, env_name, load_settings, setting_names, with_secret_key
 from snackbase.db import fetch_all
 from snackbase.migrations import SchemaTooNewError, current_version
 
@@ -137,7 +137,10 @@ def _run_factory(settings: Settings, reload: bool) -> None:
     """Several workers (or --reload) re-create the app in each process from SNACKBASE_* variables."""
     import uvicorn
 
-    for name, value in settings.redacted().items():
+    # The real values, not redacted(): a worker given "********" as SNACKBASE_METRICS_TOKEN (or an SMTP
+    # password) would refuse every scrape (or login to the mail server).
+    for name in setting_names():
+        value = getattr(settings, name)
         if name != "secret_key":
             os.environ[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
     os.environ[env_name("secret_key")] = settings.secret_key or with_secret_key(settings).secret_key

@@ -50,11 +50,11 @@ async def in_own_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
     def run() -> None:
         try:
-            result = fn(*args, **kwargs)
+            result, error = fn(*args, **kwargs), None
         except BaseException as exc:  # handed to the awaiting coroutine
-            loop.call_soon_threadsafe(_settle, future, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, future, result, None)
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (shutdown)
+            loop.call_soon_threadsafe(_settle, future, result, error)
 
     threading.Thread(target=run, name="sb-backup", daemon=True).start()
     return await future

@@ -173,10 +173,15 @@ def test_verify_detects_an_edited_audit_entry(tmp_path: Path) -> None:
 def test_retention_keeps_the_newest(tmp_path: Path) -> None:
     data = seeded(tmp_path)
     target = tmp_path / "bk"
+    # What an interrupted backup leaves is cleared by the next one and never listed.
+    (target / ".staging-abc").mkdir(parents=True)
+    (target / "snackbase-20260101T000000-000Z.tar.partial").write_bytes(b"half")
+    assert backup.list_backups(target) == []
     names = [
         backup.create_backup(data / "snackbase.db", data / "hooks", data / "files", target).name
         for _ in range(4)
     ]
+    assert not list(target.glob(".staging-*")) and not list(target.glob("*.partial"))
     assert backup.prune(target, 2) == names[:2]
     assert sorted(p.name for p in target.glob("*.tar")) == names[2:]
     assert backup.prune(target, 0) == []
