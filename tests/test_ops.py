@@ -314,3 +314,15 @@ def test_request_log_flushes_in_batches_off_the_request(tmp_path: Path) -> None:
         while ops.request_log.written < 20 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert ops.request_log.written == 20
+
+
+def test_forwarded_address_reaches_audit_and_login_throttling(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", trusted_proxies="10.0.0.1")
+    with TestClient(create_app(settings), client=("10.0.0.1", 5000), raise_server_exceptions=False) as client:
+        login = {"email": "x@example.com", "password": "wrong password 123", "account_identifier": "system"}
+        response = client.post(f"{API}/auth/login", json=login, headers={"x-forwarded-for": "5.6.7.8"})
+        assert response.status_code == 401
+        conn = client.app.state.db.conn  # type: ignore[attr-defined]
+        ip = fetch_value(conn, "SELECT ip FROM audit_log WHERE action = 'auth.login_failed'")
+        throttled = fetch_value(conn, "SELECT count(*) FROM login_throttle WHERE key = 'ip:5.6.7.8'")
+    assert ip == "5.6.7.8" and throttled == 1
