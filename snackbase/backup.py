@@ -460,6 +460,8 @@ def restore_backup(path: Path, data_dir: Path, hooks_dir: Path, *, force: bool) 
     with tempfile.TemporaryDirectory(prefix=".restore-", dir=data_dir) as tmp:
         staging = Path(tmp)
         extract(path, staging)
+        # The file itself, not only the manifest's word for it, before anything is moved.
+        check_compatible({**manifest, "schema_version": _schema_version(staging / DB_PART)})
         aside = data_dir / f"pre-restore-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
         _move_aside(
             [db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm"), hooks_dir, files_dir], data_dir, aside

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -125,6 +126,18 @@ def test_restore_refusals(tmp_path: Path) -> None:
         out = run_cli("backup", "restore", str(newer), "--data-dir", str(data), "--force", cwd=tmp_path)
         assert out.returncode == 1 and words in out.stderr, out.stderr
         assert (data / "snackbase.db").read_bytes() == before
+    # A database file newer than its manifest claims is refused too, before anything moves.
+    future = tmp_path / "future"
+    shutil.copytree(data, future, ignore=shutil.ignore_patterns("backups"))
+    conn = apsw.Connection(str(future / "snackbase.db"))
+    conn.execute("PRAGMA user_version = 999")
+    conn.close()
+    made = backup.create_backup(future / "snackbase.db", future / "hooks", future / "files", tmp_path / "fb")
+    lying = tmp_path / "lying.tar"
+    rewrite_manifest(made.path, lying, schema_version=backup.read_manifest(archive)["schema_version"])
+    out = run_cli("backup", "restore", str(lying), "--data-dir", str(data), "--force", cwd=tmp_path)
+    assert out.returncode == 1 and "newer than this SnackBase understands" in out.stderr, out.stderr
+    assert (data / "snackbase.db").read_bytes() == before and not list(data.glob("pre-restore-*"))
     # A damaged archive does not verify and is not restored.
     damaged = tmp_path / "damaged.tar"
     raw = bytearray(archive.read_bytes())
