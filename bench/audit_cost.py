@@ -4,9 +4,9 @@
 
 Both variants run from the source tree on core 0 with wrk on core 1, like bench/run.py. The variant
 without audit replaces `audit.append` (which the record pipeline's `record_changes.record_change`
-calls inside the write's unit of work) with a no-op in that process only: it measures what the audit entry costs, and is never
-a way to run SnackBase. The rounds alternate the two variants, so drift on this shared machine hits
-both alike; the medians are printed.
+calls inside the write's unit of work) with a no-op in that process only: it measures what the audit
+entry costs, and is never a way to run SnackBase. The rounds alternate the two variants, so drift on
+this shared machine hits both alike; the medians are printed.
 """
 
 from __future__ import annotations

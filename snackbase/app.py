@@ -31,11 +31,16 @@ from snackbase.hooks import hooks
 from snackbase.macros import MacroStore
 from snackbase.middleware import ExceptionHandlers, RequestMiddleware
 from snackbase.migrations import migrate, refuse_newer
+from snackbase.ops import Ops
+from snackbase.ratelimit import RateLimitMiddleware, parse_proxies
 from snackbase.routes import RouteTable, audit, collections, docs, health, macros, records, signatures
 from snackbase.routes import accounts as accounts_routes
 from snackbase.routes import auth as auth_routes
+from snackbase.routes import backups as backups_routes
 from snackbase.routes import groups as groups_routes
 from snackbase.routes import invitations as invitations_routes
+from snackbase.routes import logs as logs_routes
+from snackbase.routes import metrics as metrics_routes
 from snackbase.routes import roles as roles_routes
 from snackbase.routes import settings as settings_routes
 from snackbase.routes import transfer as transfer_routes
@@ -64,12 +69,15 @@ def api_tables() -> list[RouteTable]:
         docs.routes,
         settings_routes.routes,
         *auth_tables(),
+        backups_routes.routes,
+        logs_routes.routes,
     ]
 
 
 def root_tables() -> list[RouteTable]:
-    """Routes outside the API prefix: the probes (load balancers call them often) and the docs page."""
-    return [health.root_routes, docs.root_routes]
+    """Routes outside the API prefix: the probes (load balancers call them often), the docs page and
+    the Prometheus metrics (mounted only when SNACKBASE_METRICS_ENABLED is on)."""
+    return [health.root_routes, docs.root_routes, metrics_routes.root_routes]
 
 
 def auth_tables() -> list[RouteTable]:
@@ -128,25 +136,39 @@ def create_app(settings: Settings | None = None) -> Starlette:
     ensure_data_dir(settings)
     settings = with_secret_key(settings)
     db = open_database(settings)
+    with _close_on_error(db):  # a bad backup schedule or proxy list refuses the start
+        ops = Ops(settings, db)
+        proxies = parse_proxies(settings.trusted_proxies)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await serve_hooks(app)
         db.checkpoint_in_background()
         optimizer = asyncio.create_task(db.optimize_periodically())
+        await ops.start()
         yield
         optimizer.cancel()
+        await ops.stop()
         await terminate_hooks(app)
         db.close()
         log.info("database closed after a WAL checkpoint")
 
     # The three probes first (load balancers call them often), then the API (see api_tables).
-    routes = build_routes("", root_tables()) + build_routes(settings.api_prefix, api_tables())
+    root = [t for t in root_tables() if t is not metrics_routes.root_routes or settings.metrics_enabled]
+    routes = build_routes("", root) + build_routes(settings.api_prefix, api_tables())
     routes += [Route(UI_PREFIX.rstrip("/"), admin_ui_redirect), Route(UI_PREFIX + "{path:path}", admin_ui)]
-    middleware = [Middleware(RequestMiddleware, ui_prefix=UI_PREFIX)]
+    observer = ops.observe if ops.observing else None
+    middleware = [
+        Middleware(RequestMiddleware, ui_prefix=UI_PREFIX, observer=observer, trusted_proxies=proxies)
+    ]
     # Settings changed in the console reach every process; CORS answers for the current origins.
     middleware.append(Middleware(RuntimeSettingsMiddleware))
     middleware.append(Middleware(AuthMiddleware, prefix=settings.api_prefix))
+    if ops.limiter.limits:  # inside auth: signed-in callers are limited per user
+        middleware.append(
+            Middleware(RateLimitMiddleware, prefix=settings.api_prefix, limiter=ops.limiter,
+                       on_limited=ops.count_rate_limited)
+        )  # fmt: skip
     middleware.append(Middleware(HookMiddleware))  # inside auth: request hooks see the caller
     app = SnackBaseApp(
         routes=routes,
@@ -164,8 +186,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.settings = settings
     app.state.db = db
-    app.state.route_tables = (root_tables(), api_tables())  # what /openapi.json describes
+    app.state.route_tables = (root, api_tables())  # what /openapi.json describes
     runtime_settings.start(app, settings)
+    app.state.ops = ops
     app.state.registry = Registry()
     app.state.macros = MacroStore()
     start_auth(settings, db)

@@ -20,7 +20,7 @@ import apsw
 import click
 
 from snackbase import __version__
-from snackbase.config import ConfigError, Settings, env_name, load_settings, with_secret_key
+from snackbase.config import ConfigError, Settings, env_name, load_settings, setting_names, with_secret_key
 from snackbase.db import fetch_all
 from snackbase.migrations import SchemaTooNewError, current_version
 
@@ -143,9 +143,12 @@ def _run_factory(settings: Settings, reload: bool) -> None:
 
     from snackbase.runtime_settings import EDITABLE
 
-    for name, value in settings.redacted().items():
-        # Settings the console may change come only from the environment or .env, which every worker
-        # reads again; exporting them would make each look fixed by the environment there.
+    # The real values, not redacted(): a worker given "********" as SNACKBASE_METRICS_TOKEN (or an SMTP
+    # password) would refuse every scrape (or login to the mail server). Settings the console may change
+    # come only from the environment or .env, which every worker reads again; exporting them would make
+    # each look fixed by the environment there.
+    for name in setting_names():
+        value = getattr(settings, name)
         if name != "secret_key" and name not in EDITABLE:
             os.environ[env_name(name)] = str(value).lower() if isinstance(value, bool) else str(value)
     os.environ[env_name("secret_key")] = settings.secret_key or with_secret_key(settings).secret_key
@@ -256,6 +259,114 @@ def audit_verify(data_dir: str | None, account: str | None) -> None:
         where = f"seq {result.first_bad_seq} (account {result.account_id})"
         raise click.ClickException(f"audit chain broken at {where}: {result.problem}")
     click.echo(f"ok, {result.entries_checked} entries")
+
+
+@cli.group("backup")
+def backup_group() -> None:
+    """Online backups: create, list, verify and restore archives (see docs/operations.md)."""
+
+
+def _backup_errors() -> Any:
+    from snackbase.backup import BackupError
+
+    return _errors_as_lines((BackupError,))
+
+
+@contextlib.contextmanager
+def _errors_as_lines(kinds: tuple[type[BaseException], ...]) -> Iterator[None]:
+    try:
+        with user_errors():
+            yield
+    except kinds as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@backup_group.command("create")
+@data_dir_option
+@click.option("--to", "to", default=None, help="Directory for the archive (default SNACKBASE_BACKUP_DIR).")
+def backup_create(data_dir: str | None, to: str | None) -> None:
+    """Write a backup archive of the database, hooks and files; safe while the server runs."""
+    from pathlib import Path
+
+    from snackbase import audit as audit_trail
+    from snackbase import backup
+    from snackbase.app import open_database
+
+    settings = settings_from(data_dir=data_dir)
+    if not settings.db_path.is_file():
+        raise click.ClickException(f"no database at {settings.db_path}")
+    target = Path(to) if to else settings.backups_path
+    with _backup_errors():
+        info = backup.create_backup(
+            settings.db_path, settings.hooks_path, settings.files_path, target, trigger="cli"
+        )
+        pruned = [] if to else backup.prune(target, settings.backup_keep)
+        database = open_database(settings)
+        try:
+            extra = {**backup.audit_extra(info), "trigger": "cli", "pruned": pruned, "dir": str(target)}
+            backup.audit_event(database.conn, "backup.create", audit_trail.CLI_ACTOR, extra)
+        finally:
+            database.close()
+    click.echo(f"{info.path} ({info.size} bytes)")
+
+
+@backup_group.command("list")
+@data_dir_option
+def backup_list(data_dir: str | None) -> None:
+    """List the archives in the backup dir, newest first."""
+    from snackbase import backup
+
+    settings = settings_from(data_dir=data_dir)
+    with _backup_errors():
+        items = backup.list_backups(settings.backups_path)
+    for info in items:
+        row = info.to_json()
+        made = row["created_at"] or "(unreadable)"
+        click.echo(f"{row['name']}  {row['size']:>12} bytes  {made}  {row['trigger'] or ''}")
+    if not items:
+        click.echo(f"no backups in {settings.backups_path}", err=True)
+
+
+@backup_group.command("verify")
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+def backup_verify(archive: str) -> None:
+    """Check an archive: checksums, SQLite integrity check, audit chains; exit 1 if any fails."""
+    from pathlib import Path
+
+    from snackbase import backup
+
+    with _backup_errors():
+        report = backup.verify_backup(Path(archive))
+    for check, ok, detail in report.checks:
+        click.echo(f"{'ok  ' if ok else 'FAIL'}  {check}: {detail}")
+    if not report.ok:
+        raise click.ClickException(f"{archive} does not verify")
+
+
+@backup_group.command("restore")
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@data_dir_option
+@click.option("--force", is_flag=True, help="Replace an existing database (it is moved aside, not deleted).")
+def backup_restore(archive: str, data_dir: str | None, force: bool) -> None:
+    """Restore an archive into the data dir (stop the server first)."""
+    from pathlib import Path
+
+    from snackbase import audit as audit_trail
+    from snackbase import backup
+    from snackbase.app import open_database
+
+    settings = settings_from(data_dir=data_dir)
+    with _backup_errors():
+        manifest = backup.restore_backup(Path(archive), settings.data_path, settings.hooks_path, force=force)
+        database = open_database(settings)  # migrates an older archive's schema up to this version
+        try:
+            extra = {"name": Path(archive).name, "created_at": manifest.get("created_at"),
+                     "schema_version": manifest.get("schema_version"),
+                     "database_sha256": manifest["parts"][backup.DB_PART]["sha256"]}  # fmt: skip
+            backup.audit_event(database.conn, "backup.restore", audit_trail.CLI_ACTOR, extra)
+        finally:
+            database.close()
+    click.echo(f"restored {archive} (made {manifest.get('created_at')}) into {settings.data_path}")
 
 
 @cli.group("collections")

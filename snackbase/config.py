@@ -78,6 +78,17 @@ class Settings:
     superadmin_email: str = _meta("create this superadmin at start when it does not exist")
     superadmin_password: str = _meta("password of SNACKBASE_SUPERADMIN_EMAIL", secret=True)
     hooks_dir: str = _meta("directory of hook files (*.py) loaded at start (default <data-dir>/hooks)")
+    backup_dir: str = _meta("where backup archives are written (default <data-dir>/backups)")
+    backup_cron: str = _meta("cron schedule of automatic backups, UTC (empty = none)")
+    backup_keep: int = _meta("archives kept in the backup dir; older ones are deleted (0 = keep all)")
+    metrics_enabled: bool = _meta("serve GET /metrics in the Prometheus text format")
+    metrics_token: str = _meta("bearer token GET /metrics requires (empty = none)", secret=True)
+    rate_limit_reads: str = _meta("reads allowed per caller, as COUNT/SECONDS (empty = no limit)")
+    rate_limit_writes: str = _meta("writes allowed per caller, as COUNT/SECONDS (empty = no limit)")
+    rate_limit_auth: str = _meta("auth requests allowed per caller, as COUNT/SECONDS (empty = no limit)")
+    rate_limit_uploads: str = _meta("uploads allowed per caller, as COUNT/SECONDS (empty = no limit)")
+    trusted_proxies: str = _meta("comma-separated proxy addresses/networks whose X-Forwarded-For is used")
+    request_log_days: int = _meta("days of request logs kept in <data-dir>/requests.db (0 = none)")
 
     # The defaults live here rather than on the fields so `_meta` stays readable above.
     @classmethod
@@ -116,6 +127,17 @@ class Settings:
             "superadmin_email": "",
             "superadmin_password": "",
             "hooks_dir": "",
+            "backup_dir": "",
+            "backup_cron": "",
+            "backup_keep": 7,
+            "metrics_enabled": False,
+            "metrics_token": "",
+            "rate_limit_reads": "",
+            "rate_limit_writes": "",
+            "rate_limit_auth": "",
+            "rate_limit_uploads": "",
+            "trusted_proxies": "",
+            "request_log_days": 7,
         }
 
     @property
@@ -129,6 +151,18 @@ class Settings:
     @property
     def hooks_path(self) -> Path:
         return Path(self.hooks_dir) if self.hooks_dir else self.data_path / "hooks"
+
+    @property
+    def backups_path(self) -> Path:
+        return Path(self.backup_dir) if self.backup_dir else self.data_path / "backups"
+
+    @property
+    def files_path(self) -> Path:
+        return self.data_path / "files"
+
+    @property
+    def request_log_path(self) -> Path:
+        return self.data_path / "requests.db"
 
     @property
     def base_url(self) -> str:
@@ -239,6 +273,12 @@ def _check_ranges(settings: Settings) -> None:
         raise ConfigError("SNACKBASE_API_PREFIX must start with '/' and not end with '/'")
     if not 12 <= settings.password_min_length <= 128:
         raise ConfigError("SNACKBASE_PASSWORD_MIN_LENGTH must be between 12 and 128")
+    for name in ("rate_limit_reads", "rate_limit_writes", "rate_limit_auth", "rate_limit_uploads"):
+        value = getattr(settings, name)
+        if value and not re.fullmatch(r"[1-9][0-9]*/[1-9][0-9]*", value.strip()):
+            raise ConfigError(f"{env_name(name)} must be COUNT/SECONDS such as 600/60, got {value!r}")
+    if settings.backup_keep < 0 or settings.request_log_days < 0:
+        raise ConfigError("SNACKBASE_BACKUP_KEEP and SNACKBASE_REQUEST_LOG_DAYS must not be negative")
     if not 1 <= settings.login_backoff_after <= settings.login_lockout_after:
         raise ConfigError(
             "SNACKBASE_LOGIN_BACKOFF_AFTER must be at least 1 and at most SNACKBASE_LOGIN_LOCKOUT_AFTER"

@@ -153,6 +153,10 @@ def execute_many(conn: apsw.Connection, statements: Iterable[str]) -> None:
         conn.execute(statement).fetchall()
 
 
+# Checkpoints the server ran, by where (GET /metrics shows them); plain ints, each bumped by one thread.
+checkpoint_counts = {"worker": 0, "inline": 0}
+
+
 def _checkpoint(conn: apsw.Connection) -> None:
     """A PASSIVE checkpoint: copies what it can without waiting for anyone; the rest comes next time."""
     try:
@@ -225,11 +229,13 @@ class Database:
 
     def _checkpoint_inline(self) -> None:
         if self._loop is not None and not self.conn.in_transaction:  # else: after the next pages
+            checkpoint_counts["inline"] += 1
             _checkpoint(self.conn)
 
     def _checkpoint_in_worker(self) -> None:
         if self._loop is None:  # closed meanwhile
             return
+        checkpoint_counts["worker"] += 1
         job = self._executor.submit(lambda: _checkpoint(self._worker_conn()))
         job.add_done_callback(lambda _: self._worker_done())
 

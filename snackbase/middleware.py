@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, 
 from snackbase.errors import ApiError, envelope, error_response
 from snackbase.ids import random_bytes
 from snackbase.logs import log_access, request_context
+from snackbase.ratelimit import Network, forwarded_client
 from snackbase.web import encode_json
 
 log = logging.getLogger("snackbase.request")
@@ -52,15 +53,30 @@ def request_id_from(scope: Scope) -> str:
     return random_bytes(12).hex()
 
 
+# Called once per finished request with (scope, status, seconds, unhandled exception or None).
+Observer = Callable[[Scope, int, float, BaseException | None], None]
+
+
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, ui_prefix: str = "/_/") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        ui_prefix: str = "/_/",
+        observer: Observer | None = None,
+        trusted_proxies: tuple[Network, ...] = (),
+    ) -> None:
         self.app = app
         self.ui_prefix = ui_prefix
+        self.observer = observer  # metrics and the request log (snackbase.ops); None when both are off
+        self.trusted_proxies = trusted_proxies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.trusted_proxies and (forwarded := forwarded_client(scope, self.trusted_proxies)):
+            # Everything after (audit entries, login throttling, rate limits) sees the real client.
+            scope["client"] = (forwarded, 0)
         request_id = request_id_from(scope)
         scope.setdefault("state", {})["request_id"] = request_id
         context: dict[str, Any] = {"request_id": request_id}
@@ -76,15 +92,19 @@ class RequestMiddleware:
                 message["headers"] = list(message.get("headers", [])) + extra_headers
             await send(message)
 
+        error: BaseException | None = None
         try:
             await self.app(scope, receive, send_wrapper)
-        except Exception:
+        except Exception as exc:
+            error = exc
             log.exception("unhandled error", extra={"method": scope["method"], "path": scope["path"]})
             if not status["sent"]:
                 await self._send_500(send_wrapper, request_id)
         finally:
-            duration_ms = round((time.perf_counter() - started) * 1000, 2)
-            log_access(scope["method"], scope["path"], status["code"], duration_ms)
+            elapsed = time.perf_counter() - started
+            log_access(scope["method"], scope["path"], status["code"], round(elapsed * 1000, 2))
+            if self.observer is not None:
+                self.observer(scope, status["code"], elapsed, error)
             request_context.reset(token)
 
     def _headers(self, scope: Scope, request_id: str) -> list[tuple[bytes, bytes]]:

@@ -62,10 +62,18 @@ QUERY_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
     "to": ({"type": "string", "format": "date-time"}, "Entries at or before this time."),
     "audit_sort": ({"type": "string", "enum": ["seq", "-seq", "occurred_at", "-occurred_at"]}, "Order."),
     "format": ({"type": "string", "enum": ["json", "csv"], "default": "json"}, "Export format."),
+    "method": (_STR, "Only requests with this HTTP method."),
+    "route": (_STR, "Only requests to this route template (`/api/v1/records/{collection}`)."),
+    "status": (_STR, "A status (`404`) or a class (`5xx`)."),
+    "ip": (_STR, "Only requests from this client address."),
+    "request_id": (_STR, "Only the request with this id."),
+    "since": ({"type": "string", "format": "date-time"}, "Requests at or after this time."),
+    "until": ({"type": "string", "format": "date-time"}, "Requests before this time."),
 }
 _PAGED = ("page", "per_page", "skip_total", "after")
 _RECORD_LIST = ("filter", "sort", "fields", "expand", *_PAGED)
 _AUDIT_FILTERS = ("account", "collection", "record_id", "user_id", "action", "from", "to")
+_LOG_FILTERS = ("method", "route", "status", "user_id", "account_id", "ip", "request_id", "since", "until")
 
 # --- one entry per route -----------------------------------------------------------------------
 
@@ -108,6 +116,19 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("POST", "/collections/import"): Op(
         "Create or change collections from definitions (`?dry_run=true`)", "superadmin", body="Definitions"
     ),
+    # operations: backups, request logs, metrics
+    ("GET", "/backups"): Op("Backup archives, the running backup and the schedule", "superadmin"),
+    ("POST", "/backups"): Op("Make a backup archive now (audited)", "superadmin"),
+    ("GET", "/backups/{name}"): Op(
+        "Download a backup archive (audited)", "superadmin", media="application/x-tar"
+    ),
+    ("POST", "/backups/{name}/verify"): Op("Verify a backup archive", "superadmin"),
+    ("DELETE", "/backups/{name}"): Op("Delete a backup archive (audited)", "superadmin"),
+    ("GET", "/logs/requests"): Op(
+        "The request log, newest first", "superadmin", (*_LOG_FILTERS, "per_page", "after")
+    ),
+    ("GET", "/logs/requests/per-minute"): Op("Requests per minute", "superadmin", _LOG_FILTERS),
+    ("GET", "/metrics"): Op("Prometheus metrics (when enabled)", "public", media="text/plain"),
     # settings changed at run time
     ("GET", "/settings"): Op("The settings a superadmin may change at run time", "superadmin"),
     ("PATCH", "/settings"): Op("Change settings at run time (audited)", "superadmin", body="SettingsPatch"),
