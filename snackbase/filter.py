@@ -40,6 +40,8 @@ MAX_LENGTH: Final = 3500
 MAX_TERMS: Final = 64
 MAX_DEPTH: Final = 32
 MAX_SORT_ITEMS: Final = 32
+# Sort keys that are not fields; the resolver gives them meaning (`@rank`: full-text search rank).
+SORT_VARIABLES: Final = frozenset({"@rank"})
 
 
 class FilterError(Exception):
@@ -151,7 +153,7 @@ _TOKEN_RE = re.compile(
   | (?P<num>-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)
   | (?P<name>{_NAME})
   | (?P<var>@{_NAME})
-  | (?P<op>&&|\|\||!=|!~|>=|<=|[=<>~!(),])
+  | (?P<op>\?(?:!=|!~|>=|<=|[=<>~])|&&|\|\||!=|!~|>=|<=|[=<>~!(),])
   | (?P<quote>["'])
     """,
     re.VERBOSE | re.DOTALL,
@@ -161,6 +163,9 @@ _STRING_ESCAPE_RE = re.compile(r"""\\(["'\\])""")
 _KEYWORDS: Final = frozenset({"not", "in", "is", "null", "true", "false"})
 _WORD_OPS: Final = {"and": "&&", "or": "||"}
 _COMPARE_OPS: Final = frozenset({"=", "!=", ">", ">=", "<", "<=", "~", "!~"})
+# Any-of operators: true when ANY of the values a multi-valued path names (a back-relation, a
+# multi-reference) compares true. On a single-valued name they are the plain operator.
+ANY_OF_OPS: Final = frozenset("?" + op for op in _COMPARE_OPS)
 _INT64: Final = 2**63
 
 
@@ -301,7 +306,7 @@ class _Parser:
             raise FilterError(f"too many terms (max {MAX_TERMS})", token.pos)
         left = self.parse_operand()
         after = self.peek()
-        if after.kind == "op" and after.value in _COMPARE_OPS:
+        if after.kind == "op" and (after.value in _COMPARE_OPS or after.value in ANY_OF_OPS):
             self.index += 1
             return Compare(str(after.value), left, self.parse_operand())
         if after.kind == "kw" and after.value in ("not", "in", "is"):
@@ -492,15 +497,29 @@ class _Emitter:
         return _Frag(sql, params, any(f.nullable for f in frags), True)
 
     def compare(self, node: Compare) -> _Frag:
+        if node.op in ANY_OF_OPS:
+            return self.any_of(node)
         left, right = self.operand(node.left), self.operand(node.right)
         if left is MISSING or right is MISSING:
             return _FALSE
-        if node.op in ("=", "!="):
-            return _equality(node, left, right)
-        if node.op in ("~", "!~"):
-            frag = _like(left, right)
-            return _negate(frag) if node.op == "!~" else frag
-        return _Frag(f"{left.sql} {node.op} {right.sql}", left.params + right.params, True, False)
+        return _compare(node, left, right)
+
+    def any_of(self, node: Compare) -> _Frag:
+        """`path ?op value`: an EXISTS over the values of a multi-valued path, which the resolver's
+        optional `many(name, position) -> (open_sql, value_sql, params)` hook builds; `open_sql` is
+        `EXISTS (SELECT … WHERE …` and is closed here. Without the hook, or on a single-valued path,
+        the plain operator."""
+        plain = Compare(node.op[1:], node.left, node.right)
+        many = getattr(self.resolver, "many", None)
+        path = many(node.left.name, node.left.position) if many and isinstance(node.left, Field) else None
+        if path is None:
+            return self.compare(plain)
+        open_sql, value_sql, params = path
+        right = self.operand(node.right)
+        if right is MISSING:
+            return _FALSE
+        inner = _compare(plain, _Value(value_sql, (), False, None), right)
+        return _Frag(f"{open_sql} AND {inner.sql})", (*params, *inner.params), False, True)
 
     def in_list(self, node: InList) -> _Frag:
         left = self.operand(node.operand)
@@ -549,6 +568,15 @@ class _Emitter:
             return MISSING
         sql, params = self.resolver.macro(node.name, args, node.position)
         return _Value(f"({sql})", tuple(params), False, None)
+
+
+def _compare(node: Compare, left: _Value, right: _Value) -> _Frag:
+    if node.op in ("=", "!="):
+        return _equality(node, left, right)
+    if node.op in ("~", "!~"):
+        frag = _like(left, right)
+        return _negate(frag) if node.op == "!~" else frag
+    return _Frag(f"{left.sql} {node.op} {right.sql}", left.params + right.params, True, False)
 
 
 def _const(value: object) -> _Value:
@@ -659,6 +687,6 @@ def _parse_sort_item(part: str, start: int) -> tuple[str, bool, int]:
         raise FilterError("empty sort item", pos)
     desc = stripped[0] == "-"
     name = stripped[1:] if stripped[0] in "+-" else stripped
-    if not _NAME_RE.fullmatch(name):
+    if not _NAME_RE.fullmatch(name) and name not in SORT_VARIABLES:
         raise FilterError(f"invalid sort field {name!r}", pos)
     return name, desc, pos

@@ -35,7 +35,7 @@ from snackbase.pii import check_write_access, mask_value, pii_masks
 from snackbase.presenter import present_json
 from snackbase.record_changes import Change, WriteContext, record_change
 from snackbase.rules import ALIAS, Caller, RecordResolver, rule_clause, scope_clause, where_clause
-from snackbase.schema import Collection, quote_ident
+from snackbase.schema import Collection, is_multi_reference, quote_ident
 from snackbase.times import now_iso
 from snackbase.unit_of_work import Work, unit_of_work
 
@@ -342,6 +342,15 @@ def _check_references(
             sql = f"SELECT 1 FROM {target} WHERE id = ? AND account_id = ?"
         else:
             sql = "SELECT 1 FROM users WHERE id = ? AND account_id = ?"
+        if is_multi_reference(f):  # a JSON array of ids: every one must be in the account
+            target = quote_ident(registry.get(conn, f.options["collection"]).table)
+            sql = (
+                f"SELECT count(*) = json_array_length(?1) FROM {target} "
+                "WHERE id IN (SELECT value FROM json_each(?1)) AND account_id = ?2"
+            )
+            if not conn.execute(sql, (value, account_id)).fetchone()[0]:
+                errors.update(field_error(name, "reference_not_found", "No such record in this account."))
+            continue
         if conn.execute(sql, (value, account_id)).fetchone() is None:
             errors.update(field_error(name, "reference_not_found", "No such record in this account."))
     if errors:

@@ -73,18 +73,22 @@ class RecordResolver:
         caller: Caller,
         data: dict[str, Any] | None = None,
         hidden: frozenset[str] = frozenset(),
+        alias: str = ALIAS,
     ) -> None:
         self.collection = collection
         self.caller = caller
         self.data = data
         self.hidden = hidden  # fields this caller may not filter or sort on (masked PII, no access)
+        # The table's alias in the query: `r`, or a joined table's (snackbase.relations) for the
+        # view rule of a referenced collection.
+        self.alias = alias
 
     def field(self, name: str, position: int) -> str:
         if name not in self.collection.field_map and name not in SYSTEM_FIELDS:
             raise FilterError(f"unknown field '{name[:64]}'", position)
         if name in self.hidden:
             raise FilterError(f"field '{name}' cannot be used in a filter or sort by this caller", position)
-        return f"{ALIAS}.{quote_ident(name)}"
+        return f"{self.alias}.{quote_ident(name)}"
 
     def request_auth(self, name: str) -> object:
         attr = _AUTH_ATTRS.get(name)
@@ -123,7 +127,7 @@ def _owns_record(r: RecordResolver, args: list[object], position: int) -> tuple[
     _arity("owns_record", args, 0, position)
     if not r.caller.is_authenticated:
         return _const(False)
-    return f'{ALIAS}."created_by" = ?', [r.caller.user_id]
+    return f'{r.alias}."created_by" = ?', [r.caller.user_id]
 
 
 def _has_role(r: RecordResolver, args: list[object], position: int) -> tuple[str, list[object]]:
