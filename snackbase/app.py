@@ -18,6 +18,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
+from snackbase import versions
 from snackbase.auth import AuthMiddleware
 from snackbase.collections import Registry
 from snackbase.config import Settings, ensure_data_dir, load_settings, with_secret_key
@@ -114,6 +115,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
     ensure_data_dir(settings)
     settings = with_secret_key(settings)
+    versions.set_key(settings.secret_key)
     db = open_database(settings)
 
     @contextlib.asynccontextmanager
@@ -138,7 +140,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 allow_origins=settings.cors_origin_list,
                 allow_methods=["*"],
                 allow_headers=["*"],
-                expose_headers=["X-Request-ID"],
+                expose_headers=["X-Request-ID", "ETag"],  # ETag: optimistic concurrency
                 max_age=600,
             )
         )

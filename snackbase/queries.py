@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
+from snackbase import versions
 from snackbase.collections import Registry
 from snackbase.db import fetch_all, fetch_value
 from snackbase.errors import ApiError, field_error
@@ -66,6 +67,19 @@ def get_record(
     fields: list[str] | None = None,
     expand: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
+    return get_versioned(conn, registry, collection, caller, record_id, fields, expand)[0]
+
+
+def get_versioned(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    caller: Caller,
+    record_id: str,
+    fields: list[str] | None = None,
+    expand: list[str] | tuple[str, ...] = (),
+) -> tuple[dict[str, Any], str]:
+    """The record as the caller sees it, and its version (the ETag of the stored record)."""
     resolver = RecordResolver(collection, caller)
     where, params = where_clause(
         scope_clause(caller), rule_clause(collection, "view", resolver), (f"{ALIAS}.id = ?", [record_id])
@@ -73,7 +87,8 @@ def get_record(
     rows = fetch_all(conn, f"SELECT * FROM {quote_ident(collection.table)} AS {ALIAS}{where}", params)
     if not rows:
         raise ApiError(404, "not_found", "The record was not found.")
-    return present_rows(conn, registry, collection, caller, "view", rows, expand, fields)[0]
+    tag = versions.etag(registry.validator(collection).to_json(rows[0]))
+    return present_rows(conn, registry, collection, caller, "view", rows, expand, fields)[0], tag
 
 
 def list_records(
