@@ -195,6 +195,9 @@ def _change_errors(
         elif was.options.get("multiple") and not f.options.get("multiple"):
             message = "A multiple field cannot become single."
             errors.update(field_error(f"fields.{i}.options.multiple", "invalid_change", message))
+        elif is_multi_reference(was) != is_multi_reference(f):  # an id vs a JSON array of ids
+            message = "A reference cannot change between one (max_select 1) and several records."
+            errors.update(field_error(f"fields.{i}.options.max_select", "invalid_change", message))
     return errors
 
 

@@ -157,3 +157,124 @@ def test_locked_view_rule_of_the_target_refuses_the_path(w: W) -> None:
     r = w.list(w.user, "experiments", filter='project.org.name = "Lab A"')
     assert r.status_code == 400 and "may not view" in r.json()["message"]
     assert w.titles(w.sa, "experiments", filter='project.org.name = "Lab A"', sort="title") == ["e1", "e2"]
+
+
+# --- 3. back-relations -------------------------------------------------------------------------
+
+
+def test_back_relation_filter_with_any_of_operators(w: W) -> None:
+    seed(w)
+    titles = [i["name"] for i in w.list(w.admin, "projects", filter='experiments_via_project.status ?= "failed"',
+                                        sort="name").json()["items"]]  # fmt: skip
+    assert titles == ["Alpha", "Gamma"]  # never Globex's Alpha
+    r = w.list(w.other, "projects", filter='experiments_via_project.status ?= "failed"')
+    assert [i["name"] for i in r.json()["items"]] == ["Alpha"]
+    r = w.list(w.admin, "projects", filter='experiments_via_project.title ?~ "e3"')
+    assert [i["name"] for i in r.json()["items"]] == ["Beta"]
+    r = w.list(w.admin, "projects", filter='experiments_via_project.status ?!= "ok"', sort="name")
+    assert [i["name"] for i in r.json()["items"]] == ["Alpha", "Gamma"]
+    # A plain operator on a multi-valued path is refused with a hint.
+    r = w.list(w.admin, "projects", filter='experiments_via_project.status = "failed"')
+    assert r.status_code == 400 and "?=" in r.json()["message"]
+
+
+def test_back_relation_respects_the_source_view_rule(w: W) -> None:
+    seed(w)
+    body = {"rules": {**PUBLIC, "view": 'status != "failed"'}}
+    assert w.client.patch(f"{API}/collections/experiments", headers=w.sa.headers, json=body).status_code == 200
+    r = w.list(w.admin, "projects", filter='experiments_via_project.status ?= "failed"')
+    assert r.json()["items"] == []
+    r = w.client.get(f"{API}/records/projects", headers=w.admin.headers,
+                     params={"expand": "experiments_via_project", "sort": "name"})  # fmt: skip
+    alpha = r.json()["items"][0]
+    assert [e["title"] for e in alpha["expand"]["experiments_via_project"]] == ["e1"]
+
+
+def test_back_relation_expand_is_tenant_scoped_and_limited(w: W) -> None:
+    from snackbase import presenter
+
+    s = seed(w)
+    r = w.client.get(f"{API}/records/projects/{s['p1']['id']}", headers=w.user.headers,
+                     params={"expand": "experiments_via_project.tags"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    exps = r.json()["expand"]["experiments_via_project"]
+    assert [e["title"] for e in exps] == ["e1", "e2"]
+    assert [t["name"] for t in exps[1]["expand"]["tags"]] == ["ph", "buffer"]
+    # Globex's project: only Globex's experiment.
+    r = w.client.get(f"{API}/records/projects/{s['gp']['id']}", headers=w.other.headers,
+                     params={"expand": "experiments_via_project"})  # fmt: skip
+    assert [e["title"] for e in r.json()["expand"]["experiments_via_project"]] == ["g1"]
+    old = presenter.MAX_BACK_EXPAND
+    presenter.MAX_BACK_EXPAND = 1
+    try:
+        r = w.client.get(f"{API}/records/projects/{s['p1']['id']}", headers=w.user.headers,
+                         params={"expand": "experiments_via_project"})  # fmt: skip
+        assert [e["title"] for e in r.json()["expand"]["experiments_via_project"]] == ["e1"]
+    finally:
+        presenter.MAX_BACK_EXPAND = old
+    r = w.client.get(f"{API}/records/projects", headers=w.user.headers, params={"expand": "nope_via_project"})
+    assert r.status_code == 400
+
+
+# --- 4. multi-references -----------------------------------------------------------------------
+
+
+def test_multi_reference_validation_and_tenancy(w: W) -> None:
+    s = seed(w)
+    r = w.client.post(f"{API}/records/experiments", headers=w.user.headers,
+                      json={"title": "x", "tags": [s["t1"]["id"], "nope"]})  # fmt: skip
+    assert r.status_code == 400 and r.json()["fields"]["tags"]["code"] == "reference_not_found"
+    globex_tag = w.list(w.other, "tags").json()["items"][0]["id"]
+    r = w.client.post(f"{API}/records/experiments", headers=w.user.headers,
+                      json={"title": "x", "tags": [globex_tag]})  # fmt: skip
+    assert r.status_code == 400  # another account's record cannot be referenced
+    r = w.client.post(f"{API}/records/experiments", headers=w.user.headers,
+                      json={"title": "x", "tags": [s["t1"]["id"]] * 2 + ["a", "b", "c", "d", "e"]})  # fmt: skip
+    assert r.status_code == 400 and r.json()["fields"]["tags"]["code"] == "too_many"
+    made = w.create(w.user, "experiments", {"title": "x", "tags": [s["t2"]["id"], s["t1"]["id"], s["t2"]["id"]]})
+    assert made["tags"] == [s["t2"]["id"], s["t1"]["id"]]
+
+
+def test_multi_reference_filters_and_expand(w: W) -> None:
+    s = seed(w)
+    assert w.titles(w.user, "experiments", filter=f'tags ?= "{s["t2"]["id"]}"') == ["e2"]
+    assert w.titles(w.user, "experiments", filter='tags.name ?= "ph"', sort="title") == ["e1", "e2"]
+    assert w.titles(w.other, "experiments", filter='tags.name ?= "ph"') == ["g1"]
+    r = w.list(w.user, "experiments", filter='tags.name = "ph"')
+    assert r.status_code == 400
+    r = w.client.get(f"{API}/records/experiments", headers=w.user.headers,
+                     params={"expand": "tags", "filter": 'title = "e2"'})  # fmt: skip
+    assert [t["name"] for t in r.json()["items"][0]["expand"]["tags"]] == ["ph", "buffer"]
+    # Back-relation through a multi-reference.
+    r = w.client.get(f"{API}/records/tags/{s['t1']['id']}", headers=w.user.headers,
+                     params={"expand": "experiments_via_tags"})  # fmt: skip
+    assert sorted(e["title"] for e in r.json()["expand"]["experiments_via_tags"]) == ["e1", "e2"]
+    r = w.list(w.user, "tags", filter='experiments_via_tags.status ?= "failed"')
+    assert sorted(i["name"] for i in r.json()["items"]) == ["buffer", "ph"]
+
+
+def test_deleting_a_referenced_record_removes_it_from_lists_with_audit(w: W) -> None:
+    s = seed(w)
+    r = w.client.delete(f"{API}/records/tags/{s['t1']['id']}", headers=w.user.headers)
+    assert r.status_code == 204, r.text
+    items = {i["title"]: i["tags"] for i in w.list(w.user, "experiments").json()["items"]}
+    assert items["e1"] == [] and items["e2"] == [s["t2"]["id"]]
+    conn = w.client.app.state.db.conn  # type: ignore[attr-defined]
+    rows = conn.execute(
+        "SELECT changes, extra FROM audit_log WHERE action = 'record.update' AND collection = 'experiments'"
+    ).fetchall()
+    assert len(rows) == 2 and all('"on_delete":"cascade"' in extra for _, extra in rows)
+
+
+def test_restrict_refuses_deleting_a_record_in_a_list(w: W) -> None:
+    w.define("labels", [{"name": "name", "type": "text"}])
+    w.define("items", [{"name": "title", "type": "text"}, {"name": "labels", "type": "reference",
+                        "options": {"collection": "labels", "max_select": 3}}])  # fmt: skip
+    label = w.create(w.user, "labels", {"name": "l"})
+    w.create(w.user, "items", {"title": "i", "labels": [label["id"]]})
+    r = w.client.delete(f"{API}/records/labels/{label['id']}", headers=w.user.headers)
+    assert r.status_code == 409 and r.json()["code"] == "record_in_use"
+    body = {"fields": [{"name": "title", "type": "text"}, {"name": "labels", "type": "reference",
+                       "options": {"collection": "labels", "max_select": 1}}]}  # fmt: skip
+    r = w.client.patch(f"{API}/collections/items", headers=w.sa.headers, json=body)
+    assert r.status_code == 400
