@@ -9,7 +9,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import presenter, queries, records, versions
+from snackbase import aggregate, presenter, queries, records, versions
 from snackbase.context import caller_for, write_context
 from snackbase.errors import ApiError
 from snackbase.listing import paging
@@ -54,6 +54,16 @@ async def list_records(request: Request) -> Response:
         request.app.state.hooks,
     )
     return json_response(page)
+
+
+async def aggregate_records(request: Request) -> Response:
+    collection = _collection(request)
+    caller = await caller_for(request)
+    query = aggregate.parse_query(request.query_params)
+    result = aggregate.aggregate(
+        request.app.state.db.conn, request.app.state.registry, collection, caller, query
+    )
+    return json_response(result)
 
 
 async def get_record(request: Request) -> Response:
@@ -142,6 +152,7 @@ routes = [
     ("GET", "/records/{collection}", list_records),
     ("POST", "/records/{collection}", create_record),
     ("POST", "/records/{collection}/batch", batch),
+    ("GET", "/records/{collection}/aggregate", aggregate_records),  # before /{id}
     ("GET", "/records/{collection}/{id}", get_record),
     ("PATCH", "/records/{collection}/{id}", patch_record),
     ("PUT", "/records/{collection}/{id}", put_record),
