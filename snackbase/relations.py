@@ -62,7 +62,12 @@ def back_relation(
         start = at + 1
         source = collections.get(source_name)
         f = source.field_map.get(field_name) if source is not None else None
-        if f is not None and f.type == "reference" and f.options.get("collection") == target.name:
+        if (
+            source is not None
+            and f is not None
+            and f.type == "reference"
+            and f.options.get("collection") == target.name
+        ):
             return BackRelation(source, f)
     return None
 

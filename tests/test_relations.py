@@ -45,8 +45,13 @@ class W:
 @pytest.fixture
 def w(client: TestClient) -> W:
     acme, globex = make_account(client, "Acme"), make_account(client, "Globex")
-    world = W(client, make_superadmin(client), make_user(client, acme), make_user(client, acme, "admin"),
-              make_user(client, globex))  # fmt: skip
+    world = W(
+        client,
+        make_superadmin(client),
+        make_user(client, acme),
+        make_user(client, acme, "admin"),
+        make_user(client, globex),
+    )
     world.define("orgs", [{"name": "name", "type": "text"}])
     world.define(
         "projects",
@@ -67,12 +72,18 @@ def w(client: TestClient) -> W:
         [
             {"name": "title", "type": "text"},
             {"name": "status", "type": "text"},
-            {"name": "project", "type": "reference",
-             "options": {"collection": "projects", "on_delete": "cascade"}},
-            {"name": "tags", "type": "reference",
-             "options": {"collection": "tags", "max_select": 5, "on_delete": "cascade"}},
+            {
+                "name": "project",
+                "type": "reference",
+                "options": {"collection": "projects", "on_delete": "cascade"},
+            },
+            {
+                "name": "tags",
+                "type": "reference",
+                "options": {"collection": "tags", "max_select": 5, "on_delete": "cascade"},
+            },
         ],
-    )  # fmt: skip
+    )
     return world
 
 
@@ -85,8 +96,11 @@ def seed(w: W) -> dict[str, dict]:
     p3 = w.create(w.user, "projects", {"name": "Gamma", "status": "secret", "lead": "Cy Dee"})
     t1, t2 = w.create(w.user, "tags", {"name": "ph"}), w.create(w.user, "tags", {"name": "buffer"})
     w.create(w.user, "experiments", {"title": "e1", "status": "ok", "project": p1["id"], "tags": [t1["id"]]})
-    w.create(w.user, "experiments", {"title": "e2", "status": "failed", "project": p1["id"],
-                                     "tags": [t1["id"], t2["id"]]})  # fmt: skip
+    w.create(
+        w.user,
+        "experiments",
+        {"title": "e2", "status": "failed", "project": p1["id"], "tags": [t1["id"], t2["id"]]},
+    )
     w.create(w.user, "experiments", {"title": "e3", "status": "ok", "project": p2["id"]})
     w.create(w.user, "experiments", {"title": "e4", "status": "failed", "project": p3["id"]})
     # Another tenant, with the same names and statuses: it must never match.
@@ -164,8 +178,12 @@ def test_locked_view_rule_of_the_target_refuses_the_path(w: W) -> None:
 
 def test_back_relation_filter_with_any_of_operators(w: W) -> None:
     seed(w)
-    titles = [i["name"] for i in w.list(w.admin, "projects", filter='experiments_via_project.status ?= "failed"',
-                                        sort="name").json()["items"]]  # fmt: skip
+    titles = [
+        i["name"]
+        for i in w.list(
+            w.admin, "projects", filter='experiments_via_project.status ?= "failed"', sort="name"
+        ).json()["items"]
+    ]
     assert titles == ["Alpha", "Gamma"]  # never Globex's Alpha
     r = w.list(w.other, "projects", filter='experiments_via_project.status ?= "failed"')
     assert [i["name"] for i in r.json()["items"]] == ["Alpha"]
@@ -181,11 +199,16 @@ def test_back_relation_filter_with_any_of_operators(w: W) -> None:
 def test_back_relation_respects_the_source_view_rule(w: W) -> None:
     seed(w)
     body = {"rules": {**PUBLIC, "view": 'status != "failed"'}}
-    assert w.client.patch(f"{API}/collections/experiments", headers=w.sa.headers, json=body).status_code == 200
+    assert (
+        w.client.patch(f"{API}/collections/experiments", headers=w.sa.headers, json=body).status_code == 200
+    )
     r = w.list(w.admin, "projects", filter='experiments_via_project.status ?= "failed"')
     assert r.json()["items"] == []
-    r = w.client.get(f"{API}/records/projects", headers=w.admin.headers,
-                     params={"expand": "experiments_via_project", "sort": "name"})  # fmt: skip
+    r = w.client.get(
+        f"{API}/records/projects",
+        headers=w.admin.headers,
+        params={"expand": "experiments_via_project", "sort": "name"},
+    )
     alpha = r.json()["items"][0]
     assert [e["title"] for e in alpha["expand"]["experiments_via_project"]] == ["e1"]
 
@@ -194,21 +217,30 @@ def test_back_relation_expand_is_tenant_scoped_and_limited(w: W) -> None:
     from snackbase import presenter
 
     s = seed(w)
-    r = w.client.get(f"{API}/records/projects/{s['p1']['id']}", headers=w.user.headers,
-                     params={"expand": "experiments_via_project.tags"})  # fmt: skip
+    r = w.client.get(
+        f"{API}/records/projects/{s['p1']['id']}",
+        headers=w.user.headers,
+        params={"expand": "experiments_via_project.tags"},
+    )
     assert r.status_code == 200, r.text
     exps = r.json()["expand"]["experiments_via_project"]
     assert [e["title"] for e in exps] == ["e1", "e2"]
     assert [t["name"] for t in exps[1]["expand"]["tags"]] == ["ph", "buffer"]
     # Globex's project: only Globex's experiment.
-    r = w.client.get(f"{API}/records/projects/{s['gp']['id']}", headers=w.other.headers,
-                     params={"expand": "experiments_via_project"})  # fmt: skip
+    r = w.client.get(
+        f"{API}/records/projects/{s['gp']['id']}",
+        headers=w.other.headers,
+        params={"expand": "experiments_via_project"},
+    )
     assert [e["title"] for e in r.json()["expand"]["experiments_via_project"]] == ["g1"]
     old = presenter.MAX_BACK_EXPAND
     presenter.MAX_BACK_EXPAND = 1
     try:
-        r = w.client.get(f"{API}/records/projects/{s['p1']['id']}", headers=w.user.headers,
-                         params={"expand": "experiments_via_project"})  # fmt: skip
+        r = w.client.get(
+            f"{API}/records/projects/{s['p1']['id']}",
+            headers=w.user.headers,
+            params={"expand": "experiments_via_project"},
+        )
         assert [e["title"] for e in r.json()["expand"]["experiments_via_project"]] == ["e1"]
     finally:
         presenter.MAX_BACK_EXPAND = old
@@ -221,17 +253,26 @@ def test_back_relation_expand_is_tenant_scoped_and_limited(w: W) -> None:
 
 def test_multi_reference_validation_and_tenancy(w: W) -> None:
     s = seed(w)
-    r = w.client.post(f"{API}/records/experiments", headers=w.user.headers,
-                      json={"title": "x", "tags": [s["t1"]["id"], "nope"]})  # fmt: skip
+    r = w.client.post(
+        f"{API}/records/experiments",
+        headers=w.user.headers,
+        json={"title": "x", "tags": [s["t1"]["id"], "nope"]},
+    )
     assert r.status_code == 400 and r.json()["fields"]["tags"]["code"] == "reference_not_found"
     globex_tag = w.list(w.other, "tags").json()["items"][0]["id"]
-    r = w.client.post(f"{API}/records/experiments", headers=w.user.headers,
-                      json={"title": "x", "tags": [globex_tag]})  # fmt: skip
+    r = w.client.post(
+        f"{API}/records/experiments", headers=w.user.headers, json={"title": "x", "tags": [globex_tag]}
+    )
     assert r.status_code == 400  # another account's record cannot be referenced
-    r = w.client.post(f"{API}/records/experiments", headers=w.user.headers,
-                      json={"title": "x", "tags": [s["t1"]["id"]] * 2 + ["a", "b", "c", "d", "e"]})  # fmt: skip
+    r = w.client.post(
+        f"{API}/records/experiments",
+        headers=w.user.headers,
+        json={"title": "x", "tags": [s["t1"]["id"]] * 2 + ["a", "b", "c", "d", "e"]},
+    )
     assert r.status_code == 400 and r.json()["fields"]["tags"]["code"] == "too_many"
-    made = w.create(w.user, "experiments", {"title": "x", "tags": [s["t2"]["id"], s["t1"]["id"], s["t2"]["id"]]})
+    made = w.create(
+        w.user, "experiments", {"title": "x", "tags": [s["t2"]["id"], s["t1"]["id"], s["t2"]["id"]]}
+    )
     assert made["tags"] == [s["t2"]["id"], s["t1"]["id"]]
 
 
@@ -242,12 +283,18 @@ def test_multi_reference_filters_and_expand(w: W) -> None:
     assert w.titles(w.other, "experiments", filter='tags.name ?= "ph"') == ["g1"]
     r = w.list(w.user, "experiments", filter='tags.name = "ph"')
     assert r.status_code == 400
-    r = w.client.get(f"{API}/records/experiments", headers=w.user.headers,
-                     params={"expand": "tags", "filter": 'title = "e2"'})  # fmt: skip
+    r = w.client.get(
+        f"{API}/records/experiments",
+        headers=w.user.headers,
+        params={"expand": "tags", "filter": 'title = "e2"'},
+    )
     assert [t["name"] for t in r.json()["items"][0]["expand"]["tags"]] == ["ph", "buffer"]
     # Back-relation through a multi-reference.
-    r = w.client.get(f"{API}/records/tags/{s['t1']['id']}", headers=w.user.headers,
-                     params={"expand": "experiments_via_tags"})  # fmt: skip
+    r = w.client.get(
+        f"{API}/records/tags/{s['t1']['id']}",
+        headers=w.user.headers,
+        params={"expand": "experiments_via_tags"},
+    )
     assert sorted(e["title"] for e in r.json()["expand"]["experiments_via_tags"]) == ["e1", "e2"]
     r = w.list(w.user, "tags", filter='experiments_via_tags.status ?= "failed"')
     assert sorted(i["name"] for i in r.json()["items"]) == ["buffer", "ph"]
@@ -268,13 +315,22 @@ def test_deleting_a_referenced_record_removes_it_from_lists_with_audit(w: W) -> 
 
 def test_restrict_refuses_deleting_a_record_in_a_list(w: W) -> None:
     w.define("labels", [{"name": "name", "type": "text"}])
-    w.define("items", [{"name": "title", "type": "text"}, {"name": "labels", "type": "reference",
-                        "options": {"collection": "labels", "max_select": 3}}])  # fmt: skip
+    w.define(
+        "items",
+        [
+            {"name": "title", "type": "text"},
+            {"name": "labels", "type": "reference", "options": {"collection": "labels", "max_select": 3}},
+        ],
+    )
     label = w.create(w.user, "labels", {"name": "l"})
     w.create(w.user, "items", {"title": "i", "labels": [label["id"]]})
     r = w.client.delete(f"{API}/records/labels/{label['id']}", headers=w.user.headers)
     assert r.status_code == 409 and r.json()["code"] == "record_in_use"
-    body = {"fields": [{"name": "title", "type": "text"}, {"name": "labels", "type": "reference",
-                       "options": {"collection": "labels", "max_select": 1}}]}  # fmt: skip
+    body = {
+        "fields": [
+            {"name": "title", "type": "text"},
+            {"name": "labels", "type": "reference", "options": {"collection": "labels", "max_select": 1}},
+        ]
+    }
     r = w.client.patch(f"{API}/collections/items", headers=w.sa.headers, json=body)
     assert r.status_code == 400

@@ -18,13 +18,23 @@ class S:
         self.client = client
         self.sa = make_superadmin(client).headers
         self.define({"name": "batches", "rules": PUBLIC, "fields": [{"name": "code", "type": "text"}]})
-        self.define({"name": "notes", "rules": {**PUBLIC, "list": 'status != "draft"'}, "fields": [
-            {"name": "title", "type": "text", "options": {"searchable": True}},
-            {"name": "body", "type": "text", "options": {"searchable": True}},
-            {"name": "status", "type": "text"},
-            {"name": "patient", "type": "text", "pii": True, "options": {"searchable": True}},
-            {"name": "batch", "type": "reference", "options": {"collection": "batches", "on_delete": "cascade"}},
-        ]})  # fmt: skip
+        self.define(
+            {
+                "name": "notes",
+                "rules": {**PUBLIC, "list": 'status != "draft"'},
+                "fields": [
+                    {"name": "title", "type": "text", "options": {"searchable": True}},
+                    {"name": "body", "type": "text", "options": {"searchable": True}},
+                    {"name": "status", "type": "text"},
+                    {"name": "patient", "type": "text", "pii": True, "options": {"searchable": True}},
+                    {
+                        "name": "batch",
+                        "type": "reference",
+                        "options": {"collection": "batches", "on_delete": "cascade"},
+                    },
+                ],
+            }
+        )
         acme, globex = make_account(client), make_account(client)
         self.user_obj = make_user(client, acme)
         self.user, self.other = self.user_obj.headers, make_user(client, globex).headers
@@ -38,8 +48,9 @@ class S:
         return r.json()  # type: ignore[no-any-return]
 
     def search(self, headers: dict, text: str, **params: str) -> list[str]:
-        r = self.client.get(f"{API}/records/notes", headers=headers,
-                            params={"filter": f'@search("{text}")', **params})  # fmt: skip
+        r = self.client.get(
+            f"{API}/records/notes", headers=headers, params={"filter": f'@search("{text}")', **params}
+        )
         assert r.status_code == 200, r.text
         return [i["title"] for i in r.json()["items"]]
 
@@ -58,8 +69,11 @@ def test_search_ranks_and_stays_in_the_tenant_and_rule(client: TestClient) -> No
     assert s.search(s.user, "Bufféř", sort="title") == ["Buffer solution", "Prep"]  # diacritics fold
     # Combined with other terms, and hostile FTS syntax is only words.
     assert s.search(s.user, 'buffer OR \\"x', sort="title") == []
-    r = client.get(f"{API}/records/notes", headers=s.user,
-                   params={"filter": '@search("buffer") && title != "Prep"', "after": "", "sort": "@rank"})  # fmt: skip
+    r = client.get(
+        f"{API}/records/notes",
+        headers=s.user,
+        params={"filter": '@search("buffer") && title != "Prep"', "after": "", "sort": "@rank"},
+    )
     assert r.status_code == 200 and [i["title"] for i in r.json()["items"]] == ["Buffer solution"]
     r = client.get(f"{API}/records/notes", headers=s.user, params={"sort": "@rank"})
     assert r.status_code == 400 and r.json()["code"] == "invalid_sort"
@@ -73,8 +87,11 @@ def test_index_follows_updates_deletes_cascades_and_rollbacks(client: TestClient
     client.patch(f"{API}/records/notes/{note['id']}", headers=s.user, json={"body": "pipette"})
     assert s.search(s.user, "centrifuge") == [] and s.search(s.user, "pipette") == ["Alpha"]
     # A failed batch rolls back its index changes with it.
-    r = client.post(f"{API}/records/notes/batch", headers=s.user,
-                    json={"create": [{"title": "Beta", "body": "pipette"}, {"title": 5}]})  # fmt: skip
+    r = client.post(
+        f"{API}/records/notes/batch",
+        headers=s.user,
+        json={"create": [{"title": "Beta", "body": "pipette"}, {"title": 5}]},
+    )
     assert r.status_code == 400 and s.search(s.user, "pipette") == ["Alpha"]
     # Deleting the batch cascades to the note, and out of the index.
     assert client.delete(f"{API}/records/batches/{batch['id']}", headers=s.user).status_code == 204
@@ -98,10 +115,18 @@ def test_masked_and_unsearchable_fields(client: TestClient) -> None:
 def test_schema_changes_rebuild_the_index(client: TestClient) -> None:
     s = S(client)
     s.create(s.user, "batches", {"code": "quartz"})
-    assert client.get(f"{API}/records/batches", headers=s.user,
-                      params={"filter": '@search("quartz")'}).status_code == 400  # fmt: skip
-    body = {"fields": [{"name": "code", "type": "text", "options": {"searchable": True}},
-                       {"name": "extra", "type": "number"}]}  # fmt: skip
+    assert (
+        client.get(
+            f"{API}/records/batches", headers=s.user, params={"filter": '@search("quartz")'}
+        ).status_code
+        == 400
+    )
+    body = {
+        "fields": [
+            {"name": "code", "type": "text", "options": {"searchable": True}},
+            {"name": "extra", "type": "number"},
+        ]
+    }
     assert client.patch(f"{API}/collections/batches", headers=s.sa, json=body).status_code == 200
     r = client.get(f"{API}/records/batches", headers=s.user, params={"filter": '@search("quartz")'})
     assert [i["code"] for i in r.json()["items"]] == ["quartz"]

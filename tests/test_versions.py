@@ -13,8 +13,14 @@ PUBLIC = {"list": "", "view": "", "create": "", "update": "", "delete": ""}
 
 def setup(client: TestClient) -> tuple[dict, dict, str]:
     sa = make_superadmin(client)
-    body = {"name": "notes", "rules": PUBLIC, "fields": [
-        {"name": "title", "type": "text"}, {"name": "ssn", "type": "text", "pii": True, "mask": "ssn"}]}  # fmt: skip
+    body = {
+        "name": "notes",
+        "rules": PUBLIC,
+        "fields": [
+            {"name": "title", "type": "text"},
+            {"name": "ssn", "type": "text", "pii": True, "mask": "ssn"},
+        ],
+    }
     assert client.post(f"{API}/collections", headers=sa.headers, json=body).status_code == 201
     acme = make_account(client)
     alice, bob = make_user(client, acme).headers, make_user(client, acme).headers
@@ -38,7 +44,9 @@ def test_get_carries_an_etag_and_if_none_match_answers_304(client: TestClient) -
     assert other.status_code == 200
     patched = client.patch(f"{API}/records/notes/{rid}", headers=alice, json={"title": "v2"})
     assert patched.headers["etag"] != tag
-    assert client.get(f"{API}/records/notes/{rid}", headers={**alice, "if-none-match": tag}).status_code == 200
+    assert (
+        client.get(f"{API}/records/notes/{rid}", headers={**alice, "if-none-match": tag}).status_code == 200
+    )
 
 
 def test_stale_if_match_is_412_and_changes_nothing(client: TestClient) -> None:
@@ -49,8 +57,9 @@ def test_stale_if_match_is_412_and_changes_nothing(client: TestClient) -> None:
     assert ok.status_code == 200, ok.text
     before = audit_count(client)
     for method in ("PATCH", "PUT"):
-        stale = client.request(method, f"{API}/records/notes/{rid}", headers={**alice, "if-match": tag},
-                               json={"title": "alice"})  # fmt: skip
+        stale = client.request(
+            method, f"{API}/records/notes/{rid}", headers={**alice, "if-match": tag}, json={"title": "alice"}
+        )
         assert stale.status_code == 412 and stale.json()["code"] == "precondition_failed", stale.text
     gone = client.delete(f"{API}/records/notes/{rid}", headers={**alice, "if-match": tag})
     assert gone.status_code == 412
