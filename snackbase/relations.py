@@ -145,7 +145,9 @@ class RelationResolver(RecordResolver):
         join, params, rank = search.join(self.collection, self.hidden, args[0], alias, position)
         self.joins.append((join, params))
         self.rank = self.rank or rank
-        return f"{alias}.id IS NOT NULL", []
+        # `=` (not IS NOT NULL) lets SQLite turn the LEFT JOIN into a join driven by the matches when
+        # @search is a top-level condition; negated, the compiler COALESCEs the NULL of a non-match.
+        return f"{alias}.id = {ALIAS}.id", []
 
     # --- walking a path -----------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from snackbase.errors import ApiError, field_error, validation_error
 from snackbase.filter import MISSING, FilterError, Macro, compile_filter, parse
-from snackbase.schema import SYSTEM_FIELDS, Collection, quote_ident
+from snackbase.schema import SYSTEM_FIELDS, Collection, is_multi_reference, quote_ident
 from snackbase.times import now_iso
 
 ALIAS = "r"
@@ -89,6 +89,15 @@ class RecordResolver:
         if name in self.hidden:
             raise FilterError(f"field '{name}' cannot be used in a filter or sort by this caller", position)
         return f"{self.alias}.{quote_ident(name)}"
+
+    def many(self, name: str, position: int) -> tuple[str, str, list[object]] | None:
+        """Any-of operators on a multi-reference field of this row (`tags ?= "id"`) in rules too:
+        an EXISTS over the ids it holds (snackbase.filter's hook). None: the plain operator."""
+        f = self.collection.field_map.get(name)
+        if f is None or not is_multi_reference(f):
+            return None
+        column = self.field(name, position)  # checks hidden fields
+        return f"EXISTS (SELECT 1 FROM json_each({column}) AS m_{name} WHERE 1", f"m_{name}.value", []
 
     def request_auth(self, name: str) -> object:
         attr = _AUTH_ATTRS.get(name)

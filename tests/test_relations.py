@@ -334,3 +334,17 @@ def test_restrict_refuses_deleting_a_record_in_a_list(w: W) -> None:
     }
     r = w.client.patch(f"{API}/collections/items", headers=w.sa.headers, json=body)
     assert r.status_code == 400
+
+
+def test_any_of_on_a_multi_reference_in_a_rule(w: W) -> None:
+    s = seed(w)
+    body = {
+        "rules": {**PUBLIC, "list": f'tags ?= "{s["t2"]["id"]}"', "update": f'tags ?!= "{s["t2"]["id"]}"'}
+    }
+    r = w.client.patch(f"{API}/collections/experiments", headers=w.sa.headers, json=body)
+    assert r.status_code == 200, r.text
+    assert w.titles(w.user, "experiments") == ["e2"]
+    # The create/update rules see the new values (a one-row CTE): e1 holds t1 only, so it may change.
+    e1 = w.list(w.sa, "experiments", filter='title = "e1"').json()["items"][0]
+    r = w.client.patch(f"{API}/records/experiments/{e1['id']}", headers=w.user.headers, json={"status": "x"})
+    assert r.status_code == 200, r.text
