@@ -153,19 +153,20 @@ def _is_json(f: Field) -> bool:
     return f.type == "json" or (f.type == "select" and bool(f.options.get("multiple")))
 
 
-def view_clause(collection: Collection, caller: Caller) -> tuple[str, list[object]]:
-    """Which profiles the caller reads: its own, all for admins, else the view rule's."""
+def view_clause(collection: Collection, caller: Caller, alias: str = ALIAS) -> tuple[str, list[object]]:
+    """Which profiles (the derived table as `alias`) the caller reads: its own, all for admins, else
+    the view rule's."""
     if caller.is_account_admin:
         return "", []
     try:
-        sql, params = rule_clause(collection, "view", RecordResolver(collection, caller))
+        sql, params = rule_clause(collection, "view", RecordResolver(collection, caller, alias=alias))
     except ApiError:  # null rule: only oneself
-        return (f"{ALIAS}.id = ?", [caller.user_id]) if caller.user_id else ("0", [])
+        return (f"{alias}.id = ?", [caller.user_id]) if caller.user_id else ("0", [])
     if not sql:
         return "", []
     if caller.user_id is None:
         return sql, params
-    return f"({sql}) OR {ALIAS}.id = ?", [*params, caller.user_id]
+    return f"({sql}) OR {alias}.id = ?", [*params, caller.user_id]
 
 
 def visible_rows(

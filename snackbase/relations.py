@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import apsw
 
-from snackbase import search
+from snackbase import profiles, search
 from snackbase.collections import Registry
 from snackbase.errors import ApiError
 from snackbase.filter import FilterError
@@ -228,6 +228,8 @@ class RelationResolver(RecordResolver):
                 params,
             )
             return j, target, _Sub(head, ("1", []))
+        if f is not None and f.type == "user":
+            return self._profile_join(name, position, alias, part, hidden, sub)
         back = back_relation(self.conn, self.registry, current, part) if f is None else None
         if back is None:
             raise FilterError(f"'{part[:64]}' in '{name[:64]}' is not a reference field", position)
@@ -244,6 +246,32 @@ class RelationResolver(RecordResolver):
         )
         head = (f"FROM {quote_ident(back.source.table)} AS {b}", [])
         return b, back.source, _Sub(head, (f"{points} AND {b}.account_id = {alias}.account_id{rule}", params))
+
+    def _profile_join(
+        self, name: str, position: int, alias: str, part: str, hidden: frozenset[str], sub: _Sub | None
+    ) -> tuple[str, Collection, _Sub | None]:
+        """A `user` field: a LEFT JOIN of the users' profiles (snackbase.profiles) under the account's
+        users view rule; the profile fields are what the path can name next."""
+        if part in hidden:
+            raise FilterError(
+                f"field '{name[:64]}' cannot be used in a filter or sort by this caller", position
+            )
+        if self.caller.account_id is None:
+            raise FilterError("name an account (X-Account-ID) to filter through user profiles", position)
+        target = profiles.load(self.conn, self.caller.account_id)
+        cache, joins = (self._cache, self.joins) if sub is None else (sub.cache, sub.joins)
+        if (alias, part) not in cache:
+            j = self._alias("u")
+            rule, params = profiles.view_clause(target, self.caller, j)
+            joins.append(
+                (
+                    f" LEFT JOIN {profiles.profile_table(target)} AS {j} ON {j}.id = {alias}.{quote_ident(part)} "
+                    f"AND {j}.account_id = {alias}.account_id" + (f" AND ({rule})" if rule else ""),
+                    params,
+                )
+            )
+            cache[(alias, part)] = j
+        return cache[(alias, part)], target, sub
 
     def _need_many(self, name: str, position: int, many: bool, sub: _Sub | None) -> None:
         if not many:

@@ -148,3 +148,32 @@ def test_null_rule_shows_only_oneself_and_schema_is_validated_and_audited(client
     assert actions.count("profile_schema.update") == 2 and actions.count("user.profile_update") == 1
     phone = conn.execute("SELECT changes FROM audit_log WHERE action = 'user.profile_update'").fetchone()[0]
     assert "display_name" in phone
+
+
+def test_filter_and_sort_through_user_fields(client: TestClient) -> None:
+    admin, ann, bob, other, _ = setup(client)
+    client.patch(f"{API}/profiles/{ann.id}", headers=ann.headers, json={"display_name": "Ann", "salary": 5})
+    client.patch(
+        f"{API}/profiles/{bob.id}", headers=bob.headers, json={"display_name": "Bob", "phone": "5551234"}
+    )
+    for name, lead in (("A", ann.id), ("B", bob.id)):
+        body = {"name": name, "lead": lead}
+        assert client.post(f"{API}/records/projects", headers=bob.headers, json=body).status_code == 201
+    client.post(f"{API}/records/projects", headers=other.headers, json={"name": "G", "lead": other.id})
+
+    def names(who: User, **params: str) -> list[str]:
+        r = client.get(f"{API}/records/projects", headers=who.headers, params=params)
+        assert r.status_code == 200, r.text
+        return [i["name"] for i in r.json()["items"]]
+
+    assert names(bob, filter='lead.display_name = "Ann"') == ["A"]
+    assert names(bob, sort="-lead.display_name") == ["B", "A"]
+    assert names(other, filter=f'lead.id = "{ann.id}"') == []  # never another account's users
+    assert names(other, filter=f'lead.id = "{other.id}"') == ["G"]
+    for text in ("lead.salary > 1", 'lead.phone = "5551234"', "lead.nope = 1"):
+        r = client.get(f"{API}/records/projects", headers=bob.headers, params={"filter": text})
+        assert r.status_code == 400, text
+    # A profile the rule hides is a missing one.
+    client.patch(f"{API}/profiles/{ann.id}", headers=ann.headers, json={"title": "ghost"})
+    assert names(bob, filter='lead.display_name = "Ann"') == []
+    assert names(admin, filter='lead.display_name = "Ann"') == ["A"]
