@@ -265,8 +265,9 @@ class RelationResolver(RecordResolver):
             rule, params = profiles.view_clause(target, self.caller, j)
             joins.append(
                 (
-                    f" LEFT JOIN {profiles.profile_table(target)} AS {j} ON {j}.id = {alias}.{quote_ident(part)} "
-                    f"AND {j}.account_id = {alias}.account_id" + (f" AND ({rule})" if rule else ""),
+                    f" LEFT JOIN {profiles.profile_table(target)} AS {j} "
+                    f"ON {j}.id = {alias}.{quote_ident(part)} AND {j}.account_id = {alias}.account_id"
+                    + (f" AND ({rule})" if rule else ""),
                     params,
                 )
             )
