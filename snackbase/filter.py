@@ -106,6 +106,13 @@ class Macro:
 
 
 @dataclass(frozen=True, slots=True)
+class Column:
+    """SQL a resolver hook built for the values of a multi-valued path (see `any_of`); never parsed."""
+
+    sql: str
+
+
+@dataclass(frozen=True, slots=True)
 class Compare:
     op: str
     left: Operand
@@ -502,23 +509,26 @@ class _Emitter:
         left, right = self.operand(node.left), self.operand(node.right)
         if left is MISSING or right is MISSING:
             return _FALSE
-        return _compare(node, left, right)
+        if node.op in ("=", "!="):
+            return _equality(node, left, right)
+        if node.op in ("~", "!~"):
+            frag = _like(left, right)
+            return _negate(frag) if node.op == "!~" else frag
+        return _Frag(f"{left.sql} {node.op} {right.sql}", left.params + right.params, True, False)
 
     def any_of(self, node: Compare) -> _Frag:
         """`path ?op value`: an EXISTS over the values of a multi-valued path, which the resolver's
         optional `many(name, position) -> (open_sql, value_sql, params)` hook builds; `open_sql` is
-        `EXISTS (SELECT … WHERE …` and is closed here. Without the hook, or on a single-valued path,
-        the plain operator."""
-        plain = Compare(node.op[1:], node.left, node.right)
+        `EXISTS (SELECT … WHERE …` and is closed here, around the plain comparison of each value.
+        Without the hook, or on a single-valued path, the plain operator."""
         many = getattr(self.resolver, "many", None)
         path = many(node.left.name, node.left.position) if many and isinstance(node.left, Field) else None
         if path is None:
-            return self.compare(plain)
+            return self.compare(Compare(node.op[1:], node.left, node.right))
         open_sql, value_sql, params = path
-        right = self.operand(node.right)
-        if right is MISSING:
+        inner = self.compare(Compare(node.op[1:], cast("Operand", Column(value_sql)), node.right))
+        if inner is _FALSE:  # a missing @request value
             return _FALSE
-        inner = _compare(plain, _Value(value_sql, (), False, None), right)
         return _Frag(f"{open_sql} AND {inner.sql})", (*params, *inner.params), False, True)
 
     def in_list(self, node: InList) -> _Frag:
@@ -550,6 +560,8 @@ class _Emitter:
                 return _const(self.current_time())
             case Macro():
                 return self.macro(node)
+            case Column(sql):
+                return _Value(sql, (), False, None)
         raise TypeError(f"not an operand: {node!r}")
 
     def request_value(self, node: RequestValue) -> object:
@@ -568,15 +580,6 @@ class _Emitter:
             return MISSING
         sql, params = self.resolver.macro(node.name, args, node.position)
         return _Value(f"({sql})", tuple(params), False, None)
-
-
-def _compare(node: Compare, left: _Value, right: _Value) -> _Frag:
-    if node.op in ("=", "!="):
-        return _equality(node, left, right)
-    if node.op in ("~", "!~"):
-        frag = _like(left, right)
-        return _negate(frag) if node.op == "!~" else frag
-    return _Frag(f"{left.sql} {node.op} {right.sql}", left.params + right.params, True, False)
 
 
 def _const(value: object) -> _Value:
