@@ -348,3 +348,58 @@ def test_any_of_on_a_multi_reference_in_a_rule(w: W) -> None:
     e1 = w.list(w.sa, "experiments", filter='title = "e1"').json()["items"][0]
     r = w.client.patch(f"{API}/records/experiments/{e1['id']}", headers=w.user.headers, json={"status": "x"})
     assert r.status_code == 200, r.text
+
+
+# --- the compiler's any-of hook (pure) ---------------------------------------------------------
+
+
+class _Pure:
+    """A resolver with one multi-valued name `many` over `json_each(t.m)` and one plain field `a`."""
+
+    def field(self, name: str, position: int) -> str:
+        return {"a": '"t"."a"'}[name]
+
+    def many(self, name: str, position: int) -> tuple[str, str, list[object]] | None:
+        return (
+            ("EXISTS (SELECT 1 FROM json_each(t.m) AS v WHERE v.key >= ?", "v.value", [0])
+            if name == "many"
+            else None
+        )
+
+    def request_auth(self, name: str) -> object:
+        from snackbase.filter import MISSING
+
+        return MISSING
+
+    def request_data(self, name: str) -> object:
+        return self.request_auth(name)
+
+    def macro(self, name: str, args: list[object], position: int) -> tuple[str, list[object]]:
+        raise AssertionError
+
+    def now(self) -> str:
+        return "2026-01-01T00:00:00.000Z"
+
+
+def test_any_of_operators_compile_to_exists_with_bound_values() -> None:
+    import apsw
+
+    from snackbase.filter import compile_filter
+
+    conn = apsw.Connection(":memory:")
+    conn.execute("CREATE TABLE t (a, m); INSERT INTO t VALUES (1, '[1, 5]'), (2, '[7]'), (3, '[]')")
+
+    def rows(text: str) -> list[int]:
+        sql, params = compile_filter(text, _Pure())  # type: ignore[arg-type]
+        return [r[0] for r in conn.execute(f"SELECT a FROM t WHERE {sql} ORDER BY a", params)]
+
+    assert rows("many ?= 5") == [1]
+    assert rows("many ?> 4") == [1, 2]
+    assert rows("many ?!= 7") == [1]
+    assert rows("!(many ?= 7)") == [1, 3]
+    assert rows("many ?< 2 || a = 3") == [1, 3]
+    assert rows("many ?~ '7'") == [2]
+    assert rows("many ?= @request.auth.id") == []  # a missing value is false
+    assert rows("a ?>= 2") == [2, 3]  # single-valued: the plain operator
+    sql, params = compile_filter("many ?= 'x'", _Pure())  # type: ignore[arg-type]
+    assert "'x'" not in sql and params == [0, "x"]
