@@ -178,8 +178,9 @@ def _expand_many(
     wanted = sorted({i for ids in lists for i in ids if isinstance(i, str)})
     found = _viewable_by_id(conn, registry, target, caller, wanted, nested)
     for record, ids in zip(records, lists, strict=True):
-        if ids:
-            record.setdefault("expand", {})[name] = [found[i] for i in ids if i in found]
+        shown = [found[i] for i in ids if i in found]
+        if shown:  # like a single reference: nothing the caller may view, nothing expanded
+            record.setdefault("expand", {})[name] = shown
 
 
 def _expand_back(

@@ -403,3 +403,23 @@ def test_any_of_operators_compile_to_exists_with_bound_values() -> None:
     assert rows("a ?>= 2") == [2, 3]  # single-valued: the plain operator
     sql, params = compile_filter("many ?= 'x'", _Pure())  # type: ignore[arg-type]
     assert "'x'" not in sql and params == [0, "x"]
+
+
+def test_a_forged_cross_account_reference_is_never_followed(w: W) -> None:
+    """Defence in depth: even a reference written past the API (straight into the table) to another
+    account's record is not followed by a join, a back-relation, a multi-reference or an expand."""
+    s = seed(w)
+    conn = w.client.app.state.db.conn  # type: ignore[attr-defined]
+    globex_tag = w.list(w.other, "tags").json()["items"][0]["id"]
+    with conn:
+        conn.execute("UPDATE c_experiments SET project = ?, tags = json_array(?) WHERE title = 'e3'",
+                     (s["gp"]["id"], globex_tag))  # fmt: skip
+    assert w.titles(w.admin, "experiments", filter="project.name = null") == ["e3"]
+    assert w.titles(w.admin, "experiments", filter='tags.name ?= "ph"', sort="title") == ["e1", "e2"]
+    r = w.list(w.other, "projects", filter='experiments_via_project.title ?= "e3"')
+    assert r.json()["items"] == []
+    r = w.client.get(f"{API}/records/projects/{s['gp']['id']}", headers=w.other.headers,
+                     params={"expand": "experiments_via_project"})  # fmt: skip
+    assert [e["title"] for e in r.json()["expand"]["experiments_via_project"]] == ["g1"]
+    r = w.list(w.admin, "experiments", filter='title = "e3"', expand="project,tags")
+    assert "expand" not in r.json()["items"][0]
