@@ -11,8 +11,8 @@ filter. Groups come sorted by their keys; at most `limit` (default 100, at most 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Final
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Final
 
 import apsw
 
@@ -21,9 +21,13 @@ from snackbase.db import fetch_all
 from snackbase.errors import ApiError, field_error
 from snackbase.filter import FilterError
 from snackbase.pii import hidden_fields
+from snackbase.queries import ListQuery
 from snackbase.relations import RelationResolver
 from snackbase.rules import Caller, RecordResolver, filter_clause, rule_clause, scope_clause, where_clause
 from snackbase.schema import SYSTEM_FIELDS, Collection
+
+if TYPE_CHECKING:
+    from snackbase.hook_dispatch import HookDispatcher
 
 MAX_GROUP_BY: Final = 3
 MAX_METRICS: Final = 16
@@ -48,9 +52,18 @@ class AggregateQuery:
 
 
 def aggregate(
-    conn: apsw.Connection, registry: Registry, collection: Collection, caller: Caller, query: AggregateQuery
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    caller: Caller,
+    query: AggregateQuery,
+    hooks: HookDispatcher | None = None,
 ) -> dict[str, Any]:
     _check_shape(query)
+    if hooks is not None:  # `record.before_list` hooks see (and may narrow) the filter, as for a list
+        query = replace(
+            query, filter=hooks.record_list(collection, caller, ListQuery(filter=query.filter)).filter
+        )
     resolver = RelationResolver(conn, registry, collection, caller, hidden_fields(collection, caller, "list"))
     clauses = [scope_clause(caller)]
     if query.filter.strip():

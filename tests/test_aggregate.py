@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.testclient import TestClient
 
 from tests.factories import add_to_group, make_account, make_superadmin, make_user
@@ -100,3 +102,14 @@ def test_hidden_masked_and_wrong_fields_are_refused(client: TestClient) -> None:
     assert agg(client, sa, sum="cost").json()["items"] == [
         {"sum_cost": 36}
     ]  # every account; Globex has no cost
+
+
+def test_before_list_hooks_narrow_aggregates_too(client: TestClient, hook_registry: Any) -> None:
+    _, user, _, _ = setup(client)
+
+    @hook_registry.on("record.before_list", collection="samples")
+    def only_ok(event: Any) -> None:
+        event.query.filter = 'status = "ok"'
+
+    r = agg(client, user, group_by="status", count="*")
+    assert r.json()["items"] == [{"status": "ok", "count": 2}]

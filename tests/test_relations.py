@@ -423,3 +423,13 @@ def test_a_forged_cross_account_reference_is_never_followed(w: W) -> None:
     assert [e["title"] for e in r.json()["expand"]["experiments_via_project"]] == ["g1"]
     r = w.list(w.admin, "experiments", filter='title = "e3"', expand="project,tags")
     assert "expand" not in r.json()["items"][0]
+
+
+def test_if_none_match_with_expand_answers_the_record(w: W) -> None:
+    """Expanded records have versions of their own: a GET with expand is never 304."""
+    s = seed(w)
+    url = f"{API}/records/projects/{s['p1']['id']}"
+    tag = w.client.get(url, headers=w.user.headers).headers["etag"]
+    r = w.client.get(url, headers={**w.user.headers, "if-none-match": tag}, params={"expand": "org"})
+    assert r.status_code == 200 and r.json()["expand"]["org"]["name"] == "Lab A" and r.headers["etag"] == tag
+    assert w.client.get(url, headers={**w.user.headers, "if-none-match": tag}).status_code == 304

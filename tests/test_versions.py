@@ -92,3 +92,12 @@ def test_if_match_is_checked_under_the_write_lock(client: TestClient) -> None:
         conn.execute("UPDATE c_notes SET title = 'sneaky' WHERE id = ?", (rid,))
     r = client.patch(f"{API}/records/notes/{rid}", headers={**alice, "if-match": tag}, json={"title": "x"})
     assert r.status_code == 412
+
+
+def test_if_none_match_holds_for_a_projection(client: TestClient) -> None:
+    alice, _, rid = setup(client)
+    tag = client.get(f"{API}/records/notes/{rid}", headers=alice).headers["etag"]
+    r = client.get(
+        f"{API}/records/notes/{rid}", headers={**alice, "if-none-match": tag}, params={"fields": "id"}
+    )
+    assert r.status_code == 304

@@ -61,7 +61,12 @@ async def aggregate_records(request: Request) -> Response:
     caller = await caller_for(request)
     query = aggregate.parse_query(request.query_params)
     result = aggregate.aggregate(
-        request.app.state.db.conn, request.app.state.registry, collection, caller, query
+        request.app.state.db.conn,
+        request.app.state.registry,
+        collection,
+        caller,
+        query,
+        request.app.state.hooks,
     )
     return json_response(result)
 
@@ -81,8 +86,9 @@ async def get_record(request: Request) -> Response:
         fields,
         expand,
     )
+    # 304 only for the record itself: expanded records have versions of their own.
     if_none_match = request.headers.get("if-none-match")
-    if if_none_match is not None and versions.matches(if_none_match, etag):
+    if if_none_match is not None and not expand and versions.matches(if_none_match, etag):
         return Response(status_code=304, headers={"etag": etag})
     return json_response(record, headers={"etag": etag})
 
