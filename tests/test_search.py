@@ -139,3 +139,22 @@ def test_schema_changes_rebuild_the_index(client: TestClient) -> None:
     conn = client.app.state.db.conn  # type: ignore[attr-defined]
     left = conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'c_notes%'").fetchall()
     assert left == []
+
+
+def test_a_table_rebuild_keeps_the_index_and_its_triggers(client: TestClient) -> None:
+    s = S(client)
+    s.create(s.user, "notes", {"title": "Kept", "body": "chromatography"})
+    fields = client.get(f"{API}/collections/notes", headers=s.sa).json()["fields"]
+    for f in fields:
+        if f["name"] == "title":
+            f["required"] = True  # NOT NULL: SQLite cannot ALTER it, the table is rebuilt
+    r = client.patch(f"{API}/collections/notes", headers=s.sa, json={"fields": fields})
+    assert r.status_code == 200, r.text
+    assert s.search(s.user, "chromatography") == ["Kept"]
+    s.create(s.user, "notes", {"title": "New", "body": "chromatography column"})
+    assert s.search(s.user, "column") == ["New"]
+    conn = client.app.state.db.conn  # type: ignore[attr-defined]
+    triggers = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'c_notes'"
+    )
+    assert triggers.fetchone()[0] == 3
