@@ -17,7 +17,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Match, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
-from snackbase import runtime_settings
+from snackbase import runtime_settings, versions
 from snackbase.auth import AuthMiddleware
 from snackbase.collections import Registry
 from snackbase.config import Settings, ensure_data_dir, load_settings, with_secret_key
@@ -41,6 +41,7 @@ from snackbase.routes import groups as groups_routes
 from snackbase.routes import invitations as invitations_routes
 from snackbase.routes import logs as logs_routes
 from snackbase.routes import metrics as metrics_routes
+from snackbase.routes import profiles as profiles_routes
 from snackbase.routes import roles as roles_routes
 from snackbase.routes import settings as settings_routes
 from snackbase.routes import transfer as transfer_routes
@@ -68,6 +69,7 @@ def api_tables() -> list[RouteTable]:
         audit.routes,
         docs.routes,
         settings_routes.routes,
+        profiles_routes.routes,
         *auth_tables(),
         backups_routes.routes,
         logs_routes.routes,
@@ -135,6 +137,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
     ensure_data_dir(settings)
     settings = with_secret_key(settings)
+    versions.set_key(settings.secret_key)
     db = open_database(settings)
     with _close_on_error(db):  # a bad backup schedule or proxy list refuses the start
         ops = Ops(settings, db)

@@ -17,7 +17,7 @@ import msgspec
 from snackbase.db import fetch_all
 from snackbase.errors import ApiError
 from snackbase.record_changes import Change, WriteContext, record_change
-from snackbase.schema import Collection, Field, quote_ident
+from snackbase.schema import Collection, Field, is_multi_reference, quote_ident
 from snackbase.times import now_iso
 from snackbase.unit_of_work import Work
 
@@ -72,7 +72,10 @@ def before_delete(
             _refuse_if_referenced(conn, collection, f, ids, target)
     for collection, f in fields:
         on_delete = f.options.get("on_delete", "restrict")
-        if on_delete == "set_null":
+        if is_multi_reference(f) and on_delete != "restrict":
+            # A list of ids loses the deleted ones (cascade and set_null alike): the record stays.
+            _remove_ids(conn, registry, collection, f, ids, ctx, work, reason, target, on_delete)
+        elif on_delete == "set_null":
             _set_null(conn, registry, collection, f, ids, ctx, work, reason, target)
         elif on_delete == "cascade":
             _cascade(conn, registry, collection, f, ids, ctx, work, reason, target, depth, seen)
@@ -83,10 +86,13 @@ def _referencing_rows(
 ) -> list[dict[str, Any]]:
     # One parameter for any number of ids (json_each), so a parent with 50,000 children needs no
     # statement with 50,000 placeholders.
-    sql = (
-        f"SELECT * FROM {quote_ident(collection.table)} "
-        f"WHERE {quote_ident(f.name)} IN (SELECT value FROM json_each(?))"
+    column = quote_ident(f.name)
+    holds = (
+        f"EXISTS (SELECT 1 FROM json_each({column}) WHERE value IN (SELECT value FROM json_each(?1)))"
+        if is_multi_reference(f)
+        else f"{column} IN (SELECT value FROM json_each(?1))"
     )
+    sql = f"SELECT * FROM {quote_ident(collection.table)} WHERE {holds}"
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
     return fetch_all(conn, sql, (_ids_json.encode(ids).decode(),))
@@ -131,6 +137,34 @@ def _set_null(
         new = fetch_all(conn, sql, (now, user, row["id"]))[0]
         change = Change("record.update", collection, row["account_id"], row["id"], to_json(row), to_json(new),
                         ctx, reason, _cause(target, row[f.name], "set_null"))  # fmt: skip
+        record_change(conn, work, change)
+
+
+def _remove_ids(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    f: Field,
+    ids: list[str],
+    ctx: WriteContext,
+    work: Work,
+    reason: str | None,
+    target: str | None,
+    on_delete: str,
+) -> None:
+    to_json = registry.validator(collection).to_json
+    now, user, gone = now_iso(), ctx.caller.user_id, set(ids)
+    sql = (
+        f"UPDATE {quote_ident(collection.table)} SET {quote_ident(f.name)} = ?, updated_at = ?, "
+        "updated_by = ? WHERE id = ? RETURNING *"
+    )
+    for row in _referencing_rows(conn, collection, f, ids):
+        old = to_json(row)
+        kept = [i for i in old[f.name] if i not in gone]
+        removed = next(i for i in old[f.name] if i in gone)
+        new = fetch_all(conn, sql, (_ids_json.encode(kept).decode(), now, user, row["id"]))[0]
+        change = Change("record.update", collection, row["account_id"], row["id"], old, to_json(new), ctx,
+                        reason, _cause(target, removed, on_delete))  # fmt: skip
         record_change(conn, work, change)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import apsw
 
-from snackbase import audit
+from snackbase import audit, search
 from snackbase.db import execute_many, fetch_all, fetch_value
 from snackbase.ddl import SchemaChange, create_table_sql, drop_table_sql, patch_collection
 from snackbase.errors import ApiError, field_error, validation_error
@@ -150,6 +150,7 @@ def create_collection(
     with unit_of_work(conn):
         _insert_row(conn, collection)
         execute_many(conn, create_table_sql(collection))
+        execute_many(conn, search.create_sql(collection))
         _bump_version(conn)
         _audit(conn, ctx, "collection.create", None, collection)
     registry.refresh(conn)
@@ -174,7 +175,12 @@ def update_collection(
     check_rules(new, param_counts(conn))
     try:
         with unit_of_work(conn, foreign_keys_off=change is not None and change.needs_rebuild):
+            reindex = bool(search.searchable(old) or search.searchable(new))
+            if reindex:  # the full-text index follows the schema (see snackbase.search)
+                execute_many(conn, search.drop_sql(old.name))
             _apply_change(conn, change)
+            if reindex:
+                execute_many(conn, search.create_sql(new))
             _update_row(conn, new)
             _bump_version(conn)
             _audit(conn, ctx, "collection.update", old, new)
@@ -222,6 +228,7 @@ def delete_collection(conn: apsw.Connection, registry: Registry, name: str, ctx:
     # Foreign keys off: DROP TABLE deletes row by row first, which a self-reference with `restrict`
     # would refuse; no other collection references this one (checked above).
     with unit_of_work(conn, foreign_keys_off=True):
+        execute_many(conn, search.drop_sql(name))
         execute_many(conn, drop_table_sql(name))
         conn.execute("DELETE FROM collections WHERE id = ?", (old.id,))
         _bump_version(conn)

@@ -24,6 +24,7 @@ from snackbase.schema import (
     SqlValue,
     default_value,
     field_access_errors,
+    is_multi_reference,
     normalize_field,
     quote_ident,
     table_name,
@@ -106,7 +107,7 @@ def _column_def(field: Field) -> str:
         parts.append("DEFAULT " + _sql_literal(default_value(field)))
     if field.type == "boolean":
         parts.append(f"CHECK ({col} IN (0, 1))")
-    if field.type in FK_TYPES:
+    if field.type in FK_TYPES and not is_multi_reference(field):  # a JSON array has no foreign key
         target = (
             quote_ident(table_name(field.options["collection"])) if field.type == "reference" else "users"
         )
@@ -135,7 +136,7 @@ def _field_indexes(table: str, field: Field) -> dict[str, str]:
         kinds.append(("ux", f"account_id, {col}"))
     elif field.options.get("index"):
         kinds.append(("ix", f"account_id, {col}"))
-    if field.type in FK_TYPES:  # without it every parent delete scans this table
+    if field.type in FK_TYPES and not is_multi_reference(field):  # else every parent delete scans
         kinds.append(("fk", col))
     return dict(_index(kind, table, field.name, cols) for kind, cols in kinds)
 
@@ -194,6 +195,9 @@ def _change_errors(
         elif was.options.get("multiple") and not f.options.get("multiple"):
             message = "A multiple field cannot become single."
             errors.update(field_error(f"fields.{i}.options.multiple", "invalid_change", message))
+        elif is_multi_reference(was) != is_multi_reference(f):  # an id vs a JSON array of ids
+            message = "A reference cannot change between one (max_select 1) and several records."
+            errors.update(field_error(f"fields.{i}.options.max_select", "invalid_change", message))
     return errors
 
 

@@ -51,6 +51,9 @@ MAX_LIKE_PATTERN: Final = 256
 MAX_LIKE_WILDCARD_PATTERN: Final = 64
 MAX_LIKE_WILDCARDS: Final = 8
 
+# Sort keys that are not fields; the resolver gives them meaning (`@rank`: full-text search rank).
+SORT_VARIABLES: Final = frozenset({"@rank"})
+
 
 class FilterError(Exception):
     """A filter or sort text the compiler refuses; `position` is a 0-based offset into that text."""
@@ -121,6 +124,13 @@ class Macro:
 
 
 @dataclass(frozen=True, slots=True)
+class Column:
+    """SQL a resolver hook built for the values of a multi-valued path (see `any_of`); never parsed."""
+
+    sql: str
+
+
+@dataclass(frozen=True, slots=True)
 class Compare:
     op: str
     left: Operand
@@ -169,7 +179,7 @@ _TOKEN_RE = re.compile(
   | (?P<num>-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)
   | (?P<name>{_NAME})
   | (?P<var>@{_NAME})
-  | (?P<op>&&|\|\||!=|!~|>=|<=|[=<>~!(),])
+  | (?P<op>\?(?:!=|!~|>=|<=|[=<>~])|&&|\|\||!=|!~|>=|<=|[=<>~!(),])
   | (?P<quote>["'])
     """,
     re.VERBOSE | re.DOTALL,
@@ -179,6 +189,9 @@ _STRING_ESCAPE_RE = re.compile(r"""\\(["'\\])""")
 _KEYWORDS: Final = frozenset({"not", "in", "is", "null", "true", "false"})
 _WORD_OPS: Final = {"and": "&&", "or": "||"}
 _COMPARE_OPS: Final = frozenset({"=", "!=", ">", ">=", "<", "<=", "~", "!~"})
+# Any-of operators: true when ANY of the values a multi-valued path names (a back-relation, a
+# multi-reference) compares true. On a single-valued name they are the plain operator.
+ANY_OF_OPS: Final = frozenset("?" + op for op in _COMPARE_OPS)
 _INT64: Final = 2**63
 
 
@@ -319,7 +332,7 @@ class _Parser:
             raise FilterError(f"too many terms (max {MAX_TERMS})", token.pos)
         left = self.parse_operand()
         after = self.peek()
-        if after.kind == "op" and after.value in _COMPARE_OPS:
+        if after.kind == "op" and (after.value in _COMPARE_OPS or after.value in ANY_OF_OPS):
             self.index += 1
             return Compare(str(after.value), left, self.parse_operand(), after.pos)
         if after.kind == "kw" and after.value in ("not", "in", "is"):
@@ -509,6 +522,8 @@ class _Emitter:
         return _Frag(sql, params, any(f.nullable for f in frags), True)
 
     def compare(self, node: Compare) -> _Frag:
+        if node.op in ANY_OF_OPS:
+            return self.any_of(node)
         left, right = self.operand(node.left), self.operand(node.right)
         if left is MISSING or right is MISSING:
             return _FALSE
@@ -520,6 +535,21 @@ class _Emitter:
         if node.op in ("=", "!="):
             return _equality(node, left, right)
         return _Frag(f"{left.sql} {node.op} {right.sql}", left.params + right.params, True, False)
+
+    def any_of(self, node: Compare) -> _Frag:
+        """`path ?op value`: an EXISTS over the values of a multi-valued path, which the resolver's
+        optional `many(name, position) -> (open_sql, value_sql, params)` hook builds; `open_sql` is
+        `EXISTS (SELECT … WHERE …` and is closed here, around the plain comparison of each value.
+        Without the hook, or on a single-valued path, the plain operator."""
+        many = getattr(self.resolver, "many", None)
+        path = many(node.left.name, node.left.position) if many and isinstance(node.left, Field) else None
+        if path is None:
+            return self.compare(Compare(node.op[1:], node.left, node.right))
+        open_sql, value_sql, params = path
+        inner = self.compare(Compare(node.op[1:], cast("Operand", Column(value_sql)), node.right))
+        if inner is _FALSE:  # a missing @request value
+            return _FALSE
+        return _Frag(f"{open_sql} AND {inner.sql})", (*params, *inner.params), False, True)
 
     def in_list(self, node: InList) -> _Frag:
         left = self.operand(node.operand)
@@ -552,6 +582,8 @@ class _Emitter:
                 return _const(self.current_time())
             case Macro():
                 return self.macro(node)
+            case Column(sql):
+                return _Value(sql, (), False, None)
         raise TypeError(f"not an operand: {node!r}")
 
     def temporal_kind(self, node: Operand) -> str | None:
@@ -744,6 +776,6 @@ def _parse_sort_item(part: str, start: int) -> tuple[str, bool, int]:
         raise FilterError("empty sort item", pos)
     desc = stripped[0] == "-"
     name = stripped[1:] if stripped[0] in "+-" else stripped
-    if not _NAME_RE.fullmatch(name):
+    if not _NAME_RE.fullmatch(name) and name not in SORT_VARIABLES:
         raise FilterError(f"invalid sort field {name!r}", pos)
     return name, desc, pos

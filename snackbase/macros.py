@@ -30,7 +30,9 @@ from snackbase.times import now_iso
 log = logging.getLogger("snackbase.macros")
 
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
-BUILTIN_NAMES = frozenset(("owns_record", "has_role", "has_group", "in_time_range", "is_authenticated"))
+BUILTIN_NAMES = frozenset(
+    ("owns_record", "has_role", "has_group", "in_time_range", "is_authenticated", "search")
+)  # search: full-text search in client filters (snackbase.search)
 MAX_PARAMS = 16
 MAX_SQL_CHARS = 4000
 RUN_BUDGET_S = 0.2

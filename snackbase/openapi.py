@@ -62,6 +62,13 @@ QUERY_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
     "to": ({"type": "string", "format": "date-time"}, "Entries at or before this time."),
     "audit_sort": ({"type": "string", "enum": ["seq", "-seq", "occurred_at", "-occurred_at"]}, "Order."),
     "format": ({"type": "string", "enum": ["json", "csv"], "default": "json"}, "Export format."),
+    "group_by": (_STR, "Comma-separated fields (or reference paths) to group by, at most 3."),
+    "count": (_STR, "`*` or comma-separated fields to count."),
+    "sum": (_STR, "Comma-separated number fields to sum."),
+    "avg": (_STR, "Comma-separated number fields to average."),
+    "min": (_STR, "Comma-separated fields: their smallest value per group."),
+    "max": (_STR, "Comma-separated fields: their largest value per group."),
+    "limit": ({"type": "integer", "minimum": 1, "maximum": 1000}, "At most this many groups."),
     "method": (_STR, "Only requests with this HTTP method."),
     "route": (_STR, "Only requests to this route template (`/api/v1/records/{collection}`)."),
     "status": (_STR, "A status (`404`) or a class (`5xx`)."),
@@ -95,6 +102,18 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         body="BatchBody",
     ),
     ("GET", "/records/{collection}/{id}"): Op("Get a record", "account", ("fields", "expand"), "Record"),
+    ("GET", "/records/{collection}/aggregate"): Op(
+        "Grouped counts, sums and averages",
+        "account",
+        ("group_by", "count", "sum", "avg", "min", "max", "filter", "limit"),
+    ),
+    # user profiles
+    ("GET", "/profiles/schema"): Op("The account's profile fields and users view rule", "user"),
+    ("PUT", "/profiles/schema"): Op(
+        "Define the account's profile fields and users view rule", "admin", body="JsonObject"
+    ),
+    ("GET", "/profiles/{id}"): Op("A user's profile, as the caller may see it", "user"),
+    ("PATCH", "/profiles/{id}"): Op("Change a user's profile (audited)", "user", body="JsonObject"),
     ("PATCH", "/records/{collection}/{id}"): Op(
         "Update a record", "account", response="Record", body="RecordBody"
     ),
@@ -131,7 +150,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/metrics"): Op("Prometheus metrics (when enabled)", "public", media="text/plain"),
     # settings changed at run time
     ("GET", "/settings"): Op("The settings a superadmin may change at run time", "superadmin"),
-    ("PATCH", "/settings"): Op("Change settings at run time (audited)", "superadmin", body="SettingsPatch"),
+    ("PATCH", "/settings"): Op("Change settings at run time (audited)", "superadmin", body="JsonObject"),
     ("POST", "/settings/test-email"): Op("Send a test email with the current mail settings", "superadmin"),
     ("GET", "/macros"): Op("List macros", "admin", response="Page"),
     ("POST", "/macros"): Op("Create a macro", "superadmin"),
@@ -280,7 +299,7 @@ def _generic_components() -> dict[str, Any]:
         "RecordPage": _page_schema({"$ref": _REF.format(name="Record")}),
         "BatchBody": _batch_schema("RecordBody", "RecordBody"),
         "BatchResult": _batch_result("Record"),
-        "SettingsPatch": {"type": "object", "additionalProperties": True},
+        "JsonObject": {"type": "object", "additionalProperties": True},
         "Definitions": {"type": "array", "items": {"type": "object", "additionalProperties": True}},
     }
 

@@ -23,16 +23,19 @@ from __future__ import annotations
 from typing import Any
 
 import apsw
+import msgspec
 
-from snackbase import audit
+from snackbase import audit, profiles
 from snackbase.collections import Registry
 from snackbase.db import fetch_all
 from snackbase.errors import ApiError, field_error
-from snackbase.pii import mask_value, pii_masks, present, readable_fields
+from snackbase.pii import hidden_fields, mask_value, pii_masks, present, readable_fields
+from snackbase.relations import BackRelation, back_relation
 from snackbase.rules import ALIAS, Caller, RecordResolver, rule_clause, scope_clause, where_clause
-from snackbase.schema import SYSTEM_FIELDS, Collection, quote_ident
+from snackbase.schema import SYSTEM_FIELDS, Collection, is_multi_reference, quote_ident
 
 MAX_EXPAND_DEPTH = 3
+MAX_BACK_EXPAND = 100  # back-related records one expand attaches to one record (oldest first)
 # What a caller who is not an account admin sees of an entry's `extra` (e.g. a signature's meaning).
 _PUBLIC_EXTRA = frozenset(("meaning", "signature_id", "cascade"))
 _ADMIN_ONLY = ("ip", "user_agent", "request_id", "hash", "prev_hash")
@@ -117,11 +120,17 @@ def check_expand(registry: Registry, conn: apsw.Connection, collection: Collecti
         current = collection
         for part in parts:
             f = current.field_map.get(part)
+            back = back_relation(conn, registry, current, part) if f is None else None
+            if back is not None:
+                current = back.source
+                continue
+            if f is not None and f.type == "user" and part == parts[-1]:
+                break  # a user's profile (snackbase.profiles); nothing expands below it
             if f is None or f.type != "reference":
                 raise ApiError(
                     400,
                     "bad_request",
-                    f"Cannot expand '{path[:64]}': '{part[:64]}' is not a reference field.",
+                    f"Cannot expand '{path[:64]}': '{part[:64]}' is not a reference field or back-relation.",
                     field_error("expand", "unknown_field", f"'{part[:64]}' is not a reference field."),
                 )
             current = registry.get(conn, f.options["collection"])
@@ -135,7 +144,8 @@ def expand_records(
     records: list[dict[str, Any]],
     paths: list[str] | tuple[str, ...],
 ) -> None:
-    """Attaches referenced records under record["expand"][field]; one query per field, never per row."""
+    """Attaches referenced records under record["expand"][field] (a list for a multi-reference or a
+    back-relation); one query per field, never per row."""
     groups: dict[str, list[str]] = {}
     for path in paths:
         head, _, rest = path.partition(".")
@@ -143,14 +153,94 @@ def expand_records(
         if rest:
             groups[head].append(rest)
     for name, nested in groups.items():
-        if name not in collection.field_map:  # a field the caller may not read was projected away
+        if name not in collection.field_map:
+            back = back_relation(conn, registry, collection, name)
+            if back is not None:
+                _expand_back(conn, registry, back, caller, records, name, nested)
+            continue
+        if collection.field_map[name].type == "user":
+            profiles_by_id = present_profiles(
+                conn, caller, [r[name] for r in records if isinstance(r.get(name), str)]
+            )
+            for record in records:
+                if record.get(name) in profiles_by_id:
+                    record.setdefault("expand", {})[name] = profiles_by_id[record[name]]
             continue
         target = registry.get(conn, collection.field_map[name].options["collection"])
+        if is_multi_reference(collection.field_map[name]):
+            _expand_many(conn, registry, target, caller, records, name, nested)
+            continue
+        # A field the caller may not read was removed by `present`: nothing to expand for it.
         ids = sorted({r[name] for r in records if isinstance(r.get(name), str)})
         found = _viewable_by_id(conn, registry, target, caller, ids, nested)
         for record in records:
             if record.get(name) in found:
                 record.setdefault("expand", {})[name] = found[record[name]]
+
+
+def _expand_many(
+    conn: apsw.Connection,
+    registry: Registry,
+    target: Collection,
+    caller: Caller,
+    records: list[dict[str, Any]],
+    name: str,
+    nested: list[str],
+) -> None:
+    """A multi-reference: the records the caller may view, in the order the list holds them."""
+    lists: list[list[Any]] = [r[name] if isinstance(r.get(name), list) else [] for r in records]
+    wanted = sorted({i for ids in lists for i in ids if isinstance(i, str)})
+    found = _viewable_by_id(conn, registry, target, caller, wanted, nested)
+    for record, ids in zip(records, lists, strict=True):
+        shown = [found[i] for i in ids if i in found]
+        if shown:  # like a single reference: nothing the caller may view, nothing expanded
+            record.setdefault("expand", {})[name] = shown
+
+
+def _expand_back(
+    conn: apsw.Connection,
+    registry: Registry,
+    back: BackRelation,
+    caller: Caller,
+    records: list[dict[str, Any]],
+    name: str,
+    nested: list[str],
+) -> None:
+    """`<source>_via_<field>`: the source records the caller may view that reference each record,
+    oldest first, at most MAX_BACK_EXPAND per record; one query (a window per parent)."""
+    source, f = back.source, back.field
+    parents = sorted({r["id"] for r in records if isinstance(r.get("id"), str)})
+    if not parents or f.name in hidden_fields(source, caller, "view"):
+        return  # a reference the caller may not read must not reveal who points where
+    try:
+        rule = rule_clause(source, "view", RecordResolver(source, caller))
+    except ApiError:  # the caller may not view that collection at all: nothing is expanded
+        return
+    column = f"{ALIAS}.{quote_ident(f.name)}"
+    table = f"{quote_ident(source.table)} AS {ALIAS}"
+    parent, joined = (
+        ("je.value", f"{table}, json_each({column}) AS je") if is_multi_reference(f) else (column, table)
+    )
+    where, params = where_clause(
+        scope_clause(caller), rule, (f"{parent} IN (SELECT value FROM json_each(?))", [_ids_json(parents)])
+    )
+    sql = (
+        f"SELECT * FROM (SELECT {ALIAS}.*, {parent} AS _parent, row_number() OVER (PARTITION BY {parent} "
+        f"ORDER BY {ALIAS}.created_at, {ALIAS}.id) AS _n FROM {joined}{where}) WHERE _n <= ? ORDER BY _n"
+    )
+    rows = fetch_all(conn, sql, [*params, MAX_BACK_EXPAND])
+    owners = [(row.pop("_parent"), row.pop("_n")) for row in rows]
+    shown = present_rows(conn, registry, source, caller, "view", rows, nested)
+    by_parent: dict[str, list[dict[str, Any]]] = {}
+    for (owner, _), record in zip(owners, shown, strict=True):
+        by_parent.setdefault(owner, []).append(record)
+    for record in records:
+        if record.get("id") in by_parent:
+            record.setdefault("expand", {})[name] = by_parent[record["id"]]
+
+
+def _ids_json(ids: list[str]) -> str:
+    return msgspec.json.encode(ids).decode()
 
 
 def _viewable_by_id(
@@ -172,6 +262,17 @@ def _viewable_by_id(
     rows = fetch_all(conn, f"SELECT * FROM {quote_ident(target.table)} AS {ALIAS}{where}", params)
     shown = present_rows(conn, registry, target, caller, "view", rows, nested)
     return {r["id"]: r for r in shown}
+
+
+def present_profiles(conn: apsw.Connection, caller: Caller, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """User profiles (snackbase.profiles) as this caller reads them, by user id: the profiles the
+    caller may see, each with `id` and the profile fields its field access and masks allow."""
+    shown: dict[str, dict[str, Any]] = {}
+    for collection, rows in profiles.visible_rows(conn, caller, ids):
+        names = ("id", *(f.name for f in collection.fields))
+        for record in present(collection, caller, "view", rows):
+            shown[record["id"]] = {k: record[k] for k in names if k in record}
+    return shown
 
 
 def sees_whole_record(collection: Collection, caller: Caller) -> bool:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
+from snackbase import versions
 from snackbase.collections import Registry
 from snackbase.db import fetch_all, fetch_value
 from snackbase.errors import ApiError, field_error
@@ -26,6 +27,7 @@ from snackbase.listing import (
 )
 from snackbase.pii import hidden_fields
 from snackbase.presenter import check_expand, check_projection, present_rows
+from snackbase.relations import RelationResolver, path_values, sort_column
 from snackbase.rules import (
     ALIAS,
     Caller,
@@ -65,6 +67,19 @@ def get_record(
     fields: list[str] | None = None,
     expand: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
+    return get_versioned(conn, registry, collection, caller, record_id, fields, expand)[0]
+
+
+def get_versioned(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    caller: Caller,
+    record_id: str,
+    fields: list[str] | None = None,
+    expand: list[str] | tuple[str, ...] = (),
+) -> tuple[dict[str, Any], str]:
+    """The record as the caller sees it, and its version (the ETag of the stored record)."""
     resolver = RecordResolver(collection, caller)
     where, params = where_clause(
         scope_clause(caller), rule_clause(collection, "view", resolver), (f"{ALIAS}.id = ?", [record_id])
@@ -72,7 +87,8 @@ def get_record(
     rows = fetch_all(conn, f"SELECT * FROM {quote_ident(collection.table)} AS {ALIAS}{where}", params)
     if not rows:
         raise ApiError(404, "not_found", "The record was not found.")
-    return present_rows(conn, registry, collection, caller, "view", rows, expand, fields)[0]
+    tag = versions.etag(registry.validator(collection).to_json(rows[0]))
+    return present_rows(conn, registry, collection, caller, "view", rows, expand, fields)[0], tag
 
 
 def list_records(
@@ -86,7 +102,8 @@ def list_records(
     if hooks is not None:
         query = hooks.record_list(collection, caller, query)
     clauses = [scope_clause(caller)]
-    resolver = RecordResolver(collection, caller, hidden=hidden_fields(collection, caller, "list"))
+    # Filters and sorts may walk references (snackbase.relations): their joins join this query.
+    resolver = RelationResolver(conn, registry, collection, caller, hidden_fields(collection, caller, "list"))
     # The caller's filter before the rule: SQLite tests the terms of a scan in this order, and the
     # filter usually drops more rows than the rule does. Measured on 10,000 records, a COUNT with
     # `@owns_record()` took 0.90 ms rule-first and 0.59 ms filter-first (0.52 ms without the rule).
@@ -98,13 +115,14 @@ def list_records(
     check_expand(registry, conn, collection, query.expand)
     if query.after is not None:
         return _cursor_page(conn, registry, collection, caller, query, resolver, clauses)
+    order = _order_by(query.sort, resolver)  # before FROM: a sort may add joins
     where, params = where_clause(*clauses)
-    table = f"{quote_ident(collection.table)} AS {ALIAS}"
-    order = _order_by(query.sort, resolver)
+    table, join_params = resolver.from_sql()
+    params = [*join_params, *params]
     offset = (query.page - 1) * query.per_page
     rows = fetch_all(
         conn,
-        f"SELECT * FROM {table}{where} ORDER BY {order} LIMIT ? OFFSET ?",
+        f"SELECT {ALIAS}.* FROM {table}{where} ORDER BY {order} LIMIT ? OFFSET ?",
         [*params, query.per_page, offset],
     )
     items = _to_json(conn, registry, collection, caller, rows, query)
@@ -166,7 +184,7 @@ def _cursor_page(
     collection: Collection,
     caller: Caller,
     query: ListQuery,
-    resolver: RecordResolver,
+    resolver: RelationResolver,
     clauses: list[tuple[str, list[Any]]],
 ) -> dict[str, Any]:
     names = _sort_keys(query.sort)
@@ -174,11 +192,17 @@ def _cursor_page(
     if query.after:
         clauses = [*clauses, after_clause(keys, decode_cursor(query.after, query.sort, len(keys)))]
     where, params = where_clause(*clauses)
-    sql = (
-        f"SELECT * FROM {quote_ident(collection.table)} AS {ALIAS}{where} ORDER BY {order_sql(keys)} LIMIT ?"
-    )
-    rows = fetch_all(conn, sql, [*params, query.per_page + 1])
+    table, join_params = resolver.from_sql()
+    # Keys that are not columns of the table (a path through a reference, @rank) are selected too,
+    # for the cursor, and dropped before the rows are shown.
+    extra = [(sort_column(i, n), keys[i][0]) for i, (n, _) in enumerate(names) if sort_column(i, n) != n]
+    columns = "".join(f", {expr} AS {quote_ident(col)}" for col, expr in extra)
+    sql = f"SELECT {ALIAS}.*{columns} FROM {table}{where} ORDER BY {order_sql(keys)} LIMIT ?"
+    rows = fetch_all(conn, sql, [*join_params, *params, query.per_page + 1])
     more = len(rows) > query.per_page
     rows = rows[: query.per_page]
-    cursor = encode_cursor(query.sort, [rows[-1][name] for name, _ in names]) if more else None
+    cursor = encode_cursor(query.sort, path_values(rows[-1], [n for n, _ in names])) if more else None
+    for row in rows:
+        for col, _ in extra:
+            row.pop(col, None)
     return {"items": _to_json(conn, registry, collection, caller, rows, query), "next_cursor": cursor}

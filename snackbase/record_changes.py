@@ -30,6 +30,10 @@ class WriteContext:
     reason: str | None = None  # the X-Audit-Reason header; a body's `_reason` wins per operation
     # The app's hook dispatcher (app.state.hooks); None for writes that fire no hooks (tools, tests).
     hooks: HookDispatcher | None = None
+    # Optimistic concurrency (snackbase.versions): the request's If-Match, checked against the row
+    # under the write lock; and the ETag of the record as written, for the answer's header.
+    if_match: str | None = None
+    etag: str | None = None
 
     @property
     def actor(self) -> audit.Actor:

@@ -17,7 +17,7 @@ from typing import Any
 
 import apsw
 
-from snackbase import audit, cascade
+from snackbase import audit, cascade, versions
 from snackbase.collections import Registry
 from snackbase.errors import (
     ApiError,
@@ -33,7 +33,7 @@ from snackbase.pii import check_write_access, mask_value, pii_masks
 from snackbase.presenter import present_json
 from snackbase.record_changes import Change, WriteContext, record_change
 from snackbase.rules import ALIAS, Caller, RecordResolver, rule_clause, scope_clause, where_clause
-from snackbase.schema import Collection, quote_ident
+from snackbase.schema import Collection, is_multi_reference, quote_ident
 from snackbase.times import now_iso
 from snackbase.unit_of_work import Work, unit_of_work
 
@@ -149,6 +149,7 @@ def _create(
         raise ApiError(403, "forbidden", "The create rule does not allow this record.")
     _check_references(conn, registry, collection, values, account_id)
     stored = validator.to_json(_insert(conn, collection, row))
+    ctx.etag = versions.etag(stored)
     record_change(conn, work, Change("record.create", collection, account_id, row["id"], None, stored,
                                      ctx, op.reason))  # fmt: skip
     return stored
@@ -198,6 +199,7 @@ def _update(
     # The rule sees the body as sent (`@request.data`), against the row as it is now: the write lock
     # is held, so no other process can change the row between this check and the UPDATE.
     old = _stored_for(conn, collection, ctx.caller, "update", record_id, data=op.body)
+    versions.check_if_match(ctx.if_match, validator.to_json(old))
     sent = _without_masked_echoes(collection, ctx.caller, validator.to_json(old), op.body)
     body = ctx.hooks.record_before("update", collection, ctx, sent, old) if ctx.hooks else sent
     values = validator.validate(body, mode="replace" if replace else "update")
@@ -208,6 +210,7 @@ def _update(
     if not _rule_holds(conn, collection, "update", ctx.caller, new, body):
         raise ApiError(403, "forbidden", "The update rule does not allow the record as changed.")
     if not changed:  # nothing to write: no audit entry, updated_at stays
+        ctx.etag = versions.etag(validator.to_json(old))
         return validator.to_json(old)
     _check_references(conn, registry, collection, changed, old["account_id"])
     assignments = {**changed, "updated_at": new["updated_at"], "updated_by": new["updated_by"]}
@@ -218,6 +221,7 @@ def _update(
     )
     record_change(conn, work, Change("record.update", collection, old["account_id"], old["id"],
                                      validator.to_json(old), stored, ctx, op.reason))  # fmt: skip
+    ctx.etag = versions.etag(stored)
     return stored
 
 
@@ -253,6 +257,7 @@ def _delete(
     work: Work,
 ) -> str:
     old = _stored_for(conn, collection, ctx.caller, "delete", record_id, data=op.body)
+    versions.check_if_match(ctx.if_match, registry.validator(collection).to_json(old))
     if ctx.hooks:
         ctx.hooks.record_before("delete", collection, ctx, None, old)
     cascade.before_delete(conn, registry, collection.name, [old["id"]], ctx, work, op.reason)
@@ -335,6 +340,15 @@ def _check_references(
             sql = f"SELECT 1 FROM {target} WHERE id = ? AND account_id = ?"
         else:
             sql = "SELECT 1 FROM users WHERE id = ? AND account_id = ?"
+        if is_multi_reference(f):  # a JSON array of ids: every one must be in the account
+            target = quote_ident(registry.get(conn, f.options["collection"]).table)
+            sql = (
+                f"SELECT count(*) = json_array_length(?1) FROM {target} "
+                "WHERE id IN (SELECT value FROM json_each(?1)) AND account_id = ?2"
+            )
+            if not _value(conn, sql, [value, account_id]):
+                errors.update(field_error(name, "reference_not_found", "No such record in this account."))
+            continue
         if conn.execute(sql, (value, account_id)).fetchone() is None:
             errors.update(field_error(name, "reference_not_found", "No such record in this account."))
     if errors:

@@ -15,7 +15,7 @@ from typing import Any
 
 from snackbase.errors import ApiError, field_error, validation_error
 from snackbase.filter import MISSING, FilterError, Macro, compile_filter, parse
-from snackbase.schema import SYSTEM_FIELDS, Collection, quote_ident
+from snackbase.schema import SYSTEM_FIELDS, Collection, is_multi_reference, quote_ident
 from snackbase.times import now_iso
 
 ALIAS = "r"
@@ -76,18 +76,31 @@ class RecordResolver:
         caller: Caller,
         data: dict[str, Any] | None = None,
         hidden: frozenset[str] = frozenset(),
+        alias: str = ALIAS,
     ) -> None:
         self.collection = collection
         self.caller = caller
         self.data = data
         self.hidden = hidden  # fields this caller may not filter or sort on (masked PII, no access)
+        # The table's alias in the query: `r`, or a joined table's (snackbase.relations) for the
+        # view rule of a referenced collection.
+        self.alias = alias
 
     def field(self, name: str, position: int) -> str:
         if name not in self.collection.field_map and name not in SYSTEM_FIELDS:
             raise FilterError(f"unknown field '{name[:64]}'", position)
         if name in self.hidden:
             raise FilterError(f"field '{name}' cannot be used in a filter or sort by this caller", position)
-        return f"{ALIAS}.{quote_ident(name)}"
+        return f"{self.alias}.{quote_ident(name)}"
+
+    def many(self, name: str, position: int) -> tuple[str, str, list[object]] | None:
+        """Any-of operators on a multi-reference field of this row (`tags ?= "id"`) in rules too:
+        an EXISTS over the ids it holds (snackbase.filter's hook). None: the plain operator."""
+        f = self.collection.field_map.get(name)
+        if f is None or not is_multi_reference(f):
+            return None
+        column = self.field(name, position)  # checks hidden fields
+        return f"EXISTS (SELECT 1 FROM json_each({column}) AS m_{name} WHERE 1", f"m_{name}.value", []
 
     def field_type(self, name: str) -> str | None:
         """The type of a field (system timestamps are datetimes), for comparing literals as instants."""
@@ -133,7 +146,7 @@ def _owns_record(r: RecordResolver, args: list[object], position: int) -> tuple[
     _arity("owns_record", args, 0, position)
     if not r.caller.is_authenticated:
         return _const(False)
-    return f'{ALIAS}."created_by" = ?', [r.caller.user_id]
+    return f'{r.alias}."created_by" = ?', [r.caller.user_id]
 
 
 def _has_role(r: RecordResolver, args: list[object], position: int) -> tuple[str, list[object]]:
@@ -172,6 +185,10 @@ def _parse_hhmm(text: str, position: int) -> int:
     return value
 
 
+# Macros only a list filter understands, built into the query by the relation-aware resolver (never
+# SQL of a user's): `@search("…")`, full-text search (snackbase.search).
+FILTER_MACROS = frozenset(("search",))
+
 _BUILTIN_MACROS: dict[str, Callable[[RecordResolver, list[object], int], tuple[str, list[object]]]] = {
     "owns_record": _owns_record,
     "has_role": _has_role,
@@ -209,7 +226,7 @@ def filter_clause(text: str, resolver: RecordResolver) -> tuple[str, list[object
         node = parse(text)
         check_macro_calls(node)
         for macro in used_macros(node):
-            if macro.name not in _BUILTIN_MACROS:
+            if macro.name not in _BUILTIN_MACROS and macro.name not in FILTER_MACROS:
                 raise FilterError(
                     f"custom macro '@{macro.name[:64]}' can only be used in collection rules", macro.position
                 )

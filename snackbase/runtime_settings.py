@@ -184,7 +184,7 @@ class RuntimeSettingsMiddleware:
                 allow_origins=list(origins),
                 allow_methods=["*"],
                 allow_headers=["*"],
-                expose_headers=["X-Request-ID"],
+                expose_headers=["X-Request-ID", "ETag"],  # ETag: optimistic concurrency
                 max_age=600,
             )
             self._cors = {origins: cors}

@@ -58,6 +58,13 @@ _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_:]{0,200}")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 FK_TYPES = ("reference", "user")
+MAX_SELECT_LIMIT = 1000  # the most ids one multi-reference field may hold
+
+
+def is_multi_reference(field: Field) -> bool:
+    """A `reference` with `max_select > 1` stores a JSON array of ids (no foreign key: the write path
+    checks the ids and snackbase.cascade handles deletes)."""
+    return field.type == "reference" and int(field.options.get("max_select") or 1) > 1
 
 
 class Field(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -343,6 +350,23 @@ def _id_converter(opts: Mapping[str, Any]) -> Convert:
     return convert
 
 
+def _reference_converter(opts: Mapping[str, Any]) -> Convert:
+    one = _id_converter(opts)
+    max_select = int(opts.get("max_select") or 1)
+    if max_select <= 1:
+        return one
+
+    def many(value: Any) -> SqlValue:
+        if not isinstance(value, list):
+            raise _Invalid("invalid_type", "Must be a list of record ids.")
+        ids = list(dict.fromkeys(one(v) for v in value))
+        if len(ids) > max_select:
+            raise _Invalid("too_many", f"At most {max_select} references.")
+        return _json_encode(ids).decode()
+
+    return many
+
+
 def _file_converter(opts: Mapping[str, Any]) -> Convert:
     """Until the files feature lands, a file value is stored metadata (an object, or a list of them
     when `multiple`) passed back unchanged; the files module will check it against stored files."""
@@ -374,7 +398,7 @@ _CONVERTERS: dict[str, Callable[[Mapping[str, Any]], Convert]] = {
     "datetime": _datetime_converter,
     "select": _select_converter,
     "json": _json_converter,
-    "reference": _id_converter,
+    "reference": _reference_converter,
     "user": _id_converter,
     "file": _file_converter,
 }
@@ -406,6 +430,7 @@ class _FieldSpec:
         self.convert = _CONVERTERS[field.type](field.options)
         self.is_text = field.type == "text"
         self.blank_is_null = field.type in _BLANK_IS_NULL and not field.options.get("multiple")
+        self.blank_is_null = self.blank_is_null and not is_multi_reference(field)
         self.default = _NO_DEFAULT if field.default is None else self.value(field.default)
 
     def value(self, value: Any) -> SqlValue:
@@ -493,12 +518,22 @@ def _is_mime_list(v: Any) -> str | None:
     return None if ok else 'Must be a list of MIME types like "image/png" or "image/*".'
 
 
+def _is_max_select(v: Any) -> str | None:
+    ok = isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SELECT_LIMIT
+    return None if ok else f"Must be an integer from 1 to {MAX_SELECT_LIMIT}."
+
+
 def _one_of(*choices: str) -> OptionCheck:
     return lambda v: None if v in choices else "Must be one of: " + ", ".join(choices) + "."
 
 
 _TYPE_OPTIONS: dict[str, dict[str, OptionCheck]] = {
-    "text": {"min_length": _is_count, "max_length": _is_positive, "pattern": _is_pattern},
+    "text": {
+        "min_length": _is_count,
+        "max_length": _is_positive,
+        "pattern": _is_pattern,
+        "searchable": _is_bool,  # full-text search (snackbase.search)
+    },
     "number": {"min": _is_number, "max": _is_number, "integer_only": _is_bool},
     "boolean": {},
     "email": {},
@@ -507,7 +542,11 @@ _TYPE_OPTIONS: dict[str, dict[str, OptionCheck]] = {
     "datetime": {"min": _is_datetime, "max": _is_datetime},
     "select": {"values": _is_values, "multiple": _is_bool},
     "json": {"max_bytes": _is_positive},
-    "reference": {"collection": _is_collection_name, "on_delete": _one_of("restrict", "cascade", "set_null")},
+    "reference": {
+        "collection": _is_collection_name,
+        "on_delete": _one_of("restrict", "cascade", "set_null"),
+        "max_select": _is_max_select,
+    },
     "user": {"on_delete": _one_of("restrict", "set_null")},
     "file": {
         "max_size": _is_positive,
@@ -839,7 +878,7 @@ _READERS: dict[str, Callable[[Any], Any]] = {"boolean": bool, "json": _json_deco
 
 
 def _reader(field: Field) -> Callable[[Any], Any] | None:
-    if field.type == "select" and field.options.get("multiple"):
+    if (field.type == "select" and field.options.get("multiple")) or is_multi_reference(field):
         return _json_decode
     return _READERS.get(field.type)
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import presenter, queries, records
+from snackbase import aggregate, presenter, queries, records, versions
 from snackbase.context import caller_for, write_context
 from snackbase.errors import ApiError
 from snackbase.listing import paging
+from snackbase.record_changes import WriteContext
 from snackbase.schema import Collection
 from snackbase.web import json_response, no_content, read_json
 
@@ -55,13 +56,28 @@ async def list_records(request: Request) -> Response:
     return json_response(page)
 
 
+async def aggregate_records(request: Request) -> Response:
+    collection = _collection(request)
+    caller = await caller_for(request)
+    query = aggregate.parse_query(request.query_params)
+    result = aggregate.aggregate(
+        request.app.state.db.conn,
+        request.app.state.registry,
+        collection,
+        caller,
+        query,
+        request.app.state.hooks,
+    )
+    return json_response(result)
+
+
 async def get_record(request: Request) -> Response:
     collection = _collection(request)
     caller = await caller_for(request)
     fields, expand = _names(request, "fields") or None, _names(request, "expand")
     presenter.check_projection(collection, fields)
     presenter.check_expand(request.app.state.registry, request.app.state.db.conn, collection, expand)
-    record = queries.get_record(
+    record, etag = queries.get_versioned(
         request.app.state.db.conn,
         request.app.state.registry,
         collection,
@@ -70,7 +86,11 @@ async def get_record(request: Request) -> Response:
         fields,
         expand,
     )
-    return json_response(record)
+    # 304 only for the record itself: expanded records have versions of their own.
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None and not expand and versions.matches(if_none_match, etag):
+        return Response(status_code=304, headers={"etag": etag})
+    return json_response(record, headers={"etag": etag})
 
 
 async def create_record(request: Request) -> Response:
@@ -81,7 +101,11 @@ async def create_record(request: Request) -> Response:
     record = records.create_record(
         request.app.state.db.conn, request.app.state.registry, collection, ctx, body
     )
-    return json_response(record, status=201)
+    return json_response(record, status=201, headers=_etag(ctx))
+
+
+def _etag(ctx: WriteContext) -> dict[str, str] | None:
+    return {"etag": ctx.etag} if ctx.etag else None
 
 
 async def _update(request: Request, replace: bool) -> Response:
@@ -89,6 +113,7 @@ async def _update(request: Request, replace: bool) -> Response:
     caller = await caller_for(request)
     body = await read_json(request)
     ctx = await write_context(request, caller)
+    ctx.if_match = request.headers.get("if-match")
     record = records.update_record(
         request.app.state.db.conn,
         request.app.state.registry,
@@ -98,7 +123,7 @@ async def _update(request: Request, replace: bool) -> Response:
         body,
         replace=replace,
     )
-    return json_response(record)
+    return json_response(record, headers=_etag(ctx))
 
 
 async def patch_record(request: Request) -> Response:
@@ -113,6 +138,7 @@ async def delete_record(request: Request) -> Response:
     collection = _collection(request)
     caller = await caller_for(request)
     ctx = await write_context(request, caller)
+    ctx.if_match = request.headers.get("if-match")
     records.delete_record(
         request.app.state.db.conn, request.app.state.registry, collection, ctx, request.path_params["id"]
     )
@@ -132,6 +158,7 @@ routes = [
     ("GET", "/records/{collection}", list_records),
     ("POST", "/records/{collection}", create_record),
     ("POST", "/records/{collection}/batch", batch),
+    ("GET", "/records/{collection}/aggregate", aggregate_records),  # before /{id}
     ("GET", "/records/{collection}/{id}", get_record),
     ("PATCH", "/records/{collection}/{id}", patch_record),
     ("PUT", "/records/{collection}/{id}", put_record),

@@ -7,7 +7,7 @@ export const SYSTEM_FIELDS = ["id", "account_id", "created_at", "created_by", "u
 
 // option -> kind of input; every option of every type
 export const OPTIONS = {
-  text: { min_length: "int", max_length: "int", pattern: "text" },
+  text: { min_length: "int", max_length: "int", pattern: "text", searchable: "bool" },
   number: { min: "number", max: "number", integer_only: "bool" },
   boolean: {},
   email: {},
@@ -16,7 +16,7 @@ export const OPTIONS = {
   datetime: { min: "text", max: "text" },
   select: { values: "list", multiple: "bool" },
   json: { max_bytes: "int" },
-  reference: { collection: "collection", on_delete: ["restrict", "cascade", "set_null"] },
+  reference: { collection: "collection", on_delete: ["restrict", "cascade", "set_null"], max_select: "int" },
   user: { on_delete: ["restrict", "set_null"] },
   file: { max_size: "int", mime_types: "list", multiple: "bool", protected: "bool" },
 };
@@ -26,6 +26,7 @@ export const OPTION_LABELS = {
   integer_only: "Integers only", values: "Values (one per line)", multiple: "Multiple", max_bytes: "Max bytes",
   collection: "Target collection", on_delete: "On delete", max_size: "Max size (bytes)",
   mime_types: "MIME types (one per line)", protected: "Protected (needs a file token)",
+  searchable: "Full-text searchable", max_select: "Max records (above 1: a list of ids)",
 };
 
 let uid = 0;
