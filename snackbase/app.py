@@ -18,6 +18,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
+from snackbase import files
 from snackbase.auth import AuthMiddleware
 from snackbase.collections import Registry
 from snackbase.config import Settings, ensure_data_dir, load_settings, with_secret_key
@@ -33,10 +34,13 @@ from snackbase.migrations import migrate, refuse_newer
 from snackbase.routes import RouteTable, audit, collections, health, macros, records, signatures
 from snackbase.routes import accounts as accounts_routes
 from snackbase.routes import auth as auth_routes
+from snackbase.routes import files as files_routes
 from snackbase.routes import groups as groups_routes
 from snackbase.routes import invitations as invitations_routes
 from snackbase.routes import roles as roles_routes
 from snackbase.routes import users as users_routes
+from snackbase.s3 import S3Client, S3Config
+from snackbase.storage import LocalStorage, S3Storage, Storage
 
 log = logging.getLogger("snackbase")
 
@@ -50,6 +54,7 @@ def api_tables() -> list[RouteTable]:
     traffic, come first (measured: 12 matches and ~20 µs per record request when they came later)."""
     return [
         records.routes,
+        files_routes.routes,
         health.routes,
         collections.routes,
         signatures.routes,
@@ -120,7 +125,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await serve_hooks(app)
         db.checkpoint_in_background()
         optimizer = asyncio.create_task(db.optimize_periodically())
+        sweeper = asyncio.create_task(files.sweep_periodically(db.conn))
         yield
+        sweeper.cancel()
         optimizer.cancel()
         await terminate_hooks(app)
         db.close()
@@ -162,6 +169,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.registry = Registry()
     app.state.macros = MacroStore()
     start_auth(settings, db)
+    with _close_on_error(db):
+        start_files(settings, db)
     hooks.make_caller = scope_caller  # hook events get the request's one caller
     hooks.make_records = RecordsHelper  # and `event.records`, the same write path as the API
     with _close_on_error(db):  # a broken hook file refuses the start (one line in the CLI)
@@ -183,6 +192,27 @@ def start_auth(settings: Settings, db: Database) -> None:
     from snackbase.users import ensure_superadmin_from_settings
 
     ensure_superadmin_from_settings(settings, db.conn)
+
+
+def start_files(settings: Settings, db: Database) -> None:
+    """Attaches the file storage to the database connection and sweeps what a crash left behind."""
+    storage: Storage
+    if settings.files_storage == "s3":
+        config = S3Config(
+            settings.s3_endpoint, settings.s3_bucket, settings.s3_region, settings.s3_access_key,
+            settings.s3_secret_key, settings.s3_force_path_style,
+        )  # fmt: skip
+        storage = S3Storage(S3Client(config))
+    else:
+        storage = LocalStorage(settings.files_path)
+    root = settings.files_path
+    files.attach(
+        db.conn, files.Runtime(storage, root / ".staging", root / ".thumbs", settings.files_quota_bytes)
+    )
+    try:
+        files.sweep(db.conn)
+    except Exception:  # storage unreachable at start: the periodic sweep retries
+        log.exception("file sweep at start failed")
 
 
 def create_app_from_env() -> Starlette:

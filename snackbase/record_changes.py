@@ -12,7 +12,7 @@ from typing import Any
 
 import apsw
 
-from snackbase import audit
+from snackbase import audit, files
 from snackbase.hooks import hooks
 from snackbase.rules import Caller
 from snackbase.schema import Collection
@@ -57,5 +57,7 @@ def record_change(conn: apsw.Connection, work: Work, change: Change) -> None:
         changes=audit.diff(change.old, change.new, pii=pii), reason=change.reason, meta=change.ctx.meta,
         extra={"cascade": change.cascade} if change.cascade else None,
     )  # fmt: skip
+    # Stored files follow the change: uploads kept, removed files deleted after COMMIT, quota counted.
+    files.track(conn, work, change.collection, change.account_id, change.old, change.new)
     if hooks.has(f"record.after_{change.action.removeprefix('record.')}", change.collection.name):
         work.after_commit(lambda: hooks.record_committed(conn, change))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import presenter, queries, records
+from snackbase import files, presenter, queries, records, uploads
 from snackbase.context import caller_for, write_context
 from snackbase.errors import ApiError
 from snackbase.listing import paging
@@ -71,19 +71,40 @@ async def get_record(request: Request) -> Response:
 async def create_record(request: Request) -> Response:
     collection = _collection(request)
     caller = await caller_for(request)
-    body = await read_json(request)
     ctx = await write_context(request, caller)
-    record = records.create_record(
-        request.app.state.db.conn, request.app.state.registry, collection, ctx, body
-    )
+    conn, registry = request.app.state.db.conn, request.app.state.registry
+    if uploads.is_multipart(request):  # files alongside the fields (snackbase.uploads)
+        body, staged = await uploads.read_multipart(request, collection, caller.account_id)
+        record = await files.write_with_uploads(
+            conn,
+            collection,
+            staged,
+            lambda: records.create_record(conn, registry, collection, ctx, body, staged),
+        )
+        return json_response(record, status=201)
+    body = await read_json(request)
+    record = records.create_record(conn, registry, collection, ctx, body)
     return json_response(record, status=201)
 
 
 async def _update(request: Request, replace: bool) -> Response:
     collection = _collection(request)
     caller = await caller_for(request)
-    body = await read_json(request)
     ctx = await write_context(request, caller)
+    if uploads.is_multipart(request):
+        conn, registry, record_id = (
+            request.app.state.db.conn,
+            request.app.state.registry,
+            request.path_params["id"],
+        )
+        body, staged = await uploads.read_multipart(request, collection, caller.account_id)
+        record = await files.write_with_uploads(
+            conn, collection, staged,
+            lambda: records.update_record(conn, registry, collection, ctx, record_id, body, replace=replace,
+                                          uploads=staged),
+        )  # fmt: skip
+        return json_response(record)
+    body = await read_json(request)
     record = records.update_record(
         request.app.state.db.conn,
         request.app.state.registry,
