@@ -18,7 +18,7 @@ export const OPTIONS = {
   json: { max_bytes: "int" },
   reference: { collection: "collection", on_delete: ["restrict", "cascade", "set_null"] },
   user: { on_delete: ["restrict", "set_null"] },
-  file: { max_size: "int", mime_types: "list", multiple: "bool", protected: "bool" },
+  file: { max_size: "int", max_files: "int", mime_types: "list", thumbs: "list", protected: "bool" },
 };
 
 export const OPTION_LABELS = {
@@ -26,6 +26,7 @@ export const OPTION_LABELS = {
   integer_only: "Integers only", values: "Values (one per line)", multiple: "Multiple", max_bytes: "Max bytes",
   collection: "Target collection", on_delete: "On delete", max_size: "Max size (bytes)",
   mime_types: "MIME types (one per line)", protected: "Protected (needs a file token)",
+  max_files: "Max files (1 = one file)", thumbs: "Thumb sizes (100x100, 0x300, 200x200f)",
 };
 
 let uid = 0;
