@@ -57,10 +57,16 @@ def png(width: int = 1200, height: int = 800) -> bytes:
 
 
 def multipart(field: str, filename: str, data: bytes, title: bool = True) -> bytes:
-    parts = [f'--{BOUNDARY}\r\ncontent-disposition: form-data; name="title"\r\n\r\nbench\r\n'.encode()] if title else []
+    parts = (
+        [f'--{BOUNDARY}\r\ncontent-disposition: form-data; name="title"\r\n\r\nbench\r\n'.encode()]
+        if title
+        else []
+    )
     parts.append(
         f'--{BOUNDARY}\r\ncontent-disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-        "content-type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n"
+        "content-type: application/octet-stream\r\n\r\n".encode()
+        + data
+        + b"\r\n"
     )
     return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
 
@@ -69,8 +75,12 @@ def post_multipart(url: str, body: bytes, headers: dict[str, str]) -> dict[str, 
     target = url.removeprefix("http://")
     host, _, path = target.partition("/")
     conn = http.client.HTTPConnection(host, timeout=60)
-    conn.request("POST", "/" + path, body=body,
-                 headers={**headers, "content-type": f"multipart/form-data; boundary={BOUNDARY}"})  # fmt: skip
+    conn.request(
+        "POST",
+        "/" + path,
+        body=body,
+        headers={**headers, "content-type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
     response = conn.getresponse()
     data = json.loads(response.read())
     conn.close()
@@ -83,18 +93,32 @@ def post_multipart(url: str, body: bytes, headers: dict[str, str]) -> dict[str, 
 
 
 def snackbase() -> tuple[Server, dict[str, Any]]:
-    server = Server([PYTHON, "-m", "snackbase", "serve", "--port", "{port}", "--data-dir", "{data}"], "/health",
-                    env={"SNACKBASE_SUPERADMIN_EMAIL": SUPER_EMAIL, "SNACKBASE_SUPERADMIN_PASSWORD": SUPER_PASSWORD,
-                         "SNACKBASE_LOG_LEVEL": "WARNING"})  # fmt: skip
+    server = Server(
+        [PYTHON, "-m", "snackbase", "serve", "--port", "{port}", "--data-dir", "{data}"],
+        "/health",
+        env={
+            "SNACKBASE_SUPERADMIN_EMAIL": SUPER_EMAIL,
+            "SNACKBASE_SUPERADMIN_PASSWORD": SUPER_PASSWORD,
+            "SNACKBASE_LOG_LEVEL": "WARNING",
+        },
+    )
     api = server.url + "/api/v1"
-    login = request(api + "/auth/login", "POST",
-                    {"email": SUPER_EMAIL, "password": SUPER_PASSWORD, "account_identifier": "system"})  # fmt: skip
+    login = request(
+        api + "/auth/login",
+        "POST",
+        {"email": SUPER_EMAIL, "password": SUPER_PASSWORD, "account_identifier": "system"},
+    )
     admin = {"authorization": "Bearer " + login["access_token"]}
-    registered = request(api + "/auth/register", "POST",
-                         {"account_name": "Bench", "email": USER_EMAIL, "password": USER_PASSWORD})  # fmt: skip
+    registered = request(
+        api + "/auth/register",
+        "POST",
+        {"account_name": "Bench", "email": USER_EMAIL, "password": USER_PASSWORD},
+    )
     user = {"authorization": "Bearer " + registered["access_token"]}
-    fields = [{"name": "title", "type": "text"},
-              {"name": "doc", "type": "file", "options": {"max_size": 200 * MB, "thumbs": ["100x100"]}}]  # fmt: skip
+    fields = [
+        {"name": "title", "type": "text"},
+        {"name": "doc", "type": "file", "options": {"max_size": 200 * MB, "thumbs": ["100x100"]}},
+    ]
     rules = dict.fromkeys(("list", "view", "create", "update", "delete"), "")
     request(api + "/collections", "POST", {"name": "files_bench", "fields": fields, "rules": rules}, admin)
     url = api + "/records/files_bench"
@@ -102,35 +126,50 @@ def snackbase() -> tuple[Server, dict[str, Any]]:
     image = post_multipart(url, multipart("doc", "photo.png", png()), user)
     files = api + "/files/files_bench"
     return server, {
-        "headers": user, "upload": url,
+        "headers": user,
+        "upload": url,
         "big": f"{files}/{big['id']}/{big['doc']['name']}",
         "thumb": f"{files}/{image['id']}/{image['doc']['name']}?thumb=100x100",
-    }  # fmt: skip
+    }
 
 
 def pocketbase(binary: str) -> tuple[Server, dict[str, Any]]:
     import subprocess
 
     server = Server(pocketbase_command(binary), "/api/health")
-    subprocess.run([binary, "superuser", "upsert", SUPER_EMAIL, SUPER_PASSWORD, "--dir", str(server.data_dir)],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [binary, "superuser", "upsert", SUPER_EMAIL, SUPER_PASSWORD, "--dir", str(server.data_dir)],
+        check=True,
+        capture_output=True,
+    )
     api = server.url + "/api"
-    login = request(api + "/collections/_superusers/auth-with-password", "POST",
-                    {"identity": SUPER_EMAIL, "password": SUPER_PASSWORD})  # fmt: skip
+    login = request(
+        api + "/collections/_superusers/auth-with-password",
+        "POST",
+        {"identity": SUPER_EMAIL, "password": SUPER_PASSWORD},
+    )
     admin = {"authorization": login["token"]}
-    fields = [{"name": "title", "type": "text"},
-              {"name": "doc", "type": "file", "maxSelect": 1, "maxSize": 200 * MB, "thumbs": ["100x100"]}]  # fmt: skip
+    fields = [
+        {"name": "title", "type": "text"},
+        {"name": "doc", "type": "file", "maxSelect": 1, "maxSize": 200 * MB, "thumbs": ["100x100"]},
+    ]
     rules = {f"{op}Rule": "" for op in ("list", "view", "create", "update", "delete")}
-    request(api + "/collections", "POST", {"name": "files_bench", "type": "base", "fields": fields, **rules}, admin)
+    request(
+        api + "/collections",
+        "POST",
+        {"name": "files_bench", "type": "base", "fields": fields, **rules},
+        admin,
+    )
     url = api + "/collections/files_bench/records"
     big = post_multipart(url, multipart("doc", "big.bin", content(5 * MB)), {})
     image = post_multipart(url, multipart("doc", "photo.png", png()), {})
     files = api + "/files/files_bench"
     return server, {
-        "headers": {}, "upload": url,
+        "headers": {},
+        "upload": url,
         "big": f"{files}/{big['id']}/{big['doc']}",
         "thumb": f"{files}/{image['id']}/{image['doc']}?thumb=100x100",
-    }  # fmt: skip
+    }
 
 
 # --- scenarios ---------------------------------------------------------------------------------
@@ -141,14 +180,34 @@ def scenarios(setup: dict[str, Any], bodies: dict[str, str]) -> list[tuple[str, 
     h = setup["headers"]
     upload = {**h, "content-type": f"multipart/form-data; boundary={BOUNDARY}"}
     return [
-        ("upload 100 KB", {"url": setup["upload"], "method": "POST", "headers": upload,
-                           "lua_extra": f'wrk.body = io.open("{bodies["100k"]}", "rb"):read("*a")'}, 0.1),
-        ("upload 5 MB", {"url": setup["upload"], "method": "POST", "headers": upload,
-                         "lua_extra": f'wrk.body = io.open("{bodies["5m"]}", "rb"):read("*a")'}, 5.0),
+        (
+            "upload 100 KB",
+            {
+                "url": setup["upload"],
+                "method": "POST",
+                "headers": upload,
+                "lua_extra": f'wrk.body = io.open("{bodies["100k"]}", "rb"):read("*a")',
+            },
+            0.1,
+        ),
+        (
+            "upload 5 MB",
+            {
+                "url": setup["upload"],
+                "method": "POST",
+                "headers": upload,
+                "lua_extra": f'wrk.body = io.open("{bodies["5m"]}", "rb"):read("*a")',
+            },
+            5.0,
+        ),
         ("download 5 MB", {"url": setup["big"], "headers": h}, 5.0),
-        ("download 1 MB Range of 5 MB", {"url": setup["big"], "headers": {**h, "range": "bytes=1000000-1999999"}}, 1.0),
+        (
+            "download 1 MB Range of 5 MB",
+            {"url": setup["big"], "headers": {**h, "range": "bytes=1000000-1999999"}},
+            1.0,
+        ),
         ("thumbnail 100x100 (cached)", {"url": setup["thumb"], "headers": h}, 0.0),
-    ]  # fmt: skip
+    ]
 
 
 def peak_rss_growth_mb(server: Server, setup: dict[str, Any]) -> float:
@@ -160,8 +219,10 @@ def peak_rss_growth_mb(server: Server, setup: dict[str, Any]) -> float:
 
     before = peak()
     size = 100 * 1024 * 1024
-    head = (f'--{BOUNDARY}\r\ncontent-disposition: form-data; name="doc"; filename="huge.bin"\r\n'
-            "content-type: application/octet-stream\r\n\r\n").encode()  # fmt: skip
+    head = (
+        f'--{BOUNDARY}\r\ncontent-disposition: form-data; name="doc"; filename="huge.bin"\r\n'
+        "content-type: application/octet-stream\r\n\r\n"
+    ).encode()
     tail = f"\r\n--{BOUNDARY}--\r\n".encode()
     block = content(1024 * 1024)
 
@@ -173,9 +234,16 @@ def peak_rss_growth_mb(server: Server, setup: dict[str, Any]) -> float:
 
     host = setup["upload"].removeprefix("http://").split("/", 1)[0]
     conn = http.client.HTTPConnection(host, timeout=120)
-    conn.request("POST", "/" + setup["upload"].removeprefix("http://").split("/", 1)[1], body=body(), headers={
-        **setup["headers"], "content-type": f"multipart/form-data; boundary={BOUNDARY}",
-        "content-length": str(len(head) + size + len(tail))})  # fmt: skip
+    conn.request(
+        "POST",
+        "/" + setup["upload"].removeprefix("http://").split("/", 1)[1],
+        body=body(),
+        headers={
+            **setup["headers"],
+            "content-type": f"multipart/form-data; boundary={BOUNDARY}",
+            "content-length": str(len(head) + size + len(tail)),
+        },
+    )
     response = conn.getresponse()
     response.read()
     conn.close()
@@ -202,10 +270,15 @@ def run(duration: int, connections: int, rounds: int) -> None:
             rss[name] = peak_rss_growth_mb(server, setup)
         labels = scenarios(servers["snackbase"][1], bodies)
         for i, (label, _, mb) in enumerate(labels):
-            for name, (server, setup) in servers.items():
+            for name, (_, setup) in servers.items():
                 args = scenarios(setup, bodies)[i][1]
-                best = max((wrk(scenario=label, server=name, duration_s=duration, connections=connections, **args)
-                            for _ in range(rounds)), key=lambda r: r.requests_per_s)  # fmt: skip
+                best = max(
+                    (
+                        wrk(scenario=label, server=name, duration_s=duration, connections=connections, **args)
+                        for _ in range(rounds)
+                    ),
+                    key=lambda r: r.requests_per_s,
+                )
                 results.append((best, mb))
     finally:
         for server, _ in servers.values():
@@ -215,12 +288,22 @@ def run(duration: int, connections: int, rounds: int) -> None:
     print("| server | scenario | requests/s | MB/s | p99 ms | errors |")
     print("|---|---|---:|---:|---:|---:|")
     for r, mb in results:
-        print(f"| {r.server} | {r.scenario} | {r.requests_per_s:,.0f} | {r.requests_per_s * mb:,.0f} | "
-              f"{r.p99_ms:.1f} | {r.errors} |")  # fmt: skip
+        print(
+            f"| {r.server} | {r.scenario} | {r.requests_per_s:,.0f} | {r.requests_per_s * mb:,.0f} | "
+            f"{r.p99_ms:.1f} | {r.errors} |"
+        )
     for name, growth in rss.items():
         print(f"{name}: peak RSS growth during one 100 MB upload: {growth:.1f} MB")
-    save("files", {"results": [r for r, _ in results], "rss_growth_mb": rss, "duration_s": duration,
-                   "connections": connections, "at": time.time()})  # fmt: skip
+    save(
+        "files",
+        {
+            "results": [r for r, _ in results],
+            "rss_growth_mb": rss,
+            "duration_s": duration,
+            "connections": connections,
+            "at": time.time(),
+        },
+    )
 
 
 def main() -> None:

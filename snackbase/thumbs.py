@@ -45,8 +45,13 @@ def parse(spec: str) -> tuple[int, int, str] | None:
     return int(match.group(1)), int(match.group(2)), match.group(3)
 
 
-def make(data: bytes, spec: str, mime: str) -> tuple[bytes, str]:
-    """The thumbnail's bytes and type (a GIF becomes a PNG of its first frame)."""
+def output_type(mime: str) -> str:
+    """A thumbnail's type: JPEG and WebP stay, PNG and GIF (its first frame) become PNG."""
+    return mime if mime in ("image/jpeg", "image/webp") else "image/png"
+
+
+def make(data: bytes, spec: str, mime: str) -> bytes:
+    """The thumbnail's bytes, of type `output_type(mime)`."""
     loaded = pillow()
     parsed = parse(spec)
     assert loaded is not None and parsed is not None
@@ -69,11 +74,9 @@ def make(data: bytes, spec: str, mime: str) -> tuple[bytes, str]:
         else:
             centering = {"t": (0.5, 0.0), "b": (0.5, 1.0)}.get(mode, (0.5, 0.5))
             out = ops.fit(img, (width, height), image_mod.Resampling.LANCZOS, centering=centering)
-        fmt, out_mime = {"image/jpeg": ("JPEG", "image/jpeg"), "image/webp": ("WEBP", "image/webp")}.get(
-            mime, ("PNG", "image/png")
-        )
+        fmt = {"image/jpeg": "JPEG", "image/webp": "WEBP"}.get(output_type(mime), "PNG")
         if fmt == "JPEG" and out.mode not in ("RGB", "L"):
             out = out.convert("RGB")
         buffer = io.BytesIO()
         out.save(buffer, fmt, quality=85) if fmt != "PNG" else out.save(buffer, fmt, optimize=False)
-        return buffer.getvalue(), out_mime
+        return buffer.getvalue()

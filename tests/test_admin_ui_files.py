@@ -20,12 +20,21 @@ def png_bytes() -> bytes:
     return buffer.getvalue()
 
 
-def test_upload_preview_download_and_remove(page: Any, server: Any, api: Api) -> None:
+def test_upload_preview_download_and_remove(page: Any, server: Any, api: Api) -> None:  # noqa: F811 (fixtures)
     account = seed_account(api)
-    fields = [{"name": "title", "type": "text"},
-              {"name": "photo", "type": "file", "options": {"mime_types": ["image/*"], "thumbs": ["100x100"]}}]  # fmt: skip
-    api.call("POST", "/collections", {"name": "samples", "fields": fields,
-                                      "rules": dict.fromkeys(("list", "view", "create", "update", "delete"), "")})  # fmt: skip
+    fields = [
+        {"name": "title", "type": "text"},
+        {"name": "photo", "type": "file", "options": {"mime_types": ["image/*"], "thumbs": ["100x100"]}},
+    ]
+    api.call(
+        "POST",
+        "/collections",
+        {
+            "name": "samples",
+            "fields": fields,
+            "rules": dict.fromkeys(("list", "view", "create", "update", "delete"), ""),
+        },
+    )
     sign_in(page, server.url)
     nav(page, "samples").click()
     page.get_by_label("Account", exact=True).select_option(account["id"])
@@ -56,7 +65,7 @@ def test_upload_preview_download_and_remove(page: Any, server: Any, api: Api) ->
     assert record["photo"] is None
 
 
-def test_schema_editor_file_options(page: Any, server: Any, api: Api) -> None:
+def test_schema_editor_file_options(page: Any, server: Any, api: Api) -> None:  # noqa: F811 (fixtures)
     api.call("POST", "/collections", {"name": "docs", "fields": [{"name": "title", "type": "text"}]})
     sign_in(page, server.url)
     nav(page, "docs").click()

@@ -12,6 +12,7 @@ import asyncio
 import email.utils
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from urllib.parse import quote
 
 import jwt
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from snackbase import files, queries, thumbs
 from snackbase.auth import ANONYMOUS, Auth, _live_session, require_user, unauthorized
@@ -30,6 +32,7 @@ from snackbase.errors import ApiError
 from snackbase.ids import SYSTEM_ACCOUNT_ID
 from snackbase.schema import Collection, Field, quote_ident
 from snackbase.sniff import INLINE_SAFE
+from snackbase.storage import CHUNK
 from snackbase.times import now_iso, parse_ts
 from snackbase.web import json_response
 
@@ -211,7 +214,33 @@ async def _serve(
     headers["content-length"] = str(max(end - start + 1, 0))
     if size == 0 or request.method == "HEAD":
         return Response(b"", status_code=status, headers=headers)
-    return StreamingResponse(storage.stream(key, start, end), status_code=status, headers=headers)
+    if end - start < CHUNK:  # one chunk: no streaming machinery at all
+        body = b"".join([chunk async for chunk in storage.stream(key, start, end)])
+        return Response(body, status_code=status, headers=headers)
+    return _Stream(storage.stream(key, start, end), status, headers)
+
+
+class _Stream(Response):
+    """Sends the chunks as they are read. Starlette's StreamingResponse also starts a task group per
+    response to watch for a disconnect, a cost on every download; here a disconnect ends the loop when
+    uvicorn refuses the next send, and the chunk source is closed either way."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], status: int, headers: dict[str, str]) -> None:
+        super().__init__(None, status_code=status, headers=headers)
+        self.chunks = chunks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send(
+                {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+            )
+            async for chunk in self.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            aclose = getattr(self.chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
 def _without_body_headers(headers: dict[str, str]) -> dict[str, str]:
@@ -231,32 +260,25 @@ async def _thumbnail(
     if _not_modified(request, etag, headers["last-modified"]):
         return Response(status_code=304, headers=_without_body_headers(headers))
     cached = runtime.thumbs / key / spec
-    if cached.is_file():
+    try:
         data = cached.read_bytes()
-        mime = _cached_type(cached)
-    else:
+    except FileNotFoundError:
         original = await runtime.storage.read(key)
         try:
-            data, mime = await asyncio.to_thread(thumbs.make, original, spec, meta["type"])
+            data = await asyncio.to_thread(thumbs.make, original, spec, meta["type"])
         except Exception:  # a corrupt or hostile image: the original, never a 500
             return await _serve(request, runtime.storage, key, meta, headers)
-        _write_cache(cached, data, mime)
-    headers["content-type"] = mime
+        _write_cache(cached, data)
+    headers["content-type"] = thumbs.output_type(meta["type"])
     headers.pop("accept-ranges", None)
     return Response(data, headers=headers)
 
 
-def _cached_type(path: Path) -> str:
-    type_file = path.with_name(path.name + ".type")
-    return type_file.read_text() if type_file.is_file() else "image/png"
-
-
-def _write_cache(path: Path, data: bytes, mime: str) -> None:
+def _write_cache(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}")
     temp.write_bytes(data)
-    path.with_name(path.name + ".type").write_text(mime)
-    os.replace(temp, path)
+    os.replace(temp, path)  # another worker reading it sees the old state or the whole thumbnail
 
 
 routes = [
