@@ -126,7 +126,8 @@ def snackbase() -> tuple[Server, dict[str, Any]]:
     image = post_multipart(url, multipart("doc", "photo.png", png()), user)
     files = api + "/files/files_bench"
     return server, {
-        "headers": user,
+        "headers": user,  # uploads need the account: a user's token
+        "read_headers": {},  # downloads as an <img> does: anonymous, public view rule (as PocketBase's)
         "upload": url,
         "big": f"{files}/{big['id']}/{big['doc']['name']}",
         "thumb": f"{files}/{image['id']}/{image['doc']['name']}?thumb=100x100",
@@ -166,6 +167,7 @@ def pocketbase(binary: str) -> tuple[Server, dict[str, Any]]:
     files = api + "/files/files_bench"
     return server, {
         "headers": {},
+        "read_headers": {},
         "upload": url,
         "big": f"{files}/{big['id']}/{big['doc']}",
         "thumb": f"{files}/{image['id']}/{image['doc']}?thumb=100x100",
@@ -177,7 +179,7 @@ def pocketbase(binary: str) -> tuple[Server, dict[str, Any]]:
 
 def scenarios(setup: dict[str, Any], bodies: dict[str, str]) -> list[tuple[str, dict[str, Any], float]]:
     """(label, wrk arguments, MB per request)."""
-    h = setup["headers"]
+    h, r = setup["headers"], setup["read_headers"]
     upload = {**h, "content-type": f"multipart/form-data; boundary={BOUNDARY}"}
     return [
         (
@@ -200,13 +202,13 @@ def scenarios(setup: dict[str, Any], bodies: dict[str, str]) -> list[tuple[str, 
             },
             5.0,
         ),
-        ("download 5 MB", {"url": setup["big"], "headers": h}, 5.0),
+        ("download 5 MB", {"url": setup["big"], "headers": r}, 5.0),
         (
             "download 1 MB Range of 5 MB",
-            {"url": setup["big"], "headers": {**h, "range": "bytes=1000000-1999999"}},
+            {"url": setup["big"], "headers": {**r, "range": "bytes=1000000-1999999"}},
             1.0,
         ),
-        ("thumbnail 100x100 (cached)", {"url": setup["thumb"], "headers": h}, 0.0),
+        ("thumbnail 100x100 (cached)", {"url": setup["thumb"], "headers": r}, 0.0),
     ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import os
 import time
 from collections.abc import AsyncIterator
@@ -152,6 +153,7 @@ def _headers(request: Request, meta: dict[str, Any]) -> dict[str, str]:
     }
 
 
+@functools.lru_cache(maxsize=4096)
 def _http_date(stamp: Any) -> str:
     try:
         epoch = parse_ts(str(stamp)).timestamp()
