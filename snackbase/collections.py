@@ -12,7 +12,7 @@ from typing import Any
 
 import apsw
 
-from snackbase import audit
+from snackbase import audit, files
 from snackbase.db import execute_many, fetch_all, fetch_value
 from snackbase.ddl import SchemaChange, create_table_sql, drop_table_sql, patch_collection
 from snackbase.errors import ApiError, field_error, validation_error
@@ -152,7 +152,9 @@ def update_collection(
     _check_references_exist(registry, new)
     check_rules(new, param_counts(conn))
     try:
-        with unit_of_work(conn, foreign_keys_off=change is not None and change.needs_rebuild):
+        with unit_of_work(conn, foreign_keys_off=change is not None and change.needs_rebuild) as work:
+            if change is not None:  # the stored files of dropped file fields go after COMMIT
+                files.drop_fields(conn, work, old, [*change.dropped, *_no_longer_files(old, change)])
             _apply_change(conn, change)
             _update_row(conn, new)
             _bump_version(conn)
@@ -161,6 +163,12 @@ def update_collection(
         raise _data_conflict(exc) from None
     registry.refresh(conn)
     return new
+
+
+def _no_longer_files(old: Collection, change: SchemaChange) -> list[str]:
+    """Old names of file fields that the change turns into another type."""
+    new_type = {change.renames.get(f.name, f.name): f.type for f in change.fields}  # by old name
+    return [f.name for f in old.fields if f.type == "file" and new_type.get(f.name, "file") != "file"]
 
 
 def _apply_change(conn: apsw.Connection, change: SchemaChange | None) -> None:
@@ -200,7 +208,8 @@ def delete_collection(conn: apsw.Connection, registry: Registry, name: str, ctx:
         raise ApiError(409, "collection_in_use", f"Reference fields still point at '{name}': {where}.")
     # Foreign keys off: DROP TABLE deletes row by row first, which a self-reference with `restrict`
     # would refuse; no other collection references this one (checked above).
-    with unit_of_work(conn, foreign_keys_off=True):
+    with unit_of_work(conn, foreign_keys_off=True) as work:
+        files.drop_fields(conn, work, old, [f.name for f in old.fields])  # deleted after COMMIT
         execute_many(conn, drop_table_sql(name))
         conn.execute("DELETE FROM collections WHERE id = ?", (old.id,))
         _bump_version(conn)

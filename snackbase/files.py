@@ -33,7 +33,7 @@ import msgspec
 
 from snackbase.db import fetch_all, fetch_value
 from snackbase.errors import ApiError, FieldErrors, field_error, validation_error
-from snackbase.schema import Collection, Field
+from snackbase.schema import Collection, Field, quote_ident
 from snackbase.storage import Storage
 from snackbase.times import format_ts, now_iso
 from snackbase.unit_of_work import Work, unit_of_work
@@ -376,3 +376,29 @@ def unlinking(staged: list[Staged]) -> Iterator[list[Staged]]:
 
 
 AsyncWrite = Callable[[], Awaitable[T]]
+
+
+def drop_fields(conn: apsw.Connection, work: Work, collection: Collection, names: list[str]) -> None:
+    """In the unit of work that drops a collection or some of its file fields (before the DROP): every
+    file they hold goes to file_trash, the accounts' usage goes down, and the files are deleted after
+    COMMIT. A rolled-back schema change keeps them."""
+    fields = [f for f in file_fields(collection) if f.name in names]
+    if not fields:
+        return
+    columns = ", ".join(quote_ident(f.name) for f in fields)
+    keys: list[str] = []
+    freed: dict[str, int] = {}
+    for row in fetch_all(conn, f"SELECT account_id, {columns} FROM {quote_ident(collection.table)}"):
+        for f in fields:
+            raw = row[f.name]
+            for meta in metas(_ids_json_decode(raw) if isinstance(raw, str) else raw):
+                keys.append(storage_key(collection, meta["name"]))
+                freed[row["account_id"]] = freed.get(row["account_id"], 0) + _size(meta)
+    for account_id, size in freed.items():
+        _count(conn, account_id, -size)
+    if keys:
+        _to_trash(conn, keys, now_iso())
+        work.after_commit(lambda: purge(conn, keys))
+
+
+_ids_json_decode = msgspec.json.Decoder().decode

@@ -434,3 +434,17 @@ def test_schema_options_are_checked(w: World) -> None:
     response = w.client.post(f"{API}/collections", headers=w.sa.headers, json=bad)
     assert response.status_code == 400
     assert set(response.json()["fields"]) >= {"fields.0.options.thumbs", "fields.0.options.max_files"}
+
+
+def test_dropping_a_file_field_or_the_collection_deletes_its_files(w: World) -> None:
+    record = w.upload(w.user, {"title": "t"}, {"photo": ("a.png", png(), "image/png"),
+                                               "docs": ("d.txt", b"doc", "text/plain")})  # fmt: skip
+    assert len(w.stored()) == 2
+    kept = [f for f in FIELDS if f["name"] != "photo"]
+    renamed = [{**f, "name": "papers", "previous_name": "docs"} if f["name"] == "docs" else f for f in kept]
+    response = w.client.patch(f"{API}/collections/notes", headers=w.sa.headers, json={"fields": renamed})
+    assert response.status_code == 200, response.text
+    assert [p.name for p in w.stored()] == [record["docs"][0]["name"]]  # the renamed field keeps its file
+    assert files.usage(w.conn, w.user.account_id) == 3
+    assert w.client.delete(f"{API}/collections/notes", headers=w.sa.headers).status_code in (200, 204)
+    assert w.stored() == [] and files.usage(w.conn, w.user.account_id) == 0
