@@ -23,8 +23,9 @@ import logging
 import shutil
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,7 +68,6 @@ class Runtime:
     staging: Path  # local directory for uploads being received
     thumbs: Path  # local cache of thumbnails
     quota: int = 0  # bytes per account; 0 = no quota
-    promoted: list[str] = field(default_factory=list)
 
 
 _runtimes: weakref.WeakKeyDictionary[apsw.Connection, Runtime] = weakref.WeakKeyDictionary()
@@ -284,21 +284,19 @@ async def write_with_uploads(
                 promoted.append(key)
             return write()
         except BaseException:
+            # Only files no committed record holds: a key whose pending row is gone was kept by the
+            # write (it failed after its COMMIT, e.g. presenting the answer), so its file stays.
             for key in promoted:
-                _delete_quietly(runtime, key)
+                if fetch_value(conn, "SELECT 1 FROM file_trash WHERE key = ?", (key,)):
+                    _delete_quietly(runtime, key)
             raise
     finally:
         discard(staged)
 
 
 def format_ts_in(seconds: float) -> str:
-    return format_ts_from_epoch(time.time() + seconds)
-
-
-def format_ts_from_epoch(epoch: float) -> str:
-    from datetime import UTC, datetime
-
-    return format_ts(datetime.fromtimestamp(epoch, UTC))
+    """The timestamp `seconds` from now."""
+    return format_ts(datetime.now(UTC) + timedelta(seconds=seconds))
 
 
 def discard(staged: list[Staged]) -> None:
@@ -309,12 +307,40 @@ def discard(staged: list[Staged]) -> None:
 # --- deleting: after COMMIT, and the sweeper --------------------------------------------------------
 
 
+_tasks: set[asyncio.Task[None]] = set()
+
+
 def purge(conn: apsw.Connection, keys: list[str]) -> None:
-    """Deletes stored files (and their cached thumbnails), then their file_trash rows."""
+    """Deletes stored files (and their cached thumbnails), then their file_trash rows. On S3, inside
+    the server, the network calls run on a thread after the response instead of holding the loop."""
     runtime = _runtimes.get(conn)
     if runtime is None:
         return  # no storage attached (CLI): the rows stay for the server's sweeper
-    done = [key for key in keys if _delete_quietly(runtime, key)]
+    if runtime.storage.kind == "s3" and _running_loop() is not None:
+        task = asyncio.get_running_loop().create_task(_purge_in_thread(conn, runtime, keys))
+        _tasks.add(task)
+        task.add_done_callback(_tasks.discard)
+        return
+    _forget(conn, [key for key in keys if _delete_quietly(runtime, key)])
+
+
+async def _purge_in_thread(conn: apsw.Connection, runtime: Runtime, keys: list[str]) -> None:
+    try:
+        done = await asyncio.to_thread(lambda: [key for key in keys if _delete_quietly(runtime, key)])
+        _forget(conn, done)
+    except Exception:
+        log.exception("deleting stored files failed; the sweeper retries")
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _forget(conn: apsw.Connection, done: list[str]) -> None:
+    """The file_trash rows of deleted files."""
     if done:
         with unit_of_work(conn):
             conn.execute(
@@ -363,19 +389,6 @@ async def sweep_periodically(conn: apsw.Connection, interval_s: float = SWEEP_IN
             sweep(conn)
         except Exception:
             log.exception("file sweep failed; it runs again later")
-
-
-@contextlib.contextmanager
-def unlinking(staged: list[Staged]) -> Iterator[list[Staged]]:
-    """Deletes staged files if the block fails."""
-    try:
-        yield staged
-    except BaseException:
-        discard(staged)
-        raise
-
-
-AsyncWrite = Callable[[], Awaitable[T]]
 
 
 def drop_fields(conn: apsw.Connection, work: Work, collection: Collection, names: list[str]) -> None:

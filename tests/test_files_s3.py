@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +56,15 @@ def keys(bucket: Any) -> list[str]:
     return sorted(item["Key"] for item in bucket.list_objects_v2(Bucket=BUCKET).get("Contents", []))
 
 
+def keys_soon(bucket: Any, expected: list[str]) -> list[str]:
+    """The bucket's keys once they are `expected`: removed objects are deleted on a thread after the
+    response, so this waits up to 5 s for them to go."""
+    deadline = time.monotonic() + 5
+    while (found := keys(bucket)) != expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return found
+
+
 @pytest.fixture
 def w(tmp_path: Path, s3_endpoint: str, bucket: Any) -> Iterator[World]:
     settings = make_settings(
@@ -91,9 +101,10 @@ def test_upload_download_range_thumb_delete(w: World, bucket: Any) -> None:
     record = w.upload(
         w.user, {}, {"photo": ("b.png", png(color="blue"), "image/png")}, status=200, record_id=record["id"]
     )
-    assert keys(bucket) == [f"files/{notes.id}/{record['photo']['name']}"]
+    expected = [f"files/{notes.id}/{record['photo']['name']}"]
+    assert keys_soon(bucket, expected) == expected
     assert w.client.delete(f"{API}/records/notes/{record['id']}", headers=h).status_code == 204
-    assert keys(bucket) == []
+    assert keys_soon(bucket, []) == []
 
 
 def test_failures_leave_no_object(w: World, bucket: Any) -> None:
