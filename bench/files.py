@@ -272,16 +272,15 @@ def run(duration: int, connections: int, rounds: int) -> None:
             rss[name] = peak_rss_growth_mb(server, setup)
         labels = scenarios(servers["snackbase"][1], bodies)
         for i, (label, _, mb) in enumerate(labels):
-            for name, (_, setup) in servers.items():
-                args = scenarios(setup, bodies)[i][1]
-                best = max(
-                    (
+            runs: dict[str, list[Result]] = {name: [] for name in servers}
+            for round_ in range(rounds):  # alternate which server goes first, as records.py does
+                for name in sorted(servers, reverse=round_ % 2 == 0):
+                    args = scenarios(servers[name][1], bodies)[i][1]
+                    runs[name].append(
                         wrk(scenario=label, server=name, duration_s=duration, connections=connections, **args)
-                        for _ in range(rounds)
-                    ),
-                    key=lambda r: r.requests_per_s,
-                )
-                results.append((best, mb))
+                    )
+            for found in runs.values():  # the median round
+                results.append((sorted(found, key=lambda r: r.requests_per_s)[len(found) // 2], mb))
     finally:
         for server, _ in servers.values():
             server.stop()
