@@ -89,7 +89,9 @@ class S3Client:
         path = self._base + "/" + quote(key, safe="/~")
         signed = sign(self.config, method, self._host, path, headers, payload_sha256, datetime.now(UTC))
         cls = http.client.HTTPSConnection if self._secure else http.client.HTTPConnection
-        conn = cls(self._host, timeout=self.timeout_s)
+        conn = cls(
+            self._host, timeout=self.timeout_s, blocksize=1024 * 1024
+        )  # uploads in 1 MiB sends, not 8 KiB
         conn.request(method, path, body=body, headers=signed)
         return conn.getresponse()
 
