@@ -20,7 +20,8 @@ from typing import Any
 SPEC_RE = re.compile(r"([0-9]{1,4})x([0-9]{1,4})([tbf]?)")
 THUMBABLE = frozenset(("image/png", "image/jpeg", "image/gif", "image/webp"))
 ALWAYS_ALLOWED = frozenset(("100x100",))  # the admin UI's previews
-MAX_PIXELS = 50_000_000  # refuse decompression bombs
+MAX_PIXELS = 50_000_000  # refuse decompression bombs: a 50 MP image decodes to ~150 MB
+MAX_SOURCE_BYTES = 50_000_000  # larger images are served as they are, never read whole into memory
 
 
 @lru_cache(maxsize=1)
@@ -58,6 +59,8 @@ def make(data: bytes, spec: str, mime: str) -> bytes:
     image_mod, ops = loaded
     width, height, mode = parsed
     with image_mod.open(io.BytesIO(data)) as img:
+        if img.size[0] * img.size[1] > MAX_PIXELS:  # known from the header, before decoding
+            raise ValueError("too many pixels to thumbnail")
         img = ops.exif_transpose(img)
         if img.mode not in ("RGB", "RGBA", "L", "LA"):
             img = img.convert("RGBA" if "transparency" in img.info or img.mode == "P" else "RGB")

@@ -450,3 +450,25 @@ def test_dropping_a_file_field_or_the_collection_deletes_its_files(w: World) -> 
     assert files.usage(w.conn, w.user.account_id) == 3
     assert w.client.delete(f"{API}/collections/notes", headers=w.sa.headers).status_code in (200, 204)
     assert w.stored() == [] and files.usage(w.conn, w.user.account_id) == 0
+
+
+def test_sweep_at_start(tmp_path: Path) -> None:
+    """A removed file whose deletion never ran is gone once the server starts again."""
+    settings = make_settings(tmp_path / "data")
+    for w in make_world(settings):
+        record = w.upload(w.user, {"title": "t"}, {"photo": ("a.png", png(), "image/png")})
+        notes = w.client.app.state.registry.get(w.conn, "notes")  # type: ignore[attr-defined]
+        with unit_of_work(w.conn):
+            files._to_trash(
+                w.conn, [files.storage_key(notes, record["photo"]["name"])], files.format_ts_in(-1)
+            )
+        assert len(w.stored()) == 1
+    with TestClient(create_app(settings)):
+        assert not any(p.is_file() for p in (settings.files_path / notes.id).iterdir())
+
+
+def test_thumbnail_of_a_huge_or_broken_image_serves_the_original(w: World) -> None:
+    broken = png(20, 20)[:60]  # a PNG header, then nothing: the decoder fails
+    record = w.upload(w.user, {"title": "t"}, {"photo": ("broken.png", broken, "image/png")})
+    got = w.client.get(w.url(record, record["photo"]) + "?thumb=50x50", headers=w.user.headers)
+    assert got.status_code == 200 and got.content == broken

@@ -95,7 +95,12 @@ async def download(request: Request) -> Response:
     key = files.storage_key(collection, meta["name"])
     spec = request.query_params.get("thumb", "")
     headers = _headers(request, meta)
-    if spec and meta["type"] in thumbs.THUMBABLE and _thumb_allowed(f, spec):
+    if (
+        spec
+        and meta["type"] in thumbs.THUMBABLE
+        and _thumb_allowed(f, spec)
+        and meta["size"] <= thumbs.MAX_SOURCE_BYTES
+    ):
         if thumbs.available():
             return await _thumbnail(request, runtime, key, spec, meta, headers)
         headers["x-thumb"] = "unavailable"
