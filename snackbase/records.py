@@ -4,8 +4,10 @@ Each write is one unit of work (snackbase.unit_of_work): BEGIN IMMEDIATE → the
 checked against the rules as it is now → hooks before_* (inside the transaction, so whatever they
 write is rolled back with it) → validate (schema) → field access → rules on the result → references
 checked in the record's account → INSERT/UPDATE/DELETE … RETURNING, and the rows that references
-cascade to or set to null (snackbase.cascade) → one audit entry per changed row → COMMIT →
-after-commit: hooks after_* (realtime will plug in there). REST, batch and the in-process API of hooks
+cascade to or set to null (snackbase.cascade) → one audit entry per changed row (and its stored files
+kept or queued for deletion, snackbase.files) → COMMIT → after-commit: hooks after_*, removed files
+deleted (realtime will plug in there). File fields take their value from `files.resolve`: uploads of
+a multipart request (already moved into storage) and names of files the record holds. REST, batch and the in-process API of hooks
 all call these functions; what a caller reads of the result comes from snackbase.presenter.
 """
 
