@@ -7,8 +7,9 @@ checked in the record's account → INSERT/UPDATE/DELETE … RETURNING, and the 
 cascade to or set to null (snackbase.cascade) → one audit entry per changed row (and its stored files
 kept or queued for deletion, snackbase.files) → COMMIT → after-commit: hooks after_*, removed files
 deleted (realtime will plug in there). File fields take their value from `files.resolve`: uploads of
-a multipart request (already moved into storage) and names of files the record holds. REST, batch and the in-process API of hooks
-all call these functions; what a caller reads of the result comes from snackbase.presenter.
+a multipart request (already moved into storage) and names of files the record holds. REST, batch and
+the in-process API of hooks all call these functions; what a caller reads of the result comes from
+snackbase.presenter.
 """
 
 from __future__ import annotations
