@@ -12,7 +12,7 @@ from typing import Any
 
 import apsw
 
-from snackbase import audit, search
+from snackbase import audit, files, search
 from snackbase.db import execute_many, fetch_all, fetch_value
 from snackbase.ddl import SchemaChange, create_table_sql, drop_table_sql, patch_collection
 from snackbase.errors import ApiError, field_error, validation_error
@@ -113,25 +113,6 @@ def _check_references_exist(registry: Registry, collection: Collection) -> None:
         )
 
 
-def refuse_new_file_fields(old: Collection | None, new: Collection) -> None:
-    """`file` fields are refused until uploads exist: accepting one would store whatever metadata a
-    client claims (name, type, size) without a file behind it. A collection that already has one (a
-    database from an earlier version) still loads and can still be changed; only new ones are refused."""
-    existing = {f.name for f in old.fields if f.type == "file"} if old is not None else set()
-    errors = {}
-    for index, definition in enumerate(new.fields):
-        if definition.type == "file" and definition.name not in existing:
-            errors.update(
-                field_error(
-                    f"fields.{index}.type",
-                    "unsupported_type",
-                    "File fields are not supported yet: file uploads come in a later release.",
-                )
-            )
-    if errors:
-        raise validation_error(errors, "File fields are not supported yet.")
-
-
 def create_collection(
     conn: apsw.Connection, registry: Registry, parsed: dict[str, Any], ctx: ChangeContext
 ) -> Collection:
@@ -144,7 +125,6 @@ def create_collection(
             field_error("name", "not_unique", "This name is taken."),
         )
     collection = new_collection(parsed, id=uuid7(), now=now_iso())
-    refuse_new_file_fields(None, collection)
     _check_references_exist(registry, collection)
     check_rules(collection, param_counts(conn))
     with unit_of_work(conn):
@@ -170,11 +150,12 @@ def update_collection(
 ) -> Collection:
     old = registry.get(conn, name)
     new, change = patch_collection(old, parsed, now=now_iso())
-    refuse_new_file_fields(old, new)
     _check_references_exist(registry, new)
     check_rules(new, param_counts(conn))
     try:
-        with unit_of_work(conn, foreign_keys_off=change is not None and change.needs_rebuild):
+        with unit_of_work(conn, foreign_keys_off=change is not None and change.needs_rebuild) as work:
+            if change is not None:  # the stored files of dropped file fields go after COMMIT
+                files.drop_fields(conn, work, old, [*change.dropped, *_no_longer_files(old, change)])
             reindex = bool(search.searchable(old) or search.searchable(new))
             if reindex:  # the full-text index follows the schema (see snackbase.search)
                 execute_many(conn, search.drop_sql(old.name))
@@ -188,6 +169,12 @@ def update_collection(
         raise _data_conflict(exc) from None
     registry.refresh(conn)
     return new
+
+
+def _no_longer_files(old: Collection, change: SchemaChange) -> list[str]:
+    """Old names of file fields that the change turns into another type."""
+    new_type = {change.renames.get(f.name, f.name): f.type for f in change.fields}  # by old name
+    return [f.name for f in old.fields if f.type == "file" and new_type.get(f.name, "file") != "file"]
 
 
 def _apply_change(conn: apsw.Connection, change: SchemaChange | None) -> None:
@@ -227,7 +214,8 @@ def delete_collection(conn: apsw.Connection, registry: Registry, name: str, ctx:
         raise ApiError(409, "collection_in_use", f"Reference fields still point at '{name}': {where}.")
     # Foreign keys off: DROP TABLE deletes row by row first, which a self-reference with `restrict`
     # would refuse; no other collection references this one (checked above).
-    with unit_of_work(conn, foreign_keys_off=True):
+    with unit_of_work(conn, foreign_keys_off=True) as work:
+        files.drop_fields(conn, work, old, [f.name for f in old.fields])  # deleted after COMMIT
         execute_many(conn, search.drop_sql(name))
         execute_many(conn, drop_table_sql(name))
         conn.execute("DELETE FROM collections WHERE id = ?", (old.id,))

@@ -89,6 +89,15 @@ class Settings:
     rate_limit_uploads: str = _meta("uploads allowed per caller, as COUNT/SECONDS (empty = no limit)")
     trusted_proxies: str = _meta("comma-separated proxy addresses/networks whose X-Forwarded-For is used")
     request_log_days: int = _meta("days of request logs kept in <data-dir>/requests.db (0 = none)")
+    files_storage: str = _meta("where uploaded files are stored: local (<data-dir>/files) or s3",
+                               choices=("local", "s3"))  # fmt: skip
+    files_quota_bytes: int = _meta("stored file bytes allowed per account; 0 = no quota")
+    s3_endpoint: str = _meta("S3-compatible endpoint URL, e.g. https://s3.eu-central-1.amazonaws.com")
+    s3_bucket: str = _meta("S3 bucket holding the files (under the files/ prefix)")
+    s3_region: str = _meta("S3 region used in request signatures")
+    s3_access_key: str = _meta("S3 access key id")
+    s3_secret_key: str = _meta("S3 secret access key", secret=True)
+    s3_force_path_style: bool = _meta("address the bucket as endpoint/bucket (true) or bucket.endpoint")
 
     # The defaults live here rather than on the fields so `_meta` stays readable above.
     @classmethod
@@ -138,6 +147,14 @@ class Settings:
             "rate_limit_uploads": "",
             "trusted_proxies": "",
             "request_log_days": 7,
+            "files_storage": "local",
+            "files_quota_bytes": 0,
+            "s3_endpoint": "",
+            "s3_bucket": "",
+            "s3_region": "us-east-1",
+            "s3_access_key": "",
+            "s3_secret_key": "",
+            "s3_force_path_style": True,
         }
 
     @property
@@ -283,6 +300,10 @@ def _check_ranges(settings: Settings) -> None:
         raise ConfigError(
             "SNACKBASE_LOGIN_BACKOFF_AFTER must be at least 1 and at most SNACKBASE_LOGIN_LOCKOUT_AFTER"
         )
+    if settings.files_quota_bytes < 0:
+        raise ConfigError("SNACKBASE_FILES_QUOTA_BYTES must be 0 (no quota) or more")
+    if settings.files_storage == "s3" and not (settings.s3_endpoint and settings.s3_bucket):
+        raise ConfigError("SNACKBASE_FILES_STORAGE=s3 needs SNACKBASE_S3_ENDPOINT and SNACKBASE_S3_BUCKET")
 
 
 def ensure_data_dir(settings: Settings) -> None:

@@ -69,6 +69,9 @@ QUERY_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
     "min": (_STR, "Comma-separated fields: their smallest value per group."),
     "max": (_STR, "Comma-separated fields: their largest value per group."),
     "limit": ({"type": "integer", "minimum": 1, "maximum": 1000}, "At most this many groups."),
+    "thumb": (_STR, "A thumbnail size of the field (`100x100`, `0x300`, `200x200f`) for images."),
+    "download": ({"type": "string", "enum": ["1", "true"]}, "Serve as an attachment."),
+    "token": (_STR, "A file token from POST /files/token (protected files)."),
     "method": (_STR, "Only requests with this HTTP method."),
     "route": (_STR, "Only requests to this route template (`/api/v1/records/{collection}`)."),
     "status": (_STR, "A status (`404`) or a class (`5xx`)."),
@@ -106,6 +109,14 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "Grouped counts, sums and averages",
         "account",
         ("group_by", "count", "sum", "avg", "min", "max", "filter", "limit"),
+    ),
+    # files
+    ("POST", "/files/token"): Op("A short-lived token for protected files", "user"),
+    ("GET", "/files/{collection}/{record_id}/{filename}"): Op(
+        "Download a file (Range, ETag, thumbnails)",
+        "account",
+        ("thumb", "download", "token"),
+        media="application/octet-stream",
     ),
     # user profiles
     ("GET", "/profiles/schema"): Op("The account's profile fields and users view rule", "user"),

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from snackbase import audit
+from snackbase import audit, files
 from snackbase.rules import Caller
 from snackbase.schema import Collection
 from snackbase.unit_of_work import Work
@@ -65,8 +65,9 @@ def record_change(conn: apsw.Connection, work: Work, change: Change) -> None:
         changes=audit.diff(change.old, change.new, pii=pii), reason=change.reason, meta=change.ctx.meta,
         extra={"cascade": change.cascade} if change.cascade else None,
     )  # fmt: skip
+    # Stored files follow the change: uploads kept, removed files deleted after COMMIT, quota counted.
+    files.track(conn, work, change.collection, change.account_id, change.old, change.new)
     dispatcher = change.ctx.hooks
-    if dispatcher and dispatcher.has(
-        f"record.after_{change.action.removeprefix('record.')}", change.collection.name
-    ):
+    after = f"record.after_{change.action.removeprefix('record.')}"
+    if dispatcher and dispatcher.has(after, change.collection.name):
         work.after_commit(lambda: dispatcher.record_committed(conn, change))

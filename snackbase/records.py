@@ -4,9 +4,12 @@ Each write is one unit of work (snackbase.unit_of_work): BEGIN IMMEDIATE → the
 checked against the rules as it is now → hooks before_* (inside the transaction, so whatever they
 write is rolled back with it) → validate (schema) → field access → rules on the result → references
 checked in the record's account → INSERT/UPDATE/DELETE … RETURNING, and the rows that references
-cascade to or set to null (snackbase.cascade) → one audit entry per changed row → COMMIT →
-after-commit: hooks after_* (realtime will plug in there). REST, batch and the in-process API of hooks
-all call these functions; what a caller reads of the result comes from snackbase.presenter.
+cascade to or set to null (snackbase.cascade) → one audit entry per changed row (and its stored files
+kept or queued for deletion, snackbase.files) → COMMIT → after-commit: hooks after_*, removed files
+deleted (realtime will plug in there). File fields take their value from `files.resolve`: uploads of
+a multipart request (already moved into storage) and names of files the record holds. REST, batch and
+the in-process API of hooks all call these functions; what a caller reads of the result comes from
+snackbase.presenter.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 import apsw
 
-from snackbase import audit, cascade, versions
+from snackbase import audit, cascade, files, versions
 from snackbase.collections import Registry
 from snackbase.errors import (
     ApiError,
@@ -49,15 +52,21 @@ class _Op:
 
     body: dict[str, Any]
     reason: str | None
+    uploads: list[files.Staged]  # files of a multipart request, staged and already in storage
 
 
 # --- the public entry points: one unit of work each -----------------------------------------------
 
 
 def create_record(
-    conn: apsw.Connection, registry: Registry, collection: Collection, ctx: WriteContext, body: Any
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    ctx: WriteContext,
+    body: Any,
+    uploads: list[files.Staged] | None = None,
 ) -> dict[str, Any]:
-    op = _op(body, ctx.reason, collection)
+    op = _op(body, ctx.reason, collection, uploads)
     with _writing(conn, collection) as work:
         stored = _create(conn, registry, collection, ctx, op, work)
     return present_json(conn, registry, collection, ctx.caller, "view", [stored])[0]
@@ -72,8 +81,9 @@ def update_record(
     body: Any,
     *,
     replace: bool = False,
+    uploads: list[files.Staged] | None = None,
 ) -> dict[str, Any]:
-    op = _op(body, ctx.reason, collection)
+    op = _op(body, ctx.reason, collection, uploads)
     with _writing(conn, collection) as work:
         stored = _update(conn, registry, collection, ctx, record_id, op, replace, work)
     return present_json(conn, registry, collection, ctx.caller, "view", [stored])[0]
@@ -112,7 +122,9 @@ def _constraint_error(exc: apsw.ConstraintError, collection: Collection) -> ApiE
 # --- reasons --------------------------------------------------------------------------------------
 
 
-def _op(body: Any, fallback: str | None, collection: Collection) -> _Op:
+def _op(
+    body: Any, fallback: str | None, collection: Collection, uploads: list[files.Staged] | None = None
+) -> _Op:
     """The body without `_reason`; its reason is its own `_reason`, else `fallback` (the batch's
     `_reason` or the X-Audit-Reason header). Collections with `require_reason` refuse a write without."""
     if not isinstance(body, dict):
@@ -123,7 +135,7 @@ def _op(body: Any, fallback: str | None, collection: Collection) -> _Op:
         reason = audit.validate_reason(body.pop(audit.REASON_BODY_KEY)) or fallback
     if collection.audit.get("require_reason"):
         audit.require_reason(reason)
-    return _Op(body, reason)
+    return _Op(body, reason, uploads or [])
 
 
 # --- create ---------------------------------------------------------------------------------------
@@ -140,8 +152,9 @@ def _create(
     account_id = _target_account(ctx.caller)
     body = ctx.hooks.record_before("create", collection, ctx, op.body) if ctx.hooks else op.body
     validator = registry.validator(collection)
-    values = validator.validate(body, mode="create")
-    check_write_access(collection, ctx.caller, "create", list(body))
+    resolved = files.resolve(collection, body, None, op.uploads)
+    values = validator.validate(resolved, mode="create")
+    check_write_access(collection, ctx.caller, "create", list(resolved))
     now, user = now_iso(), ctx.caller.user_id
     row = {"id": uuid7(), "account_id": account_id, "created_at": now, "created_by": user,
            "updated_at": now, "updated_by": user, **values}  # fmt: skip
@@ -202,9 +215,10 @@ def _update(
     versions.check_if_match(ctx.if_match, validator.to_json(old))
     sent = _without_masked_echoes(collection, ctx.caller, validator.to_json(old), op.body)
     body = ctx.hooks.record_before("update", collection, ctx, sent, old) if ctx.hooks else sent
-    values = validator.validate(body, mode="replace" if replace else "update")
+    resolved = files.resolve(collection, body, validator.to_json(old), op.uploads)
+    values = validator.validate(resolved, mode="replace" if replace else "update")
     # PUT writes every field (those not given get their default), so each must be writable.
-    check_write_access(collection, ctx.caller, "update", list(values) if replace else list(body))
+    check_write_access(collection, ctx.caller, "update", list(values) if replace else list(resolved))
     changed = {k: v for k, v in values.items() if audit.differs(old.get(k), v)}
     new = {**old, **changed, "updated_at": now_iso(), "updated_by": ctx.caller.user_id}
     if not _rule_holds(conn, collection, "update", ctx.caller, new, body):

@@ -368,22 +368,20 @@ def _reference_converter(opts: Mapping[str, Any]) -> Convert:
 
 
 def _file_converter(opts: Mapping[str, Any]) -> Convert:
-    """Until the files feature lands, a file value is stored metadata (an object, or a list of them
-    when `multiple`) passed back unchanged; the files module will check it against stored files."""
-    max_size, multiple = opts.get("max_size"), bool(opts.get("multiple"))
+    """A file value is the stored metadata of its files (one object, or a list when `max_files` > 1).
+    The record pipeline builds it (snackbase.files.resolve) from uploads and kept names; only its
+    shape is checked here."""
+    single = opts.get("max_files", 1 if not opts.get("multiple") else 99) == 1
 
     def meta(value: Any) -> Any:
         if not isinstance(value, dict):
             raise _Invalid("invalid_type", "Must be file metadata (an object).")
-        size = value.get("size")
-        if max_size is not None and isinstance(size, int) and size > max_size:
-            raise _Invalid("too_large", f"Files must be at most {max_size} bytes.")
         return value
 
     def convert(value: Any) -> SqlValue:
-        if multiple and not isinstance(value, list):
-            raise _Invalid("invalid_type", "Must be a list of file metadata objects.")
-        return _json_encode([meta(v) for v in value] if multiple else meta(value)).decode()
+        if not single and not isinstance(value, list):
+            raise _Invalid("invalid_type", "Must be a list of files.")
+        return _json_encode(meta(value) if single else [meta(v) for v in value]).decode()
 
     return convert
 
@@ -523,6 +521,12 @@ def _is_max_select(v: Any) -> str | None:
     return None if ok else f"Must be an integer from 1 to {MAX_SELECT_LIMIT}."
 
 
+def _is_thumb_list(v: Any) -> str | None:
+    pattern = re.compile(r"[0-9]{1,4}x[0-9]{1,4}[tbf]?")
+    ok = isinstance(v, list) and len(v) <= 20 and all(isinstance(t, str) and pattern.fullmatch(t) for t in v)
+    return None if ok and "0x0" not in v else 'Must be a list of sizes like "100x100", "0x300" or "200x200f".'
+
+
 def _one_of(*choices: str) -> OptionCheck:
     return lambda v: None if v in choices else "Must be one of: " + ", ".join(choices) + "."
 
@@ -551,8 +555,10 @@ _TYPE_OPTIONS: dict[str, dict[str, OptionCheck]] = {
     "file": {
         "max_size": _is_positive,
         "mime_types": _is_mime_list,
-        "multiple": _is_bool,
+        "multiple": _is_bool,  # before max_files: true = up to 99 files
+        "max_files": _is_positive,
         "protected": _is_bool,
+        "thumbs": _is_thumb_list,
     },
 }
 _REQUIRED_OPTIONS = {"select": ("values",), "reference": ("collection",)}

@@ -67,3 +67,71 @@ def test_serves_with_system_python(executable: Path, tmp_path: Path) -> None:
             assert response.status == 200 and response.read()
     server.stop()
     assert (tmp_path / "data" / "snackbase.db").is_file()
+
+
+def test_files_in_the_executable_without_pillow(executable: Path, tmp_path: Path) -> None:
+    """The executable stores and serves files; it has no Pillow, so `?thumb=` serves the original
+    image with `X-Thumb: unavailable` (docs/files.md)."""
+    import json
+
+    email, password = "root@example.com", "Correct horse battery staple 42"
+    server = ServerProcess(
+        [system_python(), str(executable)],
+        tmp_path / "data",
+        env={"SNACKBASE_SUPERADMIN_EMAIL": email, "SNACKBASE_SUPERADMIN_PASSWORD": password},
+    )
+
+    def call(
+        method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
+        request = urllib.request.Request(
+            server.url + "/api/v1" + path, data=body or None, method=method, headers=headers
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+
+    try:
+        login = {"email": email, "password": password, "account_identifier": "system"}
+        token = json.loads(
+            call("POST", "/auth/login", json.dumps(login).encode(), {"content-type": "application/json"})[2]
+        )["access_token"]
+        admin = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+        body = {
+            "name": "pics",
+            "fields": [{"name": "img", "type": "file"}],
+            "rules": {"view": "", "create": ""},
+        }
+        call("POST", "/collections", json.dumps(body).encode(), admin)
+        signup = {"account_name": "Lab", "email": "lab@example.com", "password": password}
+        user = json.loads(
+            call("POST", "/auth/register", json.dumps(signup).encode(), {"content-type": "application/json"})[
+                2
+            ]
+        )
+        image = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64  # a PNG signature is enough: no decoder runs
+        form = (
+            b'--b\r\ncontent-disposition: form-data; name="img"; filename="x.png"\r\n\r\n'
+            + image
+            + b"\r\n--b--\r\n"
+        )
+        status, _, raw = call(
+            "POST",
+            "/records/pics",
+            form,
+            {
+                "authorization": f"Bearer {user['access_token']}",
+                "content-type": "multipart/form-data; boundary=b",
+            },
+        )
+        record = json.loads(raw)
+        assert status == 201 and record["img"]["type"] == "image/png"
+        status, headers, data = call(
+            "GET", f"/files/pics/{record['id']}/{record['img']['name']}?thumb=100x100", b"", {}
+        )
+        assert (
+            status == 200
+            and data == image
+            and {k.lower(): v for k, v in headers.items()}["x-thumb"] == "unavailable"
+        )
+    finally:
+        server.stop()

@@ -382,12 +382,12 @@ class _Pure:
 
 
 def test_any_of_operators_compile_to_exists_with_bound_values() -> None:
-    import apsw
-
+    from snackbase.db import connect
     from snackbase.filter import compile_filter
 
-    conn = apsw.Connection(":memory:")
-    conn.execute("CREATE TABLE t (a, m); INSERT INTO t VALUES (1, '[1, 5]'), (2, '[7]'), (3, '[]')")
+    conn = connect(":memory:")  # with the sb_budget() function that `~` compiles to
+    conn.execute("CREATE TABLE t (a, m)")
+    conn.execute("INSERT INTO t VALUES (1, '[1, 5]'), (2, '[7]'), (3, '[]')")
 
     def rows(text: str) -> list[int]:
         sql, params = compile_filter(text, _Pure())  # type: ignore[arg-type]

@@ -508,22 +508,7 @@ def test_datetime_literals_compare_as_instants(
         assert "literal" in envelope_of(response, 400, "invalid_filter")["message"]
 
 
-# --- 9. file fields are refused until uploads exist -------------------------------------------------
-
-
-def test_file_fields_are_refused(client: TestClient, superadmin: dict[str, Any]) -> None:
-    body = {
-        "name": "avatars",
-        "fields": [{"name": "blob", "type": "file", "options": {"mime_types": ["image/png"]}}],
-    }
-    response = client.post(f"{API}/collections", json=body, headers=superadmin["headers"])
-    fields = envelope_of(response, 400, "validation_failed")["fields"]
-    assert fields["fields.0.type"]["code"] == "unsupported_type"
-    assert "later" in fields["fields.0.type"]["message"]
-    new_collection(client, superadmin, "people", [{"name": "name", "type": "text"}])
-    patch = {"fields": [{"name": "name", "type": "text"}, {"name": "photo", "type": "file"}]}
-    response = client.patch(f"{API}/collections/people", json=patch, headers=superadmin["headers"])
-    envelope_of(response, 400, "validation_failed")
+# --- 9. file fields: real uploads now (tests/test_files.py); an earlier database still loads -------
 
 
 def test_a_database_with_a_file_field_still_loads(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import aggregate, presenter, queries, records, versions
+from snackbase import aggregate, files, presenter, queries, records, uploads, versions
 from snackbase.context import caller_for, write_context
 from snackbase.errors import ApiError
 from snackbase.listing import paging
@@ -96,11 +96,19 @@ async def get_record(request: Request) -> Response:
 async def create_record(request: Request) -> Response:
     collection = _collection(request)
     caller = await caller_for(request)
-    body = await read_json(request)
     ctx = await write_context(request, caller)
-    record = records.create_record(
-        request.app.state.db.conn, request.app.state.registry, collection, ctx, body
-    )
+    conn, registry = request.app.state.db.conn, request.app.state.registry
+    if uploads.is_multipart(request):  # files alongside the fields (snackbase.uploads)
+        body, staged = await uploads.read_multipart(request, collection, caller.account_id)
+        record = await files.write_with_uploads(
+            conn,
+            collection,
+            staged,
+            lambda: records.create_record(conn, registry, collection, ctx, body, staged),
+        )
+    else:
+        body = await read_json(request)
+        record = records.create_record(conn, registry, collection, ctx, body)
     return json_response(record, status=201, headers=_etag(ctx))
 
 
@@ -111,18 +119,23 @@ def _etag(ctx: WriteContext) -> dict[str, str] | None:
 async def _update(request: Request, replace: bool) -> Response:
     collection = _collection(request)
     caller = await caller_for(request)
-    body = await read_json(request)
     ctx = await write_context(request, caller)
     ctx.if_match = request.headers.get("if-match")
-    record = records.update_record(
+    conn, registry, record_id = (
         request.app.state.db.conn,
         request.app.state.registry,
-        collection,
-        ctx,
         request.path_params["id"],
-        body,
-        replace=replace,
     )
+    if uploads.is_multipart(request):
+        body, staged = await uploads.read_multipart(request, collection, caller.account_id)
+        record = await files.write_with_uploads(
+            conn, collection, staged,
+            lambda: records.update_record(conn, registry, collection, ctx, record_id, body, replace=replace,
+                                          uploads=staged),
+        )  # fmt: skip
+    else:
+        body = await read_json(request)
+        record = records.update_record(conn, registry, collection, ctx, record_id, body, replace=replace)
     return json_response(record, headers=_etag(ctx))
 
 

@@ -205,16 +205,16 @@ function buildUrl(path, query) {
 }
 
 async function send(method, path, opts = {}) {
-  const { body, query, headers = {}, auth = true, raw = false } = opts;
+  const { body, form, query, headers = {}, auth = true, raw = false } = opts;
   const h = { accept: "application/json", ...headers };
-  if (body !== undefined) h["content-type"] = "application/json";
+  if (body !== undefined && !form) h["content-type"] = "application/json"; // a FormData sets its own
   if (auth && session.access) h.authorization = `Bearer ${session.access}`;
   let res;
   try {
     res = await fetch(buildUrl(path, query), {
       method,
       headers: h,
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: form ?? (body === undefined ? undefined : JSON.stringify(body)),
       credentials: "omit",
       cache: "no-store",
     });

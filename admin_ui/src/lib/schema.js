@@ -18,7 +18,7 @@ export const OPTIONS = {
   json: { max_bytes: "int" },
   reference: { collection: "collection", on_delete: ["restrict", "cascade", "set_null"], max_select: "int" },
   user: { on_delete: ["restrict", "set_null"] },
-  file: { max_size: "int", mime_types: "list", multiple: "bool", protected: "bool" },
+  file: { max_size: "int", max_files: "int", mime_types: "list", thumbs: "list", protected: "bool" },
 };
 
 export const OPTION_LABELS = {
@@ -27,6 +27,7 @@ export const OPTION_LABELS = {
   collection: "Target collection", on_delete: "On delete", max_size: "Max size (bytes)",
   mime_types: "MIME types (one per line)", protected: "Protected (needs a file token)",
   searchable: "Full-text searchable", max_select: "Max records (above 1: a list of ids)",
+  max_files: "Max files (1 = one file)", thumbs: "Thumb sizes (100x100, 0x300, 200x200f)",
 };
 
 let uid = 0;
