@@ -13,23 +13,21 @@ from typing import Any
 import apsw
 
 from snackbase import audit, files, search
-from snackbase.db import execute_many, fetch_all, fetch_value
-from snackbase.ddl import SchemaChange, create_table_sql, drop_table_sql, patch_collection
-from snackbase.errors import ApiError, field_error, validation_error
-from snackbase.ids import SYSTEM_ACCOUNT_ID, uuid7
-from snackbase.macros import param_counts
-from snackbase.rules import check_rules
-from snackbase.schema import (
-    Collection,
-    RecordValidator,
+from snackbase.collection_defs import (
     collection_from_row,
     collection_to_json,
     collection_to_row,
     new_collection,
     parse_collection_body,
-    referenced_collections,
-    referencing_fields,
 )
+from snackbase.db import execute_many, fetch_all, fetch_value
+from snackbase.ddl import SchemaChange, create_table_sql, drop_table_sql, patch_collection
+from snackbase.errors import ApiError, field_error, validation_error
+from snackbase.field_types import RecordValidator
+from snackbase.ids import SYSTEM_ACCOUNT_ID, uuid7
+from snackbase.macros import param_counts
+from snackbase.rules import check_rules
+from snackbase.schema import Collection, referenced_collections, referencing_fields
 from snackbase.times import now_iso
 from snackbase.unit_of_work import unit_of_work
 

@@ -14,7 +14,9 @@ from typing import Any
 
 import msgspec
 
+from snackbase.collection_defs import field_access_errors
 from snackbase.errors import FieldErrors, field_error, validation_error
+from snackbase.field_types import default_value, normalize_field, validate_field_defs
 from snackbase.schema import (
     FIELD_TYPES,
     FK_TYPES,
@@ -22,13 +24,9 @@ from snackbase.schema import (
     Collection,
     Field,
     SqlValue,
-    default_value,
-    field_access_errors,
     is_multi_reference,
-    normalize_field,
     quote_ident,
     table_name,
-    validate_field_defs,
 )
 
 

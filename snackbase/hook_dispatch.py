@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from snackbase.collection_defs import collection_to_json
 from snackbase.errors import ApiError
 from snackbase.hooks import (
     AuthEvent,
@@ -28,7 +29,7 @@ from snackbase.hooks import (
     request_id,
 )
 from snackbase.rules import Caller
-from snackbase.schema import Collection, collection_to_json
+from snackbase.schema import Collection
 
 if TYPE_CHECKING:
     import apsw

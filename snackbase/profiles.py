@@ -22,8 +22,10 @@ import apsw
 import msgspec
 
 from snackbase import audit
+from snackbase.collection_defs import field_to_json, new_collection, parse_collection_body
 from snackbase.db import fetch_all, fetch_one
 from snackbase.errors import ApiError, field_error, validation_error
+from snackbase.field_types import RecordValidator
 from snackbase.macros import param_counts
 from snackbase.pii import check_write_access
 from snackbase.rules import (
@@ -35,14 +37,7 @@ from snackbase.rules import (
     scope_clause,
     where_clause,
 )
-from snackbase.schema import (
-    Collection,
-    Field,
-    RecordValidator,
-    field_to_json,
-    new_collection,
-    parse_collection_body,
-)
+from snackbase.schema import Collection, Field
 from snackbase.times import now_iso
 from snackbase.unit_of_work import unit_of_work
 

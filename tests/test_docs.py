@@ -11,7 +11,8 @@ import pytest
 from snackbase.app import api_tables, root_tables
 from snackbase.config import env_name, setting_names
 from snackbase.errors import _DEFAULTS
-from snackbase.schema import _TYPE_OPTIONS, FIELD_TYPES, Field
+from snackbase.field_types import _TYPE_OPTIONS
+from snackbase.schema import FIELD_TYPES, Field
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -16,25 +16,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snackbase.ddl import SchemaChange, create_table_sql, drop_table_sql, patch_collection, plan_schema_change
-from snackbase.errors import ApiError
-from snackbase.schema import (
-    FIELD_TYPES,
-    Collection,
-    Field,
-    RecordValidator,
+from snackbase.collection_defs import (
     collection_from_json,
     collection_from_row,
     collection_to_json,
     collection_to_row,
     new_collection,
     parse_collection_body,
+)
+from snackbase.ddl import SchemaChange, create_table_sql, drop_table_sql, patch_collection, plan_schema_change
+from snackbase.errors import ApiError
+from snackbase.field_types import RecordValidator, validate_field_defs
+from snackbase.schema import (
+    FIELD_TYPES,
+    Collection,
+    Field,
     quote_ident,
     referenced_collections,
     referencing_fields,
     table_name,
     validate_collection_name,
-    validate_field_defs,
 )
 
 NOW = "2026-11-27T09:10:10.123Z"

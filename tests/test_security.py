@@ -513,11 +513,11 @@ def test_datetime_literals_compare_as_instants(
 
 def test_a_database_with_a_file_field_still_loads(tmp_path: Path) -> None:
     """A collection made by an earlier version, with a file field: it loads and its other fields change."""
+    from snackbase.collection_defs import new_collection as build
+    from snackbase.collection_defs import parse_collection_body
     from snackbase.collections import _insert_row
     from snackbase.db import execute_many
     from snackbase.ddl import create_table_sql
-    from snackbase.schema import new_collection as build
-    from snackbase.schema import parse_collection_body
 
     settings = make_settings(tmp_path / "data")
     app = create_app(settings)

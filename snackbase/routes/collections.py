@@ -10,12 +10,13 @@ from starlette.responses import Response
 
 from snackbase import records
 from snackbase.auth import require_account_admin, require_superadmin
+from snackbase.collection_defs import collection_to_json, parse_collection_body
 from snackbase.collections import create_collection, delete_collection, update_collection
 from snackbase.context import caller_for, caller_for_user, change_context
 from snackbase.errors import ApiError
 from snackbase.listing import whole_list
 from snackbase.rules import Caller
-from snackbase.schema import RULE_OPS, collection_to_json, parse_collection_body
+from snackbase.schema import RULE_OPS
 from snackbase.web import json_response, no_content, read_json, read_struct
 
 

@@ -14,10 +14,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from snackbase.auth import require_superadmin
+from snackbase.collection_defs import collection_to_json, new_collection, parse_collection_body
 from snackbase.collections import Registry, export_definitions, import_definitions
 from snackbase.context import change_context
 from snackbase.errors import ApiError
-from snackbase.schema import collection_to_json, new_collection, parse_collection_body
 from snackbase.web import json_response, read_json
 
 _COMPARED = ("rules", "field_access", "audit")
