@@ -1,6 +1,8 @@
-"""The audit trail (SPEC section 8): entries, canonical JSON, the per-account hash chain, verify, PII masks.
+"""The audit trail's chain: entries, canonical JSON, the per-account hash chain, the reason for a
+change, diffs, verify. Its HTTP side (a request's reason and metadata, the API shape of entries, PII
+masks, a record's history) is `snackbase.audit_views`.
 
-Every write path calls `append` inside its own transaction, after (or before) its change and before the
+Every write path calls `append` inside its own unit of work, after (or before) its change and before the
 commit, so an entry exists exactly when its change does. Each account has one chain: an entry's
 `prev_hash` is the `hash` of the account's previous entry (64 zeros for the first) and its `hash` is the
 SHA-256 of its canonical JSON (`canonical_json`, documented byte for byte in docs/audit.md).
@@ -16,16 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
 import apsw
 import msgspec
 
 from snackbase.errors import ApiError
-from snackbase.pii import mask_value
 from snackbase.times import now_iso
 from snackbase.unit_of_work import read_snapshot
 
@@ -179,6 +179,10 @@ RETURNING account_seq, hash, (SELECT coalesce(max(seq), 0) FROM audit_log)
 """
 
 
+def decode_text(text: str | None) -> Any:
+    return None if text is None else _decoder.decode(text)
+
+
 def differs(a: Any, b: Any) -> bool:
     # 1 == True and 1 == 1.0 in Python, but a change from 1 to true is a change in the record.
     return a != b or type(a) is not type(b)
@@ -214,7 +218,7 @@ def diff(
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
 
 
-def _reason_error(message: str) -> ApiError:
+def reason_error(message: str) -> ApiError:
     return ApiError(400, "invalid_reason", message)
 
 
@@ -224,34 +228,13 @@ def validate_reason(reason: str | None) -> str | None:
     if reason is None:
         return None
     if not isinstance(reason, str):
-        raise _reason_error("The reason for the change must be a string.")
+        raise reason_error("The reason for the change must be a string.")
     reason = reason.strip()
     if len(reason) > MAX_REASON_CHARS:
-        raise _reason_error(f"The reason for the change is longer than {MAX_REASON_CHARS} characters.")
+        raise reason_error(f"The reason for the change is longer than {MAX_REASON_CHARS} characters.")
     if any(unicodedata.category(ch) == "Cc" or ch in _BIDI_CONTROLS for ch in reason):
-        raise _reason_error("The reason for the change must not contain control characters.")
+        raise reason_error("The reason for the change must not contain control characters.")
     return reason or None
-
-
-def header_reason(raw: str) -> str:
-    """The `X-Audit-Reason` header as text. HTTP headers carry bytes (Starlette gives them as Latin-1):
-    raw UTF-8 is accepted, and the value is then percent-decoded, so a client can send any text with
-    `encodeURIComponent(reason)` (a `%` not followed by two hex digits stays a `%`)."""
-    try:
-        text = raw.encode("latin-1").decode("utf-8")
-        return unquote(text, encoding="utf-8", errors="strict")
-    except UnicodeError:
-        raise _reason_error("The X-Audit-Reason header must be UTF-8 (percent-encoded or raw).") from None
-
-
-def reason_from(request: Any, body: dict[str, Any] | None = None) -> str | None:
-    """The validated reason of a write: `_reason` in the body (taken out of it, so record validation
-    never sees it) wins over the `X-Audit-Reason` header."""
-    from_body = body.pop(REASON_BODY_KEY, None) if isinstance(body, dict) else None
-    if from_body is not None:
-        return validate_reason(from_body)
-    raw = request.headers.get(REASON_HEADER)
-    return validate_reason(header_reason(raw)) if raw is not None else None
 
 
 def require_reason(reason: str | None) -> str:
@@ -263,25 +246,6 @@ def require_reason(reason: str | None) -> str:
             "This collection requires a reason for every change (X-Audit-Reason header or _reason).",
         )
     return reason
-
-
-def actor_from_auth(auth: Any) -> Actor:
-    """The actor of a request from snackbase.auth's Auth (None: an anonymous caller)."""
-    if auth is None:
-        return ANONYMOUS_ACTOR
-    role = "superadmin" if getattr(auth, "is_superadmin", False) else auth.role
-    return Actor(auth.user_id, auth.email, role, auth.method or "token")
-
-
-def meta_from_request(request: Any) -> RequestMeta:
-    state = request.scope.get("state") or {}
-    client = request.client
-    agent = request.headers.get("user-agent")
-    return RequestMeta(
-        request_id=state.get("request_id") or None,
-        ip=client.host if client else None,
-        user_agent=agent[:MAX_USER_AGENT_CHARS] if agent else None,
-    )
 
 
 # --- verify ------------------------------------------------------------------------------------
@@ -391,112 +355,3 @@ def _read_heads(conn: apsw.Connection, account_id: str | None) -> dict[str, tupl
     where, params = ("WHERE account_id = ?", (account_id,)) if account_id else ("", ())
     rows = conn.execute(f"SELECT account_id, account_seq, seq, hash FROM audit_heads {where}", params)
     return {row[0]: (row[1], row[2], row[3]) for row in rows}
-
-
-# --- reading: API shape and PII masks ----------------------------------------------------------
-
-# (collection, field, value) -> the value a caller without `pii_access` sees. Built from the collection
-# definitions (`schema_masker`, or the rules module's masker when it provides one).
-Masker = Callable[[str | None, str, Any], Any]
-
-
-def to_api(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored row as the API shows it: actor and target grouped, `changes`/`extra` as JSON values."""
-    return {
-        "seq": row["seq"], "account_id": row["account_id"], "account_seq": row["account_seq"],
-        "occurred_at": row["occurred_at"],
-        "actor": {"user_id": row["actor_user_id"], "email": row["actor_email"], "role": row["actor_role"],
-                  "method": row["auth_method"]},
-        "action": row["action"], "target": {"collection": row["collection"], "record_id": row["record_id"]},
-        "changes": _decode_text(row["changes"]), "reason": row["reason"], "request_id": row["request_id"],
-        "ip": row["ip"], "user_agent": row["user_agent"], "extra": _decode_text(row["extra"]),
-        "prev_hash": row["prev_hash"], "hash": row["hash"],
-    }  # fmt: skip
-
-
-def _decode_text(text: str | None) -> Any:
-    return None if text is None else _decoder.decode(text)
-
-
-def mask_changes(entries: list[dict[str, Any]], masker: Masker | None) -> list[dict[str, Any]]:
-    """Masks PII in API-shaped entries, in place: a change that carries its own `"mask"` (written by
-    `diff(pii=…)`) is always masked that way; any other field goes through `masker` when given."""
-    for entry in entries:
-        changes = entry.get("changes")
-        if isinstance(changes, dict):
-            collection = (entry.get("target") or {}).get("collection")
-            entry["changes"] = {
-                name: _mask_change(collection, name, change, masker) for name, change in changes.items()
-            }
-    return entries
-
-
-def mask_row_changes(row: dict[str, Any], masker: Masker | None) -> dict[str, Any]:
-    """The same for a stored (flat) row, whose `changes` is JSON text: for exports."""
-    if row["changes"] is not None:
-        view = {"target": {"collection": row["collection"]}, "changes": _decode_text(row["changes"])}
-        row = {**row, "changes": encode_json_text(mask_changes([view], masker)[0]["changes"])}
-    return row
-
-
-def _mask_change(collection: str | None, name: str, change: Any, masker: Masker | None) -> Any:
-    if not isinstance(change, dict):
-        return change
-    kind = change.get("mask")
-    if isinstance(kind, str):
-        return {
-            **change,
-            "old": mask_value(kind, change.get("old")),
-            "new": mask_value(kind, change.get("new")),
-        }
-    if masker is None:
-        return change
-    return {
-        **change,
-        "old": masker(collection, name, change.get("old")),
-        "new": masker(collection, name, change.get("new")),
-    }
-
-
-def schema_masker(conn: apsw.Connection) -> Masker | None:
-    """A masker from the current collection definitions (fields with `pii: true`), or None when no
-    collection has PII. A field that no longer exists is shown as stored: pipelines that pass
-    `diff(pii=…)` keep their masks in the entry itself, which survives schema changes."""
-    masks = _pii_fields(conn)
-    if not masks:
-        return None
-
-    def masker(collection: str | None, field: str, value: Any) -> Any:
-        kind = masks.get(collection or "", {}).get(field)
-        return value if kind is None else mask_value(kind, value)
-
-    return masker
-
-
-def _pii_fields(conn: apsw.Connection) -> dict[str, dict[str, str]]:
-    if conn.execute(_HAS_COLLECTIONS).fetchone() is None:
-        return {}
-    masks: dict[str, dict[str, str]] = {}
-    for name, fields_json in conn.execute("SELECT name, fields FROM collections"):
-        fields = [f for f in _decode_text(fields_json) or [] if isinstance(f, dict) and f.get("pii")]
-        if fields:
-            masks[name] = {str(f["name"]): str(f.get("mask") or "full") for f in fields}
-    return masks
-
-
-_HAS_COLLECTIONS = "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'collections'"
-
-
-def record_history(
-    conn: apsw.Connection, account_id: str, collection: str, record_id: str
-) -> list[dict[str, Any]]:
-    """A record's entries, oldest first, in the API shape (unmasked: the caller applies `mask_changes`)."""
-    rows = conn.execute(_RECORD_HISTORY, (record_id, account_id, collection))
-    return [to_api(dict(zip(COLUMNS, row, strict=True))) for row in rows]
-
-
-# INDEXED BY: without statistics SQLite would rather walk the account's chain index to avoid a sort.
-_RECORD_HISTORY = (
-    f"SELECT {', '.join(COLUMNS)} FROM audit_log INDEXED BY audit_log_record "
-    "WHERE record_id = ? AND account_id = ? AND collection = ? ORDER BY seq"
-)

@@ -19,7 +19,7 @@ import apsw
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from snackbase import audit
+from snackbase import audit, audit_views
 from snackbase.config import Settings
 from snackbase.db import fetch_all, fetch_one
 from snackbase.errors import ApiError, error_response
@@ -448,7 +448,7 @@ def audit_change(
         record_id=record_id,
         changes=changes or None,
         reason=reason,
-        meta=audit.meta_from_request(request) if request is not None else None,
+        meta=audit_views.meta_from_request(request) if request is not None else None,
         extra=extra,
     )
     return True
@@ -456,4 +456,6 @@ def audit_change(
 
 def audit_by_caller(request: Request, auth: Auth, action: str, **entry: Any) -> bool:
     """`audit_change` for a change made by the authenticated caller of `request`."""
-    return audit_change(request.app.state.db.conn, request, audit.actor_from_auth(auth), action, **entry)
+    return audit_change(
+        request.app.state.db.conn, request, audit_views.actor_from_auth(auth), action, **entry
+    )

@@ -8,7 +8,7 @@ import apsw
 from starlette.requests import Request
 from starlette.types import Scope
 
-from snackbase import audit, macros
+from snackbase import audit, audit_views, macros
 from snackbase.auth import Auth, find_account_id, get_auth, user_groups
 from snackbase.collections import ChangeContext
 from snackbase.errors import ApiError
@@ -80,20 +80,20 @@ def _named_account(request: Request) -> str | None:
 
 
 async def write_context(request: Request, caller: Caller) -> WriteContext:
-    meta = audit.meta_from_request(request)
+    meta = audit_views.meta_from_request(request)
     return WriteContext(caller, meta, _header_reason(request), request.app.state.hooks)
 
 
 async def change_context(request: Request) -> ChangeContext:
     auth = await get_auth(request)
     return ChangeContext(
-        audit.actor_from_auth(auth), audit.meta_from_request(request), _header_reason(request)
+        audit_views.actor_from_auth(auth), audit_views.meta_from_request(request), _header_reason(request)
     )
 
 
 def _header_reason(request: Request) -> str | None:
     raw = request.headers.get(audit.REASON_HEADER)
-    return audit.validate_reason(audit.header_reason(raw)) if raw is not None else None
+    return audit.validate_reason(audit_views.header_reason(raw)) if raw is not None else None
 
 
 def caller_for_user(request: Request, user_id: str) -> Caller:

@@ -25,7 +25,7 @@ from typing import Any
 import apsw
 import msgspec
 
-from snackbase import audit, profiles
+from snackbase import audit_views, profiles
 from snackbase.collections import Registry
 from snackbase.db import fetch_all
 from snackbase.errors import ApiError, field_error
@@ -290,7 +290,7 @@ def present_entries(
     is_admin: bool,
     collection: Collection | None = None,
     caller: Caller | None = None,
-    masker: audit.Masker | None = None,
+    masker: audit_views.Masker | None = None,
 ) -> list[dict[str, Any]]:
     """API-shaped audit entries as this caller may see them (the rules are in the module docstring).
 
@@ -315,7 +315,7 @@ def _present_changes(
     readable: frozenset[str] | None,
     current_masks: dict[str, str],
     sees_pii: bool,
-    masker: audit.Masker | None,
+    masker: audit_views.Masker | None,
 ) -> bool:
     """Filters and masks `entry["changes"]` in place; True when a value was masked."""
     changes = entry.get("changes")
@@ -354,10 +354,10 @@ def _hide_editor_details(entry: dict[str, Any]) -> None:
         entry["extra"] = {k: v for k, v in extra.items() if k in _PUBLIC_EXTRA} or None
 
 
-def present_stored_row(row: dict[str, Any], masker: audit.Masker | None) -> dict[str, Any]:
+def present_stored_row(row: dict[str, Any], masker: audit_views.Masker | None) -> dict[str, Any]:
     """A stored audit row for an export to a caller without pii_access: PII masked, and no hashes on a
     row that was masked (see the module docstring)."""
-    shown = audit.mask_row_changes(row, masker)
+    shown = audit_views.mask_row_changes(row, masker)
     if shown["changes"] != row["changes"]:
         shown = {**shown, "hash": None, "prev_hash": None}
     return shown

@@ -21,7 +21,7 @@ from typing import Any, Final
 import apsw
 import msgspec
 
-from snackbase import audit
+from snackbase import audit, audit_views
 from snackbase.collection_defs import field_to_json, new_collection, parse_collection_body
 from snackbase.db import fetch_all, fetch_one
 from snackbase.errors import ApiError, field_error, validation_error
@@ -228,7 +228,7 @@ def update(
         audit.append(
             conn,
             account_id=user["account_id"],
-            actor=audit.actor_from_auth(caller),
+            actor=audit_views.actor_from_auth(caller),
             action="user.profile_update",
             collection="users",
             record_id=user_id,

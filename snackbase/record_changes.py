@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from snackbase import audit, files
+from snackbase import audit, audit_views, files
 from snackbase.rules import Caller
 from snackbase.schema import Collection
 from snackbase.unit_of_work import Work
@@ -37,7 +37,7 @@ class WriteContext:
 
     @property
     def actor(self) -> audit.Actor:
-        return audit.actor_from_auth(self.caller)
+        return audit_views.actor_from_auth(self.caller)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snackbase import audit
+from snackbase import audit, audit_views
 from snackbase.audit import Actor, RequestMeta
 from snackbase.db import connect, fetch_all, fetch_one
 from snackbase.errors import ApiError
@@ -181,7 +181,7 @@ def test_entry_contents(conn: apsw.Connection) -> None:
     assert stored["actor_email"] == "alice@example.com" and stored["auth_method"] == "token"
     assert (stored["request_id"], stored["ip"], stored["user_agent"]) == ("req-1", "127.0.0.1", "pytest")
     assert stored["occurred_at"].endswith("Z") and len(stored["occurred_at"]) == 24
-    api = audit.to_api(stored)
+    api = audit_views.to_api(stored)
     assert api["actor"] == {
         "user_id": ALICE.user_id,
         "email": ALICE.email,
@@ -417,7 +417,7 @@ class FakeRequest:
 ])  # fmt: skip
 def test_reason_from(header: str | None, body: dict[str, Any] | None, expected: str | None) -> None:
     request = FakeRequest({} if header is None else {"x-audit-reason": header})
-    assert audit.reason_from(request, body) == expected
+    assert audit_views.reason_from(request, body) == expected
     assert body is None or "_reason" not in body  # taken out, so record validation never sees it
 
 
@@ -428,7 +428,7 @@ def test_reason_from(header: str | None, body: dict[str, Any] | None, expected: 
 def test_reason_from_refuses(header: str | None, body: dict[str, Any] | None) -> None:
     request = FakeRequest({} if header is None else {"x-audit-reason": header})
     with pytest.raises(ApiError) as caught:
-        audit.reason_from(request, body)
+        audit_views.reason_from(request, body)
     assert caught.value.code == "invalid_reason"
 
 
@@ -466,11 +466,11 @@ def test_diff_marks_pii_fields() -> None:
 def test_actor_from_auth() -> None:
     from types import SimpleNamespace
 
-    assert audit.actor_from_auth(None) == audit.ANONYMOUS_ACTOR
+    assert audit_views.actor_from_auth(None) == audit.ANONYMOUS_ACTOR
     user = SimpleNamespace(user_id="u", email="e@x.io", role="member", is_superadmin=False, method="token")
-    assert audit.actor_from_auth(user) == Actor("u", "e@x.io", "member", "token")
+    assert audit_views.actor_from_auth(user) == Actor("u", "e@x.io", "member", "token")
     root = SimpleNamespace(user_id="s", email="s@x.io", role="admin", is_superadmin=True, method="token")
-    assert audit.actor_from_auth(root).role == "superadmin"
+    assert audit_views.actor_from_auth(root).role == "superadmin"
 
 
 @pytest.mark.parametrize(("kind", "value", "shown"), [
@@ -497,7 +497,7 @@ def fake_collections_db() -> apsw.Connection:
 
 
 def test_schema_masker_and_mask_changes() -> None:
-    masker = audit.schema_masker(fake_collections_db())
+    masker = audit_views.schema_masker(fake_collections_db())
     assert masker is not None
     entries = [
         {"target": {"collection": "patients"}, "changes": {
@@ -507,7 +507,7 @@ def test_schema_masker_and_mask_changes() -> None:
                                                                  "mask": "phone"}}},
         {"target": {"collection": None}, "changes": None},
     ]  # fmt: skip
-    audit.mask_changes(entries, masker)
+    audit_views.mask_changes(entries, masker)
     assert entries[0]["changes"] == {
         "email": {"old": None, "new": "j***@example.com"},
         "ssn": {"old": "******", "new": None},
@@ -518,14 +518,15 @@ def test_schema_masker_and_mask_changes() -> None:
 
 
 def test_schema_masker_without_collections() -> None:
-    assert audit.schema_masker(apsw.Connection(":memory:")) is None
+    assert audit_views.schema_masker(apsw.Connection(":memory:")) is None
 
 
 def test_mask_row_changes_for_exports() -> None:
-    masker = audit.schema_masker(fake_collections_db())
+    masker = audit_views.schema_masker(fake_collections_db())
     stored = {"collection": "patients", "changes": '{"email":{"new":"jane@example.com","old":null}}'}
     assert (
-        audit.mask_row_changes(stored, masker)["changes"] == '{"email":{"new":"j***@example.com","old":null}}'
+        audit_views.mask_row_changes(stored, masker)["changes"]
+        == '{"email":{"new":"j***@example.com","old":null}}'
     )
     assert stored["changes"].startswith('{"email":{"new":"jane')  # the input row is left as it was
 
@@ -591,6 +592,6 @@ def test_record_history(conn: apsw.Connection) -> None:
     add(conn, "CD5678", collection="notes", record_id="r1", action="record.create")  # another tenant
     add(conn, collection="notes", record_id="r2", action="record.create")
     add(conn, collection="notes", record_id="r1", action="record.delete")
-    history = audit.record_history(conn, "AB1234", "notes", "r1")
+    history = audit_views.record_history(conn, "AB1234", "notes", "r1")
     assert [(h["seq"], h["action"]) for h in history] == [(1, "record.create"), (4, "record.delete")]
-    assert audit.record_history(conn, "AB1234", "other", "r1") == []
+    assert audit_views.record_history(conn, "AB1234", "other", "r1") == []

@@ -8,7 +8,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import audit
+from snackbase import audit_views
 from snackbase.accounts import (
     check_slug,
     clean_name,
@@ -65,7 +65,7 @@ async def create(request: Request) -> Response:
     auth = await require_superadmin(request)
     conn = request.app.state.db.conn
     body = await read_struct(request, CreateAccountBody)
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     name = clean_name(body.name, "name")
     with unit_of_work(conn):
         account = create_account(conn, name, body.slug, slug_field="slug")
@@ -82,7 +82,7 @@ async def patch(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
     body = await read_struct(request, PatchAccountBody)
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     account = visible_account(request, auth)
     if body.slug is not None and body.slug != account["slug"]:
         if not auth.is_superadmin or is_system(account["id"]):
@@ -111,7 +111,7 @@ async def patch(request: Request) -> Response:
 
 async def delete(request: Request) -> Response:
     auth = await require_superadmin(request)
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     account = visible_account(request, auth)
     if is_system(account["id"]):
         raise ApiError(409, "system_account", "The system account cannot be deleted.")

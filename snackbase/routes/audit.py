@@ -17,7 +17,7 @@ import apsw
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from snackbase import audit
+from snackbase import audit, audit_views
 from snackbase.auth import ACCOUNT_ID_RE, Auth, require_account_admin, user_groups
 from snackbase.db import fetch_all, fetch_one, fetch_value
 from snackbase.errors import ApiError
@@ -106,20 +106,20 @@ async def export_entries(request: Request) -> Response:
     if fmt not in ("csv", "json"):
         raise ApiError(400, "bad_request", "Query parameter 'format' must be 'csv' or 'json'.")
     where, params = _filters(request, view)
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     conn = request.app.state.db.conn
     with unit_of_work(conn):
         # The export records itself first; it covers exactly the entries committed before it.
         seq = audit.append(
             conn,
             account_id=view.account_id or view.auth.account_id or "SY0000",
-            actor=audit.actor_from_auth(view.auth),
+            actor=audit_views.actor_from_auth(view.auth),
             action="audit.export",
             reason=reason,
-            meta=audit.meta_from_request(request),
+            meta=audit_views.meta_from_request(request),
             extra=_export_extra(request, view, fmt),
         )
-    masker = None if view.pii_access else audit.schema_masker(conn)
+    masker = None if view.pii_access else audit_views.schema_masker(conn)
     where += f" {'AND' if where else 'WHERE'} seq < ?"
     chunks = _export_chunks(request, view, where, [*params, seq], fmt, masker)
     name = f"audit-log-{view.account_id or 'all'}-{now_iso().replace(':', '')}.{fmt}"
@@ -140,7 +140,7 @@ def _export_extra(request: Request, view: View, fmt: str) -> dict[str, Any]:
 
 
 async def _export_chunks(request: Request, view: View, where: str, params: list[Any], fmt: str,
-                         masker: audit.Masker | None) -> AsyncIterator[bytes]:  # fmt: skip
+                         masker: audit_views.Masker | None) -> AsyncIterator[bytes]:  # fmt: skip
     """Pages of entries read on the worker thread (its own connection) in chain order; the rows are
     the stored columns, so a JSON or CSV export can be re-verified line by line (docs/audit.md)."""
     column, after, first = _order_column(view), 0, True
@@ -209,10 +209,10 @@ async def _view(request: Request) -> View:
 
 
 def _shown(conn: apsw.Connection, view: View, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    entries = [audit.to_api(row) for row in rows]
+    entries = [audit_views.to_api(row) for row in rows]
     if view.pii_access:
         return entries
-    return present_entries(entries, False, is_admin=True, masker=audit.schema_masker(conn))
+    return present_entries(entries, False, is_admin=True, masker=audit_views.schema_masker(conn))
 
 
 def _order_column(view: View) -> str:

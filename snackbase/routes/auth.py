@@ -9,7 +9,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import audit, onetime, throttle
+from snackbase import audit_views, onetime, throttle
 from snackbase.accounts import clean_name, create_account, get_account, public_account
 from snackbase.auth import (
     ACCOUNT_ID_RE,
@@ -229,7 +229,7 @@ def _login_event(
         account_ref=account_ref.strip(),
         success=success,
         reason=reason,
-        meta=audit.meta_from_request(request),
+        meta=audit_views.meta_from_request(request),
         session_id=session_id,
     )
 
@@ -239,7 +239,7 @@ async def refresh(request: Request) -> Response:
     body = await read_struct(request, RefreshBody)
     await request.app.state.hooks.auth_before("refresh", body)
     row, new_token = rotate_refresh_token(
-        conn, settings, body.refresh_token, audit.meta_from_request(request)
+        conn, settings, body.refresh_token, audit_views.meta_from_request(request)
     )
     request.app.state.hooks.auth_after("refresh", get_user(conn, str(row["id"])))
     return json_response(token_pair(settings, row, row["session_id"], new_token), headers=NO_STORE)
@@ -340,7 +340,7 @@ async def change_password(request: Request) -> Response:
         audit_change(
             conn,
             request,
-            audit.actor_from_auth(auth),
+            audit_views.actor_from_auth(auth),
             "auth.password_change",
             account_id=user["account_id"],
             collection="users",

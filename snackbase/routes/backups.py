@@ -14,7 +14,7 @@ from pathlib import Path
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
-from snackbase import audit, backup
+from snackbase import audit_views, backup
 from snackbase.auth import require_superadmin
 from snackbase.errors import ApiError
 from snackbase.ops import Ops
@@ -60,7 +60,9 @@ async def create(request: Request) -> Response:
     ops = _ops(request)
     if ops.backups.running:
         raise ApiError(409, "backup_running", "A backup is already running; try again when it has finished.")
-    info = await ops.create_backup("manual", audit.actor_from_auth(auth), audit.meta_from_request(request))
+    info = await ops.create_backup(
+        "manual", audit_views.actor_from_auth(auth), audit_views.meta_from_request(request)
+    )
     return json_response(info.to_json(), status=201)
 
 
@@ -69,8 +71,8 @@ async def download(request: Request) -> Response:
     path = _archive(request)
     info = await asyncio.to_thread(backup.read_info, path)
     backup.audit_event(
-        request.app.state.db.conn, "backup.download", audit.actor_from_auth(auth),
-        backup.audit_extra(info), audit.meta_from_request(request),
+        request.app.state.db.conn, "backup.download", audit_views.actor_from_auth(auth),
+        backup.audit_extra(info), audit_views.meta_from_request(request),
     )  # fmt: skip
     return FileResponse(path, media_type="application/x-tar", filename=path.name)
 
@@ -94,8 +96,8 @@ async def delete(request: Request) -> Response:
     except backup.BackupError:
         extra = {"name": path.name, "size": path.stat().st_size}
     backup.audit_event(
-        request.app.state.db.conn, "backup.delete", audit.actor_from_auth(auth), extra,
-        audit.meta_from_request(request), during=lambda: path.unlink(missing_ok=True),
+        request.app.state.db.conn, "backup.delete", audit_views.actor_from_auth(auth), extra,
+        audit_views.meta_from_request(request), during=lambda: path.unlink(missing_ok=True),
     )  # fmt: skip
     return no_content()
 

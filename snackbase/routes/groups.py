@@ -10,7 +10,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import audit
+from snackbase import audit_views
 from snackbase.auth import Auth, audit_by_caller, require_account_admin
 from snackbase.db import fetch_all, fetch_one
 from snackbase.errors import ApiError, field_error
@@ -116,7 +116,7 @@ async def create_group(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
     body = await read_struct(request, CreateGroupBody)
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     account_id = acting_account(conn, auth, body.account_id)
     name = check_name(body.name)
     if error := name_taken(conn, account_id, name):
@@ -157,7 +157,7 @@ async def patch_group(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
     body = await read_struct(request, PatchGroupBody)
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     group = visible_group(conn, auth, request.path_params["id"])
     name = check_name(body.name) if body.name is not None else group["name"]
     if name != group["name"]:
@@ -179,7 +179,7 @@ async def patch_group(request: Request) -> Response:
 async def delete_group(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     group = visible_group(conn, auth, request.path_params["id"])
     if group["name"] == PROTECTED:
         raise ApiError(409, "conflict", "The pii_access group cannot be deleted.")
@@ -203,7 +203,7 @@ def _member_target(
 async def add_member(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     group, user = _member_target(conn, auth, request)
     with unit_of_work(conn):
         conn.execute(
@@ -218,7 +218,7 @@ async def add_member(request: Request) -> Response:
 async def remove_member(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     group, user = _member_target(conn, auth, request)
     with unit_of_work(conn):
         conn.execute(

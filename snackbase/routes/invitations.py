@@ -10,7 +10,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import audit, mail
+from snackbase import audit, audit_views, mail
 from snackbase.accounts import get_account, public_account
 from snackbase.auth import (
     Auth,
@@ -140,7 +140,7 @@ async def create(request: Request) -> Response:
     auth = await require_account_admin(request)
     settings, conn = request.app.state.settings, request.app.state.db.conn
     body = await read_struct(request, CreateInvitationBody)
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     account_id = acting_account(conn, auth, body.account_id)
     email = check_email(body.email)
     check_role(conn, body.role)
@@ -168,7 +168,7 @@ async def create(request: Request) -> Response:
             ),
         )
         row = _visible(conn, auth, invitation_id)
-        _audit(request, audit.actor_from_auth(auth), "invitation.create", row, None, _view(row), reason)
+        _audit(request, audit_views.actor_from_auth(auth), "invitation.create", row, None, _view(row), reason)
     _send(settings, conn, row, token)
     return json_response({**public_invitation(row), "token": token}, status=201, headers=NO_STORE)
 
@@ -184,13 +184,20 @@ async def list_invitations(request: Request) -> Response:
 async def delete(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     row = _visible(conn, auth, request.path_params["id"])
     with unit_of_work(conn):
         conn.execute("DELETE FROM invitations WHERE id = ?", (row["id"],))
         extra = {"status": status_of(row)}
         _audit(
-            request, audit.actor_from_auth(auth), "invitation.delete", row, _view(row), None, reason, extra
+            request,
+            audit_views.actor_from_auth(auth),
+            "invitation.delete",
+            row,
+            _view(row),
+            None,
+            reason,
+            extra,
         )
     return no_content()
 
@@ -199,7 +206,7 @@ async def resend(request: Request) -> Response:
     """A new token and expiry (the old token stops working: only its hash was kept)."""
     auth = await require_account_admin(request)
     settings, conn = request.app.state.settings, request.app.state.db.conn
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     row = _visible(conn, auth, request.path_params["id"])
     if row["accepted_at"]:
         raise ApiError(410, "invitation_expired", "This invitation was already accepted.")
@@ -212,7 +219,13 @@ async def resend(request: Request) -> Response:
         before, row = row, _visible(conn, auth, row["id"])
         # Always recorded: the token changed (never written) even when the expiry did not move.
         _audit(
-            request, audit.actor_from_auth(auth), "invitation.resend", row, _view(before), _view(row), reason
+            request,
+            audit_views.actor_from_auth(auth),
+            "invitation.resend",
+            row,
+            _view(before),
+            _view(row),
+            reason,
         )
     _send(settings, conn, row, token)
     return json_response({**public_invitation(row), "token": token}, headers=NO_STORE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import audit, presenter, profiles
+from snackbase import audit_views, presenter, profiles
 from snackbase.auth import require_account_admin
 from snackbase.context import caller_for
 from snackbase.errors import ApiError
@@ -28,13 +28,13 @@ async def put_schema(request: Request) -> Response:
     await require_account_admin(request)
     caller = await caller_for(request)
     body = await read_json(request)
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     saved = profiles.save(
         request.app.state.db.conn,
         _account(caller),
         body,
-        audit.actor_from_auth(caller),
-        audit.meta_from_request(request),
+        audit_views.actor_from_auth(caller),
+        audit_views.meta_from_request(request),
         reason,
     )
     return json_response(profiles.to_json(saved))
@@ -55,10 +55,10 @@ async def get_profile(request: Request) -> Response:
 async def patch_profile(request: Request) -> Response:
     caller = await caller_for(request)
     body = await read_json(request)
-    reason = audit.reason_from(request, body if isinstance(body, dict) else None)
+    reason = audit_views.reason_from(request, body if isinstance(body, dict) else None)
     user_id = request.path_params["id"]
     profiles.update(
-        request.app.state.db.conn, caller, user_id, body, audit.meta_from_request(request), reason
+        request.app.state.db.conn, caller, user_id, body, audit_views.meta_from_request(request), reason
     )
     return _shown(request, caller, user_id)
 

@@ -9,7 +9,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import audit
+from snackbase import audit_views
 from snackbase.auth import audit_by_caller, require_superadmin, require_user
 from snackbase.db import fetch_one, fetch_value
 from snackbase.errors import ApiError, field_error
@@ -47,7 +47,7 @@ async def create_role(request: Request) -> Response:
     auth = await require_superadmin(request)
     conn = request.app.state.db.conn
     body = await read_struct(request, CreateRoleBody)
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     if not _NAME.fullmatch(body.name):
         raise ApiError(
             400,
@@ -80,7 +80,7 @@ async def create_role(request: Request) -> Response:
 async def delete_role(request: Request) -> Response:
     auth = await require_superadmin(request)
     conn = request.app.state.db.conn
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     name = request.path_params["name"]
     row = fetch_one(conn, "SELECT * FROM roles WHERE name = ?", (name,))
     if row is None:

@@ -18,7 +18,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import audit, runtime_settings
+from snackbase import audit, audit_views, runtime_settings
 from snackbase.auth import require_superadmin
 from snackbase.config import ConfigError
 from snackbase.errors import ApiError, field_error, validation_error
@@ -93,7 +93,7 @@ async def patch_settings(request: Request) -> Response:
     state = request.app.state
     conn = state.db.conn
     changes = _parse_changes(await read_json(request), state.fixed_settings)
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     with unit_of_work(conn):
         current = runtime_settings.stored(conn)
         values = {**current, **changes}
@@ -122,12 +122,12 @@ async def patch_settings(request: Request) -> Response:
             audit.append(
                 conn,
                 account_id=SYSTEM_ACCOUNT_ID,
-                actor=audit.actor_from_auth(auth),
+                actor=audit_views.actor_from_auth(auth),
                 action="settings.update",
                 collection="settings",
                 changes=diff,
                 reason=reason,
-                meta=audit.meta_from_request(request),
+                meta=audit_views.meta_from_request(request),
             )
     runtime_settings.apply(request.app)
     return json_response(_listing(request))

@@ -8,7 +8,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import audit, records, signatures
+from snackbase import audit_views, records, signatures
 from snackbase.auth import require_user
 from snackbase.context import caller_for
 from snackbase.db import fetch_value
@@ -36,9 +36,9 @@ async def sign(request: Request) -> Response:
     collection, caller = _collection(request), await caller_for(request)
     body = await read_struct(request, SignBody)
     meaning = signatures.check_meaning(body.meaning)
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     conn, registry = request.app.state.db.conn, request.app.state.registry
-    actor, meta = audit.actor_from_auth(caller), audit.meta_from_request(request)
+    actor, meta = audit_views.actor_from_auth(caller), audit_views.meta_from_request(request)
     if signatures.too_many_failures(conn, auth.user_id or ""):
         raise ApiError(
             429,
@@ -86,7 +86,7 @@ async def history(request: Request) -> Response:
         if not caller.is_account_admin or caller.account_id is None:
             raise
         record, account_id = None, caller.account_id
-    entries = audit.record_history(conn, account_id, collection.name, record_id)
+    entries = audit_views.record_history(conn, account_id, collection.name, record_id)
     if not entries and record is None:
         raise ApiError(404, "not_found", "The record was not found.")
     shown = present_entries(entries, caller.sees_pii, is_admin=caller.is_account_admin,

@@ -10,7 +10,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import audit, throttle
+from snackbase import audit_views, throttle
 from snackbase.auth import audit_by_caller, require_account_admin, revoke_user_sessions
 from snackbase.errors import ApiError
 from snackbase.passwords import check_policy, hash_password, params_for
@@ -28,7 +28,7 @@ async def set_password(request: Request) -> Response:
     auth = await require_account_admin(request)
     settings, conn = request.app.state.settings, request.app.state.db.conn
     body = await read_struct(request, SetPasswordBody)
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     user = visible_user(conn, auth, request.path_params["id"])
     if user["id"] == auth.user_id:
         raise ApiError(409, "conflict", "Change your own password with POST /auth/change-password.")

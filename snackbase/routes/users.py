@@ -8,7 +8,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import audit, cascade, throttle
+from snackbase import audit_views, cascade, throttle
 from snackbase.auth import Auth, audit_by_caller, require_account_admin, revoke_user_sessions
 from snackbase.context import caller_for, write_context
 from snackbase.errors import ApiError
@@ -65,7 +65,7 @@ async def create_user(request: Request) -> Response:
     auth = await require_account_admin(request)
     settings, conn = request.app.state.settings, request.app.state.db.conn
     body = await read_struct(request, CreateUserBody)
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     account_id = acting_account(conn, auth, body.account_id)
     email = check_email(body.email)
     check_role(conn, body.role)
@@ -117,7 +117,7 @@ async def patch_user(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
     body = await read_struct(request, PatchUserBody)
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     user = visible_user(conn, auth, request.path_params["id"])
     if body.role is not None:
         check_role(conn, body.role)
@@ -154,7 +154,7 @@ def _apply_patch(conn: Any, user: dict[str, Any], body: PatchUserBody, ids: list
 async def delete_user(request: Request) -> Response:
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     user = visible_user(conn, auth, request.path_params["id"])
     if user["id"] == auth.user_id:
         raise ApiError(409, "conflict", "You cannot delete yourself.")
@@ -173,7 +173,7 @@ async def unlock_user(request: Request) -> Response:
     """Lifts a login lockout (and forgets the failed attempts) of a user."""
     auth = await require_account_admin(request)
     conn = request.app.state.db.conn
-    reason = audit.reason_from(request)
+    reason = audit_views.reason_from(request)
     user = visible_user(conn, auth, request.path_params["id"])
     identity = throttle.identity_key(user["account_id"], user["email"])
     with unit_of_work(conn):
