@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Match, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
 from snackbase import files, runtime_settings, versions
-from snackbase.auth import AuthMiddleware
+from snackbase.auth_middleware import AuthMiddleware
 from snackbase.collections import Registry
 from snackbase.config import Settings, ensure_data_dir, load_settings, with_secret_key
 from snackbase.context import scope_caller

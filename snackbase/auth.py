@@ -1,4 +1,6 @@
-"""The caller of a request (`Auth`), the auth middleware, permission checks and sessions.
+"""The identity of a request's caller (`Auth`, from its access token and session row), permission
+checks, and the audit entries of auth-side changes. Sessions and refresh tokens are `sessions`; the
+middleware that resolves the caller for every API request is `auth_middleware`.
 
 Revocation across worker processes: an access token is a signed JWT, but every request also checks in
 SQL (one indexed query on the session and user primary keys) that its session is neither revoked nor
@@ -17,22 +19,19 @@ from typing import Any
 
 import apsw
 from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from snackbase import audit, audit_views
 from snackbase.config import Settings
-from snackbase.db import fetch_all, fetch_one
-from snackbase.errors import ApiError, error_response
-from snackbase.ids import SYSTEM_ACCOUNT_ID, uuid7
+from snackbase.db import fetch_one
+from snackbase.errors import ApiError
+from snackbase.ids import SYSTEM_ACCOUNT_ID
 from snackbase.logs import request_context
 from snackbase.times import format_ts, now_iso
-from snackbase.tokens import InvalidToken, decode_access_token, digest, mint_access_token, new_refresh_token
-from snackbase.unit_of_work import unit_of_work
+from snackbase.tokens import InvalidToken, decode_access_token, mint_access_token
 
 __all__ = [
     "ANONYMOUS",
     "Auth",
-    "AuthMiddleware",
     "audit_change",
     "get_auth",
     "mint_access_token",
@@ -215,191 +214,6 @@ def user_groups(conn: apsw.Connection, user_id: str) -> frozenset[str]:
         (user_id,),
     )
     return frozenset(row[0] for row in rows)
-
-
-class AuthMiddleware:
-    """Puts the caller on every API request (`request.state.auth`), answering bad tokens with 401.
-
-    Pure ASGI like RequestMiddleware; it runs inside it, so the access log line carries the user id.
-    """
-
-    def __init__(self, app: ASGIApp, prefix: str) -> None:
-        self.app = app
-        self.prefix = prefix
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket") and scope["path"].startswith(self.prefix):
-            try:
-                await get_auth(Request(scope))
-            except ApiError as exc:
-                if scope["type"] == "http":
-                    response = error_response(exc, str(scope.get("state", {}).get("request_id", "")))
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
-
-
-# --- sessions -------------------------------------------------------------------------------------
-
-
-def create_session(
-    conn: apsw.Connection, settings: Settings, user_id: str, ip: str, user_agent: str
-) -> tuple[str, str]:
-    """A new session and its first refresh token: (session id, refresh token); in a unit of work."""
-    session_id, token, now = uuid7(), new_refresh_token(), now_iso()
-    expires = later_iso(settings.refresh_token_expire_days * 86400)
-    conn.execute(
-        """
-        INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at, ip, user_agent)
-        VALUES (?, ?, ?, ?, ?, ?, ?)
-    """,
-        (session_id, user_id, now, now, expires, ip[:64], user_agent[:256]),
-    )
-    _insert_refresh(conn, digest(token), session_id, now, expires)
-    return session_id, token
-
-
-def _insert_refresh(conn: apsw.Connection, token_hash: str, session_id: str, now: str, expires: str) -> None:
-    conn.execute(
-        """
-        INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) VALUES (?, ?, ?, ?)
-    """,
-        (token_hash, session_id, now, expires),
-    )
-
-
-def rotate_refresh_token(
-    conn: apsw.Connection, settings: Settings, token: str, meta: audit.RequestMeta | None = None
-) -> tuple[dict[str, Any], str]:
-    """Spends a refresh token: (user row, new refresh token). Reuse revokes the session (audited as
-    `auth.refresh_reuse`); 401 on failure."""
-    with unit_of_work(conn):
-        row = _refresh_row(conn, digest(token))
-        new_token = _spend(conn, settings, row, now_iso(), meta) if row else None
-    # Raised after the transaction committed, so a reuse revocation is kept.
-    if row is None or new_token is None:
-        raise unauthorized("The refresh token is invalid or has expired.")
-    return row, new_token
-
-
-def _spend(
-    conn: apsw.Connection, settings: Settings, row: dict[str, Any], now: str, meta: audit.RequestMeta | None
-) -> str | None:
-    if row["used_at"] is not None:
-        # Recorded only when it ends a live session: replaying a dead token again writes nothing, so an
-        # anonymous caller cannot grow the trail at will. The presenter is unknown (maybe a thief), so
-        # the actor is anonymous and the session's user goes into `extra`.
-        if revoke_session(conn, row["session_id"], "refresh_token_reuse"):
-            audit.append(
-                conn,
-                account_id=row["account_id"],
-                actor=audit.ANONYMOUS_ACTOR,
-                action="auth.refresh_reuse",
-                collection="sessions",
-                record_id=row["session_id"],
-                meta=meta,
-                extra={"user_id": row["id"], "email": row["email"], "revoked_reason": "refresh_token_reuse"},
-            )
-        return None
-    if not _usable(row, now) or _idle(row, settings):
-        return None
-    conn.execute("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?", (now, row["token_hash"]))
-    new_token, expires = new_refresh_token(), later_iso(settings.refresh_token_expire_days * 86400)
-    _insert_refresh(conn, digest(new_token), row["session_id"], now, expires)
-    conn.execute(
-        "UPDATE sessions SET last_used_at = ?, expires_at = ? WHERE id = ?", (now, expires, row["session_id"])
-    )
-    return new_token
-
-
-def _usable(row: dict[str, Any], now: str) -> bool:
-    return (
-        row["expires_at"] > now
-        and row["revoked_at"] is None
-        and row["is_active"] == 1
-        and row["session_expires_at"] > now
-    )
-
-
-def _idle(row: dict[str, Any], settings: Settings) -> bool:
-    """A session unused (no refresh) for session_idle_minutes has ended: 21 CFR 11 / Annex 11 session
-    control. The console refreshes at least every third of that period while its user is active."""
-    if settings.session_idle_minutes <= 0:
-        return False
-    return bool(row["last_used_at"] < later_iso(-settings.session_idle_minutes * 60))
-
-
-def _refresh_row(conn: apsw.Connection, token_hash: str) -> dict[str, Any] | None:
-    return fetch_one(
-        conn,
-        """
-        SELECT r.token_hash, r.session_id, r.expires_at, r.used_at, s.revoked_at, s.last_used_at,
-               s.expires_at AS session_expires_at, u.id, u.account_id, u.email, u.role, u.is_active
-        FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id JOIN users u ON u.id = s.user_id
-        WHERE r.token_hash = ?
-    """,
-        (token_hash,),
-    )
-
-
-def session_of_refresh_token(conn: apsw.Connection, token: str) -> dict[str, Any] | None:
-    return fetch_one(
-        conn,
-        """
-        SELECT s.id, s.user_id FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id
-        WHERE r.token_hash = ?
-    """,
-        (digest(token),),
-    )
-
-
-def revoke_session(conn: apsw.Connection, session_id: str, reason: str) -> bool:
-    """Ends one session; True when it was live (False: unknown or already revoked)."""
-    conn.execute(
-        """
-        UPDATE sessions SET revoked_at = ?, revoked_reason = ? WHERE id = ? AND revoked_at IS NULL
-    """,
-        (now_iso(), reason, session_id),
-    )
-    return conn.changes() > 0
-
-
-def revoke_user_sessions(conn: apsw.Connection, user_id: str, reason: str, keep: str | None = None) -> int:
-    """Ends every session of a user (except `keep`, the caller's own, when given); how many were live."""
-    conn.execute(
-        """
-        UPDATE sessions SET revoked_at = ?, revoked_reason = ?
-        WHERE user_id = ? AND revoked_at IS NULL AND id IS NOT ?
-    """,
-        (now_iso(), reason, user_id, keep),
-    )
-    return int(conn.changes())
-
-
-def active_sessions(conn: apsw.Connection, user_id: str) -> list[dict[str, Any]]:
-    return fetch_all(
-        conn,
-        """
-        SELECT id, created_at, last_used_at, ip, user_agent FROM sessions
-        WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ? ORDER BY created_at DESC
-    """,
-        (user_id, now_iso()),
-    )
-
-
-def token_pair(
-    settings: Settings, user: dict[str, Any], session_id: str, refresh_token: str
-) -> dict[str, Any]:
-    access = mint_access_token(
-        settings, user_id=user["id"], account_id=user["account_id"], role=user["role"], session_id=session_id
-    )
-    return {
-        "access_token": access,
-        "refresh_token": refresh_token,
-        "token_type": "Bearer",
-        "expires_in": settings.access_token_expire_minutes * 60,
-        "session_idle_minutes": settings.session_idle_minutes,
-    }
 
 
 # --- the audit trail of auth-side changes (SPEC section 8; docs/audit.md lists the actions) ------------

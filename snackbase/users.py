@@ -10,12 +10,13 @@ from typing import Any
 import apsw
 
 from snackbase import audit
-from snackbase.auth import audit_change, revoke_user_sessions
+from snackbase.auth import audit_change
 from snackbase.config import Settings
 from snackbase.db import fetch_all, fetch_one
 from snackbase.errors import ApiError, field_error
 from snackbase.ids import SYSTEM_ACCOUNT_ID, uuid7
 from snackbase.passwords import hasher, params_for, policy_errors
+from snackbase.sessions import revoke_user_sessions
 from snackbase.throttle import clear_identity, identity_key, is_locked
 from snackbase.times import now_iso
 from snackbase.unit_of_work import unit_of_work

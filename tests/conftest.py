@@ -135,8 +135,9 @@ def create_user(
     password_hash: str | None = None,
 ) -> dict[str, Any]:
     from snackbase.accounts import create_account
-    from snackbase.auth import create_session, mint_access_token
+    from snackbase.auth import mint_access_token
     from snackbase.ids import uuid7
+    from snackbase.sessions import create_session
     from snackbase.users import group_ids, insert_user, set_groups
 
     conn, settings = app.state.db.conn, app.state.settings

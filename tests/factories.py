@@ -12,8 +12,8 @@ from typing import Any
 from starlette.testclient import TestClient
 
 from snackbase.accounts import create_account
-from snackbase.auth import create_session
 from snackbase.ids import SYSTEM_ACCOUNT_ID, uuid7
+from snackbase.sessions import create_session
 from snackbase.tokens import mint_access_token
 from snackbase.users import insert_user
 

@@ -18,13 +18,7 @@ from snackbase.accounts import (
     public_account,
     slug_taken,
 )
-from snackbase.auth import (
-    Auth,
-    audit_by_caller,
-    forget_accounts,
-    require_account_admin,
-    require_superadmin,
-)
+from snackbase.auth import Auth, audit_by_caller, forget_accounts, require_account_admin, require_superadmin
 from snackbase.db import fetch_value
 from snackbase.errors import ApiError, field_error
 from snackbase.listing import Source, paging, table_page

@@ -14,22 +14,24 @@ from snackbase.accounts import clean_name, create_account, get_account, public_a
 from snackbase.auth import (
     ACCOUNT_ID_RE,
     SLUG_RE,
-    active_sessions,
     audit_by_caller,
     audit_change,
-    create_session,
     find_account_id,
     require_user,
-    revoke_session,
-    revoke_user_sessions,
-    rotate_refresh_token,
-    session_of_refresh_token,
-    token_pair,
     user_actor,
 )
 from snackbase.errors import ApiError, field_error
 from snackbase.listing import whole_list
 from snackbase.passwords import check_policy, hash_password, params_for, verify_password
+from snackbase.sessions import (
+    active_sessions,
+    create_session,
+    revoke_session,
+    revoke_user_sessions,
+    rotate_refresh_token,
+    session_of_refresh_token,
+    token_pair,
+)
 from snackbase.times import now_iso
 from snackbase.unit_of_work import unit_of_work
 from snackbase.users import (

@@ -12,21 +12,14 @@ from starlette.responses import Response
 
 from snackbase import audit, audit_views, mail
 from snackbase.accounts import get_account, public_account
-from snackbase.auth import (
-    Auth,
-    audit_change,
-    create_session,
-    later_iso,
-    require_account_admin,
-    token_pair,
-    user_actor,
-)
+from snackbase.auth import Auth, audit_change, later_iso, require_account_admin, user_actor
 from snackbase.config import Settings
 from snackbase.db import fetch_one
 from snackbase.errors import ApiError
 from snackbase.ids import SYSTEM_ACCOUNT_ID, uuid7
 from snackbase.listing import Source, paging, table_page
 from snackbase.passwords import check_policy, hash_password, params_for
+from snackbase.sessions import create_session, token_pair
 from snackbase.times import now_iso
 from snackbase.tokens import digest, new_one_time_token
 from snackbase.unit_of_work import unit_of_work

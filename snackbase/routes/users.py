@@ -9,11 +9,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from snackbase import audit_views, cascade, throttle
-from snackbase.auth import Auth, audit_by_caller, require_account_admin, revoke_user_sessions
+from snackbase.auth import Auth, audit_by_caller, require_account_admin
 from snackbase.context import caller_for, write_context
 from snackbase.errors import ApiError
 from snackbase.listing import Source, paging, table_page
 from snackbase.passwords import check_policy, hash_password, params_for
+from snackbase.sessions import revoke_user_sessions
 from snackbase.times import now_iso
 from snackbase.unit_of_work import unit_of_work
 from snackbase.users import (
