@@ -89,7 +89,9 @@ class RecordsHelper:
     def _context(self, account_id: str | None, bypass_rules: bool, reason: str | None) -> WriteContext:
         outer = getattr(self.event, "ctx", None)
         meta = outer.meta if outer is not None else audit.RequestMeta(self.event.request_id, None, None)
-        return WriteContext(self.caller(account_id, bypass_rules), meta, reason, self.event.dispatcher)
+        caller = self.caller(account_id, bypass_rules)
+        acting_for = replace(_as_caller(self.event.auth), method="hook")
+        return WriteContext(caller, meta, reason, self.event.dispatcher, acting_for=acting_for)
 
 
 def _no_groups() -> frozenset[str]:

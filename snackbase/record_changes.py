@@ -34,10 +34,13 @@ class WriteContext:
     # under the write lock; and the ETag of the record as written, for the answer's header.
     if_match: str | None = None
     etag: str | None = None
+    # Who the audit trail names, when not `caller`: a hook writing with `bypass_rules=True` acts with a
+    # superadmin's reach, but is recorded as the user it acts for (with that user's role).
+    acting_for: Caller | None = None
 
     @property
     def actor(self) -> audit.Actor:
-        return audit_views.actor_from_auth(self.caller)
+        return audit_views.actor_from_auth(self.acting_for or self.caller)
 
 
 @dataclass(frozen=True)

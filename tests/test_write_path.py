@@ -304,3 +304,19 @@ def test_sending_back_a_masked_value_keeps_the_real_one(world: tuple) -> None:
     assert clear["ssn"] == "123-45-6789" and clear["notes"] == "allergic"
     assert set(entries(client, patient["id"])[-1]["changes"].split('"')) >= {"ward"}
     assert "ssn" not in entries(client, patient["id"])[-1]["changes"]
+
+
+def test_a_hook_bypassing_rules_is_recorded_as_the_user_it_acts_for(world: tuple, hook_registry: Any) -> None:
+    client, sa, user = world
+    define(client, sa, "posts", [{"name": "title", "type": "text"}])
+    define(client, sa, "logs", [{"name": "what", "type": "text"}], rules={**PUBLIC, "create": None})
+
+    @hook_registry.on("record.after_create", collection="posts")
+    def log(event: Any) -> None:
+        event.records.create("logs", {"what": "x"}, bypass_rules=True)
+
+    create(client, user, "posts", {"title": "p"})
+    conn = client.app.state.db.conn  # type: ignore[attr-defined]
+    sql = "SELECT actor_user_id, actor_role, auth_method FROM audit_log WHERE collection = 'logs' AND action = 'record.create'"
+    row = fetch_all(conn, sql)
+    assert row == [{"actor_user_id": user.id, "actor_role": "user", "auth_method": "hook"}]
