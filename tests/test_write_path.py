@@ -317,6 +317,7 @@ def test_a_hook_bypassing_rules_is_recorded_as_the_user_it_acts_for(world: tuple
 
     create(client, user, "posts", {"title": "p"})
     conn = client.app.state.db.conn  # type: ignore[attr-defined]
-    sql = "SELECT actor_user_id, actor_role, auth_method FROM audit_log WHERE collection = 'logs' AND action = 'record.create'"
+    sql = "SELECT actor_user_id, actor_role, auth_method FROM audit_log WHERE action = 'record.create'"
+    sql += " AND collection = 'logs'"
     row = fetch_all(conn, sql)
     assert row == [{"actor_user_id": user.id, "actor_role": "user", "auth_method": "hook"}]
