@@ -88,12 +88,11 @@ export function allowedFields(collection, ops) {
 
 /** What a rule value means for one operation, for callers in general and for the admin looking. */
 export function ruleMeaning(rule, op, superadmin) {
-  const denied = { list: "403", view: "403", create: "403", update: "403", delete: "403" }[op];
   if (rule === null || rule === undefined) {
     return {
       kind: "superadmins only",
-      text: `null: only superadmins; every other caller gets ${denied}.`,
-      you: superadmin ? "You: allowed (superadmins bypass rules)." : `You: refused (${denied}).`,
+      text: "null: only superadmins; every other caller gets 403.",
+      you: superadmin ? "You: allowed (superadmins bypass rules)." : "You: refused (403).",
     };
   }
   if (rule === "") {
