@@ -191,9 +191,7 @@ class S3Client:
         bucket_root: bool = False,
     ) -> http.client.HTTPResponse:
         path = (self._base or "/") if bucket_root else self._base + "/" + quote(key, safe="/~")
-        canonical_query = "&".join(
-            f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted((query or {}).items())
-        )
+        canonical_query = self.canonical_query(query or {})
         signed = sign(
             self.config, method, self._host, path, headers, payload_sha256, datetime.now(UTC), canonical_query
         )
@@ -203,6 +201,11 @@ class S3Client:
         )  # uploads in 1 MiB sends, not 8 KiB
         conn.request(method, path + (f"?{canonical_query}" if query else ""), body=body, headers=signed)
         return conn.getresponse()
+
+    @staticmethod
+    def canonical_query(query: dict[str, str]) -> str:
+        """S3's canonical query string: names and values percent-encoded (`/` too), sorted by name."""
+        return "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items()))
 
 
 def _read_exactly(stream: BinaryIO, size: int) -> bytes:
