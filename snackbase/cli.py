@@ -310,6 +310,7 @@ def backup_create(data_dir: str | None, to: str | None) -> None:
     from snackbase import audit as audit_trail
     from snackbase import backup, backup_store
     from snackbase.app import open_database
+    from snackbase.s3 import S3Error
 
     settings = settings_from(data_dir=data_dir)
     if not settings.db_path.is_file():
@@ -321,7 +322,11 @@ def backup_create(data_dir: str | None, to: str | None) -> None:
             settings.db_path, settings.hooks_path, settings.files_path, target, trigger="cli"
         )
         info = store.keep(info)
-        pruned = [] if to else store.prune(settings.backup_keep)
+        try:
+            pruned = [] if to else store.prune(settings.backup_keep)
+        except (S3Error, OSError) as exc:  # the archive is stored: audit it all the same
+            click.echo(f"retention failed: {exc}", err=True)
+            pruned = []
         database = open_database(settings)
         try:
             extra = {**backup.audit_extra(info), "trigger": "cli", "pruned": pruned, "dir": store.location()}

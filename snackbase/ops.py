@@ -26,6 +26,7 @@ from snackbase.config import ConfigError, Settings
 from snackbase.db import Database
 from snackbase.ratelimit import RateLimiter, limits_from
 from snackbase.requestlog import RequestLog
+from snackbase.s3 import S3Error
 from snackbase.times import now_iso
 
 log = logging.getLogger("snackbase.ops")
@@ -244,7 +245,7 @@ class Ops:
             info = await in_own_thread(self._make_backup, trigger, name)
             if not info.made:
                 return info
-            pruned = await asyncio.to_thread(self.archives.prune, s.backup_keep)
+            pruned = await self._prune(s.backup_keep)
         except Exception as exc:
             self.backups.outcomes["failed"] = self.backups.outcomes.get("failed", 0) + 1
             self.backups.last_error = str(exc)
@@ -259,6 +260,15 @@ class Ops:
         extra = {**backup.audit_extra(info), "trigger": trigger, "pruned": pruned}
         backup.audit_event(self.db.conn, "backup.create", actor, extra, meta)
         return info
+
+    async def _prune(self, keep: int) -> list[str]:
+        """The retention; once the archive is stored a failing prune (the bucket refusing a delete)
+        must not leave the archive unaudited, so it is logged and retried after the next backup."""
+        try:
+            return await asyncio.to_thread(self.archives.prune, keep)
+        except (S3Error, OSError) as exc:
+            log.warning("backup retention failed: %s", exc)
+            return []
 
     def _make_backup(self, trigger: str, name: str | None) -> backup.BackupInfo:
         """Blocking: builds the archive in the backup dir and hands it to the archive store (which
