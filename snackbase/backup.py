@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import apsw
 
@@ -321,18 +321,25 @@ def prune(backups_dir: Path, keep: int) -> list[str]:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
+    with path.open("rb") as handle:
+        return read_manifest_from(handle, path.name)
+
+
+def read_manifest_from(stream: IO[bytes], name: str) -> dict[str, Any]:
+    """The manifest at the start of an archive read from `stream` (a file, or an S3 download that is
+    closed after the first member: the manifest comes first, so listing never reads a whole archive)."""
     try:
-        with tarfile.open(path, "r:") as tar:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
             member = tar.next()
             if member is None or member.name != MANIFEST or not member.isfile():
-                raise BackupError(f"{path.name} is not a SnackBase backup (no manifest first)")
+                raise BackupError(f"{name} is not a SnackBase backup (no manifest first)")
             handle = tar.extractfile(member)
             assert handle is not None
             manifest = json.loads(handle.read())
     except (tarfile.TarError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BackupError(f"{path.name} is not a readable SnackBase backup: {exc}") from None
+        raise BackupError(f"{name} is not a readable SnackBase backup: {exc}") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("parts"), dict):
-        raise BackupError(f"{path.name} has a malformed manifest")
+        raise BackupError(f"{name} has a malformed manifest")
     return manifest
 
 

@@ -268,8 +268,27 @@ def backup_group() -> None:
 
 def _backup_errors() -> Any:
     from snackbase.backup import BackupError
+    from snackbase.s3 import S3Error
 
-    return _errors_as_lines((BackupError,))
+    return _errors_as_lines((BackupError, S3Error, OSError))
+
+
+@contextlib.contextmanager
+def _archive_file(archive: str, data_dir: str | None) -> Iterator[Any]:
+    """ARCHIVE as a local file: a path that exists, else an archive name in the archive store
+    (SNACKBASE_BACKUP_STORAGE=s3: downloaded to a temporary file in the backup dir first)."""
+    from pathlib import Path
+
+    from snackbase import backup, backup_store
+
+    if Path(archive).is_file():
+        yield Path(archive)
+        return
+    store = backup_store.store_from(settings_from(data_dir=data_dir))
+    if store.kind == "local" or not backup.NAME_RE.fullmatch(archive) or not store.exists(archive):
+        raise click.ClickException(f"no archive {archive} (neither a file nor in {store.location()})")
+    with store.fetched(archive) as path:
+        yield path
 
 
 @contextlib.contextmanager
@@ -289,54 +308,61 @@ def backup_create(data_dir: str | None, to: str | None) -> None:
     from pathlib import Path
 
     from snackbase import audit as audit_trail
-    from snackbase import backup
+    from snackbase import backup, backup_store
     from snackbase.app import open_database
+    from snackbase.s3 import S3Error
 
     settings = settings_from(data_dir=data_dir)
     if not settings.db_path.is_file():
         raise click.ClickException(f"no database at {settings.db_path}")
+    store = backup_store.LocalArchives(Path(to)) if to else backup_store.store_from(settings)
     target = Path(to) if to else settings.backups_path
     with _backup_errors():
         info = backup.create_backup(
             settings.db_path, settings.hooks_path, settings.files_path, target, trigger="cli"
         )
-        pruned = [] if to else backup.prune(target, settings.backup_keep)
+        info = store.keep(info)
+        try:
+            pruned = [] if to else store.prune(settings.backup_keep)
+        except (S3Error, OSError) as exc:  # the archive is stored: audit it all the same
+            click.echo(f"retention failed: {exc}", err=True)
+            pruned = []
         database = open_database(settings)
         try:
-            extra = {**backup.audit_extra(info), "trigger": "cli", "pruned": pruned, "dir": str(target)}
+            extra = {**backup.audit_extra(info), "trigger": "cli", "pruned": pruned, "dir": store.location()}
             backup.audit_event(database.conn, "backup.create", audit_trail.CLI_ACTOR, extra)
         finally:
             database.close()
-    click.echo(f"{info.path} ({info.size} bytes)")
+    click.echo(f"{store.location(info.name)} ({info.size} bytes)")
 
 
 @backup_group.command("list")
 @data_dir_option
 def backup_list(data_dir: str | None) -> None:
-    """List the archives in the backup dir, newest first."""
-    from snackbase import backup
+    """List the archives in the backup dir (or the S3 bucket), newest first."""
+    from snackbase import backup_store
 
-    settings = settings_from(data_dir=data_dir)
+    store = backup_store.store_from(settings_from(data_dir=data_dir))
     with _backup_errors():
-        items = backup.list_backups(settings.backups_path)
+        items = store.list_archives()
     for info in items:
         row = info.to_json()
         made = row["created_at"] or "(unreadable)"
         click.echo(f"{row['name']}  {row['size']:>12} bytes  {made}  {row['trigger'] or ''}")
     if not items:
-        click.echo(f"no backups in {settings.backups_path}", err=True)
+        click.echo(f"no backups in {store.location()}", err=True)
 
 
 @backup_group.command("verify")
-@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
-def backup_verify(archive: str) -> None:
-    """Check an archive: checksums, SQLite integrity check, audit chains; exit 1 if any fails."""
-    from pathlib import Path
-
+@click.argument("archive")
+@data_dir_option
+def backup_verify(archive: str, data_dir: str | None) -> None:
+    """Check an archive (a file, or a name in the S3 backup storage): checksums, SQLite integrity
+    check, audit chains; exit 1 if any fails."""
     from snackbase import backup
 
-    with _backup_errors():
-        report = backup.verify_backup(Path(archive))
+    with _backup_errors(), _archive_file(archive, data_dir) as path:
+        report = backup.verify_backup(path)
     for check, ok, detail in report.checks:
         click.echo(f"{'ok  ' if ok else 'FAIL'}  {check}: {detail}")
     if not report.ok:
@@ -344,11 +370,12 @@ def backup_verify(archive: str) -> None:
 
 
 @backup_group.command("restore")
-@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@click.argument("archive")
 @data_dir_option
 @click.option("--force", is_flag=True, help="Replace an existing database (it is moved aside, not deleted).")
 def backup_restore(archive: str, data_dir: str | None, force: bool) -> None:
-    """Restore an archive into the data dir (stop the server first)."""
+    """Restore an archive (a file, or a name in the S3 backup storage) into the data dir (stop the
+    server first)."""
     from pathlib import Path
 
     from snackbase import audit as audit_trail
@@ -357,7 +384,8 @@ def backup_restore(archive: str, data_dir: str | None, force: bool) -> None:
 
     settings = settings_from(data_dir=data_dir)
     with _backup_errors():
-        manifest = backup.restore_backup(Path(archive), settings.data_path, settings.hooks_path, force=force)
+        with _archive_file(archive, data_dir) as path:
+            manifest = backup.restore_backup(path, settings.data_path, settings.hooks_path, force=force)
         database = open_database(settings)  # migrates an older archive's schema up to this version
         try:
             extra = {"name": Path(archive).name, "created_at": manifest.get("created_at"),

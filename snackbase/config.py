@@ -81,6 +81,8 @@ class Settings:
     backup_dir: str = _meta("where backup archives are written (default <data-dir>/backups)")
     backup_cron: str = _meta("cron schedule of automatic backups, UTC (empty = none)")
     backup_keep: int = _meta("archives kept in the backup dir; older ones are deleted (0 = keep all)")
+    backup_storage: str = _meta("where backup archives are kept: local (the backup dir) or s3 (backups/)",
+                                choices=("local", "s3"))  # fmt: skip
     metrics_enabled: bool = _meta("serve GET /metrics in the Prometheus text format")
     metrics_token: str = _meta("bearer token GET /metrics requires (empty = none)", secret=True)
     rate_limit_reads: str = _meta("reads allowed per caller, as COUNT/SECONDS (empty = no limit)")
@@ -93,7 +95,7 @@ class Settings:
                                choices=("local", "s3"))  # fmt: skip
     files_quota_bytes: int = _meta("stored file bytes allowed per account; 0 = no quota")
     s3_endpoint: str = _meta("S3-compatible endpoint URL, e.g. https://s3.eu-central-1.amazonaws.com")
-    s3_bucket: str = _meta("S3 bucket holding the files (under the files/ prefix)")
+    s3_bucket: str = _meta("S3 bucket holding the files (files/ prefix) and S3 backups (backups/)")
     s3_region: str = _meta("S3 region used in request signatures")
     s3_access_key: str = _meta("S3 access key id")
     s3_secret_key: str = _meta("S3 secret access key", secret=True)
@@ -139,6 +141,7 @@ class Settings:
             "backup_dir": "",
             "backup_cron": "",
             "backup_keep": 7,
+            "backup_storage": "local",
             "metrics_enabled": False,
             "metrics_token": "",
             "rate_limit_reads": "",
@@ -304,6 +307,8 @@ def _check_ranges(settings: Settings) -> None:
         raise ConfigError("SNACKBASE_FILES_QUOTA_BYTES must be 0 (no quota) or more")
     if settings.files_storage == "s3" and not (settings.s3_endpoint and settings.s3_bucket):
         raise ConfigError("SNACKBASE_FILES_STORAGE=s3 needs SNACKBASE_S3_ENDPOINT and SNACKBASE_S3_BUCKET")
+    if settings.backup_storage == "s3" and not (settings.s3_endpoint and settings.s3_bucket):
+        raise ConfigError("SNACKBASE_BACKUP_STORAGE=s3 needs SNACKBASE_S3_ENDPOINT and SNACKBASE_S3_BUCKET")
 
 
 def ensure_data_dir(settings: Settings) -> None:

@@ -21,11 +21,12 @@ from typing import Any, TypeVar
 import apsw
 from starlette.types import Scope
 
-from snackbase import audit, backup, cron, db, metrics
+from snackbase import audit, backup, backup_store, cron, db, metrics
 from snackbase.config import ConfigError, Settings
 from snackbase.db import Database
 from snackbase.ratelimit import RateLimiter, limits_from
 from snackbase.requestlog import RequestLog
+from snackbase.s3 import S3Error
 from snackbase.times import now_iso
 
 log = logging.getLogger("snackbase.ops")
@@ -82,6 +83,7 @@ class Ops:
         )
         self.limiter = RateLimiter(limits_from(settings))
         self.backups = BackupState()
+        self.archives = backup_store.store_from(settings)
         try:
             self.schedule = cron.parse(settings.backup_cron) if settings.backup_cron.strip() else None
         except cron.CronError as exc:
@@ -240,18 +242,10 @@ class Ops:
         self.backups.running = True
         started = time.monotonic()
         try:
-            info = await in_own_thread(
-                backup.create_backup,
-                s.db_path,
-                s.hooks_path,
-                s.files_path,
-                s.backups_path,
-                trigger=trigger,
-                name=name,
-            )
+            info = await in_own_thread(self._make_backup, trigger, name)
             if not info.made:
                 return info
-            pruned = await asyncio.to_thread(backup.prune, s.backups_path, s.backup_keep)
+            pruned = await self._prune(s.backup_keep)
         except Exception as exc:
             self.backups.outcomes["failed"] = self.backups.outcomes.get("failed", 0) + 1
             self.backups.last_error = str(exc)
@@ -266,6 +260,27 @@ class Ops:
         extra = {**backup.audit_extra(info), "trigger": trigger, "pruned": pruned}
         backup.audit_event(self.db.conn, "backup.create", actor, extra, meta)
         return info
+
+    async def _prune(self, keep: int) -> list[str]:
+        """The retention; once the archive is stored a failing prune (the bucket refusing a delete)
+        must not leave the archive unaudited, so it is logged and retried after the next backup."""
+        try:
+            return await asyncio.to_thread(self.archives.prune, keep)
+        except (S3Error, OSError) as exc:
+            log.warning("backup retention failed: %s", exc)
+            return []
+
+    def _make_backup(self, trigger: str, name: str | None) -> backup.BackupInfo:
+        """Blocking: builds the archive in the backup dir and hands it to the archive store (which
+        uploads it when that is S3). A slot already in the store was made by another process."""
+        s = self.settings
+        if name is not None and self.archives.kind != "local" and self.archives.exists(name):
+            found = self.archives.info(name)
+            return backup.BackupInfo(found.name, found.path, found.size, found.manifest, made=False)
+        info = backup.create_backup(
+            s.db_path, s.hooks_path, s.files_path, s.backups_path, trigger=trigger, name=name
+        )
+        return self.archives.keep(info) if info.made else info
 
     async def run_schedule(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         """Runs a backup at every slot of SNACKBASE_BACKUP_CRON. Archives are named by their slot, so
