@@ -30,7 +30,10 @@ from snackbase.hooks import hooks
 from snackbase.macros import MacroStore
 from snackbase.middleware import ExceptionHandlers, RequestMiddleware
 from snackbase.migrations import migrate, refuse_newer
-from snackbase.routes import RouteTable, audit, collections, health, macros, records, signatures
+from snackbase.realtime import Broker, Limits
+from snackbase.realtime_access import RecordGate
+from snackbase.realtime_transport import SqliteTransport, install
+from snackbase.routes import RouteTable, audit, collections, health, macros, realtime, records, signatures
 from snackbase.routes import accounts as accounts_routes
 from snackbase.routes import auth as auth_routes
 from snackbase.routes import groups as groups_routes
@@ -55,6 +58,7 @@ def api_tables() -> list[RouteTable]:
         signatures.routes,
         macros.routes,
         audit.routes,
+        realtime.routes,
         *auth_tables(),
     ]
 
@@ -121,6 +125,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         db.checkpoint_in_background()
         optimizer = asyncio.create_task(db.optimize_periodically())
         yield
+        app.state.realtime.stop()  # open streams end now, not at the graceful-shutdown timeout
         optimizer.cancel()
         await terminate_hooks(app)
         db.close()
@@ -161,6 +166,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.db = db
     app.state.registry = Registry()
     app.state.macros = MacroStore()
+    app.state.realtime = realtime_broker(settings, db, app.state.registry)
     start_auth(settings, db)
     hooks.make_caller = scope_caller  # hook events get the request's one caller
     hooks.make_records = RecordsHelper  # and `event.records`, the same write path as the API
@@ -176,6 +182,15 @@ def _close_on_error(db: Database) -> Iterator[None]:
     except Exception:
         db.close()
         raise
+
+
+def realtime_broker(settings: Settings, db: Database, registry: Registry) -> Broker:
+    """This process's realtime broker over the SQLite transport (see snackbase/realtime_transport.py)."""
+    transport = SqliteTransport(db.conn)
+    install(db.conn, transport)
+    limits = Limits(settings.realtime_max_topics, settings.realtime_max_connections_per_user,
+                    settings.realtime_max_connections_per_address, settings.realtime_send_queue)  # fmt: skip
+    return Broker(transport, RecordGate(db.conn, registry), limits)
 
 
 def start_auth(settings: Settings, db: Database) -> None:

@@ -75,6 +75,14 @@ class Settings:
     superadmin_email: str = _meta("create this superadmin at start when it does not exist")
     superadmin_password: str = _meta("password of SNACKBASE_SUPERADMIN_EMAIL", secret=True)
     hooks_dir: str = _meta("directory of hook files (*.py) loaded at start (default <data-dir>/hooks)")
+    realtime_max_topics: int = _meta("topics one realtime client may subscribe to")
+    realtime_max_connections_per_user: int = _meta("realtime connections one user may hold (per process)")
+    realtime_max_connections_per_address: int = _meta(
+        "realtime connections one IP address may hold (per process)"
+    )
+    realtime_send_queue: int = _meta(
+        "messages queued for a realtime client before it is disconnected as slow"
+    )
 
     # The defaults live here rather than on the fields so `_meta` stays readable above.
     @classmethod
@@ -112,6 +120,10 @@ class Settings:
             "superadmin_email": "",
             "superadmin_password": "",
             "hooks_dir": "",
+            "realtime_max_topics": 50,
+            "realtime_max_connections_per_user": 20,
+            "realtime_max_connections_per_address": 1_000,
+            "realtime_send_queue": 500,
         }
 
     @property
@@ -227,6 +239,9 @@ def _check_ranges(settings: Settings) -> None:
         raise ConfigError(f"port must be between 0 and 65535, got {settings.port}")
     if settings.workers < 1:
         raise ConfigError("workers must be at least 1")
+    if min(settings.realtime_max_topics, settings.realtime_max_connections_per_user,
+           settings.realtime_max_connections_per_address, settings.realtime_send_queue) < 1:  # fmt: skip
+        raise ConfigError("the SNACKBASE_REALTIME_* limits must be at least 1")
     if settings.max_json_bytes < 1024:
         raise ConfigError("SNACKBASE_MAX_JSON_BYTES must be at least 1024")
     if not settings.api_prefix.startswith("/") or settings.api_prefix.endswith("/"):

@@ -1,5 +1,5 @@
 """A record change as the write path records it: the audit entry inside the unit of work, and the
-after-commit work (hooks `record.after_*`; realtime plugs in here next) once it has committed.
+after-commit work (hooks `record.after_*`, the realtime broker) once it has committed.
 
 Every changed row goes through `record_change` — the record a request writes, and every row its
 references cascade to or set to null — so no change can reach the database without its audit entry.
@@ -12,7 +12,7 @@ from typing import Any
 
 import apsw
 
-from snackbase import audit
+from snackbase import audit, realtime_transport
 from snackbase.hooks import hooks
 from snackbase.rules import Caller
 from snackbase.schema import Collection
@@ -49,7 +49,8 @@ class Change:
 
 
 def record_change(conn: apsw.Connection, work: Work, change: Change) -> None:
-    """In the unit of work: the change's audit entry; after its commit: the after-hooks."""
+    """In the unit of work: the change's audit entry and realtime event; after its commit: the
+    after-hooks and the realtime delivery."""
     pii = {f.name: f.mask or "full" for f in change.collection.fields if f.pii}
     audit.append(
         conn, account_id=change.account_id, actor=change.ctx.actor, action=change.action,
@@ -57,5 +58,10 @@ def record_change(conn: apsw.Connection, work: Work, change: Change) -> None:
         changes=audit.diff(change.old, change.new, pii=pii), reason=change.reason, meta=change.ctx.meta,
         extra={"cascade": change.cascade} if change.cascade else None,
     )  # fmt: skip
+    # The realtime event commits with the change (a rolled-back write publishes nothing); every
+    # server process delivers it after COMMIT (snackbase/realtime_transport.py).
+    record = change.new if change.new is not None else change.old
+    realtime_transport.publish(conn, work, change.action.removeprefix("record."), change.account_id,
+                               change.collection.name, change.record_id, record or {})  # fmt: skip
     if hooks.has(f"record.after_{change.action.removeprefix('record.')}", change.collection.name):
         work.after_commit(lambda: hooks.record_committed(conn, change))
