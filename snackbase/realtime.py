@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -79,9 +79,9 @@ class Client:
         self.address = address
         self.limit = limit
         self.topics: tuple[Topic, ...] = ()
-        # Created on the first message and dropped once drained: an empty deque is ~600 bytes, a
-        # lot next to the rest of an idle client.
-        self.queue: deque[Message] | None = None
+        # A list, created on the first message and dropped once drained: an idle client holds none
+        # (an empty deque alone is ~600 bytes); queues are short, so pop(0) costs nothing.
+        self.queue: list[Message] | None = None
         self.closed = False
         self.close_code: str | None = None
         self.resume_after: int | None = None  # SSE: Last-Event-ID, replayed at the first subscription
@@ -93,8 +93,10 @@ class Client:
         if self.closed:
             return
         if self.queue is None:
-            self.queue = deque()
-        elif len(self.queue) >= self.limit:
+            self.queue = [message]
+            self._wake()
+            return
+        if len(self.queue) >= self.limit:
             self.close("slow_client", "The client did not read its events fast enough.")
             return
         self.queue.append(message)
@@ -106,7 +108,7 @@ class Client:
             return
         self.closed = True
         self.close_code = code
-        self.queue = deque([(None, "error", error_payload(code, message))]) if code is not None else None
+        self.queue = [(None, "error", error_payload(code, message))] if code is not None else None
         self._wake()
         if code == "slow_client":
             # Its sender is blocked on a full socket buffer; if the peer does not read the final error
@@ -127,7 +129,7 @@ class Client:
                 await self._waiter
             finally:
                 self._waiter = None
-        message = self.queue.popleft()
+        message = self.queue.pop(0)
         if not self.queue:
             self.queue = None
         return message
@@ -141,7 +143,7 @@ class Gate(Protocol):
     def check(self, clients: Iterable[Client]) -> None:
         """Closes the clients whose right to events has ended (token expired, session revoked)."""
 
-    def render(self, event: Published, subs: list[tuple[Client, list[Topic]]]) -> list[tuple[Client, bytes]]:
+    def render(self, event: Published, subs: list[tuple[Client, tuple[Topic, ...]]]) -> list[tuple[Client, bytes]]:
         """The clients among `subs` that may see the event, each with the payload as it reads it."""
 
 
@@ -162,6 +164,7 @@ class Broker:
         self._by_collection: dict[str, set[Client]] = {}
         self._per_user: Counter[str] = Counter()
         self._per_address: Counter[str] = Counter()
+        self._topic_sets: dict[tuple[Topic, ...], tuple[Topic, ...]] = {}
         self._timers: list[asyncio.TimerHandle] = []
         self._started = False
 
@@ -227,6 +230,9 @@ class Broker:
                 "too_many_topics", f"A client may subscribe to at most {self.limits.max_topics} topics."
             )
         unique = tuple(dict.fromkeys(topics))
+        # Interned: clients with the same topics share one tuple (less memory per idle client, and
+        # the gate recognises equal subscriptions by identity).
+        unique = self._topic_sets.setdefault(unique, unique)
         self._index(client, unique)
         client.topics = unique
 
@@ -254,13 +260,12 @@ class Broker:
             for client, payload in self.gate.render(event, live):
                 client.push((event.seq, event.action, payload))
 
-    def _subscribers(self, event: Published) -> list[tuple[Client, list[Topic]]]:
+    def _subscribers(self, event: Published) -> list[tuple[Client, tuple[Topic, ...]]]:
         found = []
         for client in self._by_collection.get(event.collection, ()):
             if client.account_id is not None and client.account_id != event.account_id:
                 continue
-            topics = [t for t in client.topics if t.collection == event.collection
-                      and (t.record_id is None or t.record_id == event.record_id)]  # fmt: skip
+            topics = _matching(client.topics, event)
             if topics:
                 found.append((client, topics))
         return found
@@ -272,8 +277,7 @@ class Broker:
             return False
         self.gate.check([client])
         for event in events:
-            topics = [t for t in client.topics if t.collection == event.collection
-                      and (t.record_id is None or t.record_id == event.record_id)]  # fmt: skip
+            topics = _matching(client.topics, event)
             if topics and not client.closed and client.account_id in (None, event.account_id):
                 for _, payload in self.gate.render(event, [(client, topics)]):
                     client.push((event.seq, event.action, payload))
@@ -295,6 +299,15 @@ class Broker:
 
     def counts(self) -> dict[str, int]:
         return {"clients": len(self.clients), "cursor": self.transport.cursor}
+
+
+def _matching(topics: tuple[Topic, ...], event: Published) -> tuple[Topic, ...]:
+    """The client's topics an event matches; the client's own (interned) tuple when all of them do."""
+    for topic in topics:
+        if topic.collection != event.collection or (topic.record_id not in (None, event.record_id)):
+            return tuple(t for t in topics if t.collection == event.collection
+                         and t.record_id in (None, event.record_id))  # fmt: skip
+    return topics
 
 
 def _decrement(counter: Counter[str], key: str | None) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import apsw
@@ -38,18 +37,31 @@ _encode = msgspec.json.Encoder().encode
 MAX_FILTER_LENGTH = 2_000
 
 
-@dataclass(slots=True)
 class Viewer:
-    """A client as the rules see it: its caller, and what ends its right to events."""
+    """A client as the rules see it: its caller, and what ends its right to events. `key` names its
+    rights: clients with equal keys are judged and presented once per event."""
 
-    caller: Caller
-    session_id: str | None = None
-    expires_at: float = float("inf")  # the access token's expiry (epoch seconds)
+    __slots__ = ("_caller", "expires_at", "key", "session_id")
+
+    def __init__(self, caller: Caller, session_id: str | None = None, expires_at: float = float("inf")) -> None:
+        self.session_id = session_id
+        self.expires_at = expires_at  # the access token's expiry (epoch seconds)
+        self.caller = caller
 
     @property
-    def key(self) -> tuple[Any, ...]:
-        c = self.caller
-        return (c.user_id, c.account_id, c.role, c.is_superadmin, c.pii_access)
+    def caller(self) -> Caller:
+        return self._caller
+
+    @caller.setter
+    def caller(self, caller: Caller) -> None:
+        self._caller = caller
+        key = (caller.user_id, caller.account_id, caller.role, caller.is_superadmin, caller.pii_access)
+        self.key = _keys.setdefault(key, key)
+
+
+# Interned rights keys, so that equal rights are recognised by identity (few distinct values: one per
+# user and role, plus one per account for anonymous clients).
+_keys: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 
 
 class RecordGate:
@@ -108,36 +120,41 @@ class RecordGate:
                 else:
                     _refresh(client.viewer, row)
 
-    def render(self, event: Published, subs: list[tuple[Client, list[Topic]]]) -> list[tuple[Client, bytes]]:
+    def render(self, event: Published, subs: list[tuple[Client, tuple[Topic, ...]]]) -> list[tuple[Client, bytes]]:
         try:
             collection = self.registry.get(self.conn, event.collection)
         except ApiError:  # deleted since
             return []
         row = _stored(event.record)
         verdicts: dict[tuple[str, tuple[Any, ...]], bool] = {}
-        groups: dict[tuple[Any, ...], list[tuple[Client, list[Topic]]]] = {}
-        for client, topics in subs:
-            groups.setdefault(client.viewer.key, []).append((client, topics))
+        # One decision per (rights, topics) pair: thousands of subscribers usually make a handful.
+        decided: dict[tuple[int, int], bytes | None] = {}
         out: list[tuple[Client, bytes]] = []
-        for members in groups.values():
-            caller = members[0][0].viewer.caller
-            if caller.account_id is not None and caller.account_id != event.account_id:
-                continue
-            try:
-                rule = rule_clause(collection, "view", RecordResolver(collection, caller))
-            except ApiError:
-                continue  # the view rule is null (superadmins only) or cannot be evaluated
-            filters: dict[str | None, tuple[str, list[Any]] | None] = {}
-            payload: bytes | None = None
-            for client, topics in members:
-                if not any(
-                    self._holds(collection, caller, row, rule, t.filter, filters, verdicts) for t in topics
-                ):
-                    continue
-                if payload is None:
-                    payload = self._payload(collection, caller, event)
+        for client, topics in subs:
+            viewer: Viewer = client.viewer
+            pair = (id(viewer.key), id(topics))
+            if pair not in decided:
+                decided[pair] = self._decide(collection, viewer.caller, event, row, topics, verdicts)
+            payload = decided[pair]
+            if payload is not None:
                 out.append((client, payload))
         return out
+
+    def _decide(
+        self, collection: Collection, caller: Caller, event: Published, row: dict[str, Any],
+        topics: tuple[Topic, ...], verdicts: dict[tuple[str, tuple[Any, ...]], bool],
+    ) -> bytes | None:  # fmt: skip
+        """The payload for a caller with these topics, or None when none of them admits the record."""
+        if caller.account_id is not None and caller.account_id != event.account_id:
+            return None
+        try:
+            rule = rule_clause(collection, "view", RecordResolver(collection, caller))
+        except ApiError:
+            return None  # the view rule is null (superadmins only) or cannot be evaluated
+        filters: dict[str | None, tuple[str, list[Any]] | None] = {}
+        if not any(self._holds(collection, caller, row, rule, t.filter, filters, verdicts) for t in topics):
+            return None
+        return self._payload(collection, caller, event)
 
     def _holds(
         self, collection: Collection, caller: Caller, row: dict[str, Any], rule: tuple[str, list[Any]],
