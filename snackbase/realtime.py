@@ -16,7 +16,7 @@ import asyncio
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -64,8 +64,8 @@ class Client:
     """One SSE or WebSocket connection. `viewer` is the Gate's view of who it is (opaque here)."""
 
     __slots__ = (
-        "_waiter", "account_id", "address", "close_code", "closed", "id", "kind", "limit", "queue",
-        "resume_after", "task", "topics", "user_id", "viewer",
+        "_pending", "_waiter", "account_id", "address", "close_code", "closed", "direct", "id", "kind",
+        "limit", "queue", "resume_after", "task", "topics", "user_id", "viewer",
     )  # fmt: skip
 
     def __init__(
@@ -87,12 +87,18 @@ class Client:
         self.resume_after: int | None = None  # SSE: Last-Event-ID, replayed at the first subscription
         self._waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[Any] | None = None  # the connection's task, ended if it stays stuck
+        # The transport's send for one message, set by the route: see `push`.
+        self.direct: Callable[[Message], Any] | None = None  # returns the send's coroutine
+        self._pending: tuple[Coroutine[Any, Any, None], Any] | None = None
 
     def push(self, message: Message) -> None:
         """Queues a message; a client that lets LIMIT messages pile up is disconnected with a reason."""
         if self.closed:
             return
         if self.queue is None:
+            if self.direct is not None and self._pending is None and self._idle():
+                self._send_now(message)
+                return
             self.queue = [message]
             self._wake()
             return
@@ -119,8 +125,47 @@ class Client:
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
+    def _idle(self) -> bool:
+        """The sender waits for a message (it is not in the middle of sending one)."""
+        return self._waiter is not None and not self._waiter.done()
+
+    def _send_now(self, message: Message) -> None:
+        """Fan-out fast path: the transport's send runs right here instead of waking the client's
+        sender (a task switch and a future per recipient, most of the cost of an event sent to
+        thousands). An ASGI server's send only suspends when the socket buffer is full (flow control);
+        then the sender finishes it, in order, before anything queued after it."""
+        assert self.direct is not None
+        coro = self.direct(message)
+        try:
+            awaited = coro.send(None)
+        except StopIteration:
+            return
+        except Exception:  # the peer is gone: the connection's own loop notices and cleans up
+            self.close()
+            return
+        self._pending = (coro, awaited)
+        self._wake()
+
+    async def _finish_pending(self) -> None:
+        assert self._pending is not None
+        coro, awaited = self._pending
+        try:
+            while True:
+                try:
+                    await awaited
+                except BaseException:
+                    coro.close()
+                    raise
+                awaited = coro.send(None)
+        except StopIteration:
+            pass
+        finally:
+            self._pending = None
+
     async def next(self) -> Message | None:
         """The next message to send; None once the client is closed and its queue is empty."""
+        if self._pending is not None:
+            await self._finish_pending()
         while not self.queue:
             if self.closed:
                 return None
@@ -129,6 +174,8 @@ class Client:
                 await self._waiter
             finally:
                 self._waiter = None
+            if self._pending is not None:
+                await self._finish_pending()
         message = self.queue.pop(0)
         if not self.queue:
             self.queue = None
@@ -143,7 +190,9 @@ class Gate(Protocol):
     def check(self, clients: Iterable[Client]) -> None:
         """Closes the clients whose right to events has ended (token expired, session revoked)."""
 
-    def render(self, event: Published, subs: list[tuple[Client, tuple[Topic, ...]]]) -> list[tuple[Client, bytes]]:
+    def render(
+        self, event: Published, subs: list[tuple[Client, tuple[Topic, ...]]]
+    ) -> list[tuple[Client, bytes]]:
         """The clients among `subs` that may see the event, each with the payload as it reads it."""
 
 

@@ -43,7 +43,9 @@ class Viewer:
 
     __slots__ = ("_caller", "expires_at", "key", "session_id")
 
-    def __init__(self, caller: Caller, session_id: str | None = None, expires_at: float = float("inf")) -> None:
+    def __init__(
+        self, caller: Caller, session_id: str | None = None, expires_at: float = float("inf")
+    ) -> None:
         self.session_id = session_id
         self.expires_at = expires_at  # the access token's expiry (epoch seconds)
         self.caller = caller
@@ -120,7 +122,9 @@ class RecordGate:
                 else:
                     _refresh(client.viewer, row)
 
-    def render(self, event: Published, subs: list[tuple[Client, tuple[Topic, ...]]]) -> list[tuple[Client, bytes]]:
+    def render(
+        self, event: Published, subs: list[tuple[Client, tuple[Topic, ...]]]
+    ) -> list[tuple[Client, bytes]]:
         try:
             collection = self.registry.get(self.conn, event.collection)
         except ApiError:  # deleted since

@@ -153,6 +153,9 @@ class EventStream(Response):
         watcher.add_done_callback(lambda _: client.close())
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+            client.direct = lambda m: send(
+                {"type": "http.response.body", "body": _sse_frame(m), "more_body": True}
+            )
             while (message := await client.next()) is not None:
                 await send({"type": "http.response.body", "body": _sse_frame(message), "more_body": True})
             with contextlib.suppress(Exception):
@@ -296,6 +299,7 @@ async def _refuse(ws: WebSocket, exc: ApiError) -> None:
 
 
 async def _ws_sender(ws: WebSocket, client: Client) -> None:
+    client.direct = lambda m: ws.send({"type": "websocket.send", "text": m[2].decode()})
     try:
         while (message := await client.next()) is not None:
             await ws.send_text(message[2].decode())
