@@ -23,13 +23,12 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import apsw
 import msgspec
 
-from snackbase.db import fetch_all, fetch_value
+from snackbase.db import fetch_value
 from snackbase.times import now_iso
 from snackbase.unit_of_work import Work
 
@@ -46,16 +45,28 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
 
-@dataclass(frozen=True, slots=True)
 class Published:
-    """One committed record change as every broker receives it."""
+    """One committed record change as every broker receives it. The record's JSON is decoded only
+    when some subscriber's topic matches (most events of a busy server concern nobody here)."""
 
-    seq: int
-    action: str  # create | update | delete
-    account_id: str
-    collection: str
-    record_id: str
-    record: dict[str, Any]  # as committed (a delete: as it was); unmasked JSON values
+    __slots__ = ("_raw", "_record", "account_id", "action", "collection", "record_id", "seq")
+
+    def __init__(self, seq: int, action: str, account_id: str, collection: str, record_id: str,
+                 raw: str) -> None:  # fmt: skip
+        self.seq = seq
+        self.action = action  # create | update | delete
+        self.account_id = account_id
+        self.collection = collection
+        self.record_id = record_id
+        self._raw = raw
+        self._record: dict[str, Any] | None = None
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """As committed (a delete: as it was); unmasked JSON values."""
+        if self._record is None:
+            self._record = _decode(self._raw)
+        return self._record
 
 
 Deliver = Callable[[list[Published]], None]
@@ -201,18 +212,12 @@ def insert_event(
 
 
 def _read_after(conn: apsw.Connection, after: int, upto: int | None, limit: int) -> list[Published]:
-    rows = fetch_all(
-        conn,
+    rows = conn.execute(
         "SELECT id, action, account_id, collection, record_id, record FROM realtime_events"
         " WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
         (after, upto if upto is not None else 2**62, limit),
     )
-    return [
-        Published(
-            r["id"], r["action"], r["account_id"], r["collection"], r["record_id"], _decode(r["record"])
-        )
-        for r in rows
-    ]
+    return [Published(*row) for row in rows]
 
 
 def _last_seq(conn: apsw.Connection) -> int:
