@@ -110,7 +110,7 @@ class SnackBaseApp(Starlette):
         app: ASGIApp = ExceptionHandlers(self.router, self.exception_handlers)
         for cls, args, kwargs in reversed(self.user_middleware):
             app = cls(app, *args, **kwargs)
-        return realtime.websocket_first(app, self.state.settings.api_prefix)
+        return realtime.realtime_first(app, self.state.settings.api_prefix)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
