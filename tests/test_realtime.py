@@ -421,3 +421,23 @@ def test_cross_worker_delivery(world: World, serve: Callable[..., ServerProcess]
     made = [create(server, world.bob, title=f"n{i}")["id"] for i in range(6)]
     for ws in clients:
         assert [ws.recv()["record"]["id"] for _ in range(6)] == made
+
+
+def test_bad_token_or_no_account_is_refused(world: World, serve: Callable[..., ServerProcess]) -> None:
+    server = serve()
+    url = f"ws://127.0.0.1:{server.port}{API}/realtime"
+    ws = connect(url, open_timeout=5, legacy=True)
+    OPEN.append(ws)
+    ws.send(json.dumps({"type": "auth", "token": "not-a-token"}))
+    reply = json.loads(ws.recv(5))
+    assert (reply["type"], reply["code"], reply["status"]) == ("error", "unauthorized", 401)
+    with pytest.raises(ConnectionClosed) as closed:
+        ws.recv(5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    anonymous = Ws(server)  # no token and no account: connected, but may not subscribe
+    anonymous.send({"type": "subscribe", "topics": ["notes"]})
+    assert anonymous.recv()["type"] == "connect"
+    reply = anonymous.recv()
+    assert (reply["type"], reply["code"]) == ("error", "unauthorized")
+    sse = Sse(server, {"authorization": "Bearer nope"})
+    assert (sse.status, sse.error["code"]) == (401, "unauthorized")
