@@ -33,7 +33,20 @@ from snackbase.middleware import ExceptionHandlers, RequestMiddleware
 from snackbase.migrations import migrate, refuse_newer
 from snackbase.ops import Ops
 from snackbase.ratelimit import RateLimitMiddleware, parse_proxies
-from snackbase.routes import RouteTable, audit, collections, docs, health, macros, records, signatures
+from snackbase.realtime import Broker, Limits
+from snackbase.realtime_access import RecordGate
+from snackbase.realtime_transport import SqliteTransport, install
+from snackbase.routes import (
+    RouteTable,
+    audit,
+    collections,
+    docs,
+    health,
+    macros,
+    realtime,
+    records,
+    signatures,
+)
 from snackbase.routes import accounts as accounts_routes
 from snackbase.routes import auth as auth_routes
 from snackbase.routes import backups as backups_routes
@@ -74,6 +87,7 @@ def api_tables() -> list[RouteTable]:
         docs.routes,
         settings_routes.routes,
         profiles_routes.routes,
+        realtime.routes,
         *auth_tables(),
         backups_routes.routes,
         logs_routes.routes,
@@ -134,7 +148,7 @@ class SnackBaseApp(Starlette):
         app: ASGIApp = ExceptionHandlers(self.router, self.exception_handlers)
         for cls, args, kwargs in reversed(self.user_middleware):
             app = cls(app, *args, **kwargs)
-        return app
+        return realtime.realtime_first(app, self.state.settings.api_prefix)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -155,6 +169,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await ops.start()
         sweeper = asyncio.create_task(files.sweep_periodically(db.conn))
         yield
+        app.state.realtime.stop()  # open streams end now, not at the graceful-shutdown timeout
         sweeper.cancel()
         optimizer.cancel()
         await ops.stop()
@@ -200,6 +215,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.ops = ops
     app.state.registry = Registry()
     app.state.macros = MacroStore()
+    app.state.realtime = realtime_broker(settings, db, app.state.registry)
     start_auth(settings, db)
     with _close_on_error(db):
         start_files(settings, db)
@@ -218,6 +234,15 @@ def _close_on_error(db: Database) -> Iterator[None]:
     except Exception:
         db.close()
         raise
+
+
+def realtime_broker(settings: Settings, db: Database, registry: Registry) -> Broker:
+    """This process's realtime broker over the SQLite transport (see snackbase/realtime_transport.py)."""
+    transport = SqliteTransport(db.conn)
+    install(db.conn, transport)
+    limits = Limits(settings.realtime_max_topics, settings.realtime_max_connections_per_user,
+                    settings.realtime_max_connections_per_address, settings.realtime_send_queue)  # fmt: skip
+    return Broker(transport, RecordGate(db.conn, registry), limits)
 
 
 def start_auth(settings: Settings, db: Database) -> None:

@@ -21,12 +21,12 @@ class AuthMiddleware:
         self.prefix = prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket") and scope["path"].startswith(self.prefix):
+        # WebSockets (realtime) authenticate in their route: by header or by their first message.
+        if scope["type"] == "http" and scope["path"].startswith(self.prefix):
             try:
                 await get_auth(Request(scope))
             except ApiError as exc:
-                if scope["type"] == "http":
-                    response = error_response(exc, str(scope.get("state", {}).get("request_id", "")))
-                    await response(scope, receive, send)
-                    return
+                response = error_response(exc, str(scope.get("state", {}).get("request_id", "")))
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, send)

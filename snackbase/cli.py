@@ -124,9 +124,10 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
         "proxy_headers": False,
         "timeout_graceful_shutdown": 10,
         "lifespan": "on",
-        # No WebSocket endpoint exists yet (realtime is not built): not loading a WebSocket protocol
-        # keeps ~1 MiB off an idle server. Realtime will set this back to "websockets".
-        "ws": "none",
+        # wsproto for the realtime WebSocket: per idle connection it holds no task and no buffers of
+        # its own (measured in docs/performance.md, "Realtime"); pings are our heartbeats.
+        "ws": "wsproto",
+        "ws_ping_interval": None,
     }
 
 

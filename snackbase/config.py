@@ -100,6 +100,14 @@ class Settings:
     s3_access_key: str = _meta("S3 access key id")
     s3_secret_key: str = _meta("S3 secret access key", secret=True)
     s3_force_path_style: bool = _meta("address the bucket as endpoint/bucket (true) or bucket.endpoint")
+    realtime_max_topics: int = _meta("topics one realtime client may subscribe to")
+    realtime_max_connections_per_user: int = _meta("realtime connections one user may hold (per process)")
+    realtime_max_connections_per_address: int = _meta(
+        "realtime connections one IP address may hold (per process)"
+    )
+    realtime_send_queue: int = _meta(
+        "messages queued for a realtime client before it is disconnected as slow"
+    )
 
     # The defaults live here rather than on the fields so `_meta` stays readable above.
     @classmethod
@@ -158,6 +166,10 @@ class Settings:
             "s3_access_key": "",
             "s3_secret_key": "",
             "s3_force_path_style": True,
+            "realtime_max_topics": 50,
+            "realtime_max_connections_per_user": 20,
+            "realtime_max_connections_per_address": 1_000,
+            "realtime_send_queue": 500,
         }
 
     @property
@@ -287,6 +299,9 @@ def _check_ranges(settings: Settings) -> None:
         raise ConfigError("SNACKBASE_SESSION_IDLE_MINUTES must be 0 (off) or more")
     if settings.workers < 1:
         raise ConfigError("workers must be at least 1")
+    if min(settings.realtime_max_topics, settings.realtime_max_connections_per_user,
+           settings.realtime_max_connections_per_address, settings.realtime_send_queue) < 1:  # fmt: skip
+        raise ConfigError("the SNACKBASE_REALTIME_* limits must be at least 1")
     if settings.max_json_bytes < 1024:
         raise ConfigError("SNACKBASE_MAX_JSON_BYTES must be at least 1024")
     if not settings.api_prefix.startswith("/") or settings.api_prefix.endswith("/"):

@@ -89,8 +89,12 @@ EVENTS: dict[str, EventSpec] = {
     "request.before": _spec(True, False, False, "RequestEvent: request, method, path"),
     "request.after": _spec(False, False, False, "RequestEvent: request, method, path, status, duration_ms"),
     "mail.before_send": _spec(True, True, False, "MailEvent: kind, to, message (EmailMessage, mutable)"),
-    "realtime.connect": _spec(True, False, False, "RealtimeEvent: client_id, data (realtime not built yet)"),
-    "realtime.disconnect": _spec(False, False, False, "RealtimeEvent: client_id (realtime not built yet)"),
+    "realtime.connect": _spec(
+        True, False, False, "RealtimeEvent: client_id, auth, data (transport, address)"
+    ),
+    "realtime.disconnect": _spec(
+        False, False, False, "RealtimeEvent: client_id, auth, data (transport, reason)"
+    ),
 }
 
 

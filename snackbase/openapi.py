@@ -118,6 +118,11 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         ("thumb", "download", "token"),
         media="application/octet-stream",
     ),
+    # realtime (the WebSocket at /realtime is described in docs/realtime.md: OpenAPI has no WebSockets)
+    ("GET", "/realtime/sse"): Op(
+        "Server-Sent Events: committed changes the caller may see", "account", media="text/event-stream"
+    ),
+    ("POST", "/realtime/subscriptions"): Op("Set an SSE client's topics", "account", body="JsonObject"),
     # user profiles
     ("GET", "/profiles/schema"): Op("The account's profile fields and users view rule", "user"),
     ("PUT", "/profiles/schema"): Op(
@@ -605,7 +610,10 @@ def _operation(
     ok: dict[str, Any] = {"description": "Success."}
     if status != 204:
         schema = {"$ref": _REF.format(name=response)} if response else {"type": "object"}
-        if op.media != "application/json":
+        if op.media == "text/event-stream":  # each event: `event:` name, `data:` JSON text, `id:`
+            event = {"type": "object", "properties": {"event": _STR, "data": _STR, "id": _STR}}
+            ok["content"] = {op.media: {"schema": event}}
+        elif op.media != "application/json":
             ok["content"] = {op.media: {"schema": {"type": "string"}}}
         elif path.endswith("/export"):
             ok["content"] = {"application/json": {"schema": {}}, "text/csv": {"schema": {"type": "string"}}}

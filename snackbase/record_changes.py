@@ -1,5 +1,5 @@
 """A record change as the write path records it: the audit entry inside the unit of work, and the
-after-commit work (hooks `record.after_*`; realtime plugs in here next) once it has committed.
+after-commit work (hooks `record.after_*`, the realtime broker) once it has committed.
 
 Every changed row goes through `record_change` — the record a request writes, and every row its
 references cascade to or set to null — so no change can reach the database without its audit entry.
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from snackbase import audit, audit_views, files
+from snackbase import audit, audit_views, files, realtime_transport
 from snackbase.rules import Caller
 from snackbase.schema import Collection
 from snackbase.unit_of_work import Work
@@ -60,7 +60,8 @@ class Change:
 
 
 def record_change(conn: apsw.Connection, work: Work, change: Change) -> None:
-    """In the unit of work: the change's audit entry; after its commit: the after-hooks."""
+    """In the unit of work: the change's audit entry and realtime event; after its commit: the
+    after-hooks and the realtime delivery."""
     pii = {f.name: f.mask or "full" for f in change.collection.fields if f.pii}
     audit.append(
         conn, account_id=change.account_id, actor=change.ctx.actor, action=change.action,
@@ -70,6 +71,11 @@ def record_change(conn: apsw.Connection, work: Work, change: Change) -> None:
     )  # fmt: skip
     # Stored files follow the change: uploads kept, removed files deleted after COMMIT, quota counted.
     files.track(conn, work, change.collection, change.account_id, change.old, change.new)
+    # The realtime event commits with the change (a rolled-back write publishes nothing); every
+    # server process delivers it after COMMIT (snackbase/realtime_transport.py).
+    record = change.new if change.new is not None else change.old
+    realtime_transport.publish(conn, work, change.action.removeprefix("record."), change.account_id,
+                               change.collection.name, change.record_id, record or {})  # fmt: skip
     dispatcher = change.ctx.hooks
     after = f"record.after_{change.action.removeprefix('record.')}"
     if dispatcher and dispatcher.has(after, change.collection.name):
