@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 import threading
 import time
@@ -285,6 +284,8 @@ def _remove_leftovers(backups_dir: Path) -> None:
 def _write_tar(target: Path, manifest: dict[str, Any], parts: dict[str, Path], pacer: Pacer) -> None:
     """The manifest first (list and verify read it without walking the archive), then every part."""
     raw = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    import tarfile  # backups only: not loaded by an idle server
+
     with tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as tar:
         member = tarfile.TarInfo(MANIFEST)
         member.size, member.mtime, member.mode = len(raw), int(time.time()), 0o600
@@ -329,6 +330,8 @@ def read_manifest_from(stream: IO[bytes], name: str) -> dict[str, Any]:
     """The manifest at the start of an archive read from `stream` (a file, or an S3 download that is
     closed after the first member: the manifest comes first, so listing never reads a whole archive)."""
     try:
+        import tarfile
+
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             member = tar.next()
             if member is None or member.name != MANIFEST or not member.isfile():
@@ -336,7 +339,7 @@ def read_manifest_from(stream: IO[bytes], name: str) -> dict[str, Any]:
             handle = tar.extractfile(member)
             assert handle is not None
             manifest = json.loads(handle.read())
-    except (tarfile.TarError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (_tar_error(), json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BackupError(f"{name} is not a readable SnackBase backup: {exc}") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("parts"), dict):
         raise BackupError(f"{name} has a malformed manifest")
@@ -393,6 +396,8 @@ class VerifyReport:
 def extract(path: Path, target: Path) -> dict[str, Any]:
     """Unpacks every part listed in the manifest into `target` (nothing else; no path escapes)."""
     manifest = read_manifest(path)
+    import tarfile
+
     with tarfile.open(path, "r:") as tar:
         for member in tar:
             if member.name == MANIFEST:
@@ -524,3 +529,9 @@ def audit_extra(info: BackupInfo) -> dict[str, Any]:
         "schema_version": info.manifest.get("schema_version"),
         "database_sha256": info.manifest.get("parts", {}).get(DB_PART, {}).get("sha256"),
     }
+
+
+def _tar_error() -> type[Exception]:
+    import tarfile
+
+    return tarfile.TarError

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import jwt
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -53,11 +52,15 @@ async def file_token(request: Request) -> Response:
     now = int(time.time())
     claims = {"sub": auth.user_id, "account_id": auth.account_id, "sid": auth.session_id, "iat": now,
               "exp": now + FILE_TOKEN_TTL_S, "iss": FILE_TOKEN_ISSUER}  # fmt: skip
+    import jwt  # on first use: pyjwt pulls in `cryptography`, ~10 MiB of idle RSS (see tokens.py)
+
     token = jwt.encode(claims, settings.secret_key, algorithm="HS256")
     return json_response({"token": token, "expires_in": FILE_TOKEN_TTL_S})
 
 
 def _auth_from_file_token(request: Request, token: str) -> Auth:
+    import jwt  # on first use, as above
+
     settings: Settings = request.app.state.settings
     try:
         claims = jwt.decode(
