@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import shutil
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -30,45 +31,50 @@ class StorageError(BackupError):
     """The archive store itself failed (an S3 upload or download), not the archive."""
 
 
-class ArchiveStore:
+class ArchiveStore(ABC):
     """The interface; see LocalArchives and S3Archives. Every method blocks (run it off the loop)."""
 
     kind = "none"
 
+    @abstractmethod
     def location(self, name: str = "") -> str:
         """Where an archive (or, without a name, every archive) is, for people: a path or s3://…"""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def list_archives(self) -> list[BackupInfo]:
         """Every complete archive, newest first; an unreadable one with an empty manifest."""
-        raise NotImplementedError
+        ...
 
-    def names(self) -> list[str]:
-        raise NotImplementedError
+    @abstractmethod
+    def names(self) -> list[str]: ...
 
-    def exists(self, name: str) -> bool:
-        raise NotImplementedError
+    @abstractmethod
+    def exists(self, name: str) -> bool: ...
 
-    def info(self, name: str) -> BackupInfo:
-        raise NotImplementedError
+    @abstractmethod
+    def info(self, name: str) -> BackupInfo: ...
 
+    @abstractmethod
     def keep(self, made: BackupInfo) -> BackupInfo:
         """Takes an archive just written into the backup dir into the store."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def fetched(self, name: str) -> contextlib.AbstractContextManager[Path]:
         """The archive as a local file while the context lasts."""
-        raise NotImplementedError
+        ...
 
     def local_path(self, name: str) -> Path | None:
         """The archive's file when it is on local disk (served as is), else None."""
         return None
 
     def chunks(self, name: str) -> AsyncIterator[bytes]:
-        raise NotImplementedError
+        """The archive's bytes, for a store whose archives are not on local disk (`local_path` None)."""
+        raise StorageError(f"the {self.kind} archive store serves its archives as files")
 
-    def delete(self, name: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def delete(self, name: str) -> None: ...
 
     def prune(self, keep: int) -> list[str]:
         """Deletes the oldest archives beyond the newest `keep` (0 keeps all); returns their names."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,26 +20,27 @@ from snackbase.s3 import S3Client
 CHUNK = 1024 * 1024
 
 
-class Storage:
+class Storage(ABC):
     """The interface; see LocalStorage and S3Storage."""
 
     kind = "none"
 
-    async def put(self, key: str, staged: Path, size: int, sha256: str, content_type: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def put(self, key: str, staged: Path, size: int, sha256: str, content_type: str) -> None: ...
 
-    def delete(self, key: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
 
-    def exists(self, key: str) -> bool:
-        raise NotImplementedError
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
 
+    @abstractmethod
     def stream(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
         """Bytes start..end (inclusive) of the stored file."""
-        raise NotImplementedError
+        ...
 
-    async def read(self, key: str) -> bytes:
-        raise NotImplementedError
+    @abstractmethod
+    async def read(self, key: str) -> bytes: ...
 
 
 class LocalStorage(Storage):
