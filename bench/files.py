@@ -29,10 +29,10 @@ from harness import ROOT, Result, Server, request, save, wrk
 from records import (
     SUPER_EMAIL,
     SUPER_PASSWORD,
-    USER_EMAIL,
-    USER_PASSWORD,
+    pocketbase_admin,
     pocketbase_binary,
     pocketbase_command,
+    snackbase_admin,
 )
 
 BOUNDARY = "----bench-boundary-7MA4YWxkTrZu0gW"
@@ -102,18 +102,7 @@ def snackbase() -> tuple[Server, dict[str, Any]]:
             "SNACKBASE_LOG_LEVEL": "WARNING",
         },
     )
-    api = server.url + "/api/v1"
-    login = request(
-        api + "/auth/login",
-        "POST",
-        {"email": SUPER_EMAIL, "password": SUPER_PASSWORD, "account_identifier": "system"},
-    )
-    admin = {"authorization": "Bearer " + login["access_token"]}
-    registered = request(
-        api + "/auth/register",
-        "POST",
-        {"account_name": "Bench", "email": USER_EMAIL, "password": USER_PASSWORD},
-    )
+    api, admin, registered = snackbase_admin(server)
     user = {"authorization": "Bearer " + registered["access_token"]}
     fields = [
         {"name": "title", "type": "text"},
@@ -135,21 +124,9 @@ def snackbase() -> tuple[Server, dict[str, Any]]:
 
 
 def pocketbase(binary: str) -> tuple[Server, dict[str, Any]]:
-    import subprocess
 
     server = Server(pocketbase_command(binary), "/api/health")
-    subprocess.run(
-        [binary, "superuser", "upsert", SUPER_EMAIL, SUPER_PASSWORD, "--dir", str(server.data_dir)],
-        check=True,
-        capture_output=True,
-    )
-    api = server.url + "/api"
-    login = request(
-        api + "/collections/_superusers/auth-with-password",
-        "POST",
-        {"identity": SUPER_EMAIL, "password": SUPER_PASSWORD},
-    )
-    admin = {"authorization": login["token"]}
+    api, admin = pocketbase_admin(binary, server)
     fields = [
         {"name": "title", "type": "text"},
         {"name": "doc", "type": "file", "maxSelect": 1, "maxSize": 200 * MB, "thumbs": ["100x100"]},

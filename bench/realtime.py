@@ -35,10 +35,10 @@ from harness import EXE, ROOT, Server, request, save, wrk
 from records import (
     SUPER_EMAIL,
     SUPER_PASSWORD,
-    USER_EMAIL,
-    USER_PASSWORD,
+    pocketbase_admin,
     pocketbase_binary,
     pocketbase_command,
+    snackbase_admin,
 )
 
 _ID = re.compile(rb'"id":"([^"]+)"')
@@ -81,18 +81,7 @@ def start_snackbase() -> Target:
         "PYTHONPATH": str(ROOT),
     }
     server = Server([*command, "serve", "--port", "{port}", "--data-dir", "{data}"], "/health", env=env)
-    api = server.url + "/api/v1"
-    login = request(
-        api + "/auth/login",
-        "POST",
-        {"email": SUPER_EMAIL, "password": SUPER_PASSWORD, "account_identifier": "system"},
-    )
-    admin = {"authorization": "Bearer " + login["access_token"]}
-    registered = request(
-        api + "/auth/register",
-        "POST",
-        {"account_name": "Bench", "email": USER_EMAIL, "password": USER_PASSWORD},
-    )
+    api, admin, registered = snackbase_admin(server)
     rules = dict.fromkeys(("list", "view", "create", "update", "delete"), "")
     fields = [{"name": "title", "type": "text"}, {"name": "views", "type": "number"}]
     for name in ("live", "other"):
@@ -110,21 +99,9 @@ def start_snackbase() -> Target:
 
 
 def start_pocketbase(binary: str) -> Target:
-    import subprocess
 
     server = Server(pocketbase_command(binary), "/api/health")
-    subprocess.run(
-        [binary, "superuser", "upsert", SUPER_EMAIL, SUPER_PASSWORD, "--dir", str(server.data_dir)],
-        check=True,
-        capture_output=True,
-    )
-    api = server.url + "/api"
-    login = request(
-        api + "/collections/_superusers/auth-with-password",
-        "POST",
-        {"identity": SUPER_EMAIL, "password": SUPER_PASSWORD},
-    )
-    admin = {"authorization": login["token"]}
+    api, admin = pocketbase_admin(binary, server)
     rules = {f"{op}Rule": "" for op in ("list", "view", "create", "update", "delete")}
     fields = [{"name": "title", "type": "text"}, {"name": "views", "type": "number"}]
     for name in ("live", "other"):

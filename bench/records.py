@@ -90,7 +90,8 @@ SB_RULES = {
 SB_PII_FIELDS = [{**f, "pii": True, "mask": "full"} if f["name"] == "body" else f for f in SB_FIELDS]
 
 
-def snackbase_setup(server: Server) -> dict[str, Any]:
+def snackbase_admin(server: Server) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """The API base, the superadmin's headers, and a newly registered account (the other benches too)."""
     api = server.url + "/api/v1"
     login = request(
         api + "/auth/login",
@@ -103,6 +104,11 @@ def snackbase_setup(server: Server) -> dict[str, Any]:
         "POST",
         {"account_name": "Bench", "email": USER_EMAIL, "password": USER_PASSWORD},
     )
+    return api, admin, registered
+
+
+def snackbase_setup(server: Server) -> dict[str, Any]:
+    api, admin, registered = snackbase_admin(server)
     user = {"authorization": "Bearer " + registered["access_token"]}
     account = registered["account"]["id"]
     setup: dict[str, Any] = {"account": account, "user": user}
@@ -168,7 +174,8 @@ def pocketbase_command(binary: str) -> list[str]:
             "--migrationsDir", "{data}/pb_migrations"]  # fmt: skip
 
 
-def pocketbase_setup(binary: str, server: Server) -> dict[str, Any]:
+def pocketbase_admin(binary: str, server: Server) -> tuple[str, dict[str, str]]:
+    """The API base and a superuser's headers of a running PocketBase (the other benches too)."""
     subprocess.run(
         [binary, "superuser", "upsert", SUPER_EMAIL, SUPER_PASSWORD, "--dir", str(server.data_dir)],
         check=True,
@@ -180,7 +187,11 @@ def pocketbase_setup(binary: str, server: Server) -> dict[str, Any]:
         "POST",
         {"identity": SUPER_EMAIL, "password": SUPER_PASSWORD},
     )
-    admin = {"authorization": login["token"]}
+    return api, {"authorization": login["token"]}
+
+
+def pocketbase_setup(binary: str, server: Server) -> dict[str, Any]:
+    api, admin = pocketbase_admin(binary, server)
     request(
         api + "/collections/users/records",
         "POST",

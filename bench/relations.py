@@ -28,10 +28,10 @@ from harness import EXE, ROOT, Result, Server, print_table, request, save, wrk
 from records import (
     SUPER_EMAIL,
     SUPER_PASSWORD,
-    USER_EMAIL,
-    USER_PASSWORD,
+    pocketbase_admin,
     pocketbase_binary,
     pocketbase_command,
+    snackbase_admin,
 )
 
 ROWS = 10_000
@@ -76,18 +76,7 @@ def snackbase_server() -> Server:
 
 def snackbase_setup(server: Server) -> tuple[list[tuple[str, str]], str]:
     """The scenarios (label, url) and the account id anonymous callers name."""
-    api = server.url + "/api/v1"
-    login = request(
-        api + "/auth/login",
-        "POST",
-        {"email": SUPER_EMAIL, "password": SUPER_PASSWORD, "account_identifier": "system"},
-    )
-    admin = {"authorization": "Bearer " + login["access_token"]}
-    registered = request(
-        api + "/auth/register",
-        "POST",
-        {"account_name": "Bench", "email": USER_EMAIL, "password": USER_PASSWORD},
-    )
+    api, admin, registered = snackbase_admin(server)
     user = {"authorization": "Bearer " + registered["access_token"]}
     request(
         api + "/collections",
@@ -161,20 +150,8 @@ def snackbase_setup(server: Server) -> tuple[list[tuple[str, str]], str]:
 
 
 def pocketbase_setup(binary: str, server: Server) -> list[tuple[str, str]]:
-    import subprocess
 
-    subprocess.run(
-        [binary, "superuser", "upsert", SUPER_EMAIL, SUPER_PASSWORD, "--dir", str(server.data_dir)],
-        check=True,
-        capture_output=True,
-    )
-    api = server.url + "/api"
-    login = request(
-        api + "/collections/_superusers/auth-with-password",
-        "POST",
-        {"identity": SUPER_EMAIL, "password": SUPER_PASSWORD},
-    )
-    admin = {"authorization": login["token"]}
+    api, admin = pocketbase_admin(binary, server)
     rules = {f"{op}Rule": "" for op in ("list", "view", "create", "update", "delete")}
     created = {"name": "created", "type": "autodate", "onCreate": True, "onUpdate": False}
     projects = request(

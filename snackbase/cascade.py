@@ -9,6 +9,7 @@ of SQLite's bare constraint error.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import apsw
@@ -55,30 +56,99 @@ def before_delete(
     ctx: WriteContext,
     work: Work,
     reason: str | None,
-    depth: int = 0,
-    seen: set[tuple[str, str]] | None = None,
 ) -> None:
     """Refuses (restrict), nulls (set_null) or deletes (cascade) the rows referencing `ids` of `target`
-    (a collection name, or None for users), each change with its audit entry. `seen` holds the rows
-    this delete already takes down, so a reference cycle ends instead of going round."""
-    if not ids:
-        return
-    seen = seen if seen is not None else {(target or "users", i) for i in ids}
-    if depth > MAX_DEPTH:
-        raise ApiError(409, "conflict", f"Deleting this would cascade more than {MAX_DEPTH} levels deep.")
-    fields = referencing(registry, conn, target)
-    for collection, f in fields:  # every restrict first: nothing changes if any refuses
-        if f.options.get("on_delete", "restrict") == "restrict":
-            _refuse_if_referenced(conn, collection, f, ids, target)
-    for collection, f in fields:
-        on_delete = f.options.get("on_delete", "restrict")
-        if is_multi_reference(f) and on_delete != "restrict":
-            # A list of ids loses the deleted ones (cascade and set_null alike): the record stays.
-            _remove_ids(conn, registry, collection, f, ids, ctx, work, reason, target, on_delete)
-        elif on_delete == "set_null":
-            _set_null(conn, registry, collection, f, ids, ctx, work, reason, target)
-        elif on_delete == "cascade":
-            _cascade(conn, registry, collection, f, ids, ctx, work, reason, target, depth, seen)
+    (a collection name, or None for users), each change with its audit entry."""
+    if ids:
+        seen = {(target or "users", i) for i in ids}
+        _Deletion(conn, registry, ctx, work, reason, seen).referencing(target, ids, 0)
+
+
+@dataclass
+class _Deletion:
+    """One delete and everything it cascades to. `seen` holds the rows it already takes down, so a
+    reference cycle ends instead of going round."""
+
+    conn: apsw.Connection
+    registry: Registry
+    ctx: WriteContext
+    work: Work
+    reason: str | None
+    seen: set[tuple[str, str]]
+
+    def referencing(self, target: str | None, ids: list[str], depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise ApiError(409, "conflict", f"Deleting this would cascade more than {MAX_DEPTH} levels deep.")
+        fields = referencing(self.registry, self.conn, target)
+        for collection, f in fields:  # every restrict first: nothing changes if any refuses
+            if f.options.get("on_delete", "restrict") == "restrict":
+                _refuse_if_referenced(self.conn, collection, f, ids, target)
+        for collection, f in fields:
+            on_delete = f.options.get("on_delete", "restrict")
+            if is_multi_reference(f) and on_delete != "restrict":
+                # A list of ids loses the deleted ones (cascade and set_null alike): the record stays.
+                self._remove_ids(collection, f, ids, target, on_delete)
+            elif on_delete == "set_null":
+                self._set_null(collection, f, ids, target)
+            elif on_delete == "cascade":
+                self._cascade(collection, f, ids, target, depth)
+
+    def _record(self, action: str, collection: Collection, row: dict[str, Any], old: Any, new: Any,
+                cause: dict[str, Any]) -> None:  # fmt: skip
+        change = Change(
+            action, collection, row["account_id"], row["id"], old, new, self.ctx, self.reason, cause
+        )
+        record_change(self.conn, self.work, change)
+
+    def _update_sql(self, collection: Collection, f: Field) -> str:
+        return (
+            f"UPDATE {quote_ident(collection.table)} SET {quote_ident(f.name)} = ?, updated_at = ?, "
+            "updated_by = ? WHERE id = ? RETURNING *"
+        )
+
+    def _set_null(self, collection: Collection, f: Field, ids: list[str], target: str | None) -> None:
+        to_json = self.registry.validator(collection).to_json
+        now, user, sql = now_iso(), self.ctx.caller.user_id, self._update_sql(collection, f)
+        for row in _referencing_rows(self.conn, collection, f, ids):
+            new = fetch_all(self.conn, sql, (None, now, user, row["id"]))[0]
+            cause = _cause(target, row[f.name], "set_null")
+            self._record("record.update", collection, row, to_json(row), to_json(new), cause)
+
+    def _remove_ids(
+        self, collection: Collection, f: Field, ids: list[str], target: str | None, on_delete: str
+    ) -> None:
+        to_json = self.registry.validator(collection).to_json
+        now, user, gone = now_iso(), self.ctx.caller.user_id, set(ids)
+        sql = self._update_sql(collection, f)
+        for row in _referencing_rows(self.conn, collection, f, ids):
+            old = to_json(row)
+            kept = [i for i in old[f.name] if i not in gone]
+            removed = next(i for i in old[f.name] if i in gone)
+            new = fetch_all(self.conn, sql, (_ids_json.encode(kept).decode(), now, user, row["id"]))[0]
+            self._record(
+                "record.update", collection, row, old, to_json(new), _cause(target, removed, on_delete)
+            )
+
+    def _cascade(
+        self, collection: Collection, f: Field, ids: list[str], target: str | None, depth: int
+    ) -> None:
+        rows = [
+            r
+            for r in _referencing_rows(self.conn, collection, f, ids)
+            if (collection.name, r["id"]) not in self.seen
+        ]
+        if not rows:
+            return
+        self.seen.update((collection.name, r["id"]) for r in rows)
+        self.referencing(collection.name, [r["id"] for r in rows], depth + 1)
+        to_json = self.registry.validator(collection).to_json
+        delete = f"DELETE FROM {quote_ident(collection.table)} WHERE id = ? RETURNING id"
+        for row in rows:
+            if self.conn.execute(delete, (row["id"],)).fetchone() is None:
+                continue  # deleted further down this same cascade
+            self._record(
+                "record.delete", collection, row, to_json(row), None, _cause(target, row[f.name], "cascade")
+            )
 
 
 def _referencing_rows(
@@ -114,84 +184,3 @@ def _refuse_if_referenced(
 
 def _cause(target: str | None, parent_id: str, on_delete: str) -> dict[str, Any]:
     return {"collection": target or "users", "record_id": parent_id, "on_delete": on_delete}
-
-
-def _set_null(
-    conn: apsw.Connection,
-    registry: Registry,
-    collection: Collection,
-    f: Field,
-    ids: list[str],
-    ctx: WriteContext,
-    work: Work,
-    reason: str | None,
-    target: str | None,
-) -> None:
-    to_json = registry.validator(collection).to_json
-    now, user = now_iso(), ctx.caller.user_id
-    sql = (
-        f"UPDATE {quote_ident(collection.table)} SET {quote_ident(f.name)} = NULL, updated_at = ?, "
-        "updated_by = ? WHERE id = ? RETURNING *"
-    )
-    for row in _referencing_rows(conn, collection, f, ids):
-        new = fetch_all(conn, sql, (now, user, row["id"]))[0]
-        change = Change("record.update", collection, row["account_id"], row["id"], to_json(row), to_json(new),
-                        ctx, reason, _cause(target, row[f.name], "set_null"))  # fmt: skip
-        record_change(conn, work, change)
-
-
-def _remove_ids(
-    conn: apsw.Connection,
-    registry: Registry,
-    collection: Collection,
-    f: Field,
-    ids: list[str],
-    ctx: WriteContext,
-    work: Work,
-    reason: str | None,
-    target: str | None,
-    on_delete: str,
-) -> None:
-    to_json = registry.validator(collection).to_json
-    now, user, gone = now_iso(), ctx.caller.user_id, set(ids)
-    sql = (
-        f"UPDATE {quote_ident(collection.table)} SET {quote_ident(f.name)} = ?, updated_at = ?, "
-        "updated_by = ? WHERE id = ? RETURNING *"
-    )
-    for row in _referencing_rows(conn, collection, f, ids):
-        old = to_json(row)
-        kept = [i for i in old[f.name] if i not in gone]
-        removed = next(i for i in old[f.name] if i in gone)
-        new = fetch_all(conn, sql, (_ids_json.encode(kept).decode(), now, user, row["id"]))[0]
-        change = Change("record.update", collection, row["account_id"], row["id"], old, to_json(new), ctx,
-                        reason, _cause(target, removed, on_delete))  # fmt: skip
-        record_change(conn, work, change)
-
-
-def _cascade(
-    conn: apsw.Connection,
-    registry: Registry,
-    collection: Collection,
-    f: Field,
-    ids: list[str],
-    ctx: WriteContext,
-    work: Work,
-    reason: str | None,
-    target: str | None,
-    depth: int,
-    seen: set[tuple[str, str]],
-) -> None:
-    rows = [r for r in _referencing_rows(conn, collection, f, ids) if (collection.name, r["id"]) not in seen]
-    if not rows:
-        return
-    seen.update((collection.name, r["id"]) for r in rows)
-    child_ids = [r["id"] for r in rows]
-    before_delete(conn, registry, collection.name, child_ids, ctx, work, reason, depth + 1, seen)
-    to_json = registry.validator(collection).to_json
-    delete = f"DELETE FROM {quote_ident(collection.table)} WHERE id = ? RETURNING id"
-    for row in rows:
-        if conn.execute(delete, (row["id"],)).fetchone() is None:
-            continue  # deleted further down this same cascade
-        change = Change("record.delete", collection, row["account_id"], row["id"], to_json(row), None, ctx,
-                        reason, _cause(target, row[f.name], "cascade"))  # fmt: skip
-        record_change(conn, work, change)

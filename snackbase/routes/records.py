@@ -6,6 +6,9 @@ Every handler is the same three steps: who is calling, parse the input, call the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -14,8 +17,11 @@ from snackbase.context import caller_for, write_context
 from snackbase.errors import ApiError
 from snackbase.listing import paging
 from snackbase.record_changes import WriteContext
+from snackbase.rules import Caller
 from snackbase.schema import Collection
 from snackbase.web import json_response, no_content, read_json
+
+T = TypeVar("T")
 
 
 def _collection(request: Request) -> Collection:
@@ -98,18 +104,23 @@ async def create_record(request: Request) -> Response:
     caller = await caller_for(request)
     ctx = await write_context(request, caller)
     conn, registry = request.app.state.db.conn, request.app.state.registry
-    if uploads.is_multipart(request):  # files alongside the fields (snackbase.uploads)
-        body, staged = await uploads.read_multipart(request, collection, caller.account_id)
-        record = await files.write_with_uploads(
-            conn,
-            collection,
-            staged,
-            lambda: records.create_record(conn, registry, collection, ctx, body, staged),
-        )
-    else:
-        body = await read_json(request)
-        record = records.create_record(conn, registry, collection, ctx, body)
+    record = await _with_body(
+        request, collection, caller,
+        lambda body, staged: records.create_record(conn, registry, collection, ctx, body, staged),
+    )  # fmt: skip
     return json_response(record, status=201, headers=_etag(ctx))
+
+
+async def _with_body(
+    request: Request, collection: Collection, caller: Caller, write: Callable[[Any, list[files.Staged]], T]
+) -> T:
+    """Runs `write(body, staged uploads)` with the request's body: JSON, or multipart/form-data with the
+    files streamed to staging first and moved into storage around the write (snackbase.files)."""
+    if not uploads.is_multipart(request):
+        return write(await read_json(request), [])
+    body, staged = await uploads.read_multipart(request, collection, caller.account_id)
+    conn = request.app.state.db.conn
+    return await files.write_with_uploads(conn, collection, staged, lambda: write(body, staged))
 
 
 def _etag(ctx: WriteContext) -> dict[str, str] | None:
@@ -126,16 +137,11 @@ async def _update(request: Request, replace: bool) -> Response:
         request.app.state.registry,
         request.path_params["id"],
     )
-    if uploads.is_multipart(request):
-        body, staged = await uploads.read_multipart(request, collection, caller.account_id)
-        record = await files.write_with_uploads(
-            conn, collection, staged,
-            lambda: records.update_record(conn, registry, collection, ctx, record_id, body, replace=replace,
-                                          uploads=staged),
-        )  # fmt: skip
-    else:
-        body = await read_json(request)
-        record = records.update_record(conn, registry, collection, ctx, record_id, body, replace=replace)
+    record = await _with_body(
+        request, collection, caller,
+        lambda body, staged: records.update_record(conn, registry, collection, ctx, record_id, body,
+                                                   replace=replace, uploads=staged),
+    )  # fmt: skip
     return json_response(record, headers=_etag(ctx))
 
 
