@@ -2,10 +2,12 @@
 checks, and the audit entries of auth-side changes. Sessions and refresh tokens are `sessions`; the
 middleware that resolves the caller for every API request is `auth_middleware`.
 
-Revocation across worker processes: an access token is a signed JWT, but every request also checks in
-SQL (one indexed query on the session and user primary keys) that its session is neither revoked nor
-expired and its user is active; the role and account come from that row, never only from the token,
-so a role change or a deactivation takes effect on the next request.
+Revocation across worker processes: an access token is a signed JWT, but its session is also checked
+in SQL (the session and user rows) to be neither revoked nor expired with an active user; the role and
+account come from that row, never only from the token, so a role change or a deactivation takes effect
+on the next request. Each process remembers the sessions it verified, by token, while the database's
+`auth_version` counter stands still: triggers move it on every change that could alter the answer
+(migration 011), so a request costs one one-row read instead of the signature check and the join.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from snackbase.db import fetch_one
 from snackbase.errors import ApiError
 from snackbase.ids import SYSTEM_ACCOUNT_ID
 from snackbase.logs import request_context
-from snackbase.times import format_ts, now_iso
-from snackbase.tokens import InvalidToken, decode_access_token, mint_access_token
+from snackbase.times import format_ts, now_iso, parse_ts
+from snackbase.tokens import LEEWAY_S, InvalidToken, decode_access_token, mint_access_token
 
 __all__ = [
     "ANONYMOUS",
@@ -109,15 +111,21 @@ def resolve_auth(
     match = _BEARER.fullmatch(header.strip())
     if match is None:
         raise unauthorized("The Authorization header must be 'Bearer <access token>'.")
+    token = match.group(1)
+    verified = _verified.setdefault(conn, {})
+    version = _auth_version(conn)  # read before the session: a change in between shows up next time
+    known = verified.get(token)
+    if known is not None and known.version == version and time.time() < known.until:
+        return known.auth
     try:
-        claims = decode_access_token(settings, match.group(1))
+        claims = decode_access_token(settings, token)
     except InvalidToken:
         raise unauthorized("The access token is invalid or has expired.") from None
     row = _live_session(conn, claims["sid"], claims["sub"], now_iso())
     if row is None or row["account_id"] != claims["account_id"]:
         raise unauthorized("The session has ended; log in again.")
     account_id = row["account_id"]
-    return Auth(
+    auth = Auth(
         claims["sub"],
         account_id,
         row["email"],
@@ -127,13 +135,37 @@ def resolve_auth(
         "token",
         bool(row["pii_access"]),
     )
+    if len(verified) >= VERIFIED_MAX:
+        verified.clear()  # simpler than LRU; refilling costs one verification per live token
+    until = min(claims["exp"] + LEEWAY_S, parse_ts(row["expires_at"]).timestamp())
+    verified[token] = _Verified(auth, version, until)
+    return auth
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A token whose signature and session were checked while `auth_version` was `version`; good until
+    the token or its session expires (epoch seconds), whichever comes first."""
+
+    auth: Auth
+    version: int
+    until: float
+
+
+# Verified tokens per database. Bounded: a flood of distinct valid tokens only costs re-verification.
+VERIFIED_MAX = 10_000
+_verified: weakref.WeakKeyDictionary[apsw.Connection, dict[str, _Verified]] = weakref.WeakKeyDictionary()
+
+
+def _auth_version(conn: apsw.Connection) -> int:
+    return conn.execute("SELECT version FROM auth_version WHERE id = 1").fetchone()[0]  # type: ignore[index]
 
 
 def _live_session(conn: apsw.Connection, session_id: str, user_id: str, now: str) -> dict[str, Any] | None:
     return fetch_one(
         conn,
         """
-        SELECT u.account_id, u.email, u.role, EXISTS (
+        SELECT u.account_id, u.email, u.role, s.expires_at, EXISTS (
             SELECT 1 FROM group_members m JOIN groups g ON g.id = m.group_id
             WHERE m.user_id = u.id AND g.name = 'pii_access') AS pii_access
         FROM sessions s JOIN users u ON u.id = s.user_id
