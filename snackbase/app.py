@@ -62,7 +62,7 @@ from snackbase.routes import settings as settings_routes
 from snackbase.routes import transfer as transfer_routes
 from snackbase.routes import user_admin as user_admin_routes
 from snackbase.routes import users as users_routes
-from snackbase.routing import IndexedRouter
+from snackbase.routing import IndexedRouter, LeanRoute
 from snackbase.runtime_settings import RuntimeSettingsMiddleware
 from snackbase.s3 import S3Client, S3Config
 from snackbase.storage import LocalStorage, S3Storage, Storage
@@ -121,7 +121,7 @@ def build_routes(prefix: str, tables: list[RouteTable]) -> list[BaseRoute]:
             if method == "WS":
                 built.append(WebSocketRoute(prefix + path, handler))
             else:
-                built.append(Route(prefix + path, handler, methods=[method]))
+                built.append(LeanRoute(prefix + path, handler, methods=[method]))
     return built
 
 

@@ -53,6 +53,10 @@ def request_id_from(scope: Scope) -> str:
     return random_bytes(12).hex()
 
 
+# The response's status so far ({"code", "sent"}), kept in the scope by RequestMiddleware: whether a
+# response has started decides whether an error can still be answered (ExceptionHandlers).
+RESPONSE_STATUS = "snackbase.response_status"
+
 # Called once per finished request with (scope, status, seconds, unhandled exception or None).
 Observer = Callable[[Scope, int, float, BaseException | None], None]
 
@@ -83,6 +87,7 @@ class RequestMiddleware:
         token = request_context.set(context)
         started = time.perf_counter()
         status = {"code": 500, "sent": False}
+        scope[RESPONSE_STATUS] = status
         extra_headers = self._headers(scope, request_id)
 
         async def send_wrapper(message: Message) -> None:
@@ -152,10 +157,10 @@ HttpHandler = Callable[[Request, Exception], Awaitable[Response]]
 class ExceptionHandlers:
     """Starlette's ExceptionMiddleware without its per-request wrapping of the app and of `send`.
 
-    A route finds its error handlers in the scope (Starlette wraps every endpoint in its own handler
-    lookup); what escapes the router itself, Starlette's 404 and 405, is answered here — always
-    before any response started, since routing comes first. Anything without a handler goes on up
-    to RequestMiddleware, which answers the bare 500."""
+    Every exception of the router (Starlette's 404 and 405) and of the endpoints (which run without
+    Starlette's per-route wrapper, see routing.LeanRoute) is answered here by its handler, unless a
+    response has already started (a stream that failed midway): then, as without a handler, it goes
+    on up to RequestMiddleware, which logs it and answers the bare 500 if it still can."""
 
     def __init__(self, app: ASGIApp, handlers: Mapping[Any, ExceptionHandler]) -> None:
         self.app = app
@@ -167,7 +172,7 @@ class ExceptionHandlers:
             await self.app(scope, receive, send)
         except Exception as exc:
             handler = self._handler_for(exc)
-            if handler is None or scope["type"] != "http":
+            if handler is None or scope["type"] != "http" or scope.get(RESPONSE_STATUS, {}).get("sent"):
                 raise
             response = await cast(HttpHandler, handler)(Request(scope, receive), exc)
             await response(scope, receive, send)
