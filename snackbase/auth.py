@@ -7,7 +7,8 @@ in SQL (the session and user rows) to be neither revoked nor expired with an act
 account come from that row, never only from the token, so a role change or a deactivation takes effect
 on the next request. Each process remembers the sessions it verified, by token, while the database's
 `auth_version` counter stands still: triggers move it on every change that could alter the answer
-(migration 011), so a request costs one one-row read instead of the signature check and the join.
+(migration 011), so a request reads the counter (`cache_versions`) instead of checking the signature
+and joining session and user.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import apsw
 from starlette.requests import Request
 
-from snackbase import audit, audit_views
+from snackbase import audit, audit_views, cache_versions
 from snackbase.config import Settings
 from snackbase.db import fetch_one
 from snackbase.errors import ApiError
@@ -87,11 +88,13 @@ async def get_auth(request: Request) -> Auth:
     state = request.scope.setdefault("state", {})
     auth = state.get("auth")
     if auth is None:
+        conn = request.app.state.db.conn
         auth = resolve_auth(
             request.app.state.settings,
-            request.app.state.db.conn,
+            conn,
             request.headers.get("authorization"),
             request.headers.get("x-account-id"),
+            cache_versions.of_request(state, conn).auth,
         )
         state["auth"] = auth
         context = request_context.get()
@@ -104,8 +107,14 @@ async def get_auth(request: Request) -> Auth:
 
 
 def resolve_auth(
-    settings: Settings, conn: apsw.Connection, header: str | None, account_ref: str | None
+    settings: Settings,
+    conn: apsw.Connection,
+    header: str | None,
+    account_ref: str | None,
+    auth_version: int | None = None,
 ) -> Auth:
+    """The caller named by the Authorization header (or anonymous, in the account named by
+    `account_ref`). `auth_version`: the counter as the request saw it, when it was already read."""
     if header is None:
         return Auth(None, _anonymous_account(conn, account_ref), None, None, None, False, "anonymous")
     match = _BEARER.fullmatch(header.strip())
@@ -113,7 +122,8 @@ def resolve_auth(
         raise unauthorized("The Authorization header must be 'Bearer <access token>'.")
     token = match.group(1)
     verified = _verified.setdefault(conn, {})
-    version = _auth_version(conn)  # read before the session: a change in between shows up next time
+    # Read before the session: a change in between shows up on the next request.
+    version = cache_versions.read(conn).auth if auth_version is None else auth_version
     known = verified.get(token)
     if known is not None and known.version == version and time.time() < known.until:
         return known.auth
@@ -155,10 +165,6 @@ class _Verified:
 # Verified tokens per database. Bounded: a flood of distinct valid tokens only costs re-verification.
 VERIFIED_MAX = 10_000
 _verified: weakref.WeakKeyDictionary[apsw.Connection, dict[str, _Verified]] = weakref.WeakKeyDictionary()
-
-
-def _auth_version(conn: apsw.Connection) -> int:
-    return conn.execute("SELECT version FROM auth_version WHERE id = 1").fetchone()[0]  # type: ignore[index]
 
 
 def _live_session(conn: apsw.Connection, session_id: str, user_id: str, now: str) -> dict[str, Any] | None:

@@ -49,16 +49,22 @@ class Registry:
     by_name: dict[str, Collection] = field(default_factory=dict)
     _validators: dict[str, RecordValidator] = field(default_factory=dict)
 
-    def refresh(self, conn: apsw.Connection) -> None:
+    def refresh(self, conn: apsw.Connection, seen: int | None = None) -> None:
+        """Reloads the definitions if `collections_version` moved. `seen`: the counter as the request
+        already read it (cache_versions); the counter only grows, so a cache at least that new holds."""
+        if seen is not None and seen <= self.version:
+            return
         version = fetch_value(conn, "SELECT version FROM collections_version WHERE id = 1")
         if version != self.version:
             rows = fetch_all(conn, "SELECT * FROM collections ORDER BY name")
             self.by_name = {row["name"]: collection_from_row(row) for row in rows}
             self._validators = {}
-            self.version = version
+            # Read inside a transaction, the definitions may yet be rolled back: remembered as of no
+            # version, so that the next look reloads them.
+            self.version = -1 if conn.in_transaction else version
 
-    def get(self, conn: apsw.Connection, name: str) -> Collection:
-        self.refresh(conn)
+    def get(self, conn: apsw.Connection, name: str, seen: int | None = None) -> Collection:
+        self.refresh(conn, seen)
         collection = self.by_name.get(name)
         if collection is None:
             raise ApiError(404, "not_found", f"There is no collection named '{name[:64]}'.")

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import aggregate, files, presenter, queries, records, uploads, versions
+from snackbase import aggregate, cache_versions, files, presenter, queries, records, uploads, versions
 from snackbase.context import caller_for, write_context
 from snackbase.errors import ApiError
 from snackbase.listing import paging
@@ -25,7 +25,9 @@ T = TypeVar("T")
 
 
 def _collection(request: Request) -> Collection:
-    return request.app.state.registry.get(request.app.state.db.conn, request.path_params["collection"])
+    conn = request.app.state.db.conn
+    seen = cache_versions.of_request(request.scope.setdefault("state", {}), conn).collections
+    return request.app.state.registry.get(conn, request.path_params["collection"], seen)
 
 
 def _names(request: Request, param: str) -> list[str]:

@@ -1,6 +1,6 @@
-"""Verified sessions are remembered per process only while nothing that could change the answer has
-changed: every such change — made by another process straight in SQL, cascades included — takes
-effect on the very next request, exactly as it did when every request re-checked its session."""
+"""The per-process caches on the hot path (verified sessions, collection definitions) hold only while
+their version counters stand still; every change — made by another process straight in SQL, cascades
+included — takes effect on the very next request, exactly as when every request re-read everything."""
 
 from __future__ import annotations
 
@@ -115,3 +115,36 @@ def test_a_forged_token_never_matches_a_remembered_one(
     forged = f"{header}.{payload}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BB'}"
     answer = client.get("/api/v1/auth/me", headers={"authorization": f"Bearer {forged}"})
     assert answer.status_code == 401
+
+
+def test_a_collection_changed_by_another_process_is_used_on_the_next_request(
+    client: TestClient, superadmin_token: str, other_process: apsw.Connection
+) -> None:
+    admin = {"authorization": f"Bearer {superadmin_token}"}
+    rules = dict.fromkeys(("list", "view", "create", "update", "delete"), "")
+    body = {"name": "notes", "rules": rules, "fields": [{"name": "title", "type": "text"}]}
+    assert client.post("/api/v1/collections", json=body, headers=admin).status_code == 201
+    account = client.post("/api/v1/accounts", json={"name": "Other"}, headers=admin).json()["id"]
+    public = {"x-account-id": account}
+    assert client.get("/api/v1/records/notes", headers=public).status_code == 200
+    other_process.execute("DELETE FROM collections WHERE name = 'notes'")  # as `serve` elsewhere would
+    other_process.execute("UPDATE collections_version SET version = version + 1")
+    assert client.get("/api/v1/records/notes", headers=public).json()["code"] == "not_found"
+
+
+def test_definitions_read_inside_a_rolled_back_transaction_are_not_kept(client: TestClient) -> None:
+    app: Any = client.app
+    conn, registry = app.state.db.conn, app.state.registry
+    registry.refresh(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(
+        "INSERT INTO collections (id, name, fields, rules, field_access, audit, created_at, updated_at) "
+        "VALUES ('c1', 'phantom', '[]', '{}', '{}', '{}', 'x', 'x')"
+    )
+    conn.execute("UPDATE collections_version SET version = version + 1")
+    registry.refresh(conn)
+    assert "phantom" in registry.by_name  # the transaction sees its own change
+    conn.execute("ROLLBACK")
+    committed = conn.execute("SELECT version FROM collections_version").fetchone()[0]
+    registry.refresh(conn, seen=committed)  # what the next request does
+    assert "phantom" not in registry.by_name
