@@ -322,7 +322,7 @@ def _generic_components() -> dict[str, Any]:
 
 def _batch_schema(create: str, update: str) -> dict[str, Any]:
     update_item = {"allOf": [{"$ref": _REF.format(name=update)}, {"type": "object", "required": ["id"],
-                   "properties": {"id": _STR}}]}  # fmt: skip
+                   "properties": {"id": _STR, "@if_match": _STR}}]}  # fmt: skip
     return {
         "type": "object",
         "properties": {
@@ -336,7 +336,7 @@ def _batch_schema(create: str, update: str) -> dict[str, Any]:
                         {
                             "type": "object",
                             "required": ["id"],
-                            "properties": {"id": _STR, "_reason": _STR},
+                            "properties": {"id": _STR, "_reason": _STR, "@if_match": _STR},
                             "additionalProperties": False,
                         },
                     ]
@@ -459,6 +459,7 @@ def record_schemas(collection: Collection, caller: Caller) -> dict[str, dict[str
             value = {"type": "string"} if f.name in masks else _value_schema(f, write=False)
             read[f.name] = _described(_nullable(value), f)
     read["expand"] = {"type": "object", "description": "Expanded references, by field name."}
+    read["@etag"] = {"type": "string", "description": "In lists: the record's version (its ETag)."}
     record = {"type": "object", "properties": read, "additionalProperties": False}
     return {
         "record": record,

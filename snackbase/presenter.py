@@ -25,7 +25,7 @@ from typing import Any
 import apsw
 import msgspec
 
-from snackbase import audit_views, profiles
+from snackbase import audit_views, profiles, versions
 from snackbase.collections import Registry
 from snackbase.db import fetch_all
 from snackbase.errors import ApiError, field_error
@@ -35,6 +35,7 @@ from snackbase.rules import ALIAS, Caller, RecordResolver, rule_clause, scope_cl
 from snackbase.schema import SYSTEM_FIELDS, Collection, is_multi_reference, quote_ident
 
 MAX_EXPAND_DEPTH = 3
+VERSION_KEY = "@etag"  # a list item's version (its ETag)
 MAX_BACK_EXPAND = 100  # back-related records one expand attaches to one record (oldest first)
 # What a caller who is not an account admin sees of an entry's `extra` (e.g. a signature's meaning).
 _PUBLIC_EXTRA = frozenset(("meaning", "signature_id", "cascade"))
@@ -58,6 +59,29 @@ def present_rows(
     masks, expanded references (each passing its own view rule), then the `fields` projection."""
     to_json = registry.validator(collection).to_json
     return _present(conn, registry, collection, caller, op, [to_json(r) for r in rows], expand, fields)
+
+
+def present_versioned_rows(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    caller: Caller,
+    op: str,
+    rows: list[dict[str, Any]],
+    expand: list[str] | tuple[str, ...] = (),
+    fields: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """`present_rows` for a list: each item also carries its version as `@etag` (snackbase.versions,
+    the ETag a single read answers with), so a client can send `If-Match` after a list. A `fields`
+    projection keeps it only when it names it (`fields=title,@etag`)."""
+    to_json = registry.validator(collection).to_json
+    records = [to_json(r) for r in rows]
+    if fields and VERSION_KEY not in fields:
+        return _present(conn, registry, collection, caller, op, records, expand, fields)
+    tags = [versions.etag(r) for r in records]  # the stored values: before masks and projection
+    for record, tag in zip(records, tags, strict=True):
+        record[VERSION_KEY] = tag  # not a field: field access and masks pass it by
+    return _present(conn, registry, collection, caller, op, records, expand, fields)
 
 
 def present_json(
@@ -94,7 +118,11 @@ def _present(
 
 def check_projection(collection: Collection, fields: list[str] | None) -> None:
     for name in fields or ():
-        if name not in collection.field_map and name not in SYSTEM_FIELDS and name != "expand":
+        if (
+            name not in collection.field_map
+            and name not in SYSTEM_FIELDS
+            and name not in ("expand", VERSION_KEY)
+        ):
             raise ApiError(
                 400,
                 "bad_request",
