@@ -124,6 +124,9 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ),
     ("POST", "/realtime/subscriptions"): Op("Set an SSE client's topics", "account", body="JsonObject"),
     # user profiles
+    ("GET", "/profiles"): Op(
+        "List the account's users' profiles the caller may see", "user", ("filter", "sort", *_PAGED), "Page"
+    ),
     ("GET", "/profiles/schema"): Op("The account's profile fields and users view rule", "user"),
     ("PUT", "/profiles/schema"): Op(
         "Define the account's profile fields and users view rule", "admin", body="JsonObject"

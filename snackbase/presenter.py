@@ -297,10 +297,21 @@ def present_profiles(conn: apsw.Connection, caller: Caller, ids: list[str]) -> d
     caller may see, each with `id` and the profile fields its field access and masks allow."""
     shown: dict[str, dict[str, Any]] = {}
     for collection, rows in profiles.visible_rows(conn, caller, ids):
-        names = ("id", *(f.name for f in collection.fields))
-        for record in present(collection, caller, "view", rows):
-            shown[record["id"]] = {k: record[k] for k in names if k in record}
+        for record in present_profile_rows(collection, caller, rows):
+            shown[record["id"]] = record
     return shown
+
+
+def present_profile_rows(
+    collection: Collection, caller: Caller, rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Profiles the caller may read (rows of `profiles.profile_table` in JSON form) as it reads them:
+    `id` and the profile fields its field access and masks allow. Works on copies."""
+    names = ("id", *(f.name for f in collection.fields))
+    return [
+        {k: r[k] for k in names if k in r}
+        for r in present(collection, caller, "view", [dict(r) for r in rows])
+    ]
 
 
 def sees_whole_record(collection: Collection, caller: Caller) -> bool:

@@ -16,6 +16,7 @@ account). Profiles reach callers only through `snackbase.presenter.present_profi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Final
 
 import apsw
@@ -23,16 +24,19 @@ import msgspec
 
 from snackbase import audit, audit_views
 from snackbase.collection_defs import field_to_json, new_collection, parse_collection_body
-from snackbase.db import fetch_all, fetch_one
+from snackbase.db import fetch_all, fetch_one, fetch_value
 from snackbase.errors import ApiError, field_error, validation_error
 from snackbase.field_types import RecordValidator
+from snackbase.filter import FilterError, parse_sort
+from snackbase.listing import Paging, after_clause, decode_cursor, encode_cursor, offset_page, order_sql
 from snackbase.macros import param_counts
-from snackbase.pii import check_write_access
+from snackbase.pii import check_write_access, hidden_fields
 from snackbase.rules import (
     ALIAS,
     Caller,
     RecordResolver,
     check_rules,
+    filter_clause,
     rule_clause,
     scope_clause,
     where_clause,
@@ -189,6 +193,70 @@ def visible_rows(
         found = fetch_all(conn, f"SELECT * FROM {profile_table(collection)} AS {ALIAS}{where}", params)
         out.append((collection, [RecordValidator(collection).to_json(r) for r in found]))
     return out
+
+
+def list_page(
+    conn: apsw.Connection, caller: Caller, account_id: str, query: ProfileQuery
+) -> tuple[Collection, dict[str, Any]]:
+    """One page of the account's profiles the caller may read (the view rule, as for one profile),
+    filtered and sorted on the profile fields it may read in clear; by offset or cursor (listing.py).
+    The items are stored values in JSON form: the caller shows them through the presenter."""
+    collection = load(conn, account_id)
+    resolver = RecordResolver(collection, caller, hidden=hidden_fields(collection, caller, "view"))
+    clauses = [scope_clause(caller), (f"{ALIAS}.account_id = ?", [account_id])]
+    if query.filter.strip():
+        clauses.append(filter_clause(query.filter, resolver))
+    clauses.append(view_clause(collection, caller))
+    names = _sort_keys(query.sort)
+    keys = [(_sort_expr(resolver, name), desc) for name, desc in names]
+    table = f"{profile_table(collection)} AS {ALIAS}"
+    paging, to_json = query.paging, RecordValidator(collection).to_json
+    if paging.after is None:
+        where, params = where_clause(*clauses)
+        sql = f"SELECT {ALIAS}.* FROM {table}{where} ORDER BY {order_sql(keys)} LIMIT ? OFFSET ?"
+        rows = fetch_all(conn, sql, [*params, paging.per_page, (paging.page - 1) * paging.per_page])
+        count = f"SELECT count(*) FROM {table}{where}"
+        items = [to_json(r) for r in rows]
+        return collection, offset_page(items, paging, lambda: int(fetch_value(conn, count, params)))
+    if paging.after:
+        clauses.append(after_clause(keys, decode_cursor(paging.after, query.sort, len(keys))))
+    where, params = where_clause(*clauses)
+    rows = fetch_all(conn, f"SELECT {ALIAS}.* FROM {table}{where} ORDER BY {order_sql(keys)} LIMIT ?",
+                     [*params, paging.per_page + 1])  # fmt: skip
+    more = len(rows) > paging.per_page
+    rows = rows[: paging.per_page]
+    cursor = encode_cursor(query.sort, [rows[-1][name] for name, _ in names]) if more else None
+    return collection, {"items": [to_json(r) for r in rows], "next_cursor": cursor}
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileQuery:
+    filter: str
+    sort: str
+    paging: Paging
+
+
+def _sort_keys(sort: str) -> list[tuple[str, bool]]:
+    """The sort's names, `id` last so that the order is total (a cursor needs it)."""
+    if not sort.strip():
+        return [("id", False)]
+    try:
+        keys = parse_sort(sort)
+    except FilterError as exc:
+        raise ApiError(
+            400, "invalid_sort", f"Invalid sort: {exc}.", field_error("sort", "invalid_sort", str(exc))
+        ) from None
+    return keys if any(name == "id" for name, _ in keys) else [*keys, ("id", keys[-1][1])]
+
+
+def _sort_expr(resolver: RecordResolver, name: str) -> str:
+    try:
+        if "." in name:  # a profile has no references to walk
+            raise FilterError(f"unknown field '{name[:64]}'", 0)
+        return resolver.field(name, 0)
+    except FilterError as exc:
+        raise ApiError(400, "invalid_sort", f"Invalid sort: {exc.message}.",
+                       field_error("sort", "invalid_sort", exc.message)) from None  # fmt: skip
 
 
 # --- writing --------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from snackbase import audit_views, presenter, profiles
 from snackbase.auth import require_account_admin
 from snackbase.context import caller_for
 from snackbase.errors import ApiError
+from snackbase.listing import paging
 from snackbase.rules import Caller
 from snackbase.web import json_response, read_json
 
@@ -63,7 +64,17 @@ async def patch_profile(request: Request) -> Response:
     return _shown(request, caller, user_id)
 
 
+async def list_profiles(request: Request) -> Response:
+    caller = await caller_for(request)
+    params = request.query_params
+    query = profiles.ProfileQuery(params.get("filter", ""), params.get("sort", ""), paging(request))
+    collection, page = profiles.list_page(request.app.state.db.conn, caller, _account(caller), query)
+    page["items"] = presenter.present_profile_rows(collection, caller, page["items"])
+    return json_response(page)
+
+
 routes = [
+    ("GET", "/profiles", list_profiles),
     ("GET", "/profiles/schema", get_schema),
     ("PUT", "/profiles/schema", put_schema),
     ("GET", "/profiles/{id}", get_profile),
