@@ -118,6 +118,12 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         ("thumb", "download", "token"),
         media="application/octet-stream",
     ),
+    ("GET", "/profiles/{id}/files/{filename}"): Op(
+        "Download a file of a user's profile (an avatar; Range, ETag, thumbnails)",
+        "account",
+        ("thumb", "download", "token"),
+        media="application/octet-stream",
+    ),
     # realtime (the WebSocket at /realtime is described in docs/realtime.md: OpenAPI has no WebSockets)
     ("GET", "/realtime/sse"): Op(
         "Server-Sent Events: committed changes the caller may see", "account", media="text/event-stream"
@@ -125,14 +131,22 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("POST", "/realtime/subscriptions"): Op("Set an SSE client's topics", "account", body="JsonObject"),
     # user profiles
     ("GET", "/profiles"): Op(
-        "List the account's users' profiles the caller may see", "user", ("filter", "sort", *_PAGED), "Page"
+        "List the account's users' profiles the caller may see",
+        "user",
+        ("filter", "sort", "expand", *_PAGED),
+        "Page",
     ),
     ("GET", "/profiles/schema"): Op("The account's profile fields and users view rule", "user"),
     ("PUT", "/profiles/schema"): Op(
         "Define the account's profile fields and users view rule", "admin", body="JsonObject"
     ),
-    ("GET", "/profiles/{id}"): Op("A user's profile, as the caller may see it", "user"),
-    ("PATCH", "/profiles/{id}"): Op("Change a user's profile (audited)", "user", body="JsonObject"),
+    ("GET", "/profiles/{id}"): Op("A user's profile, as the caller may see it", "user", ("expand",)),
+    ("PATCH", "/profiles/{id}"): Op(
+        "Change a user's profile (audited; multipart/form-data for files)",
+        "user",
+        ("expand",),
+        body="JsonObject",
+    ),
     ("PATCH", "/records/{collection}/{id}"): Op(
         "Update a record", "account", response="Record", body="RecordBody"
     ),

@@ -292,14 +292,62 @@ def _viewable_by_id(
     return {r["id"]: r for r in shown}
 
 
-def present_profiles(conn: apsw.Connection, caller: Caller, ids: list[str]) -> dict[str, dict[str, Any]]:
+def present_profiles(
+    conn: apsw.Connection,
+    caller: Caller,
+    ids: list[str],
+    registry: Registry | None = None,
+    expand: list[str] | tuple[str, ...] = (),
+) -> dict[str, dict[str, Any]]:
     """User profiles (snackbase.profiles) as this caller reads them, by user id: the profiles the
-    caller may see, each with `id` and the profile fields its field access and masks allow."""
+    caller may see, each with `id` and the profile fields its field access and masks allow, and the
+    `expand`ed references (`registry` needed then)."""
     shown: dict[str, dict[str, Any]] = {}
     for collection, rows in profiles.visible_rows(conn, caller, ids):
-        for record in present_profile_rows(collection, caller, rows):
+        records = present_profile_rows(collection, caller, rows)
+        if expand and registry is not None:
+            expand_profiles(conn, registry, collection, caller, records, expand)
+        for record in records:
             shown[record["id"]] = record
     return shown
+
+
+def check_profile_expand(collection: Collection, names: list[str]) -> None:
+    """`expand` on profiles names their reference and user fields (one level)."""
+    for name in names:
+        f = collection.field_map.get(name)
+        if f is None or f.type not in ("reference", "user"):
+            raise ApiError(
+                400,
+                "bad_request",
+                f"Cannot expand '{name[:64]}': not a reference or user field of the profiles.",
+                field_error("expand", "unknown_field", f"'{name[:64]}' is not a reference field."),
+            )
+
+
+def expand_profiles(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    caller: Caller,
+    records: list[dict[str, Any]],
+    names: list[str] | tuple[str, ...],
+) -> None:
+    """Attaches what profile references name under record["expand"][field]: a referenced record as
+    its own collection's view rule, field access and masks let the caller see it; a user's profile
+    as the users view rule does. A field the caller may not read was removed: nothing to expand."""
+    for name in names:
+        f = collection.field_map[name]
+        ids = sorted({r[name] for r in records if isinstance(r.get(name), str)})
+        if f.type == "user":
+            found = present_profiles(conn, caller, ids)
+        else:
+            found = _viewable_by_id(
+                conn, registry, registry.get(conn, f.options["collection"]), caller, ids, []
+            )
+        for record in records:
+            if record.get(name) in found:
+                record.setdefault("expand", {})[name] = found[record[name]]
 
 
 def present_profile_rows(

@@ -17,15 +17,15 @@ account). Profiles reach callers only through `snackbase.presenter.present_profi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import apsw
 import msgspec
 
-from snackbase import audit, audit_views
+from snackbase import audit, audit_views, files
 from snackbase.collection_defs import field_to_json, new_collection, parse_collection_body
 from snackbase.db import fetch_all, fetch_one, fetch_value
-from snackbase.errors import ApiError, field_error, validation_error
+from snackbase.errors import ApiError, FieldErrors, field_error, validation_error
 from snackbase.field_types import RecordValidator
 from snackbase.filter import FilterError, parse_sort
 from snackbase.listing import Paging, after_clause, decode_cursor, encode_cursor, offset_page, order_sql
@@ -41,11 +41,18 @@ from snackbase.rules import (
     scope_clause,
     where_clause,
 )
-from snackbase.schema import Collection, Field
+from snackbase.schema import FK_TYPES, Collection, Field, is_multi_reference, quote_ident
 from snackbase.times import now_iso
-from snackbase.unit_of_work import unit_of_work
+from snackbase.unit_of_work import Work, unit_of_work
 
-PROFILE_TYPES: Final = ("text", "number", "boolean", "email", "url", "date", "datetime", "select", "json")
+if TYPE_CHECKING:
+    from snackbase.collections import Registry
+    from snackbase.record_changes import WriteContext
+
+PROFILE_TYPES: Final = (
+    "text", "number", "boolean", "email", "url", "date", "datetime", "select", "json",
+    "file", "reference", "user",
+)  # fmt: skip
 MAX_PROFILE_FIELDS: Final = 50
 _json = msgspec.json.Encoder(order="sorted")
 
@@ -86,6 +93,7 @@ def to_json(collection: Collection) -> dict[str, Any]:
 
 def save(
     conn: apsw.Connection,
+    registry: Registry,
     account_id: str,
     body: Any,
     actor: audit.Actor,
@@ -110,8 +118,10 @@ def save(
     now = now_iso()
     new = _collection(account_id, body, now)
     check_rules(msgspec.structs.replace(new, rules={"view": new.rules.get("view")}), param_counts(conn))
+    _check_links(conn, registry, new)
     stored = {k: v for k, v in to_json(new).items() if k != "updated_at"}
-    with unit_of_work(conn):
+    with unit_of_work(conn) as work:
+        _drop_removed_files(conn, work, account_id, old, new)
         conn.execute(
             "INSERT INTO profile_schemas (account_id, definition, updated_at) VALUES (?, ?, ?) "
             "ON CONFLICT (account_id) DO UPDATE SET definition = excluded.definition, "
@@ -132,6 +142,51 @@ def save(
     return new
 
 
+def _check_links(conn: apsw.Connection, registry: Registry, collection: Collection) -> None:
+    """Profile references name an existing collection, one record each; deleting what a profile
+    references is refused (`restrict`, the default) or clears the value (`set_null`), see
+    `before_delete`."""
+    for i, f in enumerate(collection.fields):
+        if f.type not in FK_TYPES:
+            continue
+        if f.options.get("on_delete") not in ("restrict", "set_null"):
+            raise validation_error(field_error(f"fields.{i}.options.on_delete", "invalid_option",
+                                               "Profile references take restrict or set_null."))  # fmt: skip
+        if f.type == "reference":
+            if is_multi_reference(f):
+                raise validation_error(field_error(f"fields.{i}.options.max_select", "invalid_option",
+                                                   "A profile reference names one record."))  # fmt: skip
+            try:
+                registry.get(conn, f.options["collection"])
+            except ApiError:
+                raise validation_error(field_error(f"fields.{i}.options.collection", "invalid_option",
+                                                   "No collection of this name."))  from None  # fmt: skip
+
+
+def _drop_removed_files(
+    conn: apsw.Connection, work: Work, account_id: str, old: Collection, new: Collection
+) -> None:
+    """Files of file fields the new definition no longer has (or now types otherwise) are deleted
+    with the change, and their bytes leave the account's usage (snackbase.files)."""
+    kept = {f.name for f in new.fields if f.type == "file"}
+    gone = [f.name for f in old.fields if f.type == "file" and f.name not in kept]
+    if not gone:
+        return
+    for row in _stored_profiles(conn, account_id):
+        data = msgspec.json.decode(row["data"])
+        if any(data.get(name) for name in gone):
+            files.track(conn, work, old, account_id, data, {k: v for k, v in data.items() if k not in gone})
+
+
+def _stored_profiles(conn: apsw.Connection, account_id: str) -> list[dict[str, Any]]:
+    return fetch_all(
+        conn,
+        "SELECT p.user_id, p.data FROM user_profiles AS p JOIN users AS u ON u.id = p.user_id "
+        "WHERE u.account_id = ?",
+        (account_id,),
+    )
+
+
 # --- reading --------------------------------------------------------------------------------------
 
 
@@ -149,7 +204,7 @@ def profile_table(collection: Collection) -> str:
 
 
 def _is_json(f: Field) -> bool:
-    return f.type == "json" or (f.type == "select" and bool(f.options.get("multiple")))
+    return f.type in ("json", "file") or (f.type == "select" and bool(f.options.get("multiple")))
 
 
 def view_clause(collection: Collection, caller: Caller, alias: str = ALIAS) -> tuple[str, list[object]]:
@@ -259,6 +314,22 @@ def _sort_expr(resolver: RecordResolver, name: str) -> str:
                        field_error("sort", "invalid_sort", exc.message)) from None  # fmt: skip
 
 
+def shown_file(
+    conn: apsw.Connection, caller: Caller, user_id: str, filename: str
+) -> tuple[Collection, Field, dict[str, Any]] | None:
+    """The profile's file named `filename` if the caller reads it: the profile passes the users view
+    rule and the file's field is in what the presenter shows the caller (field access)."""
+    from snackbase.presenter import present_profile_rows  # the presenter reads profiles through here
+
+    for collection, rows in visible_rows(conn, caller, [user_id]):
+        for record in present_profile_rows(collection, caller, rows):
+            for f in files.file_fields(collection):
+                for meta in files.metas(record.get(f.name)):
+                    if meta.get("name") == filename:
+                        return collection, f, meta
+    return None
+
+
 # --- writing --------------------------------------------------------------------------------------
 
 
@@ -269,21 +340,24 @@ def update(
     body: Any,
     meta: audit.RequestMeta,
     reason: str | None,
+    registry: Registry,
+    uploads: list[files.Staged] | None = None,
 ) -> None:
-    """Changes some of a user's profile values: the user itself or an admin of its account."""
-    user = fetch_one(conn, "SELECT id, account_id FROM users WHERE id = ?", (user_id,))
-    same_account = user is not None and (caller.is_superadmin or user["account_id"] == caller.account_id)
-    if user is None or not same_account:
-        raise ApiError(404, "not_found", "No user with this id.")
-    if caller.user_id != user_id and not caller.is_account_admin:
-        raise ApiError(403, "forbidden", "Only the user or an account admin may change a profile.")
+    """Changes some of a user's profile values: the user itself or an admin of its account. `uploads`
+    are the files of a multipart request, already in storage (files.write_with_uploads)."""
+    user = check_writer(conn, caller, user_id)
     collection = load(conn, user["account_id"])
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "The profile must be a JSON object.")
     validator = RecordValidator(collection)
-    values = validator.to_json(validator.validate(body, mode="update"))
-    check_write_access(collection, caller, "update", list(values))
-    with unit_of_work(conn):
+    with unit_of_work(conn) as work:
         row = fetch_one(conn, "SELECT data FROM user_profiles WHERE user_id = ?", (user_id,))
         old = msgspec.json.decode(row["data"]) if row else {}
+        # File fields take uploads and names of the files the profile holds (snackbase.files).
+        resolved = files.resolve(collection, body, old, uploads or [])
+        values = validator.to_json(validator.validate(resolved, mode="update"))
+        check_write_access(collection, caller, "update", list(resolved))
+        _check_references(conn, registry, collection, values, user["account_id"])
         new = {**old, **values}
         if new == old:
             return
@@ -304,3 +378,126 @@ def update(
             reason=reason,
             meta=meta,
         )
+        # Uploads kept, replaced or removed files deleted after COMMIT, the account's usage counted.
+        files.track(conn, work, collection, user["account_id"], old, new)
+
+
+def check_writer(conn: apsw.Connection, caller: Caller, user_id: str) -> dict[str, Any]:
+    """The user whose profile the caller may change (itself, or as an account admin); 404 / 403."""
+    user = fetch_one(conn, "SELECT id, account_id FROM users WHERE id = ?", (user_id,))
+    same_account = user is not None and (caller.is_superadmin or user["account_id"] == caller.account_id)
+    if user is None or not same_account:
+        raise ApiError(404, "not_found", "No user with this id.")
+    if caller.user_id != user_id and not caller.is_account_admin:
+        raise ApiError(403, "forbidden", "Only the user or an account admin may change a profile.")
+    return user
+
+
+def _check_references(
+    conn: apsw.Connection, registry: Registry, collection: Collection, values: dict[str, Any], account_id: str
+) -> None:
+    """A profile reference names a record (or user) of the profile's OWN account."""
+    errors: FieldErrors = {}
+    for name, value in values.items():
+        f = collection.field_map[name]
+        if value is None or f.type not in FK_TYPES:
+            continue
+        table = (
+            "users" if f.type == "user" else quote_ident(registry.get(conn, f.options["collection"]).table)
+        )
+        if (
+            fetch_one(conn, f"SELECT 1 FROM {table} WHERE id = ? AND account_id = ?", (value, account_id))
+            is None
+        ):
+            errors.update(field_error(name, "reference_not_found", "No such record in this account."))
+    if errors:
+        raise validation_error(errors)
+
+
+# --- deletes elsewhere: users, and records profiles reference --------------------------------------
+
+
+def before_user_delete(conn: apsw.Connection, work: Work, user_id: str) -> None:
+    """In the unit of work deleting a user (its profile goes with it, a foreign key): the profile's
+    files are deleted after COMMIT and leave the account's usage."""
+    row = fetch_one(
+        conn,
+        "SELECT u.account_id, p.data FROM user_profiles AS p JOIN users AS u ON u.id = p.user_id "
+        "WHERE p.user_id = ?",
+        (user_id,),
+    )
+    if row is not None:
+        files.track(conn, work, load(conn, row["account_id"]), row["account_id"],
+                    msgspec.json.decode(row["data"]), None)  # fmt: skip
+
+
+def before_delete(
+    conn: apsw.Connection,
+    registry: Registry,
+    target: str | None,
+    ids: list[str],
+    ctx: WriteContext,
+    reason: str | None,
+) -> None:
+    """Deleting records of `target` (None: users) that profiles reference: `restrict` refuses (409
+    `record_in_use` naming the profile field), `set_null` clears the value — each changed profile with
+    its own `user.profile_update` audit entry whose `extra.cascade` names the deleted record."""
+    table = "users" if target is None else quote_ident(registry.get(conn, target).table)
+    accounts = fetch_all(
+        conn,
+        f"SELECT DISTINCT account_id FROM {table} WHERE id IN (SELECT value FROM json_each(?))",
+        (_json.encode(ids).decode(),),
+    )
+    for account_id in sorted(r["account_id"] for r in accounts):
+        collection = load(conn, account_id)
+        pointing = [f for f in collection.fields if _points_at(f, target)]
+        for f in pointing:
+            if f.options.get("on_delete", "restrict") == "restrict" and _holders(conn, account_id, f, ids):
+                what = "user" if target is None else "record"
+                message = (f"Users' profiles still reference this {what} through '{f.name}' "
+                           "(on_delete: restrict); change those profiles first.")  # fmt: skip
+                why = {f"users.{f.name}": {"code": "record_in_use", "message": "Still referenced."}}
+                raise ApiError(409, "record_in_use", message, why)
+        for f in pointing:
+            for row in _holders(conn, account_id, f, ids):
+                _clear(conn, collection, account_id, row, f, target, ctx, reason)
+
+
+def _points_at(f: Field, target: str | None) -> bool:
+    if target is None:
+        return f.type == "user"
+    return f.type == "reference" and f.options.get("collection") == target
+
+
+def _holders(conn: apsw.Connection, account_id: str, f: Field, ids: list[str]) -> list[dict[str, Any]]:
+    """The account's stored profiles whose field `f` names one of `ids`."""
+    return fetch_all(
+        conn,
+        "SELECT p.user_id, p.data FROM user_profiles AS p JOIN users AS u ON u.id = p.user_id "
+        "WHERE u.account_id = ? AND p.data ->> ? IN (SELECT value FROM json_each(?))",
+        (account_id, f"$.{f.name}", _json.encode(ids).decode()),
+    )
+
+
+def _clear(
+    conn: apsw.Connection,
+    collection: Collection,
+    account_id: str,
+    row: dict[str, Any],
+    f: Field,
+    target: str | None,
+    ctx: WriteContext,
+    reason: str | None,
+) -> None:
+    old = msgspec.json.decode(row["data"])
+    new = {**old, f.name: None}
+    conn.execute(
+        "UPDATE user_profiles SET data = ?, updated_at = ? WHERE user_id = ?",
+        (_json.encode(new).decode(), now_iso(), row["user_id"]),
+    )
+    cause = {"collection": target or "users", "record_id": old[f.name], "on_delete": "set_null"}
+    audit.append(
+        conn, account_id=account_id, actor=ctx.actor, action="user.profile_update", collection="users",
+        record_id=row["user_id"], changes=audit.diff(old, new), reason=reason, meta=ctx.meta,
+        extra={"cascade": cause},
+    )  # fmt: skip
