@@ -342,9 +342,11 @@ def expand_profiles(
         if f.type == "user":
             found = present_profiles(conn, caller, ids)
         else:
-            found = _viewable_by_id(
-                conn, registry, registry.get(conn, f.options["collection"]), caller, ids, []
-            )
+            try:
+                target = registry.get(conn, f.options["collection"])
+            except ApiError:  # the referenced collection was deleted: nothing to expand
+                continue
+            found = _viewable_by_id(conn, registry, target, caller, ids, [])
         for record in records:
             if record.get(name) in found:
                 record.setdefault("expand", {})[name] = found[record[name]]

@@ -442,13 +442,22 @@ def before_delete(
     """Deleting records of `target` (None: users) that profiles reference: `restrict` refuses (409
     `record_in_use` naming the profile field), `set_null` clears the value — each changed profile with
     its own `user.profile_update` audit entry whose `extra.cascade` names the deleted record."""
+    # Most deletes touch nothing here: first the definitions that could point at `target` at all
+    # (stored with sorted keys and no spaces, so the text test is exact enough to narrow the search).
+    needle = '"type":"user"' if target is None else f'"collection":{_json.encode(target).decode()}'
+    candidates = fetch_all(
+        conn, "SELECT account_id FROM profile_schemas WHERE instr(definition, ?) > 0", (needle,)
+    )
+    if not candidates:
+        return
     table = "users" if target is None else quote_ident(registry.get(conn, target).table)
     accounts = fetch_all(
         conn,
         f"SELECT DISTINCT account_id FROM {table} WHERE id IN (SELECT value FROM json_each(?))",
         (_json.encode(ids).decode(),),
     )
-    for account_id in sorted(r["account_id"] for r in accounts):
+    wanted = {r["account_id"] for r in candidates}
+    for account_id in sorted(r["account_id"] for r in accounts if r["account_id"] in wanted):
         collection = load(conn, account_id)
         pointing = [f for f in collection.fields if _points_at(f, target)]
         for f in pointing:
