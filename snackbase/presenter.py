@@ -25,14 +25,14 @@ from typing import Any
 import apsw
 import msgspec
 
-from snackbase import audit_views, profiles, versions
+from snackbase import audit_views, files, profiles, versions
 from snackbase.collections import Registry
 from snackbase.db import fetch_all
 from snackbase.errors import ApiError, field_error
 from snackbase.pii import hidden_fields, mask_value, pii_masks, present, readable_fields
 from snackbase.relations import BackRelation, back_relation
 from snackbase.rules import ALIAS, Caller, RecordResolver, rule_clause, scope_clause, where_clause
-from snackbase.schema import SYSTEM_FIELDS, Collection, is_multi_reference, quote_ident
+from snackbase.schema import SYSTEM_FIELDS, Collection, Field, is_multi_reference, quote_ident
 
 MAX_EXPAND_DEPTH = 3
 VERSION_KEY = "@etag"  # a list item's version (its ETag)
@@ -310,6 +310,20 @@ def present_profiles(
         for record in records:
             shown[record["id"]] = record
     return shown
+
+
+def shown_profile_file(
+    conn: apsw.Connection, caller: Caller, user_id: str, filename: str
+) -> tuple[Collection, Field, dict[str, Any]] | None:
+    """The profile's file named `filename` if the caller reads it: the profile passes the users view
+    rule and the file's field is in what the caller sees of it (field access) — for downloads."""
+    for collection, rows in profiles.visible_rows(conn, caller, [user_id]):
+        for record in present_profile_rows(collection, caller, rows):
+            for f in files.file_fields(collection):
+                for meta in files.metas(record.get(f.name)):
+                    if meta.get("name") == filename:
+                        return collection, f, meta
+    return None
 
 
 def check_profile_expand(collection: Collection, names: list[str]) -> None:

@@ -314,22 +314,6 @@ def _sort_expr(resolver: RecordResolver, name: str) -> str:
                        field_error("sort", "invalid_sort", exc.message)) from None  # fmt: skip
 
 
-def shown_file(
-    conn: apsw.Connection, caller: Caller, user_id: str, filename: str
-) -> tuple[Collection, Field, dict[str, Any]] | None:
-    """The profile's file named `filename` if the caller reads it: the profile passes the users view
-    rule and the file's field is in what the presenter shows the caller (field access)."""
-    from snackbase.presenter import present_profile_rows  # the presenter reads profiles through here
-
-    for collection, rows in visible_rows(conn, caller, [user_id]):
-        for record in present_profile_rows(collection, caller, rows):
-            for f in files.file_fields(collection):
-                for meta in files.metas(record.get(f.name)):
-                    if meta.get("name") == filename:
-                        return collection, f, meta
-    return None
-
-
 # --- writing --------------------------------------------------------------------------------------
 
 

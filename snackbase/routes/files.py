@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from snackbase import files, profiles, queries, thumbs
+from snackbase import files, presenter, queries, thumbs
 from snackbase.auth import ANONYMOUS, Auth, _live_session, require_user, unauthorized
 from snackbase.config import Settings
 from snackbase.context import caller_for
@@ -311,7 +311,7 @@ async def download_profile_file(request: Request) -> Response:
         state["auth"] = replace(auth, account_id=row["account_id"])
         state.pop("caller", None)
     caller = await caller_for(request)
-    found = profiles.shown_file(conn, caller, user_id, request.path_params["filename"])
+    found = presenter.shown_profile_file(conn, caller, user_id, request.path_params["filename"])
     if found is None:
         raise ApiError(404, "not_found", "The file was not found.")
     collection, f, meta = found
