@@ -142,6 +142,10 @@ def test_field_access_masks_and_protected_avatars(w: World) -> None:
     assert w.client.get(f"{url}?token={token}").status_code == 200
     other_token = w.client.post(f"{API}/files/token", headers=w.other.headers).json()["token"]
     assert w.client.get(f"{url}?token={other_token}").status_code == 404
+    # a public view rule ("") lets an <img> without any header load it: scoped to the user's account
+    admin_of(w, {**SCHEMA, "view_rule": ""})
+    assert w.client.get(url).status_code == 200
+    assert w.client.get(url, headers={"X-Account-ID": w.other.account_id}).status_code == 404
     assert admin is not None
 
 
