@@ -230,3 +230,21 @@ def test_profile_references_same_account_expand_and_on_delete(w: World) -> None:
     entry = profile_entries(w)[-1]
     assert entry["record_id"] == w.user.id and entry["changes"]["buddy"]["old"] == w.user2.id
     assert json.loads(entry["extra"])["cascade"]["record_id"] == w.user2.id
+
+
+def test_avatars_count_towards_the_account_quota(tmp_path: Path) -> None:
+    for w in make_world(make_settings(tmp_path / "data", files_quota_bytes=30_000)):
+        admin_of(w)
+        noisy = png(90, 90, "white")  # PNG of one colour: small; pad it to a known size
+        first = noisy + b"\0" * (20_000 - len(noisy))
+        upload(w, w.user, w.user, first)
+        before = (w.stored(), w.audit_count())
+        r = w.client.patch(f"{API}/profiles/{w.user2.id}", headers=w.user2.headers,
+                           files={"avatar": ("b.png", first, "image/png")})  # fmt: skip
+        assert r.status_code == 413 and r.json()["code"] == "quota_exceeded"
+        assert (w.stored(), w.audit_count()) == before and w.staging() == []
+        # removing an avatar frees its bytes for the next one
+        w.client.patch(f"{API}/profiles/{w.user.id}", headers=w.user.headers, json={"avatar": None})
+        assert files.usage(w.conn, w.user.account_id) == 0
+        upload(w, w.user2, w.user2, first)
+        assert files.usage(w.conn, w.user.account_id) == len(first)
