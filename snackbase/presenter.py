@@ -93,10 +93,14 @@ def present_json(
     records: list[dict[str, Any]],
     expand: list[str] | tuple[str, ...] = (),
     fields: list[str] | None = None,
+    *,
+    versioned: bool = False,
 ) -> list[dict[str, Any]]:
     """`present_rows` for records already in JSON form (the answers of writes). Works on copies: the
-    stored values also travel to after-commit work, which must see them unmasked."""
-    return _present(conn, registry, collection, caller, op, [dict(r) for r in records], expand, fields)
+    stored values also travel to after-commit work, which must see them unmasked. `versioned` adds
+    each record's `@etag`, as in lists (a batch's answer)."""
+    copies = [{**r, VERSION_KEY: versions.etag(r)} if versioned else dict(r) for r in records]
+    return _present(conn, registry, collection, caller, op, copies, expand, fields)
 
 
 def _present(

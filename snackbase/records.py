@@ -388,7 +388,7 @@ def batch(
             stored[kind].append(_batch_one(conn, registry, collection, ctx, kind, index, item, batch_reason,
                                            work))  # fmt: skip
     for kind in ("create", "update"):
-        out[kind] = present_json(conn, registry, collection, ctx.caller, "view", stored[kind])
+        out[kind] = present_json(conn, registry, collection, ctx.caller, "view", stored[kind], versioned=True)
     out["delete"] = stored["delete"]
     return out
 

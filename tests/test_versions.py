@@ -147,6 +147,9 @@ def test_batch_operations_take_if_match_and_a_stale_one_fails_the_whole_batch(cl
     }
     r = client.post(f"{API}/records/notes/batch", headers=alice, json=ok)
     assert r.status_code == 200 and r.json()["delete"] == [rid] and r.json()["update"][0]["title"] == "x"
+    # a batch answers each written record with its new version, as a list does
+    answered = r.json()["update"][0]["@etag"]
+    assert answered == client.get(f"{API}/records/notes/{other}", headers=alice).headers["etag"]
     bad = client.post(
         f"{API}/records/notes/batch", headers=alice, json={"update": [{"id": other, "@if_match": 5}]}
     )
