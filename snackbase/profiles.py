@@ -10,8 +10,14 @@ one query that reads the profiles, exactly as a collection's rules do.
 
 Who reads a profile: its own user, the account's admins and superadmins always; anyone else of the
 account as the view rule allows (`null`, the default: nobody else; `""`: everyone who names the
-account). Profiles reach callers only through `snackbase.presenter.present_profiles` (GET
-/profiles/{id}, and `expand` of `user` fields).
+account). Profiles reach callers only through the presenter (`present_profiles`,
+`present_profile_rows`: GET /profiles and /profiles/{id}, and `expand` of `user` fields).
+
+File fields (an avatar) are written like a record's: `files.resolve` turns uploads and kept names into
+the value inside the write, and `files.track` keeps storage in step with the profile's unit of work
+(and with the user's delete, and with a file field dropped from the definition). `reference` and `user`
+fields name one record (user) of the profile's own account; deleting what they name is
+`snackbase.profile_links`'.
 """
 
 from __future__ import annotations
@@ -47,7 +53,6 @@ from snackbase.unit_of_work import Work, unit_of_work
 
 if TYPE_CHECKING:
     from snackbase.collections import Registry
-    from snackbase.record_changes import WriteContext
 
 PROFILE_TYPES: Final = (
     "text", "number", "boolean", "email", "url", "date", "datetime", "select", "json",
@@ -161,6 +166,27 @@ def _check_links(conn: apsw.Connection, registry: Registry, collection: Collecti
             except ApiError:
                 raise validation_error(field_error(f"fields.{i}.options.collection", "invalid_option",
                                                    "No collection of this name."))  from None  # fmt: skip
+
+
+def _check_references(
+    conn: apsw.Connection, registry: Registry, collection: Collection, values: dict[str, Any], account_id: str
+) -> None:
+    """A profile reference names a record (or user) of the profile's OWN account."""
+    errors: FieldErrors = {}
+    for name, value in values.items():
+        f = collection.field_map[name]
+        if value is None or f.type not in FK_TYPES:
+            continue
+        table = (
+            "users" if f.type == "user" else quote_ident(registry.get(conn, f.options["collection"]).table)
+        )
+        if (
+            fetch_one(conn, f"SELECT 1 FROM {table} WHERE id = ? AND account_id = ?", (value, account_id))
+            is None
+        ):
+            errors.update(field_error(name, "reference_not_found", "No such record in this account."))
+    if errors:
+        raise validation_error(errors)
 
 
 def _drop_removed_files(
@@ -377,28 +403,7 @@ def check_writer(conn: apsw.Connection, caller: Caller, user_id: str) -> dict[st
     return user
 
 
-def _check_references(
-    conn: apsw.Connection, registry: Registry, collection: Collection, values: dict[str, Any], account_id: str
-) -> None:
-    """A profile reference names a record (or user) of the profile's OWN account."""
-    errors: FieldErrors = {}
-    for name, value in values.items():
-        f = collection.field_map[name]
-        if value is None or f.type not in FK_TYPES:
-            continue
-        table = (
-            "users" if f.type == "user" else quote_ident(registry.get(conn, f.options["collection"]).table)
-        )
-        if (
-            fetch_one(conn, f"SELECT 1 FROM {table} WHERE id = ? AND account_id = ?", (value, account_id))
-            is None
-        ):
-            errors.update(field_error(name, "reference_not_found", "No such record in this account."))
-    if errors:
-        raise validation_error(errors)
-
-
-# --- deletes elsewhere: users, and records profiles reference --------------------------------------
+# --- deleting a user -----------------------------------------------------------------------------
 
 
 def before_user_delete(conn: apsw.Connection, work: Work, user_id: str) -> None:
@@ -413,84 +418,3 @@ def before_user_delete(conn: apsw.Connection, work: Work, user_id: str) -> None:
     if row is not None:
         files.track(conn, work, load(conn, row["account_id"]), row["account_id"],
                     msgspec.json.decode(row["data"]), None)  # fmt: skip
-
-
-def before_delete(
-    conn: apsw.Connection,
-    registry: Registry,
-    target: str | None,
-    ids: list[str],
-    ctx: WriteContext,
-    reason: str | None,
-) -> None:
-    """Deleting records of `target` (None: users) that profiles reference: `restrict` refuses (409
-    `record_in_use` naming the profile field), `set_null` clears the value — each changed profile with
-    its own `user.profile_update` audit entry whose `extra.cascade` names the deleted record."""
-    # Most deletes touch nothing here: first the definitions that could point at `target` at all
-    # (stored with sorted keys and no spaces, so the text test is exact enough to narrow the search).
-    needle = '"type":"user"' if target is None else f'"collection":{_json.encode(target).decode()}'
-    candidates = fetch_all(
-        conn, "SELECT account_id FROM profile_schemas WHERE instr(definition, ?) > 0", (needle,)
-    )
-    if not candidates:
-        return
-    table = "users" if target is None else quote_ident(registry.get(conn, target).table)
-    accounts = fetch_all(
-        conn,
-        f"SELECT DISTINCT account_id FROM {table} WHERE id IN (SELECT value FROM json_each(?))",
-        (_json.encode(ids).decode(),),
-    )
-    wanted = {r["account_id"] for r in candidates}
-    for account_id in sorted(r["account_id"] for r in accounts if r["account_id"] in wanted):
-        collection = load(conn, account_id)
-        pointing = [f for f in collection.fields if _points_at(f, target)]
-        for f in pointing:
-            if f.options.get("on_delete", "restrict") == "restrict" and _holders(conn, account_id, f, ids):
-                what = "user" if target is None else "record"
-                message = (f"Users' profiles still reference this {what} through '{f.name}' "
-                           "(on_delete: restrict); change those profiles first.")  # fmt: skip
-                why = {f"users.{f.name}": {"code": "record_in_use", "message": "Still referenced."}}
-                raise ApiError(409, "record_in_use", message, why)
-        for f in pointing:
-            for row in _holders(conn, account_id, f, ids):
-                _clear(conn, collection, account_id, row, f, target, ctx, reason)
-
-
-def _points_at(f: Field, target: str | None) -> bool:
-    if target is None:
-        return f.type == "user"
-    return f.type == "reference" and f.options.get("collection") == target
-
-
-def _holders(conn: apsw.Connection, account_id: str, f: Field, ids: list[str]) -> list[dict[str, Any]]:
-    """The account's stored profiles whose field `f` names one of `ids`."""
-    return fetch_all(
-        conn,
-        "SELECT p.user_id, p.data FROM user_profiles AS p JOIN users AS u ON u.id = p.user_id "
-        "WHERE u.account_id = ? AND p.data ->> ? IN (SELECT value FROM json_each(?))",
-        (account_id, f"$.{f.name}", _json.encode(ids).decode()),
-    )
-
-
-def _clear(
-    conn: apsw.Connection,
-    collection: Collection,
-    account_id: str,
-    row: dict[str, Any],
-    f: Field,
-    target: str | None,
-    ctx: WriteContext,
-    reason: str | None,
-) -> None:
-    old = msgspec.json.decode(row["data"])
-    new = {**old, f.name: None}
-    conn.execute(
-        "UPDATE user_profiles SET data = ?, updated_at = ? WHERE user_id = ?",
-        (_json.encode(new).decode(), now_iso(), row["user_id"]),
-    )
-    cause = {"collection": target or "users", "record_id": old[f.name], "on_delete": "set_null"}
-    audit.append(
-        conn, account_id=account_id, actor=ctx.actor, action="user.profile_update", collection="users",
-        record_id=row["user_id"], changes=audit.diff(old, new), reason=reason, meta=ctx.meta,
-        extra={"cascade": cause},
-    )  # fmt: skip
