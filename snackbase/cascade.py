@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import apsw
 import msgspec
 
+from snackbase import profile_links
 from snackbase.db import fetch_all
 from snackbase.errors import ApiError
 from snackbase.record_changes import Change, WriteContext, record_change
@@ -83,6 +84,8 @@ class _Deletion:
         for collection, f in fields:  # every restrict first: nothing changes if any refuses
             if f.options.get("on_delete", "restrict") == "restrict":
                 _refuse_if_referenced(self.conn, collection, f, ids, target)
+        # Users' profiles that reference these rows: restrict refuses, set_null clears (audited).
+        profile_links.before_delete(self.conn, self.registry, target, ids, self.ctx, self.reason)
         for collection, f in fields:
             on_delete = f.options.get("on_delete", "restrict")
             if is_multi_reference(f) and on_delete != "restrict":

@@ -118,18 +118,35 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         ("thumb", "download", "token"),
         media="application/octet-stream",
     ),
+    ("GET", "/profiles/{id}/files/{filename}"): Op(
+        "Download a file of a user's profile (an avatar; Range, ETag, thumbnails)",
+        "account",
+        ("thumb", "download", "token"),
+        media="application/octet-stream",
+    ),
     # realtime (the WebSocket at /realtime is described in docs/realtime.md: OpenAPI has no WebSockets)
     ("GET", "/realtime/sse"): Op(
         "Server-Sent Events: committed changes the caller may see", "account", media="text/event-stream"
     ),
     ("POST", "/realtime/subscriptions"): Op("Set an SSE client's topics", "account", body="JsonObject"),
     # user profiles
+    ("GET", "/profiles"): Op(
+        "List the account's users' profiles the caller may see",
+        "user",
+        ("filter", "sort", "expand", *_PAGED),
+        "Page",
+    ),
     ("GET", "/profiles/schema"): Op("The account's profile fields and users view rule", "user"),
     ("PUT", "/profiles/schema"): Op(
         "Define the account's profile fields and users view rule", "admin", body="JsonObject"
     ),
-    ("GET", "/profiles/{id}"): Op("A user's profile, as the caller may see it", "user"),
-    ("PATCH", "/profiles/{id}"): Op("Change a user's profile (audited)", "user", body="JsonObject"),
+    ("GET", "/profiles/{id}"): Op("A user's profile, as the caller may see it", "user", ("expand",)),
+    ("PATCH", "/profiles/{id}"): Op(
+        "Change a user's profile (audited; multipart/form-data for files)",
+        "user",
+        ("expand",),
+        body="JsonObject",
+    ),
     ("PATCH", "/records/{collection}/{id}"): Op(
         "Update a record", "account", response="Record", body="RecordBody"
     ),
@@ -322,7 +339,7 @@ def _generic_components() -> dict[str, Any]:
 
 def _batch_schema(create: str, update: str) -> dict[str, Any]:
     update_item = {"allOf": [{"$ref": _REF.format(name=update)}, {"type": "object", "required": ["id"],
-                   "properties": {"id": _STR}}]}  # fmt: skip
+                   "properties": {"id": _STR, "@if_match": _STR}}]}  # fmt: skip
     return {
         "type": "object",
         "properties": {
@@ -336,7 +353,7 @@ def _batch_schema(create: str, update: str) -> dict[str, Any]:
                         {
                             "type": "object",
                             "required": ["id"],
-                            "properties": {"id": _STR, "_reason": _STR},
+                            "properties": {"id": _STR, "_reason": _STR, "@if_match": _STR},
                             "additionalProperties": False,
                         },
                     ]
@@ -459,6 +476,7 @@ def record_schemas(collection: Collection, caller: Caller) -> dict[str, dict[str
             value = {"type": "string"} if f.name in masks else _value_schema(f, write=False)
             read[f.name] = _described(_nullable(value), f)
     read["expand"] = {"type": "object", "description": "Expanded references, by field name."}
+    read["@etag"] = {"type": "string", "description": "In lists: the record's version (its ETag)."}
     record = {"type": "object", "properties": read, "additionalProperties": False}
     return {
         "record": record,

@@ -25,16 +25,17 @@ from typing import Any
 import apsw
 import msgspec
 
-from snackbase import audit_views, profiles
+from snackbase import audit_views, files, profiles, versions
 from snackbase.collections import Registry
 from snackbase.db import fetch_all
 from snackbase.errors import ApiError, field_error
 from snackbase.pii import hidden_fields, mask_value, pii_masks, present, readable_fields
 from snackbase.relations import BackRelation, back_relation
 from snackbase.rules import ALIAS, Caller, RecordResolver, rule_clause, scope_clause, where_clause
-from snackbase.schema import SYSTEM_FIELDS, Collection, is_multi_reference, quote_ident
+from snackbase.schema import SYSTEM_FIELDS, Collection, Field, is_multi_reference, quote_ident
 
 MAX_EXPAND_DEPTH = 3
+VERSION_KEY = "@etag"  # a list item's version (its ETag)
 MAX_BACK_EXPAND = 100  # back-related records one expand attaches to one record (oldest first)
 # What a caller who is not an account admin sees of an entry's `extra` (e.g. a signature's meaning).
 _PUBLIC_EXTRA = frozenset(("meaning", "signature_id", "cascade"))
@@ -60,6 +61,29 @@ def present_rows(
     return _present(conn, registry, collection, caller, op, [to_json(r) for r in rows], expand, fields)
 
 
+def present_versioned_rows(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    caller: Caller,
+    op: str,
+    rows: list[dict[str, Any]],
+    expand: list[str] | tuple[str, ...] = (),
+    fields: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """`present_rows` for a list: each item also carries its version as `@etag` (snackbase.versions,
+    the ETag a single read answers with), so a client can send `If-Match` after a list. A `fields`
+    projection keeps it only when it names it (`fields=title,@etag`)."""
+    to_json = registry.validator(collection).to_json
+    records = [to_json(r) for r in rows]
+    if fields and VERSION_KEY not in fields:
+        return _present(conn, registry, collection, caller, op, records, expand, fields)
+    tags = [versions.etag(r) for r in records]  # the stored values: before masks and projection
+    for record, tag in zip(records, tags, strict=True):
+        record[VERSION_KEY] = tag  # not a field: field access and masks pass it by
+    return _present(conn, registry, collection, caller, op, records, expand, fields)
+
+
 def present_json(
     conn: apsw.Connection,
     registry: Registry,
@@ -69,10 +93,14 @@ def present_json(
     records: list[dict[str, Any]],
     expand: list[str] | tuple[str, ...] = (),
     fields: list[str] | None = None,
+    *,
+    versioned: bool = False,
 ) -> list[dict[str, Any]]:
     """`present_rows` for records already in JSON form (the answers of writes). Works on copies: the
-    stored values also travel to after-commit work, which must see them unmasked."""
-    return _present(conn, registry, collection, caller, op, [dict(r) for r in records], expand, fields)
+    stored values also travel to after-commit work, which must see them unmasked. `versioned` adds
+    each record's `@etag`, as in lists (a batch's answer)."""
+    copies = [{**r, VERSION_KEY: versions.etag(r)} if versioned else dict(r) for r in records]
+    return _present(conn, registry, collection, caller, op, copies, expand, fields)
 
 
 def _present(
@@ -94,7 +122,11 @@ def _present(
 
 def check_projection(collection: Collection, fields: list[str] | None) -> None:
     for name in fields or ():
-        if name not in collection.field_map and name not in SYSTEM_FIELDS and name != "expand":
+        if (
+            name not in collection.field_map
+            and name not in SYSTEM_FIELDS
+            and name not in ("expand", VERSION_KEY)
+        ):
             raise ApiError(
                 400,
                 "bad_request",
@@ -264,15 +296,90 @@ def _viewable_by_id(
     return {r["id"]: r for r in shown}
 
 
-def present_profiles(conn: apsw.Connection, caller: Caller, ids: list[str]) -> dict[str, dict[str, Any]]:
+def present_profiles(
+    conn: apsw.Connection,
+    caller: Caller,
+    ids: list[str],
+    registry: Registry | None = None,
+    expand: list[str] | tuple[str, ...] = (),
+) -> dict[str, dict[str, Any]]:
     """User profiles (snackbase.profiles) as this caller reads them, by user id: the profiles the
-    caller may see, each with `id` and the profile fields its field access and masks allow."""
+    caller may see, each with `id` and the profile fields its field access and masks allow, and the
+    `expand`ed references (`registry` needed then)."""
     shown: dict[str, dict[str, Any]] = {}
     for collection, rows in profiles.visible_rows(conn, caller, ids):
-        names = ("id", *(f.name for f in collection.fields))
-        for record in present(collection, caller, "view", rows):
-            shown[record["id"]] = {k: record[k] for k in names if k in record}
+        records = present_profile_rows(collection, caller, rows)
+        if expand and registry is not None:
+            expand_profiles(conn, registry, collection, caller, records, expand)
+        for record in records:
+            shown[record["id"]] = record
     return shown
+
+
+def shown_profile_file(
+    conn: apsw.Connection, caller: Caller, user_id: str, filename: str
+) -> tuple[Collection, Field, dict[str, Any]] | None:
+    """The profile's file named `filename` if the caller reads it: the profile passes the users view
+    rule and the file's field is in what the caller sees of it (field access) — for downloads."""
+    for collection, rows in profiles.visible_rows(conn, caller, [user_id]):
+        for record in present_profile_rows(collection, caller, rows):
+            for f in files.file_fields(collection):
+                for meta in files.metas(record.get(f.name)):
+                    if meta.get("name") == filename:
+                        return collection, f, meta
+    return None
+
+
+def check_profile_expand(collection: Collection, names: list[str]) -> None:
+    """`expand` on profiles names their reference and user fields (one level)."""
+    for name in names:
+        f = collection.field_map.get(name)
+        if f is None or f.type not in ("reference", "user"):
+            raise ApiError(
+                400,
+                "bad_request",
+                f"Cannot expand '{name[:64]}': not a reference or user field of the profiles.",
+                field_error("expand", "unknown_field", f"'{name[:64]}' is not a reference field."),
+            )
+
+
+def expand_profiles(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    caller: Caller,
+    records: list[dict[str, Any]],
+    names: list[str] | tuple[str, ...],
+) -> None:
+    """Attaches what profile references name under record["expand"][field]: a referenced record as
+    its own collection's view rule, field access and masks let the caller see it; a user's profile
+    as the users view rule does. A field the caller may not read was removed: nothing to expand."""
+    for name in names:
+        f = collection.field_map[name]
+        ids = sorted({r[name] for r in records if isinstance(r.get(name), str)})
+        if f.type == "user":
+            found = present_profiles(conn, caller, ids)
+        else:
+            try:
+                target = registry.get(conn, f.options["collection"])
+            except ApiError:  # the referenced collection was deleted: nothing to expand
+                continue
+            found = _viewable_by_id(conn, registry, target, caller, ids, [])
+        for record in records:
+            if record.get(name) in found:
+                record.setdefault("expand", {})[name] = found[record[name]]
+
+
+def present_profile_rows(
+    collection: Collection, caller: Caller, rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Profiles the caller may read (rows of `profiles.profile_table` in JSON form) as it reads them:
+    `id` and the profile fields its field access and masks allow. Works on copies."""
+    names = ("id", *(f.name for f in collection.fields))
+    return [
+        {k: r[k] for k in names if k in r}
+        for r in present(collection, caller, "view", [dict(r) for r in rows])
+    ]
 
 
 def sees_whole_record(collection: Collection, caller: Caller) -> bool:

@@ -14,6 +14,7 @@ snackbase.presenter.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = ["MAX_BATCH_OPS", "Change", "WriteContext", "batch", "create_record", 
            "stored_record", "try_rule", "update_record"]  # fmt: skip
 
 MAX_BATCH_OPS = 100
+IF_MATCH_KEY = "@if_match"  # a batch operation's If-Match; `@` keeps it apart from field names
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,7 +388,7 @@ def batch(
             stored[kind].append(_batch_one(conn, registry, collection, ctx, kind, index, item, batch_reason,
                                            work))  # fmt: skip
     for kind in ("create", "update"):
-        out[kind] = present_json(conn, registry, collection, ctx.caller, "view", stored[kind])
+        out[kind] = present_json(conn, registry, collection, ctx.caller, "view", stored[kind], versioned=True)
     out["delete"] = stored["delete"]
     return out
 
@@ -420,20 +422,34 @@ def _batch_one(
     try:
         if kind == "create":
             return _create(conn, registry, collection, ctx, _op(item, reason, collection), work)
+        one = _batch_context(ctx, item)
         if kind == "update":
             if not isinstance(item, dict) or not isinstance(item.get("id"), str):
                 raise validation_error(field_error("id", "required", "Each update names the record's id."))
-            op = _op({k: v for k, v in item.items() if k != "id"}, reason, collection)
-            return _update(conn, registry, collection, ctx, item["id"], op, False, work)
-        op = _op(item if isinstance(item, dict) else {}, reason, collection)
+            op = _op({k: v for k, v in item.items() if k not in ("id", IF_MATCH_KEY)}, reason, collection)
+            return _update(conn, registry, collection, one, item["id"], op, False, work)
+        body = {k: v for k, v in item.items() if k != IF_MATCH_KEY} if isinstance(item, dict) else {}
         record_id = item.get("id") if isinstance(item, dict) else item
-        return _delete(conn, registry, collection, ctx, record_id, op, work)  # _stored_for checks the type
+        return _delete(conn, registry, collection, one, record_id, _op(body, reason, collection), work)
     except ApiError as exc:
         prefix = f"{kind}.{index}"
         fields = {f"{prefix}.{k}": v for k, v in exc.fields.items()} or field_error(
             prefix, exc.code, exc.message
         )
         raise ApiError(exc.status, exc.code, f"Operation {prefix} failed: {exc.message}", fields) from None
+
+
+def _batch_context(ctx: WriteContext, item: Any) -> WriteContext:
+    """The write context of one batch operation: an update or delete may carry its own `@if_match`
+    (the `If-Match` of a single write, checked the same way: a stale one fails the whole batch)."""
+    if not isinstance(item, dict) or IF_MATCH_KEY not in item:
+        return ctx
+    if_match = item[IF_MATCH_KEY]
+    if not isinstance(if_match, str) or not if_match.strip():
+        raise validation_error(
+            field_error(IF_MATCH_KEY, "invalid_type", "An ETag (text), as If-Match takes.")
+        )
+    return dataclasses.replace(ctx, if_match=if_match)
 
 
 # --- rule testing (admin tools) ------------------------------------------------------------------

@@ -82,3 +82,32 @@ def test_schema_editor_file_options(page: Any, server: Any, api: Api) -> None:  
     scans = [f for f in api.call("GET", "/collections/docs")["fields"] if f["name"] == "scans"]
     assert scans and scans[0]["options"]["max_files"] == 3
     assert scans[0]["options"]["thumbs"] == ["100x100", "0x300"] and scans[0]["options"]["protected"] is True
+
+
+def test_user_avatar_upload_and_remove(page: Any, server: Any, api: Api) -> None:  # noqa: F811 (fixtures)
+    """The Users screen's edit dialog shows the profile's avatar and lets an admin upload and remove it."""
+    account = seed_account(api)
+    in_account = {"x-account-id": account["id"]}
+    avatar = {
+        "name": "avatar",
+        "type": "file",
+        "options": {"mime_types": ["image/png"], "thumbs": ["100x100"]},
+    }
+    api.call("PUT", "/profiles/schema", {"fields": [avatar], "view_rule": ""}, headers=in_account)
+    user = api.call("POST", "/users", {"email": "ann@example.com", "password": "a long enough passphrase 7",
+                                       "role": "user", "account_id": account["id"]})  # fmt: skip
+    sign_in(page, server.url)
+    nav(page, "Users").click()
+    page.get_by_role("row").filter(has_text="ann@example.com").get_by_role("button", name="Edit").click()
+    box = page.get_by_test_id("profile-avatar")
+    box.get_by_text("No avatar").wait_for()
+    box.get_by_label("Upload avatar").set_input_files(
+        {"name": "ann.png", "mimeType": "image/png", "buffer": png_bytes()}
+    )
+    page.wait_for_function("() => document.querySelector('img.avatar-thumb')?.naturalWidth === 100")
+    stored = api.call("GET", f"/profiles/{user['id']}", headers=in_account)["avatar"]
+    assert stored["original"] == "ann.png" and stored["type"] == "image/png"
+    shot(page, "user-avatar")
+    box.get_by_role("button", name="Remove avatar").click()
+    box.get_by_text("No avatar").wait_for()
+    assert api.call("GET", f"/profiles/{user['id']}", headers=in_account)["avatar"] is None

@@ -127,7 +127,8 @@ def test_null_rule_shows_only_oneself_and_schema_is_validated_and_audited(client
     assert client.get(f"{API}/profiles/{ann.id}", headers=bob.headers).status_code == 404
     assert client.get(f"{API}/profiles/{ann.id}", headers=ann.headers).json()["display_name"] == "Ann"
     for bad in (
-        {"fields": [{"name": "boss", "type": "user"}]},
+        {"fields": [{"name": "boss", "type": "reference", "options": {"collection": "nope"}}]},
+        {"fields": [{"name": "boss", "type": "user", "options": {"on_delete": "cascade"}}]},
         {"fields": [{"name": "id", "type": "text"}]},
         {"view_rule": "nope = 1"},
         {"extra": 1},

@@ -101,3 +101,56 @@ def test_if_none_match_holds_for_a_projection(client: TestClient) -> None:
         f"{API}/records/notes/{rid}", headers={**alice, "if-none-match": tag}, params={"fields": "id"}
     )
     assert r.status_code == 304
+
+
+def test_list_items_carry_their_version(client: TestClient) -> None:
+    """A list item's `@etag` is the ETag a get answers with, so a client can send If-Match after a list."""
+    alice, _, rid = setup(client)
+    tag = client.get(f"{API}/records/notes/{rid}", headers=alice).headers["etag"]
+    for query in ("", "?fields=title,@etag", "?after=", "?sort=-title&skip_total=1"):
+        items = client.get(f"{API}/records/notes{query}", headers=alice).json()["items"]
+        assert [i["@etag"] for i in items] == [tag], query
+    assert client.get(f"{API}/records/notes?fields=title", headers=alice).json()["items"] == [{"title": "v1"}]
+    # The list's version works as If-Match: a PATCH with it succeeds, then the old one is stale.
+    ok = client.patch(f"{API}/records/notes/{rid}", headers={**alice, "if-match": tag}, json={"title": "v2"})
+    assert ok.status_code == 200
+    listed = client.get(f"{API}/records/notes", headers=alice).json()["items"][0]["@etag"]
+    assert listed == ok.headers["etag"] != tag
+
+
+def test_batch_operations_take_if_match_and_a_stale_one_fails_the_whole_batch(client: TestClient) -> None:
+    alice, bob, rid = setup(client)
+    other = client.post(f"{API}/records/notes", headers=alice, json={"title": "other"}).json()["id"]
+    items = {i["id"]: i["@etag"] for i in client.get(f"{API}/records/notes", headers=alice).json()["items"]}
+    assert client.patch(f"{API}/records/notes/{rid}", headers=bob, json={"title": "bob"}).status_code == 200
+    before = audit_count(client)
+    stale = {
+        "create": [{"title": "new"}],
+        "update": [{"id": other, "@if_match": items[other], "title": "x"},
+                   {"id": rid, "@if_match": items[rid], "title": "alice"}],
+    }  # fmt: skip
+    r = client.post(f"{API}/records/notes/batch", headers=alice, json=stale)
+    assert r.status_code == 412 and r.json()["code"] == "precondition_failed"
+    assert "update.1" in r.json()["fields"]
+    assert audit_count(client) == before  # nothing written, not even the create or the first update
+    titles = sorted(i["title"] for i in client.get(f"{API}/records/notes", headers=alice).json()["items"])
+    assert titles == ["bob", "other"]
+    r = client.post(
+        f"{API}/records/notes/batch", headers=alice, json={"delete": [{"id": rid, "@if_match": items[rid]}]}
+    )
+    assert r.status_code == 412 and client.get(f"{API}/records/notes/{rid}", headers=alice).status_code == 200
+    # With the current versions the same batch goes through.
+    fresh = {i["id"]: i["@etag"] for i in client.get(f"{API}/records/notes", headers=alice).json()["items"]}
+    ok = {
+        "update": [{"id": other, "@if_match": fresh[other], "title": "x"}],
+        "delete": [{"id": rid, "@if_match": fresh[rid]}],
+    }
+    r = client.post(f"{API}/records/notes/batch", headers=alice, json=ok)
+    assert r.status_code == 200 and r.json()["delete"] == [rid] and r.json()["update"][0]["title"] == "x"
+    # a batch answers each written record with its new version, as a list does
+    answered = r.json()["update"][0]["@etag"]
+    assert answered == client.get(f"{API}/records/notes/{other}", headers=alice).headers["etag"]
+    bad = client.post(
+        f"{API}/records/notes/batch", headers=alice, json={"update": [{"id": other, "@if_match": 5}]}
+    )
+    assert bad.status_code == 400 and "update.0.@if_match" in bad.json()["fields"]

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from snackbase import files, queries, thumbs
+from snackbase import files, presenter, queries, thumbs
 from snackbase.auth import ANONYMOUS, Auth, _live_session, require_user, unauthorized
 from snackbase.config import Settings
 from snackbase.context import caller_for
@@ -291,7 +291,49 @@ def _write_cache(path: Path, data: bytes) -> None:
     os.replace(temp, path)  # another worker reading it sees the old state or the whole thumbnail
 
 
+# --- profile files (avatars): the same download, read through the profile -------------------------
+
+
+async def download_profile_file(request: Request) -> Response:
+    """A file of a user's profile (snackbase.profiles): shown only when the caller may read the
+    profile (users view rule) and the field (field access), as `GET /profiles/{id}` would show it."""
+    conn = request.app.state.db.conn
+    user_id, token = request.path_params["id"], request.query_params.get("token")
+    state = request.scope.setdefault("state", {})
+    if token:
+        state["auth"] = _auth_from_file_token(request, token)
+        state.pop("caller", None)
+    elif (auth := state.get("auth") or ANONYMOUS).user_id is None and auth.account_id is None:
+        # an <img src> cannot send X-Account-ID: scoped to the user's account, as for records
+        row = fetch_one(conn, "SELECT account_id FROM users WHERE id = ?", (user_id,))
+        if row is None:
+            raise ApiError(404, "not_found", "The file was not found.")
+        state["auth"] = replace(auth, account_id=row["account_id"])
+        state.pop("caller", None)
+    caller = await caller_for(request)
+    found = presenter.shown_profile_file(conn, caller, user_id, request.path_params["filename"])
+    if found is None:
+        raise ApiError(404, "not_found", "The file was not found.")
+    collection, f, meta = found
+    if f.options.get("protected") and not token:
+        raise ApiError(403, "file_token_required", "This file is protected: pass a file token as ?token=.")
+    runtime = files.runtime_of(conn)
+    key = files.storage_key(collection, meta["name"])
+    spec, headers = request.query_params.get("thumb", ""), _headers(request, meta)
+    if (
+        spec
+        and meta["type"] in thumbs.THUMBABLE
+        and _thumb_allowed(f, spec)
+        and meta["size"] <= thumbs.MAX_SOURCE_BYTES
+    ):
+        if thumbs.available():
+            return await _thumbnail(request, runtime, key, spec, meta, headers)
+        headers["x-thumb"] = "unavailable"
+    return await _serve(request, runtime.storage, key, meta, headers)
+
+
 routes = [
     ("POST", "/files/token", file_token),
     ("GET", "/files/{collection}/{record_id}/{filename}", download),
+    ("GET", "/profiles/{id}/files/{filename}", download_profile_file),
 ]

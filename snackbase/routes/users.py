@@ -8,7 +8,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import audit_views, cascade, throttle
+from snackbase import audit_views, cascade, profiles, throttle
 from snackbase.auth import Auth, audit_by_caller, require_account_admin
 from snackbase.context import caller_for, write_context
 from snackbase.errors import ApiError
@@ -165,6 +165,7 @@ async def delete_user(request: Request) -> Response:
         # Records whose `user` fields name this user: restrict refuses (409 naming the collection and
         # field), set_null clears them, each cleared record with its own audit entry.
         cascade.before_delete(conn, registry, cascade.USERS, [user["id"]], ctx, work, reason)
+        profiles.before_user_delete(conn, work, user["id"])  # its avatar's files go too
         conn.execute("DELETE FROM users WHERE id = ?", (user["id"],))
         _audit(request, auth, "user.delete", user, before, None, reason)
     return no_content()

@@ -23,3 +23,9 @@ export async function fileUrl(collection, recordId, name, query = {}) {
   const params = new URLSearchParams({ ...query, token: await fileToken() });
   return `${API}/files/${encodeURIComponent(collection)}/${encodeURIComponent(recordId)}/${encodeURIComponent(name)}?${params}`;
 }
+
+/** The URL of a file of a user's profile (an avatar), with a file token and the given query. */
+export async function profileFileUrl(userId, name, query = {}) {
+  const params = new URLSearchParams({ ...query, token: await fileToken() });
+  return `${API}/profiles/${encodeURIComponent(userId)}/files/${encodeURIComponent(name)}?${params}`;
+}

@@ -130,6 +130,8 @@ export interface SystemFields {
   updated_at: string;
   updated_by: string | null;
   expand?: Record<string, unknown>;
+  /** In lists and batch answers: the record's version (its ETag), for an If-Match or `@if_match`. */
+  "@etag"?: string;
 }
 
 export interface Page<T> {
@@ -172,7 +174,11 @@ export class RecordService<T = Record<string, unknown>> {
   replace(id: string, data: Partial<T> & { _reason?: string }, options?: WriteOptions): Promise<T & SystemFields>;
   delete(id: string, options?: WriteOptions): Promise<null>;
   batch(
-    ops: { create?: Array<Partial<T>>; update?: Array<Partial<T> & { id: string }>; delete?: string[] },
+    ops: {
+      create?: Array<Partial<T>>;
+      update?: Array<Partial<T> & { id: string; "@if_match"?: string }>;
+      delete?: Array<string | { id: string; "@if_match"?: string; _reason?: string }>;
+    },
     options?: WriteOptions,
   ): Promise<BatchAnswer<T & SystemFields>>;
   sign(id: string, body: { password: string; meaning: string }, options?: WriteOptions): Promise<Signature>;
