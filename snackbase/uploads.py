@@ -122,7 +122,8 @@ class _Reader:
             "on_header_value": data(self._header_value_part),
             "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished,
-            "on_part_data": data(self._data),
+            # A file's bytes as a view of the parser's buffer: hashed and written without a copy.
+            "on_part_data": lambda buf, start, end: self._data(memoryview(buf)[start:end]),
             "on_part_end": self._end,
             "on_end": self._finish,
         }
@@ -165,7 +166,7 @@ class _Reader:
             raise validation_error(field_error(name, "unknown_field", "No file field of this name."))
         return _FilePart(f, append, filename, self.staging)
 
-    def _data(self, chunk: bytes) -> None:
+    def _data(self, chunk: memoryview) -> None:
         part = self._part
         if isinstance(part, _TextPart):
             self._text_bytes += len(chunk)
@@ -253,7 +254,7 @@ class _FilePart:
         self.head = b""
         self.type: str | None = None
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: memoryview) -> None:
         self.size += len(chunk)
         if self.size > self.limit:
             raise ApiError(
@@ -261,7 +262,7 @@ class _FilePart:
                 field_error(self.field.name, "file_too_large", f"At most {self.limit} bytes."),
             )  # fmt: skip
         if self.type is None:
-            self.head += chunk[: SNIFF_BYTES - len(self.head)]
+            self.head += chunk[: SNIFF_BYTES - len(self.head)].tobytes()
             if len(self.head) >= SNIFF_BYTES:
                 self._decide_type()
         self.sha.update(chunk)
@@ -424,7 +425,7 @@ class _BatchReader(_Reader):
         self._current = ref
         return _FilePart(ref.field, ref.append, filename, self.staging, name)
 
-    def _data(self, chunk: bytes) -> None:
+    def _data(self, chunk: memoryview) -> None:
         if isinstance(self._part, _FilePart):
             self._bytes += len(chunk)
             if self._bytes > self.max_bytes:
