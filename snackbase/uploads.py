@@ -6,6 +6,9 @@ python-multipart's incremental parser, whose callbacks write each file part's by
 over its field's `max_size`, or over what is left of the account's quota, is refused with 413 the
 moment its bytes pass the limit; its type is decided from its first bytes (snackbase.sniff) and checked
 against the field's `mime_types` before the rest is stored. On any failure every staged file is deleted.
+
+A batch (`read_batch_multipart`) is the same stream with one `@jsonPayload` part first, the batch,
+whose operations reference the file parts that follow by name (`{"@part": "p1"}`).
 """
 
 from __future__ import annotations
