@@ -94,6 +94,7 @@ class Settings:
     files_storage: str = _meta("where uploaded files are stored: local (<data-dir>/files) or s3",
                                choices=("local", "s3"))  # fmt: skip
     files_quota_bytes: int = _meta("stored file bytes allowed per account; 0 = no quota")
+    files_batch_max_bytes: int = _meta("total bytes of the files one multipart batch may upload")
     s3_endpoint: str = _meta("S3-compatible endpoint URL, e.g. https://s3.eu-central-1.amazonaws.com")
     s3_bucket: str = _meta("S3 bucket holding the files (files/ prefix) and S3 backups (backups/)")
     s3_region: str = _meta("S3 region used in request signatures")
@@ -160,6 +161,7 @@ class Settings:
             "request_log_days": 7,
             "files_storage": "local",
             "files_quota_bytes": 0,
+            "files_batch_max_bytes": 104_857_600,
             "s3_endpoint": "",
             "s3_bucket": "",
             "s3_region": "us-east-1",
@@ -320,6 +322,8 @@ def _check_ranges(settings: Settings) -> None:
         )
     if settings.files_quota_bytes < 0:
         raise ConfigError("SNACKBASE_FILES_QUOTA_BYTES must be 0 (no quota) or more")
+    if settings.files_batch_max_bytes < 1:
+        raise ConfigError("SNACKBASE_FILES_BATCH_MAX_BYTES must be at least 1")
     if settings.files_storage == "s3" and not (settings.s3_endpoint and settings.s3_bucket):
         raise ConfigError("SNACKBASE_FILES_STORAGE=s3 needs SNACKBASE_S3_ENDPOINT and SNACKBASE_S3_BUCKET")
     if settings.backup_storage == "s3" and not (settings.s3_endpoint and settings.s3_bucket):

@@ -375,18 +375,27 @@ def _check_references(
 
 
 def batch(
-    conn: apsw.Connection, registry: Registry, collection: Collection, ctx: WriteContext, body: Any
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    ctx: WriteContext,
+    body: Any,
+    uploads: dict[tuple[str, int], list[files.Staged]] | None = None,
 ) -> dict[str, list[Any]]:
     """All operations in one unit of work, in order create → update → delete; the first failure names
     its operation and index and undoes everything. Each operation's audit entry carries its own
-    `_reason`, else the batch's top-level `_reason`, else the X-Audit-Reason header."""
+    `_reason`, else the batch's top-level `_reason`, else the X-Audit-Reason header. `uploads` are
+    the staged files of a multipart batch, by (kind, index) of the operation they belong to."""
     ops, batch_reason = _batch_ops(body, ctx.reason)
+    if uploads and any(i >= len(body.get(kind, [])) for kind, i in uploads):
+        raise ApiError(400, "bad_request", "A file part belongs to an operation the batch does not hold.")
     out: dict[str, list[Any]] = {"create": [], "update": [], "delete": []}
     stored: dict[str, list[Any]] = {"create": [], "update": [], "delete": []}
     with _writing(conn, collection) as work:
         for kind, index, item in ops:
+            staged = (uploads or {}).get((kind, index), [])
             stored[kind].append(_batch_one(conn, registry, collection, ctx, kind, index, item, batch_reason,
-                                           work))  # fmt: skip
+                                           work, staged))  # fmt: skip
     for kind in ("create", "update"):
         out[kind] = present_json(conn, registry, collection, ctx.caller, "view", stored[kind], versioned=True)
     out["delete"] = stored["delete"]
@@ -418,16 +427,26 @@ def _batch_one(
     item: Any,
     reason: str | None,
     work: Work,
+    staged: list[files.Staged],
 ) -> Any:
     try:
         if kind == "create":
-            return _create(conn, registry, collection, ctx, _op(item, reason, collection), work)
+            return _create(conn, registry, collection, ctx, _op(item, reason, collection, staged), work)
         one = _batch_context(ctx, item)
         if kind == "update":
             if not isinstance(item, dict) or not isinstance(item.get("id"), str):
                 raise validation_error(field_error("id", "required", "Each update names the record's id."))
-            op = _op({k: v for k, v in item.items() if k not in ("id", IF_MATCH_KEY)}, reason, collection)
-            return _update(conn, registry, collection, one, item["id"], op, False, work)
+            fields = {k: v for k, v in item.items() if k not in ("id", IF_MATCH_KEY)}
+            return _update(
+                conn,
+                registry,
+                collection,
+                one,
+                item["id"],
+                _op(fields, reason, collection, staged),
+                False,
+                work,
+            )
         body = {k: v for k, v in item.items() if k != IF_MATCH_KEY} if isinstance(item, dict) else {}
         record_id = item.get("id") if isinstance(item, dict) else item
         return _delete(conn, registry, collection, one, record_id, _op(body, reason, collection), work)

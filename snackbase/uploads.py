@@ -6,6 +6,9 @@ python-multipart's incremental parser, whose callbacks write each file part's by
 over its field's `max_size`, or over what is left of the account's quota, is refused with 413 the
 moment its bytes pass the limit; its type is decided from its first bytes (snackbase.sniff) and checked
 against the field's `mime_types` before the rest is stored. On any failure every staged file is deleted.
+
+A batch (`read_batch_multipart`) is the same stream with one `@jsonPayload` part first, the batch,
+whose operations reference the file parts that follow by name (`{"@part": "p1"}`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import secrets
 import string
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,7 +30,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from snackbase.errors import ApiError, field_error, validation_error
+from snackbase.errors import ApiError, FieldErrors, field_error, validation_error
 from snackbase.files import Staged, max_size, quota_exceeded, runtime_of, usage
 from snackbase.schema import Collection, Field
 from snackbase.sniff import SNIFF_BYTES, allowed, sniff
@@ -46,17 +50,28 @@ async def read_multipart(
     request: Request, collection: Collection, account_id: str | None
 ) -> tuple[dict[str, Any], list[Staged]]:
     """The record body (JSON values) and the staged uploads of a multipart request."""
-    _, params = parse_options_header(request.headers.get("content-type", ""))
-    boundary = params.get(b"boundary")
-    if not boundary:
-        raise ApiError(400, "bad_request", "A multipart/form-data body needs a boundary.")
+    reader = _Reader(collection, *_reader_limits(request, account_id))
+    await _parse(request, reader)
+    return reader.body(), reader.staged
+
+
+def _reader_limits(request: Request, account_id: str | None) -> tuple[Path, int, int | None, int]:
+    """(staging directory, form text limit, quota left or None, quota) for a reader of this request."""
     conn = request.app.state.db.conn
     runtime = runtime_of(conn)
     quota_left = None
     if runtime.quota and account_id is not None:
         quota_left = runtime.quota - usage(conn, account_id)
-    reader = _Reader(collection, runtime.staging, request.app.state.settings.max_json_bytes, quota_left,
-                     runtime.quota)  # fmt: skip
+    return runtime.staging, request.app.state.settings.max_json_bytes, quota_left, runtime.quota
+
+
+async def _parse(request: Request, reader: _Reader) -> None:
+    """Feeds the body to the incremental parser one ASGI message at a time; every staged file is
+    deleted again when anything fails."""
+    _, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "bad_request", "A multipart/form-data body needs a boundary.")
     parser = MultipartParser(boundary, reader.callbacks())
     try:
         while True:
@@ -71,7 +86,6 @@ async def read_multipart(
         parser.finalize()
         if not reader.finished:
             raise ApiError(400, "bad_request", "The multipart body ended before its closing boundary.")
-        return reader.body(), reader.staged
     except MultipartParseError:
         reader.abort()
         raise ApiError(400, "bad_request", "The multipart/form-data body is malformed.") from None
@@ -111,7 +125,8 @@ class _Reader:
             "on_header_value": data(self._header_value_part),
             "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished,
-            "on_part_data": data(self._data),
+            # A file's bytes as a view of the parser's buffer: hashed and written without a copy.
+            "on_part_data": lambda buf, start, end: self._data(memoryview(buf)[start:end]),
             "on_part_end": self._end,
             "on_end": self._finish,
         }
@@ -140,9 +155,12 @@ class _Reader:
         if not name:
             raise ApiError(400, "bad_request", "Every multipart part needs a name.")
         if filename is None:
-            self._part = _TextPart(name)
+            self._part = self._text_part(name)
             return
         self._part = self._file_part(name, filename.decode("utf-8", "replace"))
+
+    def _text_part(self, name: str) -> _TextPart:
+        return _TextPart(name)
 
     def _file_part(self, name: str, filename: str) -> _FilePart:
         field_name, append = (name[:-1], True) if name.endswith("+") else (name, False)
@@ -151,7 +169,7 @@ class _Reader:
             raise validation_error(field_error(name, "unknown_field", "No file field of this name."))
         return _FilePart(f, append, filename, self.staging)
 
-    def _data(self, chunk: bytes) -> None:
+    def _data(self, chunk: memoryview) -> None:
         part = self._part
         if isinstance(part, _TextPart):
             self._text_bytes += len(chunk)
@@ -168,7 +186,7 @@ class _Reader:
     def _end(self) -> None:
         part, self._part = self._part, None
         if isinstance(part, _TextPart):
-            self.texts.append((part.name, part.value.decode("utf-8", "replace")))
+            self._text_done(part.name, part.value.decode("utf-8", "replace"))
         elif part is not None:
             try:
                 staged = part.finish()
@@ -176,7 +194,13 @@ class _Reader:
                 part.close(delete=True)
                 raise
             if staged is not None:
-                self.staged.append(staged)
+                self._file_done(part, staged)
+
+    def _text_done(self, name: str, text: str) -> None:
+        self.texts.append((name, text))
+
+    def _file_done(self, part: _FilePart, staged: Staged) -> None:
+        self.staged.append(staged)
 
     def _finish(self) -> None:
         self.finished = True
@@ -192,13 +216,7 @@ class _Reader:
         body: dict[str, Any] = {}
         for name, text in self.texts:
             if name == JSON_PART:
-                try:
-                    payload = _decoder.decode(text)
-                except msgspec.DecodeError:
-                    raise ApiError(400, "bad_request", f"The {JSON_PART} part is not valid JSON.") from None
-                if not isinstance(payload, dict):
-                    raise ApiError(400, "bad_request", f"The {JSON_PART} part must be a JSON object.")
-                body.update(payload)
+                body.update(_json_object(text))
                 continue
             value = _form_value(self.collection.field_map.get(name.rstrip("+-")), text)
             if name in body:  # a repeated name is a list (multiple select, several file names)
@@ -207,6 +225,16 @@ class _Reader:
             else:
                 body[name] = value
         return body
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        payload = _decoder.decode(text)
+    except msgspec.DecodeError:
+        raise ApiError(400, "bad_request", f"The {JSON_PART} part is not valid JSON.") from None
+    if not isinstance(payload, dict):
+        raise ApiError(400, "bad_request", f"The {JSON_PART} part must be a JSON object.")
+    return payload
 
 
 class _TextPart:
@@ -218,8 +246,8 @@ class _TextPart:
 class _FilePart:
     """One file being received: written to a staging file, hashed, sized and sniffed as it arrives."""
 
-    def __init__(self, f: Field, append: bool, filename: str, staging: Path) -> None:
-        self.field, self.append, self.filename = f, append, filename
+    def __init__(self, f: Field, append: bool, filename: str, staging: Path, part: str = "") -> None:
+        self.field, self.append, self.filename, self.part = f, append, filename, part
         self.limit = max_size(f)
         fd, path = tempfile.mkstemp(dir=staging, prefix="up-")
         self.path = Path(path)
@@ -229,7 +257,7 @@ class _FilePart:
         self.head = b""
         self.type: str | None = None
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: memoryview) -> None:
         self.size += len(chunk)
         if self.size > self.limit:
             raise ApiError(
@@ -237,7 +265,7 @@ class _FilePart:
                 field_error(self.field.name, "file_too_large", f"At most {self.limit} bytes."),
             )  # fmt: skip
         if self.type is None:
-            self.head += chunk[: SNIFF_BYTES - len(self.head)]
+            self.head += chunk[: SNIFF_BYTES - len(self.head)].tobytes()
             if len(self.head) >= SNIFF_BYTES:
                 self._decide_type()
         self.sha.update(chunk)
@@ -311,3 +339,182 @@ def _form_value(f: Field | None, text: str) -> Any:
         return _decoder.decode(text)
     except msgspec.DecodeError:
         return text
+
+
+# --- batches: one JSON part with the operations, file parts they reference ------------------------
+
+PART_REF = "@part"  # {"@part": "<part name>"} in a file field of a batch operation: that part's file
+MAX_BATCH_FILES = 100
+
+
+@dataclass
+class BatchUploads:
+    body: dict[str, Any]  # the batch, every file reference taken out of its operation
+    uploads: dict[tuple[str, int], list[Staged]]  # ("create" | "update", index) → its staged files
+    staged: list[Staged]  # all of them, in the order they arrived
+
+
+@dataclass(frozen=True)
+class _Ref:
+    kind: str
+    index: int
+    key: str  # the operation's key that names the part: `attachments` or `attachments+`
+    field: Field
+    append: bool
+
+    @property
+    def where(self) -> str:
+        return f"{self.kind}.{self.index}.{self.key}"
+
+
+async def read_batch_multipart(
+    request: Request, collection: Collection, account_id: str | None
+) -> BatchUploads:
+    """A multipart batch: the `@jsonPayload` part (the batch, as JSON) first, then the file parts its
+    operations reference by name. Every file is streamed to staging, checked against its field as a
+    single upload is, and counted against the batch's limits (MAX_BATCH_FILES files,
+    `files_batch_max_bytes` in all); a part referenced but not sent, or sent but not referenced, is 400."""
+    limit = request.app.state.settings.files_batch_max_bytes
+    reader = _BatchReader(collection, *_reader_limits(request, account_id), limit)
+    try:
+        await _parse(request, reader)
+    except ApiError as exc:
+        raise reader.located(exc) from None
+    try:
+        return reader.result()
+    except BaseException:
+        reader.abort()
+        raise
+
+
+class _BatchReader(_Reader):
+    def __init__(self, collection: Collection, staging: Path, text_limit: int, quota_left: int | None,
+                 quota: int, max_bytes: int) -> None:  # fmt: skip
+        super().__init__(collection, staging, text_limit, quota_left, quota)
+        self.max_bytes = max_bytes
+        self.payload: dict[str, Any] | None = None
+        self.refs: dict[str, _Ref] = {}
+        self.received: dict[str, Staged] = {}
+        self._seen: set[str] = set()
+        self._bytes = 0
+        self._current: _Ref | None = None
+
+    def _text_part(self, name: str) -> _TextPart:
+        if name != JSON_PART or self.payload is not None or self._seen:
+            raise ApiError(
+                400,
+                "bad_request",
+                f"A multipart batch is one {JSON_PART} part (the batch as JSON), then the file parts "
+                "its operations reference.",
+            )
+        return _TextPart(name)
+
+    def _text_done(self, name: str, text: str) -> None:
+        self.payload, self.refs = _take_refs(_json_object(text), self.collection)
+
+    def _file_part(self, name: str, filename: str) -> _FilePart:
+        if self.payload is None:
+            raise ApiError(400, "bad_request", f"The {JSON_PART} part must come before the file parts.")
+        ref = self.refs.get(name)
+        if ref is None:
+            message = f"No operation references the file part '{name[:100]}'."
+            raise ApiError(400, "bad_request", message, field_error(name[:100], "unknown_part", message))
+        if name in self._seen:
+            message = f"The file part '{name[:100]}' was sent twice."
+            raise ApiError(400, "bad_request", message, field_error(ref.where, "part_repeated", message))
+        self._seen.add(name)
+        if len(self._seen) > MAX_BATCH_FILES:
+            raise ApiError(400, "bad_request", f"A batch uploads at most {MAX_BATCH_FILES} files.")
+        self._current = ref
+        return _FilePart(ref.field, ref.append, filename, self.staging, name)
+
+    def _data(self, chunk: memoryview) -> None:
+        if isinstance(self._part, _FilePart):
+            self._bytes += len(chunk)
+            if self._bytes > self.max_bytes:
+                self._current = None  # the batch's limit, not the file's
+                raise ApiError(413, "batch_too_large",
+                               f"The files of a batch may total at most {self.max_bytes} bytes.")  # fmt: skip
+        super()._data(chunk)
+
+    def _file_done(self, part: _FilePart, staged: Staged) -> None:
+        super()._file_done(part, staged)
+        self.received[part.part] = staged
+        self._current = None
+
+    def located(self, exc: ApiError) -> ApiError:
+        """An error of the file part being received, named by its operation as batch errors are."""
+        ref = self._current
+        if ref is None:
+            return exc
+        prefix = f"{ref.kind}.{ref.index}"
+        fields = {f"{prefix}.{k}": v for k, v in exc.fields.items()} or field_error(
+            ref.where, exc.code, exc.message
+        )
+        return ApiError(
+            exc.status, exc.code, f"Operation {prefix} failed: {exc.message}", fields, exc.headers
+        )
+
+    def result(self) -> BatchUploads:
+        if self.payload is None:
+            raise ApiError(400, "bad_request", f"A multipart batch needs its {JSON_PART} part.")
+        missing: FieldErrors = {}
+        for name, ref in self.refs.items():
+            if name not in self.received:
+                missing.update(
+                    field_error(ref.where, "missing_part", f"The file part '{name[:100]}' was not sent.")
+                )
+        if missing:
+            raise ApiError(400, "bad_request", "Some referenced file parts were not sent.", missing)
+        uploads: dict[tuple[str, int], list[Staged]] = {}
+        for name, ref in self.refs.items():
+            uploads.setdefault((ref.kind, ref.index), []).append(self.received[name])
+        return BatchUploads(self.payload, uploads, self.staged)
+
+
+def _take_refs(payload: dict[str, Any], collection: Collection) -> tuple[dict[str, Any], dict[str, _Ref]]:
+    """The batch without its `{"@part": name}` references, and where each part goes. In a file field,
+    `field: ref` or `field: [ref, …]` replaces the field's files (names listed beside the references
+    are kept), `field+: ref` or `[ref, …]` appends; `field-` (names) is untouched, as in JSON."""
+    refs: dict[str, _Ref] = {}
+    body = dict(payload)
+    for kind in ("create", "update"):
+        items = payload.get(kind)
+        if isinstance(items, list):  # anything else is refused by records.batch
+            body[kind] = [_take_item_refs(kind, i, item, collection, refs) if isinstance(item, dict) else item
+                          for i, item in enumerate(items)]  # fmt: skip
+    return body, refs
+
+
+def _take_item_refs(
+    kind: str, index: int, item: dict[str, Any], collection: Collection, refs: dict[str, _Ref]
+) -> dict[str, Any]:
+    out = dict(item)
+    for key, value in item.items():
+        name, append = (key[:-1], True) if key.endswith("+") else (key, False)
+        f = collection.field_map.get(name)
+        values = value if isinstance(value, list) else [value]
+        parts = [v[PART_REF] for v in values if _is_ref(v)]
+        if f is None or f.type != "file" or not parts:
+            continue
+        for part in parts:
+            ref = _Ref(kind, index, key, f, append)
+            if part in refs or part == JSON_PART:
+                message = f"The file part '{part[:100]}' is referenced twice."
+                raise ApiError(400, "bad_request", message, field_error(ref.where, "part_reused", message))
+            refs[part] = ref
+        rest = [v for v in values if not _is_ref(v)]
+        if rest:
+            out[key] = rest  # the names of files to keep beside the uploads (resolve checks them)
+        else:
+            del out[key]
+    return out
+
+
+def _is_ref(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and set(value) == {PART_REF}
+        and isinstance(value[PART_REF], str)
+        and 0 < len(value[PART_REF]) <= 200
+    )

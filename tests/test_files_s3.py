@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -172,3 +173,20 @@ def test_signature_matches_the_aws_example() -> None:
         "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, "
         "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
     )
+
+
+def test_a_batch_with_uploads_is_one_change_in_the_bucket_too(w: World, bucket: Any) -> None:
+    """A multipart batch on S3: the good batch stores every object; a batch whose last operation fails
+    leaves none (the objects already PUT are deleted before the answer)."""
+    batch = {"create": [{"title": "A", "photo": {"@part": "p"}}, {"title": "B", "docs": {"@part": "d"}}]}
+    parts = [("p", ("a.png", png(), "image/png")), ("d", ("d.txt", b"delta", "text/plain"))]
+    data = {"@jsonPayload": json.dumps(batch)}
+    response = w.client.post(f"{API}/records/notes/batch", headers=w.user.headers, data=data, files=parts)
+    assert response.status_code == 200, response.text
+    assert len(keys(bucket)) == 2 and w.staging() == []
+    before = keys(bucket)
+    batch["create"][1].pop("title")  # title is required: operation create.1 fails after both PUTs
+    data = {"@jsonPayload": json.dumps(batch)}
+    response = w.client.post(f"{API}/records/notes/batch", headers=w.user.headers, data=data, files=parts)
+    assert response.status_code == 400 and "create.1.title" in response.json()["fields"]
+    assert keys(bucket) == before and w.staging() == []

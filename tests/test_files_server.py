@@ -125,3 +125,78 @@ def test_over_size_is_refused_before_the_body_ends(start_server: Callable[..., S
     assert '"code":"file_too_large"' in answer
     staging = server.data_dir / "files" / ".staging"
     assert list(staging.iterdir()) == []
+
+
+def upload(port: int, token: str, field: str, data: bytes) -> dict[str, Any]:
+    head, tail, _ = multipart(field, "scan.bin", len(data))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request(
+        "POST",
+        f"{API}/records/scans",
+        body=head + data + tail,
+        headers={
+            "authorization": f"Bearer {token}",
+            "content-type": f"multipart/form-data; boundary={BOUNDARY}",
+        },
+    )
+    response = conn.getresponse()
+    record: dict[str, Any] = json.loads(response.read())
+    conn.close()
+    assert response.status == 201, record
+    return record
+
+
+def test_downloads_through_sendfile_keep_every_check(start_server: Callable[..., ServerProcess]) -> None:
+    """The server sends stored files with sendfile(2) (snackbase.http_protocol): whole files, ranges,
+    HEAD, 304 and small files answer byte for byte, one keep-alive connection serves them in order, and
+    a client that drops a download mid-file leaves the server serving."""
+    server = start_server(
+        env={"SNACKBASE_SUPERADMIN_EMAIL": EMAIL, "SNACKBASE_SUPERADMIN_PASSWORD": PASSWORD}
+    )
+    token = setup(server)
+    data = hashlib.sha256(b"seed").digest() * (6 * MB // 32) + b"tail"  # larger than any socket buffer
+    record = upload(server.port, token, "raw", data)
+    small = upload(server.port, token, "small", b"just a few bytes")
+    url = f"{API}/files/scans/{record['id']}/{record['raw']['name']}"
+    auth = {"authorization": f"Bearer {token}"}
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+
+    def get(path: str, method: str = "GET", **headers: str) -> tuple[int, dict[str, str], bytes]:
+        conn.request(method, path, headers={**auth, **headers})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+
+    for _ in range(2):  # the same connection, again: nothing of one response leaks into the next
+        status, headers, body = get(url)
+        assert status == 200 and body == data and headers["content-length"] == str(len(data))
+        assert (
+            "sandbox" in headers["content-security-policy"] and headers["x-content-type-options"] == "nosniff"
+        )
+        status, headers, body = get(url, range="bytes=1000000-2999999")
+        assert status == 206 and body == data[1000000:3000000]
+        assert headers["content-range"] == f"bytes 1000000-2999999/{len(data)}"
+        status, headers, body = get(url, range="bytes=-100")
+        assert status == 206 and body == data[-100:]
+    status, headers, body = get(url, "HEAD")
+    assert status == 200 and body == b"" and headers["content-length"] == str(len(data))
+    status, _, body = get(url, **{"if-none-match": headers["etag"]})
+    assert status == 304 and body == b""
+    status, headers, body = get(url + "?download=1")
+    assert status == 200 and body == data and headers["content-disposition"].startswith("attachment")
+    status, _, body = get(f"{API}/files/scans/{small['id']}/{small['small']['name']}")
+    assert status == 200 and body == b"just a few bytes"
+    status, _, _ = get(url, **{"authorization": "Bearer nope"})
+    assert status == 401
+    conn.close()
+
+    # a client that reads a little and hangs up: the server carries on
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(f"GET {url} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\r\n".encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    with Http(server.port) as client:
+        assert client.call("GET", "/health")[0] == 200
+    status_line = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    status_line.request("GET", url, headers=auth)
+    again = status_line.getresponse()
+    assert again.status == 200 and hashlib.sha256(again.read()).digest() == hashlib.sha256(data).digest()
+    status_line.close()

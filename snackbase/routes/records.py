@@ -169,9 +169,17 @@ async def delete_record(request: Request) -> Response:
 async def batch(request: Request) -> Response:
     collection = _collection(request)
     caller = await caller_for(request)
-    body = await read_json(request)
-    ctx = await write_context(request, caller)
-    result = records.batch(request.app.state.db.conn, request.app.state.registry, collection, ctx, body)
+    conn, registry = request.app.state.db.conn, request.app.state.registry
+    ctx = await write_context(request, caller)  # before the body: a bad header leaves no staged file
+    if not uploads.is_multipart(request):
+        return json_response(records.batch(conn, registry, collection, ctx, await read_json(request)))
+    # Files streamed to staging first, then moved into storage around the batch's one unit of work:
+    # any failed operation rolls it all back and deletes every file of the batch (snackbase.files).
+    got = await uploads.read_batch_multipart(request, collection, caller.account_id)
+    result = await files.write_with_uploads(
+        conn, collection, got.staged,
+        lambda: records.batch(conn, registry, collection, ctx, got.body, got.uploads),
+    )  # fmt: skip
     return json_response(result)
 
 
