@@ -395,20 +395,42 @@ def drop_fields(conn: apsw.Connection, work: Work, collection: Collection, names
     """In the unit of work that drops a collection or some of its file fields (before the DROP): every
     file they hold goes to file_trash, the accounts' usage goes down, and the files are deleted after
     COMMIT. A rolled-back schema change keeps them."""
-    fields = [f for f in file_fields(collection) if f.name in names]
+    _trash_held(conn, work, collection, [f for f in file_fields(collection) if f.name in names])
+
+
+def drop_account(conn: apsw.Connection, work: Work, collections: list[Collection], account_id: str) -> None:
+    """In the unit of work deleting an account (before the DELETE, whose cascade takes its records):
+    every file its records hold goes to file_trash, deleted after COMMIT; its usage row goes too.
+    (Its users' profile files are the users' own deletion's, see profiles.before_user_delete.)"""
+    for collection in collections:
+        _trash_held(conn, work, collection, file_fields(collection), account_id)
+    conn.execute("DELETE FROM file_usage WHERE account_id = ?", (account_id,))
+
+
+def _trash_held(
+    conn: apsw.Connection,
+    work: Work,
+    collection: Collection,
+    fields: list[Field],
+    account_id: str | None = None,
+) -> None:
+    """The files these fields hold (in one account, or all) to file_trash, and out of the usage."""
     if not fields:
         return
     columns = ", ".join(quote_ident(f.name) for f in fields)
+    where, params = ("", ()) if account_id is None else (" WHERE account_id = ?", (account_id,))
     keys: list[str] = []
     freed: dict[str, int] = {}
-    for row in fetch_all(conn, f"SELECT account_id, {columns} FROM {quote_ident(collection.table)}"):
+    for row in fetch_all(
+        conn, f"SELECT account_id, {columns} FROM {quote_ident(collection.table)}{where}", params
+    ):
         for f in fields:
             raw = row[f.name]
             for meta in metas(_ids_json_decode(raw) if isinstance(raw, str) else raw):
                 keys.append(storage_key(collection, meta["name"]))
                 freed[row["account_id"]] = freed.get(row["account_id"], 0) + _size(meta)
-    for account_id, size in freed.items():
-        _count(conn, account_id, -size)
+    for owner, size in freed.items():
+        _count(conn, owner, -size)
     if keys:
         _to_trash(conn, keys, now_iso())
         work.after_commit(lambda: purge(conn, keys))

@@ -248,3 +248,18 @@ def test_avatars_count_towards_the_account_quota(tmp_path: Path) -> None:
         assert files.usage(w.conn, w.user.account_id) == 0
         upload(w, w.user2, w.user2, first)
         assert files.usage(w.conn, w.user.account_id) == len(first)
+
+
+def test_deleting_an_account_deletes_its_record_files_and_avatars(w: World) -> None:
+    """The records and profiles go by foreign-key cascade; their stored files go after COMMIT, and
+    another account's files stay."""
+    admin_of(w)
+    upload(w, w.user, w.user, png())
+    w.upload(w.user, {"title": "mine"}, {"photo": ("a.png", png(), "image/png")})
+    kept = w.upload(w.other, {"title": "theirs"}, {"photo": ("b.png", png(color="blue"), "image/png")})
+    assert len(w.stored()) == 3
+    response = w.client.delete(f"{API}/accounts/{w.user.account_id}", headers=w.sa.headers)
+    assert response.status_code == 204, response.text
+    assert [p.name for p in w.stored()] == [kept["photo"]["name"]]
+    assert files.usage(w.conn, w.user.account_id) == 0
+    assert fetch_all(w.conn, "SELECT * FROM file_trash") == []

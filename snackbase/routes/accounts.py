@@ -8,7 +8,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from snackbase import audit_views
+from snackbase import audit_views, files, profiles
 from snackbase.accounts import (
     check_slug,
     clean_name,
@@ -19,7 +19,7 @@ from snackbase.accounts import (
     slug_taken,
 )
 from snackbase.auth import Auth, audit_by_caller, forget_accounts, require_account_admin, require_superadmin
-from snackbase.db import fetch_value
+from snackbase.db import fetch_all
 from snackbase.errors import ApiError, field_error
 from snackbase.listing import Source, paging, table_page
 from snackbase.times import now_iso
@@ -110,11 +110,17 @@ async def delete(request: Request) -> Response:
     if is_system(account["id"]):
         raise ApiError(409, "system_account", "The system account cannot be deleted.")
     conn = request.app.state.db.conn
-    with unit_of_work(conn):
-        users = fetch_value(conn, "SELECT count(*) FROM users WHERE account_id = ?", (account["id"],))
+    with unit_of_work(conn) as work:
+        user_ids = [
+            r["id"] for r in fetch_all(conn, "SELECT id FROM users WHERE account_id = ?", (account["id"],))
+        ]
+        # Stored files outlive rows: the records' and the profiles' go to file_trash (deleted after COMMIT).
+        files.drop_account(conn, work, request.app.state.registry.all(conn), account["id"])
+        for user_id in user_ids:
+            profiles.before_user_delete(conn, work, user_id)
         conn.execute("DELETE FROM accounts WHERE id = ?", (account["id"],))
         # Into the deleted account's own chain, which outlives it (entries have no foreign keys).
-        extra = {"users_deleted": users}
+        extra = {"users_deleted": len(user_ids)}
         _audit(request, auth, "account.delete", account["id"], _view(account), None, reason, extra)
     forget_accounts(conn)
     return no_content()
