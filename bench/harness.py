@@ -52,14 +52,16 @@ def require(tool: str) -> str:
 class Server:
     """A server process pinned to core 0; stopped by its own PID."""
 
-    def __init__(self, args: list[str], health_path: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], health_path: str, env: dict[str, str] | None = None, cores: str = "0"
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = Path(tempfile.mkdtemp(prefix="sb-bench-"))
         argv = [a.format(port=self.port, data=self.data_dir) for a in args]
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
-            ["taskset", "-c", "0", *argv],
+            ["taskset", "-c", cores, *argv],
             env={**os.environ, **(env or {})},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -82,6 +84,27 @@ class Server:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         match = re.search(r"VmRSS:\s+(\d+) kB", status)
         return int(match.group(1)) / 1024 if match else float("nan")
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the server and every process below it (`--workers N`)."""
+        ticks, tree = 0, {self.proc.pid}
+        stats = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                stats.append((int(entry.name), int(fields[1]), int(fields[11]) + int(fields[12])))
+        grew = True
+        while grew:  # children first appear under the parent, grandchildren under them
+            grew = False
+            for pid, ppid, _ in stats:
+                if ppid in tree and pid not in tree:
+                    tree.add(pid)
+                    grew = True
+        ticks = sum(cpu for pid, _, cpu in stats if pid in tree)
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -121,8 +144,9 @@ def wrk(
     lua_extra: str = "",
     duration_s: int = 10,
     connections: int = 32,
+    cores: str = "1",
 ) -> Result:
-    """Runs wrk on core 1 and returns requests/s and p99 latency."""
+    """Runs wrk (on core 1 unless told) and returns requests/s and p99 latency."""
     header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
     script = _LUA.format(
         method=method,
@@ -137,7 +161,7 @@ def wrk(
             [
                 "taskset",
                 "-c",
-                "1",
+                cores,
                 require("wrk"),
                 "-t1",
                 f"-c{connections}",
