@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Coroutine
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -36,10 +37,14 @@ _FALLBACK_CHUNK = 1024 * 1024
 
 
 class EnvelopeHttpToolsProtocol(HttpToolsProtocol):
+    _extensions: dict[str, Any] | None = None  # per connection: asking the transport costs per request
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self.transport.get_extra_info("sslcontext") is None:  # sendfile would bypass TLS
-            self.scope["extensions"] = {ZERO_COPY: {}}
+        if self._extensions is None:
+            plain = self.transport.get_extra_info("sslcontext") is None  # sendfile would bypass TLS
+            self._extensions = {ZERO_COPY: {}} if plain else {}
+        self.scope["extensions"] = self._extensions
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
@@ -73,10 +78,12 @@ class _ZeroCopySend:
     def __init__(self, cycle: RequestResponseCycle, send: Any) -> None:
         self.cycle, self.send = cycle, send
 
-    async def __call__(self, message: Any) -> None:
+    def __call__(self, message: Any) -> Coroutine[Any, Any, None]:
         if message["type"] != ZERO_COPY:
-            await self.send(message)
-            return
+            return self.send(message)  # uvicorn's own coroutine: no frame of ours on every send
+        return self._zero_copy(message)
+
+    async def _zero_copy(self, message: Any) -> None:
         cycle = self.cycle
         if not cycle.response_started or cycle.response_complete:
             raise RuntimeError(f"Unexpected ASGI message '{ZERO_COPY}'.")
