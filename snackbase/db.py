@@ -217,6 +217,8 @@ def execute_many(conn: apsw.Connection, statements: Iterable[str]) -> None:
 
 # Checkpoints the server ran, by where (GET /metrics shows them); plain ints, each bumped by one thread.
 checkpoint_counts = {"worker": 0, "inline": 0}
+# Reads that outgrew the event loop's share and ran again on a reader thread (GET /metrics).
+reads_moved = {"reader": 0}
 
 
 def _checkpoint(conn: apsw.Connection) -> None:
@@ -297,6 +299,7 @@ class Database:
             raise ApiError(503, "busy", "The server is busy with slow reads; try again shortly.",
                            headers={"retry-after": "1"})  # fmt: skip
         self._waiting_reads += 1  # on the event loop only: no lock
+        reads_moved["reader"] += 1
         try:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._readers, self._read_here, fn, macro_seconds)
