@@ -129,7 +129,7 @@ class Ops:
         r.add(
             G(
                 "snackbase_reads_off_loop",
-                "reads that outgrew the event loop's share (SNACKBASE_LOOP_BUDGET_MS) and ran on a reader thread",
+                "reads that outgrew the event loop's share and ran again on a reader thread",
                 lambda: {(): float(db.reads_moved["reader"])},
             )
         )

@@ -28,7 +28,9 @@ ANYONE = {"list": "", "view": "", "create": "", "update": "", "delete": ""}
 # always still running when the loop's share is spent, so it always moves to a reader thread.
 FOREVER = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) > 0 FROM n"
 # Counting to this many in a recursive CTE takes far longer than any loop share (~1 s here).
-SLOW_COUNT = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000000) SELECT count(*) FROM n"
+SLOW_COUNT = (
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000000) SELECT count(*) FROM n"
+)
 
 
 # --- Database.read ------------------------------------------------------------------------------
@@ -102,7 +104,7 @@ def test_readers_cannot_write(database: Database) -> None:
         conn.execute(SLOW_COUNT).fetchone()  # long enough to move to a reader
         conn.execute("INSERT INTO roles (name, description, builtin, created_at) VALUES ('x', '', 0, '')")
 
-    with pytest.raises(Exception, match="readonly|read-only|query_only"):
+    with pytest.raises(Exception, match=r"readonly|read-only|query_only"):
         asyncio.run(database.read(sneaky))
 
 
@@ -164,7 +166,7 @@ def test_every_record_read_outgrowing_the_loop_gives_the_right_answer(
 def test_a_write_whose_rule_checks_outgrow_the_loop_is_refused_and_writes_nothing(
     world: tuple[TestClient, dict[str, Any], dict[str, Any]],
 ) -> None:
-    client, user, ids = world
+    client, user, _ = world
     su = create_user(client.app, account_id="SY0000", role="admin")
     rules = {**ANYONE, "create": "@forever() || @is_authenticated()", "update": "@forever() || true = true"}
     body = {"name": "gated", "fields": [{"name": "t", "type": "text"}], "rules": rules}
@@ -228,7 +230,9 @@ def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
                 assert http.post(f"{API}/collections", json=body, headers=headers).status_code == 201
             for i in range(30):  # three of them end in "b": the pattern matches exactly those
                 text = "a" * (BODY - 1) + ("b" if i % 10 == 0 else "a")
-                assert http.post(f"{API}/records/pages", json={"body": text}, headers=headers).status_code == 201
+                assert (
+                    http.post(f"{API}/records/pages", json={"body": text}, headers=headers).status_code == 201
+                )
             note = http.post(f"{API}/records/notes", json={"t": "cheap"}, headers=headers).json()
         yield {"server": server, "headers": headers, "note": note["id"]}
     finally:
