@@ -52,6 +52,10 @@ MACRO_SECONDS = 0.2
 # than a queue without bound.
 MAX_WAITING_READS = 64
 INF = float("inf")
+# What one `~` match may cost per byte of text at worst: SQLite's LIKE with a 64-character pattern and
+# a wildcard, ~270 ms over 1 MB (snackbase.filter). A read on the event loop moves to a reader thread
+# before a row whose match could outlast the loop's share (StatementBudget.check).
+MATCH_SECONDS_PER_BYTE = 0.27 / 1_000_000
 
 
 @dataclass(slots=True)
@@ -80,6 +84,7 @@ class StatementBudget:
         self.ceiling = INF
         self.allowance: Allowance | None = None
         self.share_s = INF
+        self.movable = False  # a read on the event loop that a reader thread can finish instead
 
     def on_statement(self, _cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
         deadline = time.monotonic() + self.limit_s
@@ -89,15 +94,23 @@ class StatementBudget:
     def on_progress(self) -> bool:
         return time.monotonic() > self.deadline
 
-    def check(self, *_args: Any) -> int:
-        """The SQL function `sb_budget()`: 1, or the statement is stopped once over budget.
+    def check(self, *args: Any) -> int:
+        """The SQL function `sb_budget(size)`: 1, or the statement is stopped once over budget.
 
         The progress handler runs every PROGRESS_STEPS VM steps, but one step can be long: a `~`
-        over a 1 MB text is one `instr`/`LIKE` call of up to ~100 ms, and a few hundred such rows fit
-        between two progress calls. The filter compiler puts `sb_budget() AND …` in front of those
-        calls, so the budget is checked once per row where a row is expensive."""
-        if time.monotonic() > self.deadline:
+        over a 1 MB text is one `instr`/`LIKE` call of up to ~270 ms, and a few hundred such rows fit
+        between two progress calls. The filter compiler puts `sb_budget(octet_length(text)) AND …` in
+        front of those calls, so the budget is checked once per row where a row is expensive. A
+        movable read (on the event loop) also stops before a match that could outlast its allowance:
+        it spends the allowance at once, so that Database.read moves it to a reader thread rather
+        than let one uninterruptible call hold the loop."""
+        now = time.monotonic()
+        if now > self.deadline:
             raise apsw.InterruptError("statement budget exceeded")
+        size = args[0] if args else None
+        if self.movable and isinstance(size, int) and now + size * MATCH_SECONDS_PER_BYTE > self.ceiling:
+            self.ceiling = now
+            raise apsw.InterruptError("this row's match could outlast the event loop's share")
         return 1
 
     def over_ceiling(self) -> bool:
@@ -182,7 +195,7 @@ def connect(path: str | Path, statement_timeout_ms: int = 5_000) -> apsw.Connect
     budget = StatementBudget(statement_timeout_ms / 1000)
     conn.exec_trace = budget.on_statement
     conn.set_progress_handler(budget.on_progress, PROGRESS_STEPS)
-    conn.create_scalar_function("sb_budget", budget.check, 0, deterministic=False)
+    conn.create_scalar_function("sb_budget", budget.check, -1, deterministic=False)
     _budgets[conn] = budget
     return conn
 
@@ -283,12 +296,14 @@ class Database:
         allowance = Allowance(budget.share_s)
         section = Spending(budget, allowance)
         section.__enter__()
+        budget.movable = True
         try:
             return fn(self.conn)
         except apsw.InterruptError:
             if not budget.over_ceiling():
                 raise  # one statement over the statement budget: 503 statement_timeout
         finally:
+            budget.movable = False
             section.__exit__()
         return await self._read_off_loop(fn, allowance.macro_seconds)
 

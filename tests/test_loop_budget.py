@@ -87,6 +87,24 @@ def test_a_slow_read_moves_to_a_reader_and_the_loop_keeps_serving(database: Data
     assert order.index("slow") > 3 and order.count("tick") > 3  # the loop ran while the read did
 
 
+def test_a_read_moves_before_a_match_that_could_outlast_the_share(database: Database) -> None:
+    """One `~` match is one SQLite step that nothing can interrupt. A single row of 1 MB: without the
+    size check the read would match it on the loop (~100 ms+) and finish there; with it, the read
+    moves to a reader before the match starts."""
+    database.conn.execute("CREATE TABLE t (body TEXT)")
+    database.conn.execute("INSERT INTO t VALUES (?)", ("a" * 1_000_000,))
+    threads: list[str] = []
+    pattern = "%" + "a" * 62 + "b%"
+
+    def read(conn: Any) -> int:
+        threads.append(threading.current_thread().name)
+        sql = "SELECT count(*) FROM t WHERE sb_budget(octet_length(body)) AND body LIKE ?"
+        return int(conn.execute(sql, (pattern,)).fetchone()[0])
+
+    assert asyncio.run(database.read(read)) == 0
+    assert len(threads) == 2 and threads[1].startswith("sb-db-reader"), threads
+
+
 def test_a_read_past_the_full_statement_budget_is_still_a_timeout(tmp_path: Path) -> None:
     db = Database(tmp_path / "x.db", statement_timeout_ms=100, loop_budget_ms=20)
     try:
