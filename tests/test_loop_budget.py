@@ -115,6 +115,29 @@ def test_a_read_past_the_full_statement_budget_is_still_a_timeout(tmp_path: Path
         db.close()
 
 
+def test_slow_reads_beyond_the_waiting_limit_are_refused_at_once(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads waiting for a reader thread are bounded (64; here 1): the next one answers 503 `busy`
+    at once instead of queueing without bound."""
+    from snackbase.errors import ApiError
+
+    monkeypatch.setattr(db_module, "MAX_WAITING_READS", 1)
+
+    async def scenario() -> list[Any]:
+        slow = database.read(lambda conn: conn.execute(SLOW_COUNT).fetchone()[0])
+        first = asyncio.ensure_future(slow)
+        await asyncio.sleep(0)  # the first read has moved off the loop and waits for its reader
+        second = await asyncio.gather(database.read(lambda conn: conn.execute(SLOW_COUNT).fetchone()[0]),
+                                      return_exceptions=True)  # fmt: skip
+        return [await first, *second]
+
+    first, second = asyncio.run(scenario())
+    assert first == 3_000_000
+    assert isinstance(second, ApiError) and (second.status, second.code) == (503, "busy")
+    assert second.headers["retry-after"] == "1"
+
+
 def test_readers_cannot_write(database: Database) -> None:
     """A read path that wrote would race the event loop's writes: reader connections are query-only."""
 
