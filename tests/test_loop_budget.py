@@ -191,6 +191,7 @@ def test_every_record_read_outgrowing_the_loop_gives_the_right_answer(
     reads: list[tuple[str, Callable[[Any], bool]]] = [
         (f"{API}/records/items?sort=-n", lambda b: [i["n"] for i in b["items"]] == [2, 1, 0]),
         (f"{API}/records/items?filter=owner.name%3D%22Ada%22&after=", lambda b: len(b["items"]) == 3),
+        (f"{API}/records/owners?filter=items_via_owner.n%20%3F%3D%202", lambda b: b["total_items"] == 1),
         (f"{API}/records/items/{first}", lambda b: b["title"] == "t0"),
         (f"{API}/records/items/{first}?expand=owner", lambda b: b["expand"]["owner"]["name"] == "Ada"),
         (f"{API}/records/owners/{ids['owner']}?expand=items_via_owner",
