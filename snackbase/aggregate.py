@@ -59,11 +59,7 @@ def aggregate(
     query: AggregateQuery,
     hooks: HookDispatcher | None = None,
 ) -> dict[str, Any]:
-    _check_shape(query)
-    if hooks is not None:  # `record.before_list` hooks see (and may narrow) the filter, as for a list
-        query = replace(
-            query, filter=hooks.record_list(collection, caller, ListQuery(filter=query.filter)).filter
-        )
+    query = narrowed(query, collection, caller, hooks)
     resolver = RelationResolver(conn, registry, collection, caller, hidden_fields(collection, caller, "list"))
     clauses = [scope_clause(caller)]
     if query.filter.strip():
@@ -81,6 +77,17 @@ def aggregate(
     truncated = len(rows) > query.limit
     items = [_item(query, collection, row) for row in rows[: query.limit]]
     return {"items": items, "truncated": truncated}
+
+
+def narrowed(
+    query: AggregateQuery, collection: Collection, caller: Caller, hooks: HookDispatcher | None
+) -> AggregateQuery:
+    """The query checked, with its filter as `record.before_list` hooks left it (they see, and may
+    narrow, the filter, as for a list)."""
+    _check_shape(query)
+    if hooks is None:
+        return query
+    return replace(query, filter=hooks.record_list(collection, caller, ListQuery(filter=query.filter)).filter)
 
 
 def _check_shape(query: AggregateQuery) -> None:

@@ -129,7 +129,8 @@ def open_database(settings: Settings) -> Database:
     """Creates the data dir and database on first start and brings the schema up to date."""
     ensure_data_dir(settings)
     refuse_newer(settings.db_path)
-    db = Database(settings.db_path, settings.statement_timeout_ms)
+    db = Database(settings.db_path, settings.statement_timeout_ms, loop_budget_ms=settings.loop_budget_ms,
+                  readers=settings.db_readers)  # fmt: skip
     try:
         migrate(db.conn)
     except Exception:

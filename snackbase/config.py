@@ -59,6 +59,11 @@ class Settings:
     log_format: str = _meta("json or console", choices=("json", "console"))
     max_json_bytes: int = _meta("request body limit for JSON, in bytes")
     statement_timeout_ms: int = _meta("longest time one SQL statement may run before it is interrupted")
+    loop_budget_ms: int = _meta(
+        "longest time one request's SQL may hold the event loop: a slower read moves to a reader thread, "
+        "a write's rule checks past it answer 503 (0 = no limit)"
+    )
+    db_readers: int = _meta("reader threads (each with its own connection) for reads that outgrow the loop")
     registration: str = _meta(
         "open, or closed (then only superadmins create accounts)", choices=("open", "closed")
     )
@@ -130,6 +135,8 @@ class Settings:
             "log_format": "json",
             "max_json_bytes": 1_048_576,
             "statement_timeout_ms": 5_000,
+            "loop_budget_ms": 50,
+            "db_readers": 2,
             "registration": "open",
             "password_min_length": 12,
             "require_verified_email": False,
@@ -304,6 +311,8 @@ def _check_ranges(settings: Settings) -> None:
     if min(settings.realtime_max_topics, settings.realtime_max_connections_per_user,
            settings.realtime_max_connections_per_address, settings.realtime_send_queue) < 1:  # fmt: skip
         raise ConfigError("the SNACKBASE_REALTIME_* limits must be at least 1")
+    if settings.loop_budget_ms < 0 or not 1 <= settings.db_readers <= 64:
+        raise ConfigError("SNACKBASE_LOOP_BUDGET_MS must be 0 or more, SNACKBASE_DB_READERS from 1 to 64")
     if settings.max_json_bytes < 1024:
         raise ConfigError("SNACKBASE_MAX_JSON_BYTES must be at least 1024")
     if not settings.api_prefix.startswith("/") or settings.api_prefix.endswith("/"):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import apsw
 from starlette.requests import Request
 from starlette.types import Scope
 
 from snackbase import audit, audit_views, macros
 from snackbase.auth import Auth, find_account_id, get_auth, user_groups
 from snackbase.collections import ChangeContext
+from snackbase.db import Database
 from snackbase.errors import ApiError
 from snackbase.filter import FilterError
 from snackbase.ids import SYSTEM_ACCOUNT_ID
@@ -36,31 +36,37 @@ async def caller_for(request: Request) -> Caller:
 
 
 def _build_caller(request: Request, auth: Auth) -> Caller:
-    conn = request.app.state.db.conn
-    macro = _macro_runner(conn, request.app.state.macros)
+    db = request.app.state.db
+    macro = _macro_runner(db, request.app.state.macros)
     if auth.is_superadmin:
         return Caller(auth.user_id, _named_account(request), auth.email, auth.role, True, _no_groups, macro,
                       session_id=auth.session_id, method=auth.method)  # fmt: skip
     if auth.user_id is None:
         return Caller(None, auth.account_id, None, None, False, _no_groups, macro, method="anonymous")
-    return Caller(auth.user_id, auth.account_id, auth.email, auth.role, False, _groups_of(conn, auth.user_id),
+    return Caller(auth.user_id, auth.account_id, auth.email, auth.role, False, _groups_of(db, auth.user_id),
                   macro, auth.pii_access, auth.session_id, auth.method)  # fmt: skip
 
 
-def _groups_of(conn: apsw.Connection, user_id: str) -> Callable[[], frozenset[str]]:
+# The caller's groups and macros are looked up on the connection of the thread that asks
+# (`Database.connection`): a read that outgrew the event loop's share runs on a reader thread with the
+# same caller, and an apsw connection is never used from two threads.
+
+
+def _groups_of(db: Database, user_id: str) -> Callable[[], frozenset[str]]:
     """The user's group names, read at most once per request and only if something asks."""
     cache: list[frozenset[str]] = []
 
     def groups() -> frozenset[str]:
         if not cache:
-            cache.append(user_groups(conn, user_id))
+            cache.append(user_groups(db.connection(), user_id))
         return cache[0]
 
     return groups
 
 
-def _macro_runner(conn: apsw.Connection, store: MacroStore) -> Callable[[str, list[object], int], bool]:
+def _macro_runner(db: Database, store: MacroStore) -> Callable[[str, list[object], int], bool]:
     def run_macro(name: str, args: list[object], position: int) -> bool:
+        conn = db.connection()
         macro = store.all(conn).get(name)
         if macro is None:  # deleted since the rule was saved: the rule fails closed
             raise FilterError(f"unknown macro '@{name[:64]}'", position)
@@ -98,8 +104,8 @@ def _header_reason(request: Request) -> str | None:
 
 def caller_for_user(request: Request, user_id: str) -> Caller:
     """The caller as rules would see user `user_id` (for the rule and macro test endpoints)."""
-    conn = request.app.state.db.conn
-    row = get_user(conn, user_id) if isinstance(user_id, str) else None
+    db = request.app.state.db
+    row = get_user(db.conn, user_id) if isinstance(user_id, str) else None
     if row is None:
         raise ApiError(
             404,
@@ -114,8 +120,8 @@ def caller_for_user(request: Request, user_id: str) -> Caller:
         row["email"],
         row["role"],
         is_superadmin,
-        _groups_of(conn, row["id"]),
-        _macro_runner(conn, request.app.state.macros),
+        _groups_of(db, row["id"]),
+        _macro_runner(db, request.app.state.macros),
     )
 
 

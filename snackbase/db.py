@@ -1,11 +1,14 @@
-"""SQLite through apsw: the connection pragmas, the statement time budget, read helpers, the worker thread.
+"""SQLite through apsw: the connection pragmas, the statement time budget, read helpers, the reader
+threads and the worker thread.
 
 Connection discipline (docs/architecture.md): one read-write connection is owned by the event-loop
 thread and every short statement runs on it inline — measured on this stack, hopping to a thread pool
 costs more than the statement itself. Every mutation runs inside one unit of work
-(snackbase.unit_of_work: BEGIN IMMEDIATE … COMMIT; nested, a savepoint). Long work (backups, big
-exports) runs on `Database.in_worker`, a single thread with its own connection, because an apsw
-connection must never be shared across threads.
+(snackbase.unit_of_work: BEGIN IMMEDIATE … COMMIT; nested, a savepoint). A read that is not done
+within the loop's share of time (`SNACKBASE_LOOP_BUDGET_MS`) is stopped and run again from the start
+on a reader thread (`Database.read`), so no single request holds the event loop. Long work (backups,
+big exports) runs on `Database.in_worker`, a single thread with its own connection. An apsw
+connection is never shared across threads: each reader thread and the worker have their own.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,36 +44,78 @@ PROGRESS_STEPS = 20_000
 # start the WAL file over, so this bounds it at ~20 MB. See Database.checkpoint_in_background.
 CHECKPOINT_PAGES = 1_000
 WAL_RESET_PAGES = 10_000
+# What all the custom macro calls of one read (or of the rule checks of one write) may take together;
+# each call also has its own budget (snackbase.macros.RUN_BUDGET_S). Without a total, a rule with the
+# allowed eight calls of a slow macro cost 8 x 200 ms = 1.6 s.
+MACRO_SECONDS = 0.2
+# Reads moved off the event loop that may wait for a reader thread; beyond, 503 `busy` at once rather
+# than a queue without bound.
+MAX_WAITING_READS = 64
+INF = float("inf")
+# What one `~` match may cost per byte of text at worst: SQLite's LIKE with a 64-character pattern and
+# a wildcard, ~270 ms over 1 MB (snackbase.filter). A read on the event loop moves to a reader thread
+# before a row whose match could outlast the loop's share (StatementBudget.check).
+MATCH_SECONDS_PER_BYTE = 0.27 / 1_000_000
+
+
+@dataclass(slots=True)
+class Allowance:
+    """What one piece of work — a read, or the rule checks of one write — may still spend: `seconds`
+    of statements on the connection it runs on (infinite: only the per-statement budget applies), and
+    `macro_seconds` for all the custom macros it calls together. Spent time is charged as it goes."""
+
+    seconds: float = INF
+    macro_seconds: float = MACRO_SECONDS
 
 
 class StatementBudget:
-    """Interrupts any single statement that runs longer than `limit_s` (a runaway filter or macro).
+    """Interrupts any single statement that runs longer than `limit_s` (a runaway filter or macro),
+    and every statement of a piece of work once that work's allowance is spent (`spending`).
 
     The exec trace stamps the start of each statement; the progress handler, called every
     PROGRESS_STEPS instructions, aborts the statement (apsw.InterruptError) once it is over budget.
+    `ceiling` is the absolute time the current allowance ends (infinity outside one); `share_s` the
+    event loop's share of one request on the event-loop connection (infinity on other connections).
     """
 
     def __init__(self, limit_s: float) -> None:
         self.limit_s = limit_s
-        self.deadline = float("inf")
+        self.deadline = INF
+        self.ceiling = INF
+        self.allowance: Allowance | None = None
+        self.share_s = INF
+        self.movable = False  # a read on the event loop that a reader thread can finish instead
 
     def on_statement(self, _cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
-        self.deadline = time.monotonic() + self.limit_s
+        deadline = time.monotonic() + self.limit_s
+        self.deadline = deadline if deadline < self.ceiling else self.ceiling
         return True
 
     def on_progress(self) -> bool:
         return time.monotonic() > self.deadline
 
-    def check(self, *_args: Any) -> int:
-        """The SQL function `sb_budget()`: 1, or the statement is stopped once over budget.
+    def check(self, *args: Any) -> int:
+        """The SQL function `sb_budget(size)`: 1, or the statement is stopped once over budget.
 
         The progress handler runs every PROGRESS_STEPS VM steps, but one step can be long: a `~`
-        over a 1 MB text is one `instr`/`LIKE` call of up to ~100 ms, and a few hundred such rows fit
-        between two progress calls. The filter compiler puts `sb_budget() AND …` in front of those
-        calls, so the budget is checked once per row where a row is expensive."""
-        if time.monotonic() > self.deadline:
+        over a 1 MB text is one `instr`/`LIKE` call of up to ~270 ms, and a few hundred such rows fit
+        between two progress calls. The filter compiler puts `sb_budget(octet_length(text)) AND …` in
+        front of those calls, so the budget is checked once per row where a row is expensive. A
+        movable read (on the event loop) also stops before a match that could outlast its allowance:
+        it spends the allowance at once, so that Database.read moves it to a reader thread rather
+        than let one uninterruptible call hold the loop."""
+        now = time.monotonic()
+        if now > self.deadline:
             raise apsw.InterruptError("statement budget exceeded")
+        size = args[0] if args else None
+        if self.movable and isinstance(size, int) and now + size * MATCH_SECONDS_PER_BYTE > self.ceiling:
+            self.ceiling = now
+            raise apsw.InterruptError("this row's match could outlast the event loop's share")
         return 1
+
+    def over_ceiling(self) -> bool:
+        """Whether the current allowance is spent: an interrupt now stopped the work, not one statement."""
+        return time.monotonic() >= self.ceiling
 
     @contextlib.contextmanager
     def limited(self, limit_s: float) -> Iterator[None]:
@@ -79,6 +125,35 @@ class StatementBudget:
             yield
         finally:
             self.limit_s = previous
+
+    def spending(self, allowance: Allowance) -> Spending:
+        return Spending(self, allowance)
+
+
+class Spending:
+    """Runs the block on `allowance`: statements inside end by its time at the latest (an enclosing
+    allowance's, if sooner), macros charge it, and the block's time is charged to it on the way out.
+
+    A class rather than a generator-based context manager: every read runs one (see unit_of_work)."""
+
+    __slots__ = ("allowance", "budget", "outer", "started")
+
+    def __init__(self, budget: StatementBudget, allowance: Allowance) -> None:
+        self.budget = budget
+        self.allowance = allowance
+
+    def __enter__(self) -> None:
+        budget = self.budget
+        self.outer = (budget.ceiling, budget.allowance)
+        self.started = now = time.monotonic()
+        end = now + self.allowance.seconds
+        if end < budget.ceiling:
+            budget.ceiling = end
+        budget.allowance = self.allowance
+
+    def __exit__(self, *_exc: object) -> None:
+        self.budget.ceiling, self.budget.allowance = self.outer
+        self.allowance.seconds -= time.monotonic() - self.started
 
 
 # The budget of each open connection, so code holding only the connection can tighten it.
@@ -120,7 +195,7 @@ def connect(path: str | Path, statement_timeout_ms: int = 5_000) -> apsw.Connect
     budget = StatementBudget(statement_timeout_ms / 1000)
     conn.exec_trace = budget.on_statement
     conn.set_progress_handler(budget.on_progress, PROGRESS_STEPS)
-    conn.create_scalar_function("sb_budget", budget.check, 0, deterministic=False)
+    conn.create_scalar_function("sb_budget", budget.check, -1, deterministic=False)
     _budgets[conn] = budget
     return conn
 
@@ -155,6 +230,8 @@ def execute_many(conn: apsw.Connection, statements: Iterable[str]) -> None:
 
 # Checkpoints the server ran, by where (GET /metrics shows them); plain ints, each bumped by one thread.
 checkpoint_counts = {"worker": 0, "inline": 0}
+# Reads that outgrew the event loop's share and ran again on a reader thread (GET /metrics).
+reads_moved = {"reader": 0}
 
 
 def _checkpoint(conn: apsw.Connection) -> None:
@@ -168,7 +245,8 @@ def _checkpoint(conn: apsw.Connection) -> None:
 
 
 class Database:
-    """The event-loop connection plus one worker thread with its own connection for long work."""
+    """The event-loop connection, reader threads with their own connections for reads that outgrow
+    the loop's share, and one worker thread with its own connection for long work."""
 
     def __init__(
         self,
@@ -176,18 +254,93 @@ class Database:
         statement_timeout_ms: int = 5_000,
         checkpoint_pages: int = CHECKPOINT_PAGES,
         wal_reset_pages: int = WAL_RESET_PAGES,
+        loop_budget_ms: int = 50,
+        readers: int = 2,
     ) -> None:
         self.path = path
         self.checkpoint_pages = checkpoint_pages
         self.wal_reset_pages = wal_reset_pages
         self.statement_timeout_ms = statement_timeout_ms
         self.conn = connect(path, statement_timeout_ms)
+        self._budget = _budgets[self.conn]
+        # 0 = no share: every read runs inline, as before reader threads existed.
+        self._budget.share_s = loop_budget_ms / 1000 if loop_budget_ms > 0 else INF
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sb-db-worker")
+        self._readers = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="sb-db-reader")
+        self._reader_conns: list[apsw.Connection] = []
+        self._reader_lock = threading.Lock()
+        self._waiting_reads = 0
         self._local = threading.local()
         self._loop: asyncio.AbstractEventLoop | None = None
         # WAL length (pages) when the last checkpoint of each kind was scheduled; see _after_commit.
         self._worker_at = self._inline_at = self._wal_pages = 0
         self._worker_busy = False
+
+    def connection(self) -> apsw.Connection:
+        """This thread's own connection: a reader's or the worker's on theirs, else the event loop's.
+        For what runs inside a read without being handed its connection (a caller's macros, groups)."""
+        conn: apsw.Connection | None = getattr(self._local, "conn", None)
+        return conn if conn is not None else self.conn
+
+    async def read(self, fn: Callable[[apsw.Connection], T]) -> T:
+        """Runs the read `fn(conn)` — it must not write, so running it twice is harmless — so that it
+        holds the event loop for at most the loop's share (`SNACKBASE_LOOP_BUDGET_MS`).
+
+        Optimistic: most reads finish well inside the share, inline, at no cost but a clock read (a
+        thread hop would cost more than a primary-key lookup). A read still running when the share
+        is spent is interrupted and run again from the start on a reader thread, with its own
+        connection, inside one read transaction and under the full statement budget. Its macros keep
+        what is left of their time (MACRO_SECONDS for all calls together), so a rerun gives slow
+        macros no second allowance."""
+        budget = self._budget
+        allowance = Allowance(budget.share_s)
+        section = Spending(budget, allowance)
+        section.__enter__()
+        budget.movable = True
+        try:
+            return fn(self.conn)
+        except apsw.InterruptError:
+            if not budget.over_ceiling():
+                raise  # one statement over the statement budget: 503 statement_timeout
+        finally:
+            budget.movable = False
+            section.__exit__()
+        return await self._read_off_loop(fn, allowance.macro_seconds)
+
+    async def _read_off_loop(self, fn: Callable[[apsw.Connection], T], macro_seconds: float) -> T:
+        if self._waiting_reads >= MAX_WAITING_READS:
+            from snackbase.errors import ApiError  # only here: db.py imports nothing of ours at load
+
+            raise ApiError(503, "busy", "The server is busy with slow reads; try again shortly.",
+                           headers={"retry-after": "1"})  # fmt: skip
+        self._waiting_reads += 1  # on the event loop only: no lock
+        reads_moved["reader"] += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._readers, self._read_here, fn, macro_seconds)
+        finally:
+            self._waiting_reads -= 1
+
+    def _read_here(self, fn: Callable[[apsw.Connection], T], macro_seconds: float) -> T:
+        """On a reader thread: `fn` inside one read transaction, so a page and its count agree."""
+        conn = self._reader_conn()
+        with Spending(_budgets[conn], Allowance(INF, macro_seconds)):
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    def _reader_conn(self) -> apsw.Connection:
+        conn: apsw.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.path, self.statement_timeout_ms)
+            # Readers only read: a write from a read path would fail here instead of racing the loop.
+            conn.execute("PRAGMA query_only=1")
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        return conn
 
     def _worker_conn(self) -> apsw.Connection:
         conn = getattr(self._local, "conn", None)
@@ -272,6 +425,11 @@ class Database:
         self._loop = None
         self._executor.submit(self._close_worker).result()
         self._executor.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        with self._reader_lock:  # their threads have ended: closing from here shares nothing
+            for reader in self._reader_conns:
+                reader.close()
+            self._reader_conns.clear()
         try:
             self.conn.set_wal_hook(None)
             self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)

@@ -6,8 +6,13 @@ A macro is untrusted SQL as far as the database is concerned, so it runs fenced 
   system tables (sessions, tokens, password hashes, audit, sqlite_*) are denied at prepare time;
 - it is never taken from (or put into) the statement cache, because the authorizer is consulted only
   when a statement is prepared;
-- a statement budget far shorter than the normal one, and at most one row.
-A macro that fails at run time evaluates to false (access denied) and is logged: it fails closed.
+- a statement budget far shorter than the normal one (RUN_BUDGET_S), and at most one row;
+- all the macro calls of one read, or of one write's rule checks, share one total (db.MACRO_SECONDS,
+  kept in the connection's current `db.Allowance`), so eight calls of a slow macro cost no more than
+  one.
+A macro that fails at run time evaluates to false (access denied) and is logged: it fails closed. One
+exception: when the read or write it runs in has spent the event loop's share, the interrupt goes on
+to `Database.read` (which runs the read again off the loop) or to the unit of work (503).
 Its value does not depend on the row (arguments are literals or @request values), so a rule uses it
 as a constant computed once per query.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -162,12 +168,27 @@ def run(conn: apsw.Connection, macro: Macro, args: list[Any]) -> bool:
         # An integer SQLite cannot hold (from @request.data, say): refuse rather than guess a value.
         log.warning("macro argument out of range; access denied", extra={"event": macro.name})
         return False
+    budget = statement_budget(conn)
+    allowance = budget.allowance if budget is not None else None
+    left = allowance.macro_seconds if allowance is not None else RUN_BUDGET_S
+    if left <= 0:
+        log.warning("macro time of this request used up; access denied", extra={"event": macro.name})
+        return False
+    started = time.monotonic()
     try:
-        with fenced(conn):
+        with fenced(conn, min(RUN_BUDGET_S, left)):
             rows = _first_two(conn, macro, args)
+    except apsw.InterruptError:
+        if budget is not None and budget.over_ceiling():
+            raise  # the whole read or write is out of time, not this macro: its caller decides
+        log.warning("macro over its time budget; access denied", extra={"event": macro.name})
+        return False
     except apsw.Error as exc:
         log.warning("macro failed; access denied", extra={"event": macro.name, "error": type(exc).__name__})
         return False
+    finally:
+        if allowance is not None:
+            allowance.macro_seconds -= time.monotonic() - started
     if len(rows) != 1 or len(rows[0]) < 1:
         log.warning("macro must return exactly one row; access denied", extra={"event": macro.name})
         return False

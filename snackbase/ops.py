@@ -128,6 +128,13 @@ class Ops:
         )
         r.add(
             G(
+                "snackbase_reads_off_loop",
+                "reads that outgrew the event loop's share and ran again on a reader thread",
+                lambda: {(): float(db.reads_moved["reader"])},
+            )
+        )
+        r.add(
+            G(
                 "snackbase_backups",
                 "backups attempted by this process, by outcome",
                 lambda: {(k,): float(v) for k, v in self.backups.outcomes.items()},

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ import apsw
 
 from snackbase import audit, cascade, files, versions
 from snackbase.collections import Registry
+from snackbase.db import Allowance, statement_budget
 from snackbase.errors import (
     ApiError,
     FieldErrors,
@@ -40,6 +42,7 @@ from snackbase.rules import ALIAS, Caller, RecordResolver, rule_clause, scope_cl
 from snackbase.schema import Collection, is_multi_reference, quote_ident
 from snackbase.times import now_iso
 from snackbase.unit_of_work import Work, unit_of_work
+from snackbase.unit_of_work import current as current_work
 
 __all__ = ["MAX_BATCH_OPS", "Change", "WriteContext", "batch", "create_record", "delete_record",
            "stored_record", "try_rule", "update_record"]  # fmt: skip
@@ -299,11 +302,12 @@ def _stored_for(
     if not isinstance(record_id, str):
         raise validation_error(field_error("id", "invalid_type", "The id must be text."))
     resolver = RecordResolver(collection, caller, data=data)
-    where, params = where_clause(
-        scope_clause(caller), rule_clause(collection, op, resolver), (f"{ALIAS}.id = ?", [record_id])
-    )
-    cursor = conn.execute(f"SELECT * FROM {quote_ident(collection.table)} AS {ALIAS}{where}", params)
-    row = cursor.fetchone()
+    with _rule_check(conn):
+        where, params = where_clause(
+            scope_clause(caller), rule_clause(collection, op, resolver), (f"{ALIAS}.id = ?", [record_id])
+        )
+        cursor = conn.execute(f"SELECT * FROM {quote_ident(collection.table)} AS {ALIAS}{where}", params)
+        row = cursor.fetchone()
     if row is None:
         raise ApiError(404, "not_found", "The record was not found.")
     return dict(zip([d[0] for d in cursor.get_description()], row, strict=True))
@@ -326,15 +330,30 @@ def _rule_holds(
     data: dict[str, Any],
 ) -> bool:
     """Evaluates a rule against values not (yet) stored, as a one-row CTE named like the table alias."""
-    clause, params = rule_clause(collection, op, RecordResolver(collection, caller, data=data))
-    if not clause:
-        return True
-    columns = list(row)
-    cte = (
-        f"{ALIAS}({', '.join(quote_ident(c) for c in columns)}) AS (VALUES ({', '.join('?' * len(columns))}))"
-    )
-    sql = f"WITH {cte} SELECT EXISTS (SELECT 1 FROM {ALIAS} WHERE {clause})"
-    return bool(_value(conn, sql, [*row.values(), *params]))
+    with _rule_check(conn):
+        clause, params = rule_clause(collection, op, RecordResolver(collection, caller, data=data))
+        if not clause:
+            return True
+        columns = list(row)
+        names = ", ".join(quote_ident(c) for c in columns)
+        cte = f"{ALIAS}({names}) AS (VALUES ({', '.join('?' * len(columns))}))"
+        sql = f"WITH {cte} SELECT EXISTS (SELECT 1 FROM {ALIAS} WHERE {clause})"
+        return bool(_value(conn, sql, [*row.values(), *params]))
+
+
+def _rule_check(conn: apsw.Connection) -> AbstractContextManager[None]:
+    """Inside a write, rule checks (their macros included) run while the write lock and, on the event
+    loop's connection, the event loop are held: all of one unit of work's checks together (a batch,
+    hooks' own writes) get the loop's share (`SNACKBASE_LOOP_BUDGET_MS`). Past it, the statement is
+    interrupted and the unit of work answers 503 `statement_timeout` after rolling everything back.
+    Outside a write (a read through `stored_record`) the read's own allowance applies (Database.read)."""
+    work = current_work(conn)
+    budget = statement_budget(conn)
+    if work is None or budget is None:
+        return nullcontext()
+    if work.rule_allowance is None:
+        work.rule_allowance = Allowance(budget.share_s)
+    return budget.spending(work.rule_allowance)
 
 
 def _value(conn: apsw.Connection, sql: str, params: list[Any]) -> Any:

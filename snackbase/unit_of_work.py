@@ -26,6 +26,7 @@ from typing import Any
 
 import apsw
 
+from snackbase.db import Allowance
 from snackbase.errors import database_error
 
 log = logging.getLogger("snackbase.write")
@@ -39,6 +40,8 @@ class Work:
 
     conn: apsw.Connection
     effects: list[Effect] = field(default_factory=list)
+    # What the unit's rule checks may still spend while it holds the write lock (records._rule_check).
+    rule_allowance: Allowance | None = None
 
     def after_commit(self, effect: Effect) -> None:
         self.effects.append(effect)

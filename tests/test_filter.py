@@ -97,8 +97,9 @@ def compile_(text: str) -> tuple[str, list[object]]:
 A, B, C, T, S = '"t"."a"', '"t"."b"', '"t"."c"', '"t"."title"', '"t"."status"'
 LIKE = " LIKE ? ESCAPE '\\'"
 # `~`: each row checks the statement budget first; a plain substring is instr (linear), never a LIKE.
-INSTR = f"(sb_budget() AND instr(lower({T}), lower(?)) > 0)"
-TLIKE = f"(sb_budget() AND {T}{LIKE})"
+BUDGET = f"(octet_length({T}) <= 64 OR sb_budget(octet_length({T})))"
+INSTR = f"({BUDGET} AND instr(lower({T}), lower(?)) > 0)"
+TLIKE = f"({BUDGET} AND {T}{LIKE})"
 
 COMPILE_CASES = [
     # operators
@@ -160,7 +161,7 @@ COMPILE_CASES = [
     ('title !~ "x"', f"NOT COALESCE({INSTR}, 0)", ["x"]),
     (
         "title ~ b",
-        f"(sb_budget() AND CASE WHEN length({B}) <= 256 THEN instr(lower({T}), lower({B})) > 0 END)",
+        f"({BUDGET} AND CASE WHEN length({B}) <= 256 THEN instr(lower({T}), lower({B})) > 0 END)",
         [],
     ),
     ("title ~ null", T + " LIKE NULL", []),
@@ -372,8 +373,11 @@ ROWS = [
 
 
 def with_budget(conn: sqlite3.Connection) -> sqlite3.Connection:
-    """The app's connections define `sb_budget()` (snackbase.db); here it never stops a statement."""
-    conn.create_function("sb_budget", 0, lambda: 1)
+    """The app's connections define `sb_budget()` (snackbase.db); here it never stops a statement.
+    Python's own sqlite3 may predate `octet_length` (SQLite 3.43; apsw bundles a newer SQLite)."""
+    conn.create_function("sb_budget", -1, lambda *_size: 1)
+    if sqlite3.sqlite_version_info < (3, 43):
+        conn.create_function("octet_length", 1, lambda v: None if v is None else len(str(v).encode()))
     return conn
 
 
@@ -447,7 +451,7 @@ PROPERTY = settings(max_examples=300, derandomize=True, deadline=None, database=
 
 _SQL_TOKEN = re.compile(r"\s+|\?|\(|\)|,|'\\'|[A-Za-z_]+|<=|>=|[<>=]|[0-9]+")
 _SQL_WORDS = {"AND", "OR", "NOT", "COALESCE", "IS", "NULL", "IN", "LIKE", "ESCAPE", "instr", "lower"}
-_SQL_WORDS |= {"CASE", "WHEN", "THEN", "END", "length", "sb_budget"}  # the bounded `~`
+_SQL_WORDS |= {"CASE", "WHEN", "THEN", "END", "length", "sb_budget", "octet_length"}  # the bounded `~`
 
 
 def assert_sql_is_safe(sql: str, params: list[object], resolver: Resolver) -> None:

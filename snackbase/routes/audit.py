@@ -42,14 +42,17 @@ async def list_entries(request: Request) -> Response:
     where, params = _filters(request, view)
     page = paging(request)
     descending = _descending(request)
-    conn = request.app.state.db.conn
-    if page.after is not None:
-        rows, cursor = _cursor_page(conn, view, where, params, page, descending)
-        return json_response({"items": _shown(conn, view, rows), "next_cursor": cursor})
-    order = f"{_order_column(view)} {'DESC' if descending else 'ASC'}"
-    rows = fetch_all(conn, f"{_SELECT} {where} ORDER BY {order} LIMIT ? OFFSET ?",
-                     [*params, page.per_page, (page.page - 1) * page.per_page])  # fmt: skip
-    return json_response(offset_page(_shown(conn, view, rows), page, lambda: _count(conn, where, params)))
+
+    def read(conn: apsw.Connection) -> dict[str, Any]:
+        if page.after is not None:
+            rows, cursor = _cursor_page(conn, view, where, params, page, descending)
+            return {"items": _shown(conn, view, rows), "next_cursor": cursor}
+        order = f"{_order_column(view)} {'DESC' if descending else 'ASC'}"
+        rows = fetch_all(conn, f"{_SELECT} {where} ORDER BY {order} LIMIT ? OFFSET ?",
+                         [*params, page.per_page, (page.page - 1) * page.per_page])  # fmt: skip
+        return offset_page(_shown(conn, view, rows), page, lambda: _count(conn, where, params))
+
+    return json_response(await request.app.state.db.read(read))
 
 
 def _count(conn: apsw.Connection, where: str, params: list[Any]) -> int:
@@ -83,14 +86,16 @@ _SEQ_RE = re.compile(r"[0-9]{1,19}")
 async def get_entry(request: Request) -> Response:
     view = await _view(request)
     raw = request.path_params["seq"]
-    row = (
-        fetch_one(request.app.state.db.conn, f"{_SELECT} WHERE seq = ?", (int(raw),))
-        if _is_seq(raw)
-        else None
-    )
-    if row is None or (view.account_id is not None and row["account_id"] != view.account_id):
-        raise ApiError(404, "not_found", "No audit entry with this seq.")  # another tenant's entry: not found
-    return json_response(_shown(request.app.state.db.conn, view, [row])[0])
+    if not _is_seq(raw):
+        raise ApiError(404, "not_found", "No audit entry with this seq.")
+
+    def read(conn: apsw.Connection) -> dict[str, Any]:
+        row = fetch_one(conn, f"{_SELECT} WHERE seq = ?", (int(raw),))
+        if row is None or (view.account_id is not None and row["account_id"] != view.account_id):
+            raise ApiError(404, "not_found", "No audit entry with this seq.")  # another tenant's: not found
+        return _shown(conn, view, [row])[0]
+
+    return json_response(await request.app.state.db.read(read))
 
 
 async def verify_chains(request: Request) -> Response:

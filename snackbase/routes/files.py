@@ -94,7 +94,10 @@ async def download(request: Request) -> Response:
     else:
         _scope_anonymous_to_record(request, collection)
     caller = await caller_for(request)
-    record = queries.get_record(conn, registry, collection, caller, request.path_params["record_id"])
+    record_id = request.path_params["record_id"]
+    record = await request.app.state.db.read(
+        lambda c: queries.get_record(c, registry, collection, caller, record_id)
+    )
     f, meta = _find(collection, record, request.path_params["filename"])
     if f.options.get("protected") and not token:
         raise ApiError(403, "file_token_required", "This file is protected: pass a file token as ?token=.")

@@ -52,14 +52,11 @@ def _list_query(request: Request) -> queries.ListQuery:
 async def list_records(request: Request) -> Response:
     collection = _collection(request)
     caller = await caller_for(request)
-    query = _list_query(request)
-    page = queries.list_records(
-        request.app.state.db.conn,
-        request.app.state.registry,
-        collection,
-        caller,
-        query,
-        request.app.state.hooks,
+    state = request.app.state
+    # Hooks run here, on the event loop: the read below may run again on a reader thread.
+    query = state.hooks.record_list(collection, caller, _list_query(request))
+    page = await state.db.read(
+        lambda conn: queries.list_records(conn, state.registry, collection, caller, query)
     )
     return json_response(page)
 
@@ -67,14 +64,10 @@ async def list_records(request: Request) -> Response:
 async def aggregate_records(request: Request) -> Response:
     collection = _collection(request)
     caller = await caller_for(request)
-    query = aggregate.parse_query(request.query_params)
-    result = aggregate.aggregate(
-        request.app.state.db.conn,
-        request.app.state.registry,
-        collection,
-        caller,
-        query,
-        request.app.state.hooks,
+    state = request.app.state
+    query = aggregate.narrowed(aggregate.parse_query(request.query_params), collection, caller, state.hooks)
+    result = await state.db.read(
+        lambda conn: aggregate.aggregate(conn, state.registry, collection, caller, query)
     )
     return json_response(result)
 
@@ -83,16 +76,13 @@ async def get_record(request: Request) -> Response:
     collection = _collection(request)
     caller = await caller_for(request)
     fields, expand = _names(request, "fields") or None, _names(request, "expand")
+    state, record_id = request.app.state, request.path_params["id"]
     presenter.check_projection(collection, fields)
-    presenter.check_expand(request.app.state.registry, request.app.state.db.conn, collection, expand)
-    record, etag = queries.get_versioned(
-        request.app.state.db.conn,
-        request.app.state.registry,
-        collection,
-        caller,
-        request.path_params["id"],
-        fields,
-        expand,
+    presenter.check_expand(state.registry, state.db.conn, collection, expand)
+    record, etag = await state.db.read(
+        lambda conn: queries.get_versioned(
+            conn, state.registry, collection, caller, record_id, fields, expand
+        )
     )
     # 304 only for the record itself: expanded records have versions of their own.
     if_none_match = request.headers.get("if-none-match")

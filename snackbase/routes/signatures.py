@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import apsw
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
@@ -63,12 +64,14 @@ async def sign(request: Request) -> Response:
 
 async def list_signatures(request: Request) -> Response:
     collection, caller = _collection(request), await caller_for(request)
-    conn, registry = request.app.state.db.conn, request.app.state.registry
-    record = records.stored_record(conn, registry, collection, caller, "view", request.path_params["id"])
-    items = signatures.signatures_of(
-        conn, record["account_id"], record["id"], record, sees_whole_record(collection, caller)
-    )
-    return json_response({"items": items})
+    registry, record_id = request.app.state.registry, request.path_params["id"]
+
+    def read(conn: apsw.Connection) -> list[dict[str, Any]]:
+        record = records.stored_record(conn, registry, collection, caller, "view", record_id)
+        whole = sees_whole_record(collection, caller)
+        return signatures.signatures_of(conn, record["account_id"], record["id"], record, whole)
+
+    return json_response({"items": await request.app.state.db.read(read)})
 
 
 async def history(request: Request) -> Response:
@@ -76,25 +79,29 @@ async def history(request: Request) -> Response:
     the editors' details for account admins only). Deleted records' history stays readable by
     account admins (and superadmins naming the account): entries outlive the records they describe."""
     collection, caller = _collection(request), await caller_for(request)
-    conn, registry = request.app.state.db.conn, request.app.state.registry
-    record_id = request.path_params["id"]
-    record: dict[str, Any] | None
-    try:
-        record = records.stored_record(conn, registry, collection, caller, "view", record_id)
-        account_id = str(record["account_id"])
-    except ApiError:
-        if not caller.is_account_admin or caller.account_id is None:
-            raise
-        record, account_id = None, caller.account_id
-    entries = audit_views.record_history(conn, account_id, collection.name, record_id)
-    if not entries and record is None:
-        raise ApiError(404, "not_found", "The record was not found.")
-    shown = present_entries(entries, caller.sees_pii, is_admin=caller.is_account_admin,
-                            collection=collection, caller=caller)  # fmt: skip
-    whole = sees_whole_record(collection, caller)
-    return json_response(
-        {"items": shown, "signatures": signatures.signatures_of(conn, account_id, record_id, record, whole)}
-    )
+    registry, record_id = request.app.state.registry, request.path_params["id"]
+
+    def read(conn: apsw.Connection) -> dict[str, Any]:
+        record: dict[str, Any] | None
+        try:
+            record = records.stored_record(conn, registry, collection, caller, "view", record_id)
+            account_id = str(record["account_id"])
+        except ApiError:
+            if not caller.is_account_admin or caller.account_id is None:
+                raise
+            record, account_id = None, caller.account_id
+        entries = audit_views.record_history(conn, account_id, collection.name, record_id)
+        if not entries and record is None:
+            raise ApiError(404, "not_found", "The record was not found.")
+        shown = present_entries(entries, caller.sees_pii, is_admin=caller.is_account_admin,
+                                collection=collection, caller=caller)  # fmt: skip
+        whole = sees_whole_record(collection, caller)
+        return {
+            "items": shown,
+            "signatures": signatures.signatures_of(conn, account_id, record_id, record, whole),
+        }
+
+    return json_response(await request.app.state.db.read(read))
 
 
 routes = [
