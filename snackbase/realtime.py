@@ -256,11 +256,13 @@ class Broker:
                 f"This address already holds {self.limits.per_address} realtime connections.",
             )
         self.start()
+        # Before the client is acknowledged: every event committed from now on is recorded for it
+        # (the transport's error, a busy database, leaves nothing registered).
+        self.transport.listen(True)
         self.clients[client.id] = client
         if client.user_id is not None:
             self._per_user[client.user_id] += 1
         self._per_address[client.address] += 1
-        self.transport.listen(True)
 
     def disconnect(self, client: Client) -> None:
         if self.clients.pop(client.id, None) is None:
