@@ -202,6 +202,7 @@ class Limits:
     per_user: int
     per_address: int
     queue: int
+    heartbeat: float = HEARTBEAT_SECONDS  # seconds between heartbeats (SNACKBASE_REALTIME_HEARTBEAT_SECONDS)
 
 
 class Broker:
@@ -226,7 +227,7 @@ class Broker:
         self._started = True
         self.transport.start(self.deliver)
         loop = asyncio.get_running_loop()
-        self._timers = [loop.call_later(HEARTBEAT_SECONDS, self._heartbeat),
+        self._timers = [loop.call_later(self.limits.heartbeat, self._heartbeat),
                         loop.call_later(RECHECK_SECONDS, self._recheck)]  # fmt: skip
 
     def stop(self) -> None:
@@ -339,7 +340,7 @@ class Broker:
     def _heartbeat(self) -> None:
         for client in list(self.clients.values()):
             client.push((None, "heartbeat", b'{"type":"heartbeat"}'))
-        self._timers[0] = asyncio.get_running_loop().call_later(HEARTBEAT_SECONDS, self._heartbeat)
+        self._timers[0] = asyncio.get_running_loop().call_later(self.limits.heartbeat, self._heartbeat)
 
     def _recheck(self) -> None:
         try:

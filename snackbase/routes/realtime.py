@@ -115,6 +115,18 @@ def _subscribe(conn: HTTPConnection, client: Client, raw_topics: Any) -> list[To
     return topics
 
 
+def _renew(client: Client, viewer: Viewer) -> None:
+    """A fresh token for the same user keeps the connection's right to events past the old token's
+    expiry (and from the new token's session on)."""
+    if viewer.caller.user_id is None or viewer.caller.user_id != client.viewer.caller.user_id:
+        raise ApiError(403, "forbidden", "A realtime connection keeps its user: open a new one to switch.")
+    client.viewer = viewer
+
+
+def _expiry(viewer: Viewer) -> int | None:
+    return int(viewer.expires_at) if viewer.expires_at != float("inf") else None
+
+
 def _resume(conn: HTTPConnection, client: Client, after: int) -> None:
     if not _broker(conn).resume(client, after):
         client.push((None, "reload", _encode({"type": "reload", "after": after,
@@ -203,6 +215,8 @@ async def subscriptions(request: Request) -> Response:
     # The same caller as the stream (an anonymous stream: an anonymous request; the client id is secret).
     if client is None or client.kind != "sse" or owner is None or owner.user_id != caller.user_id:
         raise ApiError(404, "not_found", "No realtime connection of yours has this client_id.")
+    if caller.user_id is not None:  # the request's (maybe refreshed) token now carries the stream
+        _renew(client, await _viewer(request))
     topics = _subscribe(request, client, body.get("topics"))
     if client.resume_after is not None:
         after, client.resume_after = client.resume_after, None
@@ -233,9 +247,9 @@ async def websocket(ws: WebSocket) -> None:
     client.task = asyncio.current_task()
     try:
         if first is not None:
-            _handle(ws, client, first)
+            await _handle(ws, client, first)
         while not client.closed:
-            _handle(ws, client, await _receive(ws))
+            await _handle(ws, client, await _receive(ws))
     except WebSocketDisconnect:
         client.close()
     except asyncio.CancelledError:
@@ -265,7 +279,7 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _handle(ws: WebSocket, client: Client, message: dict[str, Any] | None) -> None:
+async def _handle(ws: WebSocket, client: Client, message: dict[str, Any] | None) -> None:
     kind = message.get("type") if message is not None else None
     try:
         if message is None:
@@ -283,7 +297,10 @@ def _handle(ws: WebSocket, client: Client, message: dict[str, Any] | None) -> No
         elif kind == "ping":
             client.push((None, "pong", b'{"type":"pong"}'))
         elif kind == "auth":
-            raise ApiError(400, "bad_request", "auth is only accepted as the first message.")
+            viewer = await _viewer(ws, _text(message.get("token")) or "")
+            _renew(client, viewer)
+            client.push((None, "authenticated", _encode({"type": "authenticated",
+                         "expires_at": _expiry(viewer)})))  # fmt: skip
         else:
             raise ApiError(400, "bad_request", "Unknown message type: use subscribe, resume or ping.")
     except ApiError as exc:
