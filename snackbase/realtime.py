@@ -65,7 +65,7 @@ class Client:
 
     __slots__ = (
         "_pending", "_waiter", "account_id", "address", "close_code", "closed", "direct", "id", "kind",
-        "limit", "queue", "resume_after", "task", "topics", "user_id", "viewer",
+        "limit", "queue", "resume_after", "task", "topics", "user_id", "viewer", "write",
     )  # fmt: skip
 
     def __init__(
@@ -90,15 +90,22 @@ class Client:
         # The transport's send for one message, set by the route: see `push`.
         self.direct: Callable[[Message], Any] | None = None  # returns the send's coroutine
         self._pending: tuple[Coroutine[Any, Any, None], Any] | None = None
+        # Below the ASGI layer, set by the route where the server allows it: writes the message's
+        # frame straight to the socket's transport and returns True, or False when it cannot now
+        # (flow control, a closing connection) and the message must take the ASGI `send`.
+        self.write: Callable[[Message], bool] | None = None
 
     def push(self, message: Message) -> None:
         """Queues a message; a client that lets LIMIT messages pile up is disconnected with a reason."""
         if self.closed:
             return
         if self.queue is None:
-            if self.direct is not None and self._pending is None and self._idle():
-                self._send_now(message)
-                return
+            if self._pending is None and self._idle():
+                if self.write is not None and self.write(message):
+                    return
+                if self.direct is not None:
+                    self._send_now(message)
+                    return
             self.queue = [message]
             self._wake()
             return
@@ -309,8 +316,13 @@ class Broker:
         self.gate.check({client for _, subs in batch for client, _ in subs})
         for event, subs in batch:
             live = [(client, topics) for client, topics in subs if not client.closed]
+            # One message object per distinct payload: the routes encode a frame once per message.
+            messages: dict[int, Message] = {}
             for client, payload in self.gate.render(event, live):
-                client.push((event.seq, event.action, payload))
+                message = messages.get(id(payload))
+                if message is None:
+                    message = messages[id(payload)] = (event.seq, event.action, payload)
+                client.push(message)
 
     def _subscribers(self, event: Published) -> list[tuple[Client, tuple[Topic, ...]]]:
         found = []
@@ -338,8 +350,9 @@ class Broker:
     # --- timers ----------------------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
+        beat: Message = (None, "heartbeat", b'{"type":"heartbeat"}')
         for client in list(self.clients.values()):
-            client.push((None, "heartbeat", b'{"type":"heartbeat"}'))
+            client.push(beat)
         self._timers[0] = asyncio.get_running_loop().call_later(self.limits.heartbeat, self._heartbeat)
 
     def _recheck(self) -> None:
