@@ -194,6 +194,8 @@ class SqliteTransport:
 
     def _lease(self) -> None:
         until = time.time() + RESUME_SECONDS
+        # A unit of work without an audit entry: server state, like the event rows, not a change
+        # anyone made.
         with unit_of_work(self.conn):
             register(self.conn, self.process, until)
         self.leased_until = until

@@ -177,3 +177,20 @@ def test_a_rolled_back_savepoint_drops_its_after_commit_work(tmp_path: Path) -> 
             inner.after_commit(lambda: ran.append("kept"))
     assert ran == ["outer", "kept"]
     assert fetch_value(conn, "SELECT count(*) FROM t") == 0
+
+
+def test_own_and_other_processes_events_arrive_once_in_order(
+    world: World, serve: Callable[..., ServerProcess]
+) -> None:
+    """A process hands its own events over from memory only when they directly follow its cursor;
+    interleaved with another process's writes, every event still arrives once, in sequence order."""
+    here, there = serve(), serve()
+    ws, sse = Ws(here, world.bob), Sse(here, world.bob.headers)
+    ws.subscribe(["notes"])
+    subscribe(here, sse, ["notes"], world.bob)
+    made = [create(here if i % 3 else there, world.bob, title=f"n{i}")["id"] for i in range(12)]
+    for got in ([ws.recv() for _ in made], sse.events(len(made))):
+        assert [event["record"]["id"] for event in got] == made
+        ids = [int(event["id"]) for event in got]
+        assert ids == sorted(set(ids))
+    ws.nothing(0.3)
