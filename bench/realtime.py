@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from harness import EXE, ROOT, Server, request, save, wrk
@@ -328,6 +329,7 @@ async def fanout(target: Target, count: int, seconds: float, rate: float = 10.0)
     await asyncio.sleep(1)
     created: dict[bytes, float] = {}
     create_errors = 0
+    cpu_before = server_cpu_s(target)
     interval, started = 1.0 / rate, time.perf_counter()
     for i in range(int(seconds * rate)):
         await asyncio.sleep(max(0.0, started + i * interval - time.perf_counter()))
@@ -337,6 +339,7 @@ async def fanout(target: Target, count: int, seconds: float, rate: float = 10.0)
         else:
             create_errors += 1
     await asyncio.sleep(3)  # let the last events arrive
+    cpu_ms = (server_cpu_s(target) - cpu_before) * 1000
     latencies = [
         max(0.0, at - created[rid]) * 1000 for sub in subs for rid, at in sub.arrivals if rid in created
     ]
@@ -355,10 +358,21 @@ async def fanout(target: Target, count: int, seconds: float, rate: float = 10.0)
         "p99_ms": _pct(latencies, 0.99),
         "max_ms": round(latencies[-1], 1) if latencies else None,
         "disconnected": sum(1 for s in subs if s.closed),
+        # The server's CPU per create and its fan-out (the create itself included): unlike latency,
+        # barely moved by other load on a shared machine.
+        "server_cpu_ms_per_event": round(cpu_ms / max(1, len(created)), 2),
+        "load_average": round(os.getloadavg()[0], 2),
     }
     close_all(subs)
     http.close()
     return result
+
+
+def server_cpu_s(target: Target) -> float:
+    """User + system CPU seconds of the server process (and its children: --workers) so far."""
+    fields = Path(f"/proc/{target.server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _pct(values: list[float], q: float) -> float | None:

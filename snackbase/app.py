@@ -249,7 +249,8 @@ def realtime_broker(settings: Settings, db: Database, registry: Registry) -> Bro
     transport = SqliteTransport(db.conn)
     install(db.conn, transport)
     limits = Limits(settings.realtime_max_topics, settings.realtime_max_connections_per_user,
-                    settings.realtime_max_connections_per_address, settings.realtime_send_queue)  # fmt: skip
+                    settings.realtime_max_connections_per_address, settings.realtime_send_queue,
+                    settings.realtime_heartbeat_seconds)  # fmt: skip
     return Broker(transport, RecordGate(db.conn, registry), limits)
 
 

@@ -114,6 +114,7 @@ class Settings:
     realtime_send_queue: int = _meta(
         "messages queued for a realtime client before it is disconnected as slow"
     )
+    realtime_heartbeat_seconds: int = _meta("seconds between heartbeats to each realtime client")
 
     # The defaults live here rather than on the fields so `_meta` stays readable above.
     @classmethod
@@ -179,6 +180,7 @@ class Settings:
             "realtime_max_connections_per_user": 20,
             "realtime_max_connections_per_address": 1_000,
             "realtime_send_queue": 500,
+            "realtime_heartbeat_seconds": 25,
         }
 
     @property
@@ -309,7 +311,8 @@ def _check_ranges(settings: Settings) -> None:
     if settings.workers < 1:
         raise ConfigError("workers must be at least 1")
     if min(settings.realtime_max_topics, settings.realtime_max_connections_per_user,
-           settings.realtime_max_connections_per_address, settings.realtime_send_queue) < 1:  # fmt: skip
+           settings.realtime_max_connections_per_address, settings.realtime_send_queue,
+           settings.realtime_heartbeat_seconds) < 1:  # fmt: skip
         raise ConfigError("the SNACKBASE_REALTIME_* limits must be at least 1")
     if settings.loop_budget_ms < 0 or not 1 <= settings.db_readers <= 64:
         raise ConfigError("SNACKBASE_LOOP_BUDGET_MS must be 0 or more, SNACKBASE_DB_READERS from 1 to 64")

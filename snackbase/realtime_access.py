@@ -35,6 +35,7 @@ from snackbase.schema import Collection, quote_ident
 
 _encode = msgspec.json.Encoder().encode
 MAX_FILTER_LENGTH = 2_000
+_UNDECIDED: Any = object()
 
 
 class Viewer:
@@ -123,8 +124,8 @@ class RecordGate:
                     _refresh(client.viewer, row)
 
     def render(
-        self, event: Published, subs: list[tuple[Client, tuple[Topic, ...]]]
-    ) -> list[tuple[Client, bytes]]:
+        self, event: Published, clients: list[Client], topics: list[tuple[Topic, ...]]
+    ) -> list[tuple[bytes, list[Client]]]:
         try:
             collection = self.registry.get(self.conn, event.collection)
         except ApiError:  # deleted since
@@ -132,17 +133,26 @@ class RecordGate:
         row = _stored(event.record)
         verdicts: dict[tuple[str, tuple[Any, ...]], bool] = {}
         # One decision per (rights, topics) pair: thousands of subscribers usually make a handful.
-        decided: dict[tuple[int, int], bytes | None] = {}
-        out: list[tuple[Client, bytes]] = []
-        for client, topics in subs:
+        # Keyed by the ids of the interned key and topic tuples, in a dict of dicts: no tuple is
+        # allocated per client (see Broker.deliver).
+        decided: dict[int, dict[int, list[Client] | None]] = {}
+        groups: list[tuple[bytes, list[Client]]] = []
+        for client, matched in zip(clients, topics, strict=True):
+            if client.closed:
+                continue
             viewer: Viewer = client.viewer
-            pair = (id(viewer.key), id(topics))
-            if pair not in decided:
-                decided[pair] = self._decide(collection, viewer.caller, event, row, topics, verdicts)
-            payload = decided[pair]
-            if payload is not None:
-                out.append((client, payload))
-        return out
+            by_topics = decided.get(id(viewer.key))
+            if by_topics is None:
+                by_topics = decided[id(viewer.key)] = {}
+            members = by_topics.get(id(matched), _UNDECIDED)
+            if members is _UNDECIDED:
+                payload = self._decide(collection, viewer.caller, event, row, matched, verdicts)
+                members = by_topics[id(matched)] = None if payload is None else []
+                if payload is not None and members is not None:
+                    groups.append((payload, members))
+            if members is not None:
+                members.append(client)
+        return groups
 
     def _decide(
         self, collection: Collection, caller: Caller, event: Published, row: dict[str, Any],

@@ -9,10 +9,20 @@ events of every process to the local broker in commit order, `replay` reads the 
 event into the `realtime_events` table in the same transaction as the change; its AUTOINCREMENT id
 is the event's sequence, global across processes and in commit order (SQLite has one writer at a
 time). Each process reads the rows after its own cursor:
-- at once after a commit of its own (an after-commit wake-up, no waiting for a poll), and
+- at once after a commit of its own — and without reading them back: the events it has just
+  written are handed over from memory when they directly follow its cursor, and
 - every POLL_SECONDS when `PRAGMA data_version` says another connection has committed — a read of a
   counter in the connection's shared memory, so an idle server costs ~100 cheap calls a second, and
   only while it has subscribers.
+
+A write inserts its event only while some process listens: each listening process registers itself
+in `realtime_listeners` (committed before it acknowledges a client, so before any subscription) with
+a lease RESUME_SECONDS ahead, renewed while it has clients and left to run out after the last one
+goes (a client reconnecting within it, on any process, still finds what it missed). The writer checks
+the table inside its own transaction; SQLite's one writer at a time orders that check against every
+registration, so no event a subscriber is owed is ever skipped, and a server nobody listens to pays
+one tiny indexed read per changed record. When a process registers while no lease is current, writes
+may have gone unrecorded: it inserts a `gap` marker event, and a resume across it is told to reload.
 A PostgreSQL backend would implement the same interface with NOTIFY inside the transaction (Postgres
 delivers notifications on commit only) and LISTEN in each process, keeping a table for `replay`.
 """
@@ -20,7 +30,10 @@ delivers notifications on commit only) and LISTEN in each process, keeping a tab
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import secrets
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -29,8 +42,9 @@ import apsw
 import msgspec
 
 from snackbase.db import fetch_value
+from snackbase.errors import ApiError
 from snackbase.times import now_iso
-from snackbase.unit_of_work import Work
+from snackbase.unit_of_work import Work, unit_of_work
 
 log = logging.getLogger("snackbase.realtime")
 
@@ -40,6 +54,12 @@ KEEP_EVENTS = 10_000
 PRUNE_EVERY = 500
 POLL_SECONDS = 0.005
 READ_BATCH = 500
+# A listening process's lease in `realtime_listeners`: renewed every RENEW_SECONDS while it has
+# clients, so it always runs at least RESUME_SECONDS - RENEW_SECONDS ahead; set to RESUME_SECONDS
+# from the moment its last client leaves (the time a client has to come back and resume).
+RESUME_SECONDS = 300.0
+RENEW_SECONDS = 60.0
+GAP = "gap"  # the action of a marker event: writes before it may have gone unrecorded
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
@@ -107,6 +127,11 @@ class SqliteTransport:
         self._timer: asyncio.TimerHandle | None = None
         self._drain_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.process = secrets.token_hex(8)  # this transport's row in realtime_listeners
+        self.leased_until = 0.0  # epoch seconds; writes here skip the listeners check before it
+        self._renewal: asyncio.TimerHandle | None = None
+        # Events this process wrote and committed since the last drain, in commit order.
+        self._own: list[Published] = []
 
     @property
     def cursor(self) -> int:
@@ -118,8 +143,17 @@ class SqliteTransport:
         self, conn: apsw.Connection, work: Work, action: str, account_id: str, collection: str,
         record_id: str, record: dict[str, Any],
     ) -> None:  # fmt: skip
-        insert_event(conn, action, account_id, collection, record_id, record)
-        work.after_commit(self.wake)
+        if self.leased_until <= time.time() and not has_listeners(conn):
+            return  # nobody listens, in any process: the write costs nothing for realtime
+        seq, raw = insert_event(conn, action, account_id, collection, record_id, record)
+        if self._listening:
+            event = Published(seq, action, account_id, collection, record_id, raw)
+            work.after_commit(lambda: self._committed(event))
+
+    def _committed(self, event: Published) -> None:
+        if self._listening:
+            self._own.append(event)
+            self.wake()
 
     # --- reading (the event loop of this process) ------------------------------------------------
 
@@ -129,17 +163,52 @@ class SqliteTransport:
         self._cursor = _last_seq(self.conn)
 
     def listen(self, on: bool) -> None:
+        """On: registers the lease first (committed before the caller acknowledges its client; raises
+        the database's error, changing nothing, when that write fails). Off: the lease runs out
+        RESUME_SECONDS from now."""
         if on == self._listening:
+            if on and self.leased_until - time.time() < RESUME_SECONDS / 2:
+                self._lease()  # the renewal timer is late (a stalled loop): renew before acknowledging
             return
-        self._listening = on
         if on:
-            # Events committed while nobody listened are never delivered live (they stay replayable).
+            self._lease()
+            self._listening = True
+            # Events committed while nobody here listened are never delivered live (they stay
+            # replayable while some lease was current).
             self._cursor = _last_seq(self.conn)
             self._version = _data_version(self.conn)
             self._schedule_poll()
-        elif self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+            assert self._loop is not None
+            self._renewal = self._loop.call_later(RENEW_SECONDS, self._renew)
+            return
+        self._listening = False
+        self._own.clear()
+        for timer in (self._timer, self._renewal):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._renewal = None
+        try:
+            self._lease()
+        except (apsw.Error, ApiError):  # busy: the lease still runs RESUME_SECONDS - RENEW_SECONDS
+            log.warning("realtime lease not extended at the last disconnect; it stays as it was")
+
+    def _lease(self) -> None:
+        until = time.time() + RESUME_SECONDS
+        # A unit of work without an audit entry: server state, like the event rows, not a change
+        # anyone made.
+        with unit_of_work(self.conn):
+            register(self.conn, self.process, until)
+        self.leased_until = until
+
+    def _renew(self) -> None:
+        if not self._listening:
+            return
+        try:
+            self._lease()
+        except (apsw.Error, ApiError):
+            log.exception("realtime lease renewal failed; trying again")
+        assert self._loop is not None
+        self._renewal = self._loop.call_later(RENEW_SECONDS, self._renew)
 
     def stop(self) -> None:
         self.listen(False)
@@ -174,6 +243,16 @@ class SqliteTransport:
             if self.conn.in_transaction:  # a write is between BEGIN and COMMIT: try right after it
                 self.wake()
             return
+        own, self._own = self._own, []
+        if own and _follows(own, self._cursor):
+            # Only this process wrote since the cursor: its events come from memory, not read back
+            # (a read transaction per commit was most of what idle subscribers cost the writer).
+            self._cursor = own[-1].seq
+            try:
+                self._deliver(own)
+            except Exception:
+                log.exception("realtime delivery failed")
+            return
         while True:
             events = _read_after(self.conn, self._cursor, None, READ_BATCH)
             if not events:
@@ -194,21 +273,57 @@ class SqliteTransport:
         first = fetch_value(self.conn, "SELECT MIN(id) FROM realtime_events")
         if first is None or after + 1 < first:
             return None
-        return _read_after(self.conn, after, self._cursor, KEEP_EVENTS + PRUNE_EVERY)
+        events = _read_after(self.conn, after, self._cursor, KEEP_EVENTS + PRUNE_EVERY)
+        if any(event.action == GAP for event in events):
+            return None  # some writes in between went unrecorded (nobody listened)
+        return events
+
+
+def _follows(events: list[Published], cursor: int) -> bool:
+    """The events are the next sequence numbers after `cursor`, without a hole."""
+    return events[0].seq == cursor + 1 and all(b.seq == a.seq + 1 for a, b in itertools.pairwise(events))
 
 
 def insert_event(
     conn: apsw.Connection, action: str, account_id: str, collection: str, record_id: str,
     record: dict[str, Any],
-) -> None:  # fmt: skip
-    seq = fetch_value(
-        conn,
-        "INSERT INTO realtime_events (created_at, action, account_id, collection, record_id, record)"
-        " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-        (now_iso(), action, account_id, collection, record_id, _encode(record).decode()),
+) -> tuple[int, str]:  # fmt: skip
+    """The event's sequence and its record's JSON text."""
+    raw = _encode(record).decode()
+    seq = int(
+        fetch_value(
+            conn,
+            "INSERT INTO realtime_events (created_at, action, account_id, collection, record_id, record)"
+            " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            (now_iso(), action, account_id, collection, record_id, raw),
+        )
     )
     if seq % PRUNE_EVERY == 0:
         conn.execute("DELETE FROM realtime_events WHERE id <= ?", (seq - KEEP_EVENTS,))
+    return seq, raw
+
+
+def has_listeners(conn: apsw.Connection) -> bool:
+    """Some process holds a current lease (inside a write: ordered against every registration)."""
+    return bool(fetch_value(conn, "SELECT EXISTS (SELECT 1 FROM realtime_listeners WHERE until > ?)",
+                            (time.time(),)))  # fmt: skip
+
+
+def register(conn: apsw.Connection, process: str, until: float) -> None:
+    """Inside a unit of work: the process's lease, and a gap marker when no lease was current (writes
+    since the last one ran out were not recorded, so no resume may cross this point)."""
+    if not has_listeners(conn):
+        conn.execute(
+            "INSERT INTO realtime_events (created_at, action, account_id, collection, record_id, record)"
+            " VALUES (?, ?, '', '', '', '{}')",
+            (now_iso(), GAP),
+        )
+    conn.execute("DELETE FROM realtime_listeners WHERE until <= ?", (time.time(),))
+    conn.execute(
+        "INSERT INTO realtime_listeners (process, until) VALUES (?, ?)"
+        " ON CONFLICT (process) DO UPDATE SET until = excluded.until",
+        (process, until),
+    )
 
 
 def _read_after(conn: apsw.Connection, after: int, upto: int | None, limit: int) -> list[Published]:
@@ -246,6 +361,7 @@ def publish(
     """Called by the write path for every changed record, inside its unit of work."""
     transport = _transports.get(conn)
     if transport is None:
-        insert_event(conn, action, account_id, collection, record_id, record)
+        if has_listeners(conn):
+            insert_event(conn, action, account_id, collection, record_id, record)
     else:
         transport.publish(conn, work, action, account_id, collection, record_id, record)

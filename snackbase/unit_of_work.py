@@ -67,7 +67,7 @@ class unit_of_work:
     A class rather than a generator-based context manager: it runs on every write, and each
     contextlib layer costs a generator step on the way in and out."""
 
-    __slots__ = ("conn", "foreign_keys_off", "nested", "on_constraint", "work")
+    __slots__ = ("conn", "foreign_keys_off", "mark", "nested", "on_constraint", "work")
 
     def __init__(
         self,
@@ -88,6 +88,7 @@ class unit_of_work:
             self.nested = True
             conn.execute("SAVEPOINT unit_of_work")
             self.work = outer
+            self.mark = len(outer.effects)  # what this savepoint queues is dropped if it rolls back
             return outer
         if conn.in_transaction:
             raise RuntimeError("a write began inside a transaction that is not a unit of work")
@@ -105,6 +106,10 @@ class unit_of_work:
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         conn = self.conn
         if self.nested:
+            if exc is not None:
+                # Its changes are undone, so is its after-commit work (hooks, realtime events, file
+                # purges for rows that stay as they were).
+                del self.work.effects[self.mark :]
             if exc is not None and conn.in_transaction:
                 conn.execute("ROLLBACK TO unit_of_work")
             if conn.in_transaction:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -115,6 +116,18 @@ def _subscribe(conn: HTTPConnection, client: Client, raw_topics: Any) -> list[To
     return topics
 
 
+def _renew(client: Client, viewer: Viewer) -> None:
+    """A fresh token for the same user keeps the connection's right to events past the old token's
+    expiry (and from the new token's session on)."""
+    if viewer.caller.user_id is None or viewer.caller.user_id != client.viewer.caller.user_id:
+        raise ApiError(403, "forbidden", "A realtime connection keeps its user: open a new one to switch.")
+    client.viewer = viewer
+
+
+def _expiry(viewer: Viewer) -> int | None:
+    return int(viewer.expires_at) if viewer.expires_at != float("inf") else None
+
+
 def _resume(conn: HTTPConnection, client: Client, after: int) -> None:
     if not _broker(conn).resume(client, after):
         client.push((None, "reload", _encode({"type": "reload", "after": after,
@@ -159,6 +172,7 @@ class EventStream(Response):
             client.direct = lambda m: body(
                 {"type": "http.response.body", "body": _sse_frame(m), "more_body": True}
             )
+            client.write = _sse_writer(body)
             while (message := await client.next()) is not None:
                 await body({"type": "http.response.body", "body": _sse_frame(message), "more_body": True})
             with contextlib.suppress(Exception):
@@ -184,6 +198,94 @@ async def _until_disconnect(receive: Receive) -> None:
         pass
 
 
+# --- frames written below the ASGI layer ----------------------------------------------------------
+# Half of what one recipient of a fan-out cost was uvicorn's ASGI `send` (a coroutine, a dict, the
+# chunk or WebSocket frame built per connection) around the socket write. The broker hands every
+# recipient of one payload the same message object, so its frame is encoded once (a one-entry cache
+# per kind) and written straight to each connection's transport while uvicorn would do just that: the
+# response or WebSocket is open and not paused by flow control. Otherwise the message takes the ASGI
+# `send` (which waits for the drain), and everything after it too, in order. Only uvicorn's httptools
+# and wsproto protocols are recognised; with any other server the writers are None.
+
+
+def _sse_writer(send: Send) -> Callable[[Message], bool] | None:
+    cycle: Any = getattr(send, "__self__", None)
+    if not all(hasattr(cycle, name) for name in ("transport", "flow", "disconnected", "chunked_encoding",
+                                                 "response_complete")):  # fmt: skip
+        return None
+    transport, flow = cycle.transport, cycle.flow
+    if not cycle.chunked_encoding:
+        return None
+
+    def write(message: Message) -> bool:
+        if cycle.disconnected or cycle.response_complete or flow.write_paused or transport.is_closing():
+            return False
+        transport.write(_sse_chunk(message))
+        return True
+
+    return write
+
+
+_last_sse: list[Any] = [None, b""]  # the last message and its chunk (held, so its id stays unique)
+
+
+def _sse_chunk(message: Message) -> bytes:
+    if message is not _last_sse[0]:
+        frame = _sse_frame(message)
+        _last_sse[:] = [message, b"%x\r\n%s\r\n" % (len(frame), frame)]
+    chunk: bytes = _last_sse[1]
+    return chunk
+
+
+def _ws_writer(ws: WebSocket) -> Callable[[Message], bool] | None:
+    protocol: Any = getattr(getattr(ws, "_send", None), "__self__", None)
+    if not all(hasattr(protocol, name) for name in ("transport", "writable", "disconnected", "close_sent",
+                                                    "handshake_complete", "conn")):  # fmt: skip
+        return None
+    transport, writable = protocol.transport, protocol.writable
+
+    def write(message: Message) -> bool:
+        p = protocol
+        if (not writable.is_set() or p.disconnected or p.close_sent or not p.handshake_complete
+                or p.conn.state is not _WS_OPEN or transport.is_closing()):  # fmt: skip
+            return False
+        transport.write(_ws_frame(message))
+        return True
+
+    return write
+
+
+_last_ws: list[Any] = [None, b""]
+
+
+def _ws_frame(message: Message) -> bytes:
+    """An unmasked, unfragmented text frame (RFC 6455 5.2): what wsproto writes for a server's message.
+    Never compressed: a frame without RSV1 is valid with or without permessage-deflate."""
+    if message is not _last_ws[0]:
+        data = message[2]
+        size = len(data)
+        if size < 126:
+            head = bytes((0x81, size))
+        elif size < 1 << 16:
+            head = bytes((0x81, 126)) + size.to_bytes(2, "big")
+        else:
+            head = bytes((0x81, 127)) + size.to_bytes(8, "big")
+        _last_ws[:] = [message, head + data]
+    frame: bytes = _last_ws[1]
+    return frame
+
+
+def _ws_open_state() -> Any:
+    try:
+        from wsproto.connection import ConnectionState
+    except ImportError:  # no wsproto: the WebSocket writer is never used
+        return object()
+    return ConnectionState.OPEN
+
+
+_WS_OPEN = _ws_open_state()
+
+
 def _sse_frame(message: Message) -> bytes:
     seq, kind, data = message
     if kind == "heartbeat":
@@ -203,6 +305,8 @@ async def subscriptions(request: Request) -> Response:
     # The same caller as the stream (an anonymous stream: an anonymous request; the client id is secret).
     if client is None or client.kind != "sse" or owner is None or owner.user_id != caller.user_id:
         raise ApiError(404, "not_found", "No realtime connection of yours has this client_id.")
+    if caller.user_id is not None:  # the request's (maybe refreshed) token now carries the stream
+        _renew(client, await _viewer(request))
     topics = _subscribe(request, client, body.get("topics"))
     if client.resume_after is not None:
         after, client.resume_after = client.resume_after, None
@@ -233,9 +337,9 @@ async def websocket(ws: WebSocket) -> None:
     client.task = asyncio.current_task()
     try:
         if first is not None:
-            _handle(ws, client, first)
+            await _handle(ws, client, first)
         while not client.closed:
-            _handle(ws, client, await _receive(ws))
+            await _handle(ws, client, await _receive(ws))
     except WebSocketDisconnect:
         client.close()
     except asyncio.CancelledError:
@@ -265,7 +369,7 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _handle(ws: WebSocket, client: Client, message: dict[str, Any] | None) -> None:
+async def _handle(ws: WebSocket, client: Client, message: dict[str, Any] | None) -> None:
     kind = message.get("type") if message is not None else None
     try:
         if message is None:
@@ -283,7 +387,10 @@ def _handle(ws: WebSocket, client: Client, message: dict[str, Any] | None) -> No
         elif kind == "ping":
             client.push((None, "pong", b'{"type":"pong"}'))
         elif kind == "auth":
-            raise ApiError(400, "bad_request", "auth is only accepted as the first message.")
+            viewer = await _viewer(ws, _text(message.get("token")) or "")
+            _renew(client, viewer)
+            client.push((None, "authenticated", _encode({"type": "authenticated",
+                         "expires_at": _expiry(viewer)})))  # fmt: skip
         else:
             raise ApiError(400, "bad_request", "Unknown message type: use subscribe, resume or ping.")
     except ApiError as exc:
@@ -303,6 +410,7 @@ async def _refuse(ws: WebSocket, exc: ApiError) -> None:
 
 async def _ws_sender(ws: WebSocket, client: Client) -> None:
     client.direct = lambda m: ws.send({"type": "websocket.send", "text": m[2].decode()})
+    client.write = _ws_writer(ws)
     try:
         while (message := await client.next()) is not None:
             await ws.send_text(message[2].decode())
