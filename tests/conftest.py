@@ -261,3 +261,22 @@ def hook_registry() -> Iterator[Any]:
     yield hooks
     hooks.restore(saved)
     hooks.slow_seconds = slow
+
+
+# --- PostgreSQL: one throwaway cluster per test session (tests/pg.py), a new database per test ---------
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    from tests import pg
+
+    if pg.pg_bin() is None:
+        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql; .ci/run installs it)")
+    with pg.running(free_port()) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> str:
+    """The URL of a new, empty PostgreSQL database on the session's cluster."""
+    return str(pg_cluster.create_database())
