@@ -153,6 +153,10 @@ class SnackBaseApp(Starlette):
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
+    if settings.database_url:  # PostgreSQL: imported only then (snackbase/backends/__init__.py)
+        from snackbase.backends import create_postgres_app
+
+        return create_postgres_app(settings)
     ensure_data_dir(settings)
     settings = with_secret_key(settings)
     versions.set_key(settings.secret_key)

@@ -14,7 +14,15 @@ URL is used, so SQLite deployments never load it and start as fast as before. Se
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
+
+from snackbase.config import ConfigError
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from snackbase.config import Settings
 
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
@@ -44,3 +52,23 @@ def redact_url(database_url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{user}:********@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def require_driver() -> None:
+    """Imports psycopg, or one line saying what is missing: the executable bundles pure-Python psycopg,
+    which needs the system's libpq (Debian/Ubuntu: `apt-get install libpq5`)."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            "PostgreSQL needs the libpq client library (Debian/Ubuntu: apt-get install libpq5; "
+            f"or pip install 'psycopg[binary]'): {exc}"
+        ) from None
+
+
+def create_postgres_app(settings: Settings) -> Starlette:
+    """The server on PostgreSQL (snackbase/backends/server.py), the driver imported only now."""
+    require_driver()
+    from snackbase.backends.server import create_postgres_app as create
+
+    return create(settings)

@@ -38,6 +38,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 
+from snackbase.config import ConfigError
 from snackbase.migrations import Migration, SchemaTooNewError, read_steps
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql" / "postgresql"
@@ -157,7 +158,7 @@ class PgConnection:
         self.raw.close()
 
 
-class ConnectionFailed(Exception):
+class ConnectionFailed(ConfigError):
     """PostgreSQL is not reachable with the URL given: the CLI prints it as one line."""
 
 
