@@ -45,6 +45,11 @@ def test_placeholders_are_rewritten_outside_literals() -> None:
     assert translate_placeholders(sql) == (
         "SELECT '?:x%' || \"a?\" , b::text, c LIKE '%' -- ? :y\n WHERE d %% 2 = %s"
     )
+    assert translate_placeholders("a = ?1 OR b = ?2 OR c = ?1") == "a = %(p1)s OR b = %(p2)s OR c = %(p1)s"
+
+
+def test_numbered_parameters_bind_one_value_twice(pg: PgConnection) -> None:
+    assert pg.execute("SELECT ?1 || ?2 || ?1", ("a", "b")).fetchone() == ("aba",)
 
 
 def test_migration_files_match_sqlite_step_for_step() -> None:

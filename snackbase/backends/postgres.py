@@ -26,22 +26,32 @@ of work sends, as on apsw.
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import apsw
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import postgres
+from psycopg.adapt import Dumper
 from psycopg.pq import TransactionStatus
+from psycopg.types.numeric import NumericLoader
 
 from snackbase.config import ConfigError
 from snackbase.migrations import Migration, SchemaTooNewError, read_steps
 
+T = TypeVar("T")
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql" / "postgresql"
+# SQLite's functions the shared SQL calls, recreated on every start (not a numbered step).
+FUNCTIONS_FILE = SQL_DIR / "sqlite_functions.sql"
 # One advisory lock key for schema migrations: nodes starting together apply each step once.
 MIGRATION_LOCK = 0x5B_0001
 
@@ -59,6 +69,7 @@ _TOKENS = re.compile(
       | --[^\n]*                  # a line comment
       | ::                        # a PostgreSQL cast, not a named parameter
       | :[A-Za-z_][A-Za-z0-9_]*   # a named parameter
+      | \?[0-9]+                  # a numbered parameter (?1, ?2: one value used twice)
       | \?                        # a positional parameter
       | %                         # a literal percent sign, doubled for psycopg
     """,
@@ -68,12 +79,15 @@ _TOKENS = re.compile(
 
 @lru_cache(maxsize=4096)
 def translate_placeholders(sql: str) -> str:
-    """SQLite's `?` and `:name` → psycopg's `%s` and `%(name)s`; `%` → `%%`; literals untouched."""
+    """SQLite's `?`, `?N` and `:name` → psycopg's `%s`, `%(pN)s` and `%(name)s`; `%` → `%%`; literals
+    untouched. A statement with `?N` takes its values as a dict (`numbered_params`)."""
 
     def replace(match: re.Match[str]) -> str:
         token = match.group(0)
         if token == "?":
             return "%s"
+        if token.startswith("?"):
+            return f"%(p{token[1:]})s"
         if token == "%":
             return "%%"
         if token.startswith(":") and token != "::":
@@ -112,6 +126,26 @@ class PgCursor:
         return tuple((column.name, str(column.type_code)) for column in self._cursor.description)
 
 
+class SqliteNumberLoader(NumericLoader):
+    """NUMERIC columns (a `number` field) read as SQLite gives them: an int when the value is whole,
+    else a float, never a Decimal (which JSON would carry as a string)."""
+
+    def load(self, data: Any) -> Any:
+        value = super().load(data)
+        if isinstance(value, Decimal) and value.is_finite():
+            return int(value) if value == value.to_integral_value() else float(value)
+        return value
+
+
+class BoolAsIntDumper(Dumper):
+    """A Python bool bound as 0/1, as SQLite stores it: flags are 0/1 integer columns on both engines."""
+
+    oid = postgres.types["int8"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        return b"1" if obj else b"0"
+
+
 class PgConnection:
     """One psycopg connection behind the apsw-shaped interface (see the module docstring)."""
 
@@ -127,6 +161,8 @@ class PgConnection:
             )
         except psycopg.Error as exc:
             raise ConnectionFailed(describe_connect_error(url, exc)) from None
+        self.raw.adapters.register_loader("numeric", SqliteNumberLoader)
+        self.raw.adapters.register_dumper(bool, BoolAsIntDumper)
         self._changes = 0
 
     @property
@@ -142,7 +178,10 @@ class PgConnection:
         cursor = self.raw.cursor()
         try:
             if params:
-                cursor.execute(translate_placeholders(sql), params)
+                translated = translate_placeholders(sql)
+                if "%(p" in translated and not isinstance(params, dict):  # SQLite's ?1, ?2
+                    params = {f"p{i}": value for i, value in enumerate(params, start=1)}
+                cursor.execute(translated, params)
             else:  # no parameters: the text is sent as it is (scripts, DDL)
                 cursor.execute(sql.encode())
         except psycopg.Error as exc:
@@ -216,10 +255,16 @@ def _constraint_message(exc: psycopg.Error, code: int) -> str:
 
 @dataclass
 class PgDatabase:
-    """The server's connection to PostgreSQL: the same `conn`/`ping`/`close` the SQLite Database offers."""
+    """The server's connection to PostgreSQL with the interface of the SQLite `db.Database`: `conn` for
+    the event loop, `in_worker` for long work on a thread with its own connection, `ping`, `close`."""
 
     url: str
     conn: PgConnection
+    statement_timeout_ms: int = 5_000
+    _executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="sb-pg-worker")
+    )
+    _local: threading.local = field(default_factory=threading.local)
 
     @classmethod
     def open(cls, url: str, statement_timeout_ms: int = 5_000) -> PgDatabase:
@@ -230,7 +275,23 @@ class PgDatabase:
         except BaseException:
             conn.close()
             raise
-        return cls(url, conn)
+        return cls(url, conn, statement_timeout_ms)
+
+    def _worker_conn(self) -> PgConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:  # long work (exports, verify) may take minutes: no statement budget here
+            conn = self._local.conn = PgConnection(self.url, statement_timeout_ms=0)
+        return conn
+
+    async def in_worker(self, fn: Callable[[PgConnection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(self._worker_conn()))
+
+    def checkpoint_in_background(self) -> None:
+        """SQLite's WAL checkpoints have no counterpart: PostgreSQL checkpoints on its own."""
+
+    async def optimize_periodically(self) -> None:
+        """SQLite's statistics refresh has no counterpart: PostgreSQL's autovacuum analyzes."""
 
     def ping(self) -> bool:
         try:
@@ -239,7 +300,15 @@ class PgDatabase:
             return False
 
     def close(self) -> None:
+        self._executor.submit(self._close_worker).result()
+        self._executor.shutdown(wait=True)
         self.conn.close()
+
+    def _close_worker(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
 
 
 # --- schema migrations -------------------------------------------------------------------------------
@@ -286,6 +355,7 @@ def migrate(conn: PgConnection) -> list[int]:
                 conn.execute(step.script)
                 conn.execute("UPDATE snackbase_schema SET version = ?", (step.version,))
                 applied.append(step.version)
+        conn.execute(FUNCTIONS_FILE.read_text(encoding="utf-8"))
     except BaseException:
         conn.execute("ROLLBACK")  # a failing step leaves the database at the version it had
         raise

@@ -16,20 +16,32 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import apsw
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from snackbase import runtime_settings, versions
+from snackbase.auth_middleware import AuthMiddleware
+from snackbase.backends import dialect
 from snackbase.backends.postgres import PgDatabase
-from snackbase.config import ConfigError, Settings
-from snackbase.errors import ApiError, error_response
+from snackbase.collections import Registry
+from snackbase.config import ConfigError, Settings, ensure_data_dir, with_secret_key
+from snackbase.context import scope_caller
+from snackbase.errors import ApiError, database_error, error_response
+from snackbase.hook_dispatch import HookDispatcher
+from snackbase.hook_loader import HookMiddleware, serve_hooks, start_hooks, terminate_hooks
+from snackbase.hook_records import RecordsHelper
+from snackbase.hooks import hooks
+from snackbase.macros import MacroStore
 from snackbase.middleware import ExceptionHandlers, RequestMiddleware
-from snackbase.ratelimit import parse_proxies
-from snackbase.routes import RouteTable, health
+from snackbase.ratelimit import Network, parse_proxies
+from snackbase.routes import RouteTable, audit, collections, health, records
+from snackbase.runtime_settings import RuntimeSettingsMiddleware
 
 log = logging.getLogger("snackbase")
 
@@ -39,8 +51,10 @@ _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def ported_tables() -> tuple[list[RouteTable], list[RouteTable]]:
-    """(root tables, API tables) served on PostgreSQL today; every other route answers 501."""
-    return [health.root_routes], [health.routes]
+    """(root tables, API tables) served on PostgreSQL today; every other route answers 501.
+
+    Records come first, as on SQLite (they carry almost all traffic)."""
+    return [health.root_routes], [records.routes, health.routes, collections.routes, audit.routes]
 
 
 def refuse_unported_settings(settings: Settings) -> None:
@@ -71,13 +85,32 @@ class SnackBasePgApp(Starlette):
 
 
 def create_postgres_app(settings: Settings) -> Starlette:
+    """The app over PostgreSQL: the same request path, write path and read path as on SQLite (the
+    modules are shared), with the route tables not ported yet answering 501."""
     refuse_unported_settings(settings)
+    ensure_data_dir(settings)  # the generated secret key (outside production) lives there
+    settings = with_secret_key(settings)
+    versions.set_key(settings.secret_key)
     proxies = parse_proxies(settings.trusted_proxies)
     database = PgDatabase.open(settings.database_url, settings.statement_timeout_ms)
+    token = dialect.current.set(dialect.POSTGRESQL)  # for what runs at start, below
+    try:
+        app = _build(settings, database, proxies)
+    except BaseException:
+        database.close()
+        raise
+    finally:
+        dialect.current.reset(token)
+    return app
 
+
+def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...]) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        dialect.current.set(dialect.POSTGRESQL)  # background work started here inherits it
+        await serve_hooks(app)
         yield
+        await terminate_hooks(app)
         database.close()
         log.info("PostgreSQL connection closed")
 
@@ -87,6 +120,7 @@ def create_postgres_app(settings: Settings) -> Starlette:
         for prefix, tables in (("", root), (settings.api_prefix, api))
         for table in tables
         for method, path, handler in table
+        if method != "WS"
     ]
     routes += [
         Route(settings.api_prefix + "/{path:path}", not_ported, methods=_METHODS),
@@ -95,16 +129,46 @@ def create_postgres_app(settings: Settings) -> Starlette:
     app = SnackBasePgApp(
         routes=routes,
         middleware=[
-            Middleware(RequestMiddleware, ui_prefix=UI_PREFIX, observer=None, trusted_proxies=proxies)
+            Middleware(PostgresDialect),
+            Middleware(RequestMiddleware, ui_prefix=UI_PREFIX, observer=None, trusted_proxies=proxies),
+            Middleware(RuntimeSettingsMiddleware),
+            Middleware(AuthMiddleware, prefix=settings.api_prefix),
+            Middleware(HookMiddleware),
         ],
-        exception_handlers={ApiError: _api_error, HTTPException: _http_exception},
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_exception,
+            # The adapter raises the apsw error classes by kind (snackbase/backends/postgres.py).
+            apsw.BusyError: _database_error,
+            apsw.InterruptError: _database_error,
+            apsw.ConstraintError: _database_error,
+        },
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.db = database
     app.state.backend = "postgresql"
     app.state.route_tables = (root, api)
+    runtime_settings.start(app, settings)
+    app.state.registry = Registry()
+    app.state.macros = MacroStore()
+    app.state.hooks = HookDispatcher(hooks, app, scope_caller, RecordsHelper)
+    start_hooks(app, settings.hooks_path)  # built-in hooks only: hook files are refused above
     return app
+
+
+class PostgresDialect:
+    """Outermost: every request of this app compiles its filters, rules and sorts for PostgreSQL."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = dialect.current.set(dialect.POSTGRESQL)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            dialect.current.reset(token)
 
 
 async def not_ported(request: Request) -> Response:
@@ -122,6 +186,10 @@ def _request_id(request: Request) -> str:
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return error_response(exc, _request_id(request))
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    return error_response(database_error(exc), _request_id(request))
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
