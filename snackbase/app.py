@@ -153,8 +153,11 @@ class SnackBaseApp(Starlette):
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
-    if settings.database_url:  # PostgreSQL: imported only then (snackbase/backends/__init__.py)
-        from snackbase.backends import create_postgres_app
+    if settings.database_url:  # PostgreSQL: its driver is imported only then (docs/scaling.md)
+        from snackbase.backends import require_driver
+
+        require_driver()
+        from snackbase.backends.server import create_postgres_app
 
         return create_postgres_app(settings)
     ensure_data_dir(settings)

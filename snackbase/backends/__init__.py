@@ -20,9 +20,9 @@ from urllib.parse import urlsplit, urlunsplit
 from snackbase.config import ConfigError
 
 if TYPE_CHECKING:
-    from starlette.applications import Starlette
+    from snackbase.schema import Collection
 
-    from snackbase.config import Settings
+NOT_PORTED_CODE = "not_on_postgresql"  # docs/errors.md
 
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
@@ -66,9 +66,24 @@ def require_driver() -> None:
         ) from None
 
 
-def create_postgres_app(settings: Settings) -> Starlette:
-    """The server on PostgreSQL (snackbase/backends/server.py), the driver imported only now."""
-    require_driver()
-    from snackbase.backends.server import create_postgres_app as create
+def refuse_unported_fields(collection: Collection) -> None:
+    """501 `not_on_postgresql` for a collection using what PostgreSQL does not have yet: file fields
+    (their storage bookkeeping) and searchable text fields (the full-text index is SQLite's FTS5)."""
+    from snackbase.backends import dialect
 
-    return create(settings)
+    if dialect.current.get() is not dialect.POSTGRESQL:
+        return
+    unported = [
+        f.name
+        for f in collection.fields
+        if f.type == "file" or (f.type == "text" and f.options.get("searchable"))
+    ]
+    if unported:
+        from snackbase.errors import ApiError
+
+        raise ApiError(
+            501,
+            NOT_PORTED_CODE,
+            "File fields and searchable text fields do not run on PostgreSQL yet "
+            f"({', '.join(unported)}); see docs/scaling.md.",
+        )

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from snackbase import runtime_settings, versions
 from snackbase.auth_middleware import AuthMiddleware
-from snackbase.backends import dialect
+from snackbase.backends import NOT_PORTED_CODE, dialect
 from snackbase.backends.postgres import PgDatabase
 from snackbase.collections import Registry
 from snackbase.config import ConfigError, Settings, ensure_data_dir, with_secret_key
@@ -45,7 +45,6 @@ from snackbase.runtime_settings import RuntimeSettingsMiddleware
 
 log = logging.getLogger("snackbase")
 
-NOT_PORTED_CODE = "not_on_postgresql"  # docs/errors.md
 UI_PREFIX = "/_/"  # as in snackbase/app.py (not imported from there: app imports this module)
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
