@@ -58,13 +58,15 @@ class Cluster:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
 
     def create_database(self) -> str:
-        """A new empty database (a fresh one per test keeps tests independent); returns its URL."""
+        """The URL of a new, empty place to migrate into: a schema of its own in one database, chosen
+        by the URL's search_path. A fresh one per test keeps tests independent; a schema costs nothing
+        to create, where CREATE DATABASE costs ~0.3 s and leaves ~8 MB on disk per test."""
         import psycopg
 
         name = f"t{os.getpid()}_{next(_names)}"
         with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
+            conn.execute(f'CREATE SCHEMA "{name}"')
+        return self.url() + f"?options=-csearch_path%3D{name}"
 
     def stop(self) -> None:
         subprocess.run(

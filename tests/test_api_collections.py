@@ -41,7 +41,8 @@ def on_postgres(client: TestClient) -> bool:
 def table_columns(client: TestClient, table: str) -> list[str]:
     if on_postgres(client):
         sql = (
-            "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = ? "
             "ORDER BY ordinal_position"
         )
         return [r["column_name"] for r in fetch_all(conn(client), sql, (table,))]
@@ -52,7 +53,11 @@ def table_indexes(client: TestClient, table: str) -> list[str]:
     if on_postgres(client):
         return [
             r["indexname"]
-            for r in fetch_all(conn(client), "SELECT indexname FROM pg_indexes WHERE tablename = ?", (table,))
+            for r in fetch_all(
+                conn(client),
+                "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = ?",
+                (table,),
+            )
         ]
     return [r["name"] for r in fetch_all(conn(client), f"PRAGMA index_list({table})")]
 
@@ -61,7 +66,7 @@ def table_schema(client: TestClient, table: str) -> list[dict[str, Any]]:
     if on_postgres(client):
         sql = (
             "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns "
-            "WHERE table_name = ? ORDER BY ordinal_position"
+            "WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position"
         )
         return fetch_all(conn(client), sql, (table,)) + [
             {"index": n} for n in sorted(table_indexes(client, table))

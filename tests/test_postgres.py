@@ -68,7 +68,8 @@ def _pg_columns(conn: PgConnection) -> dict[str, set[str]]:
     tables: dict[str, set[str]] = {}
     rows = fetch_all(
         conn,
-        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'",
+        "SELECT table_name, column_name FROM information_schema.columns "
+        "WHERE table_schema = current_schema()",
     )
     for row in rows:
         tables.setdefault(row["table_name"], set()).add(row["column_name"])

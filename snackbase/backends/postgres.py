@@ -42,6 +42,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import postgres
 from psycopg.adapt import Dumper
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg.types.numeric import NumericLoader
 
@@ -153,12 +154,10 @@ class PgConnection:
 
     def __init__(self, url: str, statement_timeout_ms: int = 5_000) -> None:
         try:
-            self.raw = psycopg.connect(
-                url,
-                autocommit=True,
-                options=f"-c statement_timeout={int(statement_timeout_ms)} -c lock_timeout=5000 "
-                "-c TimeZone=UTC",
-            )
+            # Options given in the URL (`?options=-c search_path=…`) are kept; ours come after.
+            given = conninfo_to_dict(url).get("options") or ""
+            options = f"-c statement_timeout={int(statement_timeout_ms)} -c lock_timeout=5000 -c TimeZone=UTC"
+            self.raw = psycopg.connect(url, autocommit=True, options=f"{given} {options}".strip())
         except psycopg.Error as exc:
             raise ConnectionFailed(describe_connect_error(url, exc)) from None
         self.raw.adapters.register_loader("numeric", SqliteNumberLoader)
