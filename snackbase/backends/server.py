@@ -40,7 +40,7 @@ from snackbase.hooks import hooks
 from snackbase.macros import MacroStore
 from snackbase.middleware import ExceptionHandlers, RequestMiddleware
 from snackbase.ratelimit import Network, parse_proxies
-from snackbase.routes import RouteTable, audit, collections, health, records
+from snackbase.routes import RouteTable, audit, collections, health, records, signatures
 from snackbase.runtime_settings import RuntimeSettingsMiddleware
 
 log = logging.getLogger("snackbase")
@@ -53,7 +53,13 @@ def ported_tables() -> tuple[list[RouteTable], list[RouteTable]]:
     """(root tables, API tables) served on PostgreSQL today; every other route answers 501.
 
     Records come first, as on SQLite (they carry almost all traffic)."""
-    return [health.root_routes], [records.routes, health.routes, collections.routes, audit.routes]
+    return [health.root_routes], [
+        records.routes,
+        health.routes,
+        collections.routes,
+        signatures.routes,  # e-signatures and a record's history
+        audit.routes,
+    ]
 
 
 def refuse_unported_settings(settings: Settings) -> None:

@@ -16,3 +16,9 @@ PARALLEL SAFE AS $$ SELECT strpos(haystack, needle) $$;
 -- PostgreSQL's own json_each(json) takes objects; this overload takes text.
 CREATE OR REPLACE FUNCTION json_each(document text) RETURNS TABLE (value text) LANGUAGE sql IMMUTABLE
 PARALLEL SAFE AS $$ SELECT jsonb_array_elements_text(document::jsonb) $$;
+
+-- json_array_length(text): the number of elements of a JSON array stored as text. With this text
+-- overload a parameter used both here and in json_each (records.py binds one array as ?1 to both) is
+-- read as text in both places, not as PostgreSQL's json.
+CREATE OR REPLACE FUNCTION json_array_length(document text) RETURNS integer LANGUAGE sql IMMUTABLE
+PARALLEL SAFE AS $$ SELECT jsonb_array_length(document::jsonb) $$;
