@@ -4,7 +4,7 @@
 PostgreSQL (migrating the system tables, once across nodes), answers the probes and the API root, and
 answers every route that is not ported yet with 501 `not_on_postgresql` in the one error envelope: a
 request never half-works on PostgreSQL. Settings that ask for work not ported yet (hook files, the
-superadmin created at start, scheduled backups, metrics) refuse the start with one line.
+scheduled backups, metrics) refuse the start with one line.
 
 As the port goes on, route tables move from "refused" to PORTED_TABLES; the request path (middleware,
 error envelope) is the same module code as on SQLite.
@@ -41,7 +41,15 @@ from snackbase.macros import MacroStore
 from snackbase.middleware import ExceptionHandlers, RequestMiddleware
 from snackbase.ratelimit import Network, parse_proxies
 from snackbase.routes import RouteTable, audit, collections, health, records, signatures
+from snackbase.routes import accounts as accounts_routes
+from snackbase.routes import auth as auth_routes
+from snackbase.routes import groups as groups_routes
+from snackbase.routes import invitations as invitations_routes
+from snackbase.routes import roles as roles_routes
+from snackbase.routes import user_admin as user_admin_routes
+from snackbase.routes import users as users_routes
 from snackbase.runtime_settings import RuntimeSettingsMiddleware
+from snackbase.users import ensure_superadmin_from_settings
 
 log = logging.getLogger("snackbase")
 
@@ -59,6 +67,14 @@ def ported_tables() -> tuple[list[RouteTable], list[RouteTable]]:
         collections.routes,
         signatures.routes,  # e-signatures and a record's history
         audit.routes,
+        # Accounts, users, sessions and the rest of auth (app.auth_tables, not imported: app imports us).
+        auth_routes.routes,
+        users_routes.routes,
+        groups_routes.routes,
+        accounts_routes.routes,
+        roles_routes.routes,
+        invitations_routes.routes,
+        user_admin_routes.routes,
     ]
 
 
@@ -67,7 +83,6 @@ def refuse_unported_settings(settings: Settings) -> None:
     asked = {
         "hook files in " + str(settings.hooks_path): settings.hooks_path.is_dir()
         and any(settings.hooks_path.glob("*.py")),
-        "SNACKBASE_SUPERADMIN_EMAIL": bool(settings.superadmin_email),
         "SNACKBASE_BACKUP_CRON": bool(settings.backup_cron),
         "SNACKBASE_METRICS_ENABLED": settings.metrics_enabled,
     }
@@ -158,6 +173,7 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
     app.state.registry = Registry()
     app.state.macros = MacroStore()
     app.state.hooks = HookDispatcher(hooks, app, scope_caller, RecordsHelper)
+    ensure_superadmin_from_settings(settings, database.conn)  # type: ignore[arg-type]
     start_hooks(app, settings.hooks_path)  # built-in hooks only: hook files are refused above
     return app
 
