@@ -244,3 +244,38 @@ def test_rules_are_saved_and_merged(client: TestClient, sa: User) -> None:
     )
     response = client.patch(f"{API}/collections/posts", headers=sa.headers, json={"rules": {"view": None}})
     assert response.json()["rules"]["list"] == "" and response.json()["rules"]["view"] is None
+
+
+def test_changes_that_rebuild_on_sqlite_keep_the_data_on_both_engines(client: TestClient, sa: User) -> None:
+    """What SQLite rebuilds the table for (on PostgreSQL: ALTERs): a swap of two names, a new default,
+    required, single -> multiple, a reference's on_delete; the rows keep their values."""
+    people = {
+        "name": "people",
+        "fields": [
+            {"name": "a", "type": "text"},
+            {"name": "b", "type": "text"},
+            {"name": "tag", "type": "select", "options": {"values": ["x", "y"]}},
+            {"name": "boss", "type": "reference", "options": {"collection": "people"}},
+        ],
+        "rules": dict.fromkeys(("list", "view", "create", "update", "delete"), ""),
+    }
+    assert client.post(f"{API}/collections", headers=sa.headers, json=people).status_code == 201
+    headers = {**sa.headers, "x-account-id": make_account(client)}
+    boss = client.post(
+        f"{API}/records/people", headers=headers, json={"a": "A1", "b": "B1", "tag": "x"}
+    ).json()
+    client.post(f"{API}/records/people", headers=headers, json={"a": "A2", "b": "B2", "boss": boss["id"]})
+    assert client.delete(f"{API}/records/people/{boss['id']}", headers=headers).status_code == 409  # restrict
+    fields = [
+        {"name": "a", "previous_name": "b", "type": "text", "required": True},
+        {"name": "b", "previous_name": "a", "type": "text", "default": "none"},
+        {"name": "tag", "type": "select", "options": {"values": ["x", "y"], "multiple": True}},
+        {"name": "boss", "type": "reference", "options": {"collection": "people", "on_delete": "cascade"}},
+    ]
+    changed = client.patch(f"{API}/collections/people", headers=sa.headers, json={"fields": fields})
+    assert changed.status_code == 200, changed.text
+    rows = client.get(f"{API}/records/people?sort=b", headers=headers).json()["items"]
+    assert [(r["a"], r["b"], r["tag"]) for r in rows] == [("B1", "A1", ["x"]), ("B2", "A2", None)]
+    assert client.post(f"{API}/records/people", headers=headers, json={"a": "C"}).json()["b"] == "none"
+    assert client.delete(f"{API}/records/people/{boss['id']}", headers=headers).status_code == 204  # cascade
+    assert [r["a"] for r in client.get(f"{API}/records/people", headers=headers).json()["items"]] == ["C"]
