@@ -23,7 +23,7 @@ from snackbase.backends.postgres import (
     translate_placeholders,
 )
 from snackbase.db import connect, fetch_all, fetch_one, fetch_value
-from snackbase.errors import constraint_kind, database_error, unique_columns
+from snackbase.errors import ApiError, constraint_kind, database_error, unique_columns
 from snackbase.migrations import migrate as migrate_sqlite
 from snackbase.migrations import migrations as sqlite_migrations
 from snackbase.unit_of_work import read_snapshot, unit_of_work
@@ -170,6 +170,24 @@ def test_errors_leave_by_kind_as_on_sqlite(pg: PgConnection) -> None:
         pg.execute("SELECT pg_sleep(1)")
     pg.execute("SET statement_timeout = 5000")
     assert database_error(apsw.InterruptError("x")).code == "statement_timeout"
+
+
+def test_a_row_locked_by_another_writer_is_busy_after_the_lock_timeout(pg_url: str, pg: PgConnection) -> None:
+    """Another node holding the row past lock_timeout: 503 `busy` and nothing written, as on SQLite."""
+    with unit_of_work(pg):
+        _insert_account(pg, "AB0001", "acme")
+    other = PgConnection(pg_url)
+    try:
+        other.execute("BEGIN")
+        other.execute("UPDATE accounts SET name = 'held' WHERE id = 'AB0001'")
+        pg.execute("SET lock_timeout = 100")
+        with pytest.raises(ApiError) as caught, unit_of_work(pg):
+            pg.execute("UPDATE accounts SET name = 'mine' WHERE id = 'AB0001'")
+        assert caught.value.status == 503 and caught.value.code == "busy"
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    assert fetch_value(pg, "SELECT name FROM accounts WHERE id = 'AB0001'") == "acme"
 
 
 def test_nested_unit_is_a_savepoint_and_failures_roll_back_everything(pg: PgConnection) -> None:
