@@ -161,6 +161,13 @@ class SnackBaseApp(Starlette):
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
+    if settings.database_url:  # PostgreSQL: its driver is imported only then (docs/scaling.md)
+        from snackbase.backends import require_driver
+
+        require_driver()
+        from snackbase.backends.server import create_postgres_app
+
+        return create_postgres_app(settings)
     ensure_data_dir(settings)
     settings = with_secret_key(settings)
     versions.set_key(settings.secret_key)

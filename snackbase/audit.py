@@ -160,6 +160,8 @@ def _lock_head(conn: apsw.Connection, account_id: str) -> tuple[int, str, int]:
     Inside BEGIN IMMEDIATE (every record write) the lock is already held and a plain read is current
     (1.3 µs instead of the upsert's 3.3 µs); only a new account's first entry needs the upsert then.
     """
+    if not isinstance(conn, apsw.Connection):  # PostgreSQL (snackbase/backends/postgres.py)
+        return _lock_head_postgres(conn, account_id)
     if conn.txn_state("main") == apsw.SQLITE_TXN_WRITE:
         head = conn.execute(_READ_HEAD, (account_id,)).fetchone()
         if head is not None:
@@ -176,6 +178,24 @@ _LOCK_HEAD = """
 INSERT INTO audit_heads (account_id, account_seq, seq, hash) VALUES (?, 0, 0, ?)
 ON CONFLICT (account_id) DO UPDATE SET account_id = excluded.account_id
 RETURNING account_seq, hash, (SELECT coalesce(max(seq), 0) FROM audit_log)
+"""
+
+
+def _lock_head_postgres(conn: Any, account_id: str) -> tuple[int, str, int]:
+    """The same on PostgreSQL, where writers on many nodes run at once and wait on row locks, not on one
+    database lock: the upsert takes the account's head row lock until the write's transaction ends, so
+    appends of one account are serialized (other accounts' are not). The global `seq` comes from the
+    sequence audit_log_seq, taken in RETURNING, after the lock is held: within a chain it increases."""
+    row = conn.execute(_LOCK_HEAD_POSTGRES, (account_id, GENESIS_HASH)).fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1]), int(row[2])
+
+
+# The PostgreSQL variant of _LOCK_HEAD (sql/postgresql/003_audit.sql): nextval is the next entry's seq.
+_LOCK_HEAD_POSTGRES = """
+INSERT INTO audit_heads (account_id, account_seq, seq, hash) VALUES (?, 0, 0, ?)
+ON CONFLICT (account_id) DO UPDATE SET account_id = excluded.account_id
+RETURNING account_seq, hash, nextval('audit_log_seq') - 1
 """
 
 

@@ -146,7 +146,8 @@ def schema_masker(conn: apsw.Connection) -> Masker | None:
 
 
 def _pii_fields(conn: apsw.Connection) -> dict[str, dict[str, str]]:
-    if conn.execute(_HAS_COLLECTIONS).fetchone() is None:
+    has_collections = _HAS_COLLECTIONS if isinstance(conn, apsw.Connection) else _HAS_COLLECTIONS_POSTGRES
+    if conn.execute(has_collections).fetchone() is None:
         return {}
     masks: dict[str, dict[str, str]] = {}
     for name, fields_json in conn.execute("SELECT name, fields FROM collections"):
@@ -157,13 +158,15 @@ def _pii_fields(conn: apsw.Connection) -> dict[str, dict[str, str]]:
 
 
 _HAS_COLLECTIONS = "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'collections'"
+_HAS_COLLECTIONS_POSTGRES = "SELECT 1 WHERE to_regclass('collections') IS NOT NULL"
 
 
 def record_history(
     conn: apsw.Connection, account_id: str, collection: str, record_id: str
 ) -> list[dict[str, Any]]:
     """A record's entries, oldest first, in the API shape (unmasked: the caller applies `mask_changes`)."""
-    rows = conn.execute(_RECORD_HISTORY, (record_id, account_id, collection))
+    history = _RECORD_HISTORY if isinstance(conn, apsw.Connection) else _RECORD_HISTORY_POSTGRES
+    rows = conn.execute(history, (record_id, account_id, collection))
     return [to_api(dict(zip(COLUMNS, row, strict=True))) for row in rows]
 
 
@@ -172,3 +175,5 @@ _RECORD_HISTORY = (
     f"SELECT {', '.join(COLUMNS)} FROM audit_log INDEXED BY audit_log_record "
     "WHERE record_id = ? AND account_id = ? AND collection = ? ORDER BY seq"
 )
+# PostgreSQL has no INDEXED BY; its planner has statistics (autovacuum's ANALYZE) and picks the index.
+_RECORD_HISTORY_POSTGRES = _RECORD_HISTORY.replace(" INDEXED BY audit_log_record", "")

@@ -59,20 +59,33 @@ def data_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--data-dir", type=str, default=None, help="Data directory (default ./sb_data).")(fn)
 
 
+def database_url_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    help_text = "postgresql://… runs on PostgreSQL instead of SQLite (docs/scaling.md)."
+    return click.option("--database-url", type=str, default=None, help=help_text)(fn)
+
+
 @cli.command()
 @click.option("--host", default=None, help="Listen address (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Listen port (default 8000).")
 @data_dir_option
+@database_url_option
 @click.option("--workers", type=int, default=None, help="Server processes (default 1).")
 @click.option("--reload", is_flag=True, help="Restart when the code changes (development).")
 def serve(
-    host: str | None, port: int | None, data_dir: str | None, workers: int | None, reload: bool
+    host: str | None,
+    port: int | None,
+    data_dir: str | None,
+    database_url: str | None,
+    workers: int | None,
+    reload: bool,
 ) -> None:
     """Start the REST API and admin UI server."""
     from snackbase.app import create_app
     from snackbase.logs import configure_logging
 
-    settings = settings_from(host=host, port=port, data_dir=data_dir, workers=workers)
+    settings = settings_from(
+        host=host, port=port, data_dir=data_dir, database_url=database_url, workers=workers
+    )
     configure_logging(settings.log_level, settings.log_format)
     with user_errors():
         app = create_app(settings)  # creates the data dir and database, migrates, or fails here
@@ -166,11 +179,21 @@ def _run_factory(settings: Settings, reload: bool) -> None:
 
 @cli.command()
 @data_dir_option
-def info(data_dir: str | None) -> None:
+@database_url_option
+def info(data_dir: str | None, database_url: str | None) -> None:
     """Show the effective settings (secrets redacted), the database state and the registered hooks."""
-    settings = settings_from(data_dir=data_dir)
+    settings = settings_from(data_dir=data_dir, database_url=database_url)
     out: dict[str, Any] = {"version": __version__, "settings": settings.redacted()}
-    out["database"] = {"path": str(settings.db_path), "exists": settings.db_path.is_file()}
+    if settings.database_url:
+        out["database"] = _postgres_info(settings)
+        out["hooks"] = _hook_listing(settings)
+        click.echo(json.dumps(out, indent=2))
+        return
+    out["database"] = {
+        "backend": "sqlite",
+        "path": str(settings.db_path),
+        "exists": settings.db_path.is_file(),
+    }
     if settings.db_path.is_file():
         with user_errors():
             conn = apsw.Connection(str(settings.db_path), flags=apsw.SQLITE_OPEN_READONLY)
@@ -178,6 +201,27 @@ def info(data_dir: str | None) -> None:
             conn.close()
     out["hooks"] = _hook_listing(settings)
     click.echo(json.dumps(out, indent=2))
+
+
+def _postgres_info(settings: Settings) -> dict[str, Any]:
+    """The backend, the URL without its password, and the schema version when PostgreSQL answers."""
+    from snackbase.backends import redact_url, require_driver
+
+    with user_errors():
+        require_driver()
+    from snackbase.backends.postgres import ConnectionFailed, PgConnection, current_version
+
+    out: dict[str, Any] = {"backend": "postgresql", "url": redact_url(settings.database_url)}
+    try:
+        conn = PgConnection(settings.database_url, settings.statement_timeout_ms)
+    except ConnectionFailed as exc:
+        out["reachable"], out["error"] = False, str(exc)
+        return out
+    try:
+        out["reachable"], out["schema_version"] = True, current_version(conn)
+    finally:
+        conn.close()
+    return out
 
 
 def _hook_listing(settings: Settings) -> dict[str, Any]:
@@ -239,27 +283,51 @@ def audit() -> None:
 
 @audit.command("verify")
 @data_dir_option
+@database_url_option
 @click.option("--account", default=None, help="Verify one account's chain only (default: every account).")
-def audit_verify(data_dir: str | None, account: str | None) -> None:
+def audit_verify(data_dir: str | None, database_url: str | None, account: str | None) -> None:
     """Verify every audit hash chain offline; exit 1 naming the first broken entry."""
-    from snackbase.audit import verify
+    from snackbase.audit import VerifyResult, verify
 
-    settings = settings_from(data_dir=data_dir)
-    if not settings.db_path.is_file():
+    settings = settings_from(data_dir=data_dir, database_url=database_url)
+    result: VerifyResult
+    if settings.database_url:
+        result = _verify_postgres(settings, account.upper() if account else None)
+    elif not settings.db_path.is_file():
         raise click.ClickException(f"no database at {settings.db_path}")
-    with user_errors():
-        # Read-write but never created or migrated: verify only reads, and WAL readers need the -shm file.
-        conn = apsw.Connection(str(settings.db_path), flags=apsw.SQLITE_OPEN_READWRITE)
-        try:
-            if current_version(conn) < 3:
-                raise click.ClickException("the database predates the audit trail (schema version < 3)")
-            result = verify(conn, account.upper() if account else None)
-        finally:
-            conn.close()
+    else:
+        with user_errors():
+            # Read-write but never created or migrated: verify only reads, and WAL readers need the -shm file.
+            conn = apsw.Connection(str(settings.db_path), flags=apsw.SQLITE_OPEN_READWRITE)
+            try:
+                if current_version(conn) < 3:
+                    raise click.ClickException("the database predates the audit trail (schema version < 3)")
+                result = verify(conn, account.upper() if account else None)
+            finally:
+                conn.close()
     if not result.ok:
         where = f"seq {result.first_bad_seq} (account {result.account_id})"
         raise click.ClickException(f"audit chain broken at {where}: {result.problem}")
     click.echo(f"ok, {result.entries_checked} entries")
+
+
+def _verify_postgres(settings: Settings, account: str | None) -> Any:
+    """`audit verify` against PostgreSQL: connects without migrating (verify only reads)."""
+    from snackbase.audit import verify
+    from snackbase.backends import require_driver
+
+    with user_errors():
+        require_driver()
+        from snackbase.backends.postgres import PgConnection, current_version
+
+        # Verifying millions of entries may take minutes: no per-statement budget here (as on SQLite).
+        conn = PgConnection(settings.database_url, statement_timeout_ms=0)
+        try:
+            if current_version(conn) < 3:
+                raise click.ClickException("the database has no audit trail (schema version < 3)")
+            return verify(conn, account)  # type: ignore[arg-type]  # the apsw-shaped PgConnection
+        finally:
+            conn.close()
 
 
 @cli.group("backup")

@@ -48,6 +48,11 @@ class Settings:
     port: int = _meta("listen port")
     workers: int = _meta("number of server processes")
     data_dir: str = _meta("database, files, hooks, generated secret")
+    database_url: str = _meta(
+        "postgresql://user:password@host:port/dbname runs on PostgreSQL instead of SQLite "
+        "(see docs/scaling.md for what runs there today); empty = SQLite in the data dir",
+        secret=True,
+    )
     secret_key: str = _meta("JWT signing key (generated and kept in the data dir when unset)", secret=True)
     access_token_expire_minutes: int = _meta("access token lifetime in minutes")
     refresh_token_expire_days: int = _meta("refresh token lifetime in days")
@@ -127,6 +132,7 @@ class Settings:
             "port": 8000,
             "workers": 1,
             "data_dir": "./sb_data",
+            "database_url": "",
             "secret_key": "",
             "access_token_expire_minutes": 60,
             "refresh_token_expire_days": 7,
@@ -308,6 +314,8 @@ def _check_ranges(settings: Settings) -> None:
         raise ConfigError(f"port must be between 0 and 65535, got {settings.port}")
     if settings.session_idle_minutes < 0:
         raise ConfigError("SNACKBASE_SESSION_IDLE_MINUTES must be 0 (off) or more")
+    if settings.database_url and not re.match(r"postgres(ql)?://", settings.database_url, re.IGNORECASE):
+        raise ConfigError("SNACKBASE_DATABASE_URL must be empty (SQLite) or a postgresql:// URL")
     if settings.workers < 1:
         raise ConfigError("workers must be at least 1")
     if min(settings.realtime_max_topics, settings.realtime_max_connections_per_user,

@@ -3,7 +3,8 @@
 A change runs as one transaction with the collection's row and its audit entry (see
 `plan_schema_change` for the foreign-key protocol the caller follows). ALTER TABLE is used where
 SQLite can; everything else rebuilds the table as SQLite's "Making Other Kinds Of Table Schema
-Changes" describes.
+Changes" describes. On PostgreSQL every change is an ALTER (`_alter_sql_postgres`, side by side with
+SQLite's planners).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from snackbase.backends import dialect
 from snackbase.collection_defs import field_access_errors
 from snackbase.errors import FieldErrors, field_error, validation_error
 from snackbase.field_types import default_value, normalize_field, validate_field_defs
@@ -245,6 +247,87 @@ def _alter_sql(old: Collection, fields: Sequence[Field], sources: dict[str, str 
     ]
 
 
+def _alter_sql_postgres(
+    old: Collection, fields: Sequence[Field], sources: dict[str, str | None]
+) -> list[str]:
+    """The PostgreSQL variant of `_alter_sql` + `_rebuild_sql`: PostgreSQL alters a table in place for
+    every change SQLite needs a rebuild for (NOT NULL, DEFAULT, the reference target or its ON DELETE,
+    single -> multiple), with foreign keys enforced throughout, so there is never a rebuild.
+
+    Renames go through temporary names first, so swaps and chains (a -> b, b -> a) work; existing rows
+    that break a new NOT NULL fail the ALTER with a not-null violation (409, as on SQLite)."""
+    table = table_name(old.name)
+    t = quote_ident(table)
+    renames = {new: src for new, src in sources.items() if src is not None and src != new}
+    dropped = [f for f in old.fields if f.name not in sources.values()]
+    touched = {*renames.values(), *(f.name for f in dropped)}
+    stale = {n for f in old.fields if f.name in touched for n in _field_indexes(table, f)}
+    old_ix, new_ix = _indexes(table, old.fields), _indexes(table, fields)
+    drop_ix = [n for n, sql in old_ix.items() if n in stale or new_ix.get(n) != sql]
+    temp = {src: f"_renaming_{i}" for i, src in enumerate(renames.values())}
+    statements = [
+        *(f"DROP INDEX {quote_ident(n)}" for n in drop_ix),
+        *(f"ALTER TABLE {t} DROP COLUMN {quote_ident(f.name)}" for f in dropped),
+        *(f"ALTER TABLE {t} RENAME COLUMN {quote_ident(src)} TO {quote_ident(temp[src])}" for src in temp),
+        *(
+            f"ALTER TABLE {t} RENAME COLUMN {quote_ident(temp[o])} TO {quote_ident(n)}"
+            for n, o in renames.items()
+        ),
+    ]
+    for f in fields:
+        src = sources[f.name]
+        if src is not None:
+            statements += _alter_column_postgres(table, old.field_map[src], f)
+    statements += [f"ALTER TABLE {t} ADD COLUMN {_column_def(f)}" for f in fields if sources[f.name] is None]
+    return [*statements, *(sql for n, sql in new_ix.items() if n in drop_ix or n not in old_ix)]
+
+
+def _alter_column_postgres(table: str, was: Field, now: Field) -> list[str]:
+    """ALTER COLUMN statements that turn the column of `was` (already renamed) into that of `now`."""
+    t, col = quote_ident(table), quote_ident(now.name)
+    out = []
+    if _copy_expr(was, now) != quote_ident(was.name):  # single -> multiple: the value becomes a list
+        item = f"{col}::json" if now.type == "file" else col
+        out.append(f"UPDATE {t} SET {col} = json_build_array({item})::text WHERE {col} IS NOT NULL")
+    if was.default != now.default:
+        default = _sql_literal(default_value(now)) if now.default is not None else None
+        out.append(
+            f"ALTER TABLE {t} ALTER COLUMN {col} " + (f"SET DEFAULT {default}" if default else "DROP DEFAULT")
+        )
+    if was.required != now.required:
+        out.append(f"ALTER TABLE {t} ALTER COLUMN {col} {'SET' if now.required else 'DROP'} NOT NULL")
+    was_fk, now_fk = _fk_sql(was), _fk_sql(now)
+    if was_fk != now_fk:
+        if was_fk:
+            out.append(
+                _DROP_FK_POSTGRES.format(table=table.replace("'", "''"), column=now.name.replace("'", "''"))
+            )
+        if now_fk:
+            out.append(f"ALTER TABLE {t} ADD FOREIGN KEY ({col}) {now_fk}")
+    return out
+
+
+def _fk_sql(field: Field) -> str:
+    """The REFERENCES clause of a field's column ('' for none), as `_column_def` writes it."""
+    if field.type not in FK_TYPES or is_multi_reference(field):
+        return ""
+    target = quote_ident(table_name(field.options["collection"])) if field.type == "reference" else "users"
+    return f"REFERENCES {target}(id) ON DELETE {_ON_DELETE_SQL[field.options.get('on_delete', 'restrict')]}"
+
+
+# The foreign key of one column has a generated name: look it up in the catalog and drop it.
+_DROP_FK_POSTGRES = """DO $$
+DECLARE fk text;
+BEGIN
+    SELECT c.conname INTO fk FROM pg_constraint c JOIN pg_attribute a
+        ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+    WHERE c.conrelid = quote_ident('{table}')::regclass AND c.contype = 'f' AND a.attname = '{column}';
+    IF fk IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', '{table}', fk);
+    END IF;
+END $$"""
+
+
 def _needs_rebuild(old: Collection, fields: Sequence[Field], sources: dict[str, str | None]) -> bool:
     for f in fields:
         src = sources[f.name]
@@ -295,8 +378,13 @@ def plan_schema_change(old: Collection, new_fields: Sequence[Field]) -> SchemaCh
     if errors := _change_errors(old, new_fields, sources):
         raise validation_error(errors, "The schema change is not possible.")
     fields = tuple(msgspec.structs.replace(f, previous_name=None) for f in new_fields)
-    rebuild = _needs_rebuild(old, fields, sources)
-    statements = (_rebuild_sql if rebuild else _alter_sql)(old, fields, sources)
+    if dialect.current.get() is dialect.POSTGRESQL:
+        rebuild, statements = False, _alter_sql_postgres(old, fields, sources)
+        fk_check_sql = _NO_FK_CHECK_POSTGRES
+    else:
+        rebuild = _needs_rebuild(old, fields, sources)
+        statements = (_rebuild_sql if rebuild else _alter_sql)(old, fields, sources)
+        fk_check_sql = f"PRAGMA foreign_key_check({quote_ident(table_name(old.name))})"
     return SchemaChange(
         fields=fields,
         renames={new: src for new, src in sources.items() if src is not None and src != new},
@@ -305,8 +393,12 @@ def plan_schema_change(old: Collection, new_fields: Sequence[Field]) -> SchemaCh
         changed=tuple(f.name for f in fields if _changed(old, f, sources[f.name])),
         needs_rebuild=rebuild,
         statements=statements,
-        fk_check_sql=f"PRAGMA foreign_key_check({quote_ident(table_name(old.name))})",
+        fk_check_sql=fk_check_sql,
     )
+
+
+# PostgreSQL checks foreign keys at every statement (they are never off), so nothing is left to check.
+_NO_FK_CHECK_POSTGRES = "SELECT 1 WHERE FALSE"
 
 
 def _changed(old: Collection, field: Field, source: str | None) -> bool:

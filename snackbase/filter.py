@@ -2,16 +2,19 @@
 
 Design
 ------
-* Pure: stdlib only. Text goes in, ``(sql, params)`` comes out. The module knows no schema: every
-  identifier reaches SQL through ``Resolver.field`` (which whitelists and quotes names), every value
-  through a ``?`` parameter. The only SQL text written here is a fixed set of keywords, operators and
-  parentheses, so no byte of user text can reach the SQL string.
+* Pure: stdlib (and the dialect table). Text goes in, ``(sql, params)`` comes out. The module knows no
+  schema: every identifier reaches SQL through ``Resolver.field`` (which whitelists and quotes names),
+  every value through a ``?`` parameter. The only SQL text written here is a fixed set of keywords,
+  operators and parentheses, so no byte of user text can reach the SQL string.
 * Two stages. ``parse`` (one compiled regex as tokenizer + recursive descent) builds an immutable AST
   and is cached by text, because the same rule and filter texts recur on every request.
   ``compile_node`` turns the AST into SQL per call, because fields, ``@request.*`` values and
   ``@now`` depend on the caller.
 * Limits (length, terms, nesting) are checked while parsing, so hostile input costs linear time and
   can never reach ``RecursionError``.
+* SQLite's SQL; where PostgreSQL spells a word differently (``0``/``FALSE``, ``IS NOT``/``IS DISTINCT
+  FROM``, ``LIKE``/``ILIKE``, the NULL order of a sort) the word comes from the current dialect
+  (``snackbase/backends/dialect.py``), the same on SQLite as before.
 
 NULL semantics (SQL's three-valued logic is hidden; every filter behaves two-valued)
 ----------------------------------------------------------------------------------
@@ -37,6 +40,9 @@ import re
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Final, NamedTuple, NoReturn, Protocol, cast
+
+from snackbase.backends import dialect
+from snackbase.backends.dialect import Dialect
 
 MAX_LENGTH: Final = 3500
 MAX_TERMS: Final = 64
@@ -499,6 +505,9 @@ class _Emitter:
     def __init__(self, resolver: Resolver) -> None:
         self.resolver = resolver
         self.now: str | None = None  # one @now per compile, so `a < @now && b > @now` agree
+        # The engine's spelling where SQLite and PostgreSQL differ (snackbase/backends/dialect.py).
+        self.dialect = dialect.current.get()
+        self.false = _FALSE if self.dialect is dialect.SQLITE else _Frag(self.dialect.false, (), False, True)
 
     def node(self, node: Node) -> _Frag:
         match node:
@@ -507,7 +516,7 @@ class _Emitter:
             case Or(items):
                 return self.group(items, " OR ")
             case Not(inner):
-                return _negate(self.node(inner))
+                return _negate(self.node(inner), self.dialect)
             case Compare():
                 return self.compare(node)
             case InList():
@@ -516,7 +525,7 @@ class _Emitter:
                 return self.is_null(operand, negated)
             case Macro():
                 value = self.macro(node)
-                return _FALSE if value is MISSING else _Frag(value.sql, value.params, True, True)
+                return self.false if value is MISSING else _Frag(value.sql, value.params, True, True)
         raise TypeError(f"not a filter node: {node!r}")
 
     def group(self, items: tuple[Node, ...], joiner: str) -> _Frag:
@@ -530,14 +539,14 @@ class _Emitter:
             return self.any_of(node)
         left, right = self.operand(node.left), self.operand(node.right)
         if left is MISSING or right is MISSING:
-            return _FALSE
+            return self.false
         if node.op in ("~", "!~"):
-            frag = _like(left, right, node.position)
-            return _negate(frag) if node.op == "!~" else frag
+            frag = _like(left, right, node.position, self.dialect)
+            return _negate(frag, self.dialect) if node.op == "!~" else frag
         left = self.as_instant(node.right, node.left, left, node.position)
         right = self.as_instant(node.left, node.right, right, node.position)
         if node.op in ("=", "!="):
-            return _equality(node, left, right)
+            return _equality(node, left, right, self.dialect)
         return _Frag(f"{left.sql} {node.op} {right.sql}", left.params + right.params, True, False)
 
     def any_of(self, node: Compare) -> _Frag:
@@ -551,23 +560,23 @@ class _Emitter:
             return self.compare(Compare(node.op[1:], node.left, node.right))
         open_sql, value_sql, params = path
         inner = self.compare(Compare(node.op[1:], cast("Operand", Column(value_sql)), node.right))
-        if inner is _FALSE:  # a missing @request value
-            return _FALSE
+        if inner is self.false:  # a missing @request value
+            return self.false
         return _Frag(f"{open_sql} AND {inner.sql})", (*params, *inner.params), False, True)
 
     def in_list(self, node: InList) -> _Frag:
         left = self.operand(node.operand)
         if left is MISSING:
-            return _FALSE
+            return self.false
         kind = self.temporal_kind(node.operand)
         values = node.values if kind is None else tuple(_temporal(kind, v, 0) for v in node.values)
         frag = _in_frag(left, values)
-        return _negate(frag) if node.negated else frag
+        return _negate(frag, self.dialect) if node.negated else frag
 
     def is_null(self, operand: Operand, negated: bool) -> _Frag:
         value = self.operand(operand)
         if value is MISSING:
-            return _FALSE
+            return self.false
         keyword = "IS NOT NULL" if negated else "IS NULL"
         return _Frag(f"{value.sql} {keyword}", value.params, False, False)
 
@@ -639,28 +648,28 @@ def _bind(value: object) -> object:
     return value
 
 
-def _negate(frag: _Frag) -> _Frag:
+def _negate(frag: _Frag, sql: Dialect) -> _Frag:
     if frag.nullable:
-        return _Frag(f"NOT COALESCE({frag.sql}, 0)", frag.params, False, False)
+        return _Frag(f"NOT COALESCE({frag.sql}, {sql.false})", frag.params, False, False)
     inner = frag.sql if frag.grouped else f"({frag.sql})"
     return _Frag(f"NOT {inner}", frag.params, False, False)
 
 
-def _equality(node: Compare, left: _Value, right: _Value) -> _Frag:
+def _equality(node: Compare, left: _Value, right: _Value, sql: Dialect) -> _Frag:
     if _is_null_literal(node.left) or _is_null_literal(node.right):
         other = right if _is_null_literal(node.left) else left
         keyword = "IS NULL" if node.op == "=" else "IS NOT NULL"
         return _Frag(f"{other.sql} {keyword}", other.params, False, False)
     if node.op == "=":
         return _Frag(f"{left.sql} = {right.sql}", left.params + right.params, True, False)
-    return _Frag(f"{left.sql} IS NOT {right.sql}", left.params + right.params, False, False)
+    return _Frag(f"{left.sql} {sql.is_not} {right.sql}", left.params + right.params, False, False)
 
 
 def _is_null_literal(node: Operand) -> bool:
     return isinstance(node, Literal) and node.value is None
 
 
-def _like(left: _Value, right: _Value, position: int) -> _Frag:
+def _like(left: _Value, right: _Value, position: int, words: Dialect) -> _Frag:
     """`~`: a plain substring is instr() over lower-cased text (linear in the text for a pattern of at
     most MAX_LIKE_PATTERN characters); a value with an unescaped `%` is a LIKE pattern, with at most
     MAX_LIKE_WILDCARDS wildcards, so no single call can go quadratic on a large text."""
@@ -673,7 +682,7 @@ def _like(left: _Value, right: _Value, position: int) -> _Frag:
         )
         return _budgeted(left, sql, right.params + left.params + right.params)
     if right.value is None:
-        return _Frag(f"{left.sql} LIKE NULL", left.params, True, False)
+        return _Frag(f"{left.sql} {words.ilike} NULL", left.params, True, False)
     text = right.value if isinstance(right.value, str) else str(right.value)
     if len(text) > MAX_LIKE_PATTERN:
         raise FilterError(f"'~' pattern is too long (max {MAX_LIKE_PATTERN} characters)", position)
@@ -687,7 +696,7 @@ def _like(left: _Value, right: _Value, position: int) -> _Frag:
         raise FilterError(f"'~' pattern has too many wildcards (max {MAX_LIKE_WILDCARDS})", position)
     # `\%`/`\_` already escape under ESCAPE '\'; any other backslash must stay a literal one.
     pattern = "%" + _LIKE_LONE_BACKSLASH_RE.sub(r"\\\\", text) + "%"
-    return _budgeted(left, f"{left.sql} LIKE ? ESCAPE '\\'", (*left.params, pattern))
+    return _budgeted(left, f"{left.sql} {words.ilike} ? ESCAPE '\\'", (*left.params, pattern))
 
 
 def _budgeted(text: _Value, sql: str, params: tuple[object, ...]) -> _Frag:
@@ -761,7 +770,10 @@ def parse_sort(text: str) -> list[tuple[str, bool]]:
 def compile_sort(text: str, resolver: Resolver) -> str:
     """An ORDER BY list (without the keyword): `"t"."views" DESC, "t"."title" ASC`."""
     items = _parse_sort_cached(text)
-    return ", ".join(f"{resolver.field(name, pos)} {'DESC' if desc else 'ASC'}" for name, desc, pos in items)
+    sql = dialect.current.get()  # NULLs sort first ascending on both engines (SQLite's order)
+    return ", ".join(
+        f"{resolver.field(name, pos)} {sql.desc if desc else sql.asc}" for name, desc, pos in items
+    )
 
 
 @functools.lru_cache(maxsize=1024)

@@ -22,6 +22,7 @@ import apsw
 import msgspec
 from starlette.requests import Request
 
+from snackbase.backends import dialect
 from snackbase.db import fetch_all, fetch_value
 from snackbase.errors import ApiError
 
@@ -133,18 +134,19 @@ def after_clause(keys: Sequence[OrderKey], values: Sequence[Any]) -> tuple[str, 
     """Rows strictly after `values` in the order `keys`: (k1 after v1) OR (k1 IS v1 AND k2 after v2) …,
     with SQLite's NULL order (NULLs sort first)."""
     ors, params = [], []
+    sql = dialect.current.get()  # `IS` / `IS NOT DISTINCT FROM`; PostgreSQL sorts NULLs first too
     for i, (expr, desc) in enumerate(keys):
-        ands = [f"{prior} IS ?" for prior, _ in keys[:i]]
+        ands = [f"{prior} {sql.is_} ?" for prior, _ in keys[:i]]
         ps = list(values[:i])
-        after_sql, after_params = _after_one(expr, values[i], desc)
+        after_sql, after_params = _after_one(expr, values[i], desc, sql.false)
         ors.append("(" + " AND ".join([*ands, after_sql]) + ")")
         params += ps + after_params
     return " OR ".join(ors), params
 
 
-def _after_one(expr: str, value: Any, desc: bool) -> tuple[str, list[Any]]:
+def _after_one(expr: str, value: Any, desc: bool, false: str) -> tuple[str, list[Any]]:
     if value is None:
-        return ("0", []) if desc else (f"{expr} IS NOT NULL", [])
+        return (false, []) if desc else (f"{expr} IS NOT NULL", [])
     if desc:
         return f"({expr} < ? OR {expr} IS NULL)", [value]
     return f"{expr} > ?", [value]

@@ -34,8 +34,13 @@ class Migration:
 
 @cache
 def migrations() -> tuple[Migration, ...]:
+    return read_steps(SQL_DIR)
+
+
+def read_steps(directory: Path) -> tuple[Migration, ...]:
+    """The numbered steps in `directory` (SQLite's here; PostgreSQL's in sql/postgresql/)."""
     steps = []
-    for path in sorted(SQL_DIR.glob("*.sql")):
+    for path in sorted(directory.glob("*.sql")):
         match = _STEP_FILE.fullmatch(path.name)
         if match:
             steps.append(Migration(int(match.group(1)), path.stem, path.read_text(encoding="utf-8")))

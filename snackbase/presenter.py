@@ -256,9 +256,11 @@ def _expand_back(
     where, params = where_clause(
         scope_clause(caller), rule, (f"{parent} IN (SELECT value FROM json_each(?))", [_ids_json(parents)])
     )
+    # The subquery's alias: PostgreSQL (before 16) requires one; SQLite ignores it.
     sql = (
         f"SELECT * FROM (SELECT {ALIAS}.*, {parent} AS _parent, row_number() OVER (PARTITION BY {parent} "
-        f"ORDER BY {ALIAS}.created_at, {ALIAS}.id) AS _n FROM {joined}{where}) WHERE _n <= ? ORDER BY _n"
+        f"ORDER BY {ALIAS}.created_at, {ALIAS}.id) AS _n FROM {joined}{where}) AS ranked "
+        "WHERE _n <= ? ORDER BY _n"
     )
     rows = fetch_all(conn, sql, [*params, MAX_BACK_EXPAND])
     owners = [(row.pop("_parent"), row.pop("_n")) for row in rows]

@@ -28,6 +28,7 @@ from typing import Any, Final
 import apsw
 
 from snackbase import profiles, search
+from snackbase.backends import dialect
 from snackbase.collections import Registry
 from snackbase.errors import ApiError
 from snackbase.filter import FilterError
@@ -180,7 +181,9 @@ class RelationResolver(RecordResolver):
         f = current.field_map.get(last)
         if f is not None and is_multi_reference(f) and many and sub is None and last not in hidden:
             m = self._alias("m")
-            sub = _Sub((f"FROM json_each({alias}.{quote_ident(last)}) AS {m}", []), ("1", []))
+            sub = _Sub(
+                (f"FROM json_each({alias}.{quote_ident(last)}) AS {m}", []), (dialect.current.get().true, [])
+            )
             return f"{m}.value", sub
         if f is None and last not in SYSTEM_FIELDS and many and sub is None:
             back = back_relation(self.conn, self.registry, current, last)
@@ -227,7 +230,7 @@ class RelationResolver(RecordResolver):
                 f"ON {j}.id = {m}.value AND {j}.account_id = {alias}.account_id{rule}",
                 params,
             )
-            return j, target, _Sub(head, ("1", []))
+            return j, target, _Sub(head, (dialect.current.get().true, []))
         if f is not None and f.type == "user":
             return self._profile_join(name, position, alias, part, hidden, sub)
         back = back_relation(self.conn, self.registry, current, part) if f is None else None

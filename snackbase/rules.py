@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from snackbase.backends import dialect
 from snackbase.errors import ApiError, field_error, validation_error
 from snackbase.filter import MISSING, FilterError, Macro, compile_filter, parse
 from snackbase.schema import SYSTEM_FIELDS, Collection, is_multi_reference, quote_ident
@@ -100,7 +101,8 @@ class RecordResolver:
         if f is None or not is_multi_reference(f):
             return None
         column = self.field(name, position)  # checks hidden fields
-        return f"EXISTS (SELECT 1 FROM json_each({column}) AS m_{name} WHERE 1", f"m_{name}.value", []
+        true = dialect.current.get().true
+        return f"EXISTS (SELECT 1 FROM json_each({column}) AS m_{name} WHERE {true}", f"m_{name}.value", []
 
     def field_type(self, name: str) -> str | None:
         """The type of a field (system timestamps are datetimes), for comparing literals as instants."""
@@ -134,7 +136,8 @@ class RecordResolver:
 
 
 def _const(value: bool) -> tuple[str, list[object]]:
-    return ("1" if value else "0", [])
+    sql = dialect.current.get()
+    return (sql.true if value else sql.false, [])
 
 
 def _arity(name: str, args: Sequence[object], count: int, position: int) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from snackbase.backends import dialect
 from snackbase.filter import FilterError
 from snackbase.rules import ALIAS
 from snackbase.schema import Collection, quote_ident, table_name
@@ -39,6 +40,8 @@ def _names(collection_name: str) -> tuple[str, str, str]:
 
 
 def drop_sql(collection_name: str) -> list[str]:
+    if dialect.current.get() is dialect.POSTGRESQL:  # no index there (create_sql refuses one)
+        return []
     table, fts, ids = _names(collection_name)
     triggers = [f"DROP TRIGGER IF EXISTS {quote_ident(f'{table}:fts_{op}')}" for op in ("ai", "au", "ad")]
     return [*triggers, f"DROP TABLE IF EXISTS {quote_ident(fts)}", f"DROP TABLE IF EXISTS {quote_ident(ids)}"]

@@ -143,10 +143,12 @@ def revoke_session(conn: apsw.Connection, session_id: str, reason: str) -> bool:
 
 def revoke_user_sessions(conn: apsw.Connection, user_id: str, reason: str, keep: str | None = None) -> int:
     """Ends every session of a user (except `keep`, the caller's own, when given); how many were live."""
+    # `id <> coalesce(?, '')` rather than SQLite's `id IS NOT ?`: ids are never empty, and it reads the
+    # same on PostgreSQL.
     conn.execute(
         """
         UPDATE sessions SET revoked_at = ?, revoked_reason = ?
-        WHERE user_id = ? AND revoked_at IS NULL AND id IS NOT ?
+        WHERE user_id = ? AND revoked_at IS NULL AND id <> coalesce(?, '')
     """,
         (now_iso(), reason, user_id, keep),
     )

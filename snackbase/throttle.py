@@ -107,13 +107,16 @@ def record_failure(conn: apsw.Connection, settings: Settings, ip: str, identity:
     """Counts a failure against the address and against the (identity, address) pair."""
     now = now_iso()
     window_start = format_ts(datetime.now(UTC) - timedelta(seconds=IP_WINDOW_S))
+    # The stored row's columns are named with the table: unqualified, PostgreSQL finds them ambiguous.
     with unit_of_work(conn):
         conn.execute(
             """
             INSERT INTO login_throttle (key, failures, window_start, last_failure_at) VALUES (?, 1, ?, ?)
             ON CONFLICT (key) DO UPDATE SET
-                failures = CASE WHEN window_start < ? THEN 1 ELSE failures + 1 END,
-                window_start = CASE WHEN window_start < ? THEN excluded.window_start ELSE window_start END,
+                failures = CASE WHEN login_throttle.window_start < ? THEN 1
+                                ELSE login_throttle.failures + 1 END,
+                window_start = CASE WHEN login_throttle.window_start < ? THEN excluded.window_start
+                                    ELSE login_throttle.window_start END,
                 last_failure_at = excluded.last_failure_at
         """,
             (ip_key(ip), now, now, window_start, window_start),
@@ -123,8 +126,9 @@ def record_failure(conn: apsw.Connection, settings: Settings, ip: str, identity:
             INSERT INTO login_throttle (key, failures, window_start, last_failure_at, locked_at)
             VALUES (?1, 1, ?2, ?2, CASE WHEN ?3 <= 1 THEN ?2 END)
             ON CONFLICT (key) DO UPDATE SET
-                failures = failures + 1, last_failure_at = ?2,
-                locked_at = CASE WHEN failures + 1 >= ?3 THEN coalesce(locked_at, ?2) ELSE locked_at END
+                failures = login_throttle.failures + 1, last_failure_at = ?2,
+                locked_at = CASE WHEN login_throttle.failures + 1 >= ?3
+                                 THEN coalesce(login_throttle.locked_at, ?2) ELSE login_throttle.locked_at END
         """,
             (pair_key(identity, ip), now, settings.login_lockout_after),
         )

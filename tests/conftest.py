@@ -31,7 +31,26 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def backend(request: pytest.FixtureRequest) -> str:
+    """The database the `settings` (and so `client`) fixture runs on: SQLite, unless the test module
+    sets `BACKENDS = ("sqlite", "postgresql")`, which runs each of its tests on both (a test marked
+    `sqlite_only` runs on SQLite alone: what it uses is not ported to PostgreSQL yet)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    backends = getattr(metafunc.module, "BACKENDS", None)
+    if backends and "backend" in metafunc.fixturenames:
+        if metafunc.definition.get_closest_marker("sqlite_only"):
+            backends = ("sqlite",)
+        metafunc.parametrize("backend", backends, indirect=True)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Settings:
+    if backend == "postgresql":
+        cluster = request.getfixturevalue("pg_cluster")
+        return make_settings(tmp_path / "data", database_url=cluster.create_database())
     return make_settings(tmp_path / "data")
 
 
@@ -138,11 +157,12 @@ def create_user(
     from snackbase.auth import mint_access_token
     from snackbase.ids import uuid7
     from snackbase.sessions import create_session
+    from snackbase.unit_of_work import unit_of_work
     from snackbase.users import group_ids, insert_user, set_groups
 
     conn, settings = app.state.db.conn, app.state.settings
     email = email or f"user-{uuid7()[-12:]}@example.com"
-    with conn:
+    with unit_of_work(conn):
         if account_id is None:
             account_id = create_account(conn, f"Company {uuid7()[-8:]}")["id"]
         user = insert_user(conn, account_id, email, password_hash or test_password_hash(), role)
@@ -261,3 +281,22 @@ def hook_registry() -> Iterator[Any]:
     yield hooks
     hooks.restore(saved)
     hooks.slow_seconds = slow
+
+
+# --- PostgreSQL: one throwaway cluster per test session (tests/pg.py), a new database per test ---------
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    from tests import pg
+
+    if pg.pg_bin() is None:
+        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql; .ci/run installs it)")
+    with pg.running(free_port()) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> str:
+    """The URL of a new, empty PostgreSQL database on the session's cluster."""
+    return str(pg_cluster.create_database())

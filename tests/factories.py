@@ -15,6 +15,7 @@ from snackbase.accounts import create_account
 from snackbase.ids import SYSTEM_ACCOUNT_ID, uuid7
 from snackbase.sessions import create_session
 from snackbase.tokens import mint_access_token
+from snackbase.unit_of_work import unit_of_work
 from snackbase.users import insert_user
 
 
@@ -33,7 +34,7 @@ class User:
 
 def make_account(client: TestClient, name: str = "Acme") -> str:
     conn = client.app.state.db.conn  # type: ignore[attr-defined]
-    with conn:
+    with unit_of_work(conn):
         return str(create_account(conn, name)["id"])
 
 
@@ -41,7 +42,7 @@ def make_user(client: TestClient, account_id: str, role: str = "user", email: st
     app: Any = client.app
     conn, settings = app.state.db.conn, app.state.settings
     email = email or f"u{uuid7()[-8:]}@example.com"
-    with conn:
+    with unit_of_work(conn):
         user_id = insert_user(conn, account_id, email, "not-a-usable-hash", role)["id"]
         session_id, _ = create_session(conn, settings, user_id, "127.0.0.1", "pytest")
     token = mint_access_token(
@@ -57,7 +58,7 @@ def make_superadmin(client: TestClient) -> User:
 def add_to_group(client: TestClient, user: User, group: str) -> None:
     """Puts the user in the named group of its account, creating the group when needed."""
     conn = client.app.state.db.conn  # type: ignore[attr-defined]
-    with conn:
+    with unit_of_work(conn):
         row = conn.execute(
             "SELECT id FROM groups WHERE account_id = ? AND name = ?", (user.account_id, group)
         ).fetchone()

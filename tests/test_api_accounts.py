@@ -8,6 +8,7 @@ import pytest
 from starlette.testclient import TestClient
 
 API = "/api/v1"
+BACKENDS = ("sqlite", "postgresql")
 ROLES = ["anonymous", "user", "admin", "other_admin", "superadmin"]
 
 MATRIX = [

@@ -12,10 +12,13 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from snackbase.unit_of_work import unit_of_work
 from snackbase.users import group_ids, set_groups
 from tests.factories import User, make_account, make_superadmin, make_user
 
 API = "/api/v1"
+# Every test runs on SQLite and on PostgreSQL (tests/conftest.py, `backend`).
+BACKENDS = ("sqlite", "postgresql")
 PATIENTS = {
     "name": "patients",
     "fields": [{"name": "name", "type": "text"},
@@ -47,7 +50,7 @@ def world(client: TestClient) -> World:
     root = make_superadmin(client)
     admin, pii_admin = make_user(client, account, "admin"), make_user(client, account, "admin")
     conn = client.app.state.db.conn  # type: ignore[attr-defined]
-    with conn:
+    with unit_of_work(conn):
         set_groups(conn, pii_admin.id, group_ids(conn, account, ["pii_access"]))
     assert client.post(f"{API}/collections", json=PATIENTS, headers=root.headers).status_code == 201
     body = {"name": "Jane Doe", "email": "jane@example.com", "ssn": "123-45-6789"}
@@ -270,7 +273,10 @@ def test_verify(world: World) -> None:
     assert world.get("/audit-log/verify", world.root).json()["entries_checked"] == 4
     assert world.get(f"/audit-log/verify?account={world.other}", world.root).json()["entries_checked"] == 1
     conn = world.client.app.state.db.conn  # type: ignore[attr-defined]
-    conn.execute("DROP TRIGGER audit_log_no_update")
+    if world.client.app.state.db.__class__.__name__ == "PgDatabase":  # type: ignore[attr-defined]
+        conn.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update")
+    else:
+        conn.execute("DROP TRIGGER audit_log_no_update")
     seq = conn.execute("SELECT max(seq) FROM audit_log WHERE account_id = ?", (world.account,)).fetchone()[0]
     conn.execute("UPDATE audit_log SET reason = 'a nicer reason' WHERE seq = ?", (seq,))
     broken = world.get("/audit-log/verify", world.admin).json()

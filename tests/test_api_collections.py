@@ -12,6 +12,8 @@ from snackbase.ids import uuid7
 from tests.factories import User, make_account, make_superadmin, make_user
 
 API = "/api/v1"
+# Every test runs on SQLite and on PostgreSQL (tests/conftest.py, `backend`).
+BACKENDS = ("sqlite", "postgresql")
 POSTS = {
     "name": "posts",
     "fields": [{"name": "title", "type": "text", "required": True}, {"name": "views", "type": "number"}],
@@ -31,6 +33,47 @@ def audit_count(client: TestClient) -> int:
     return int(fetch_value(conn(client), "SELECT count(*) FROM audit_log"))
 
 
+# The table as the engine's catalog describes it (SQLite's sqlite_master/PRAGMAs, PostgreSQL's catalogs).
+def on_postgres(client: TestClient) -> bool:
+    return getattr(client.app.state, "backend", "sqlite") == "postgresql"
+
+
+def table_columns(client: TestClient, table: str) -> list[str]:
+    if on_postgres(client):
+        sql = (
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = ? "
+            "ORDER BY ordinal_position"
+        )
+        return [r["column_name"] for r in fetch_all(conn(client), sql, (table,))]
+    return [r["name"] for r in fetch_all(conn(client), f"PRAGMA table_info({table})")]
+
+
+def table_indexes(client: TestClient, table: str) -> list[str]:
+    if on_postgres(client):
+        return [
+            r["indexname"]
+            for r in fetch_all(
+                conn(client),
+                "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = ?",
+                (table,),
+            )
+        ]
+    return [r["name"] for r in fetch_all(conn(client), f"PRAGMA index_list({table})")]
+
+
+def table_schema(client: TestClient, table: str) -> list[dict[str, Any]]:
+    if on_postgres(client):
+        sql = (
+            "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position"
+        )
+        return fetch_all(conn(client), sql, (table,)) + [
+            {"index": n} for n in sorted(table_indexes(client, table))
+        ]
+    return fetch_all(conn(client), "SELECT sql FROM sqlite_master WHERE tbl_name = ?", (table,))
+
+
 def test_create_get_list_delete(client: TestClient, sa: User) -> None:
     created = client.post(f"{API}/collections", headers=sa.headers, json=POSTS)
     assert created.status_code == 201
@@ -44,15 +87,14 @@ def test_create_get_list_delete(client: TestClient, sa: User) -> None:
     ]
     assert client.delete(f"{API}/collections/posts", headers=sa.headers).status_code == 204
     assert client.get(f"{API}/collections/posts", headers=sa.headers).status_code == 404
-    tables = fetch_all(conn(client), "SELECT name FROM sqlite_master WHERE name = 'c_posts'")
-    assert tables == []
+    assert table_columns(client, "c_posts") == []
 
 
 def test_table_has_system_columns_and_indexes(client: TestClient, sa: User) -> None:
     client.post(f"{API}/collections", headers=sa.headers, json=POSTS)
-    columns = [r["name"] for r in fetch_all(conn(client), "PRAGMA table_info(c_posts)")]
+    columns = table_columns(client, "c_posts")
     assert columns[:6] == ["id", "account_id", "created_at", "created_by", "updated_at", "updated_by"]
-    indexes = [r["name"] for r in fetch_all(conn(client), "PRAGMA index_list(c_posts)")]
+    indexes = table_indexes(client, "c_posts")
     assert any("created_at" in name for name in indexes)
 
 
@@ -165,13 +207,11 @@ def test_change_the_data_cannot_satisfy_is_409_and_changes_nothing(
         json={"name": "posts", "fields": [{"name": "title", "type": "text"}]},
     )
     seed(client, sa, titles)
-    before_schema = fetch_all(conn(client), "SELECT sql FROM sqlite_master WHERE tbl_name = 'c_posts'")
+    before_schema = table_schema(client, "c_posts")
     before_audit = audit_count(client)
     response = client.patch(f"{API}/collections/posts", headers=sa.headers, json={"fields": [change]})
     assert response.status_code == 409, response.text
-    assert (
-        fetch_all(conn(client), "SELECT sql FROM sqlite_master WHERE tbl_name = 'c_posts'") == before_schema
-    )
+    assert table_schema(client, "c_posts") == before_schema
     assert client.get(f"{API}/collections/posts", headers=sa.headers).json()["fields"][0]["required"] is False
     assert audit_count(client) == before_audit
 
@@ -204,3 +244,38 @@ def test_rules_are_saved_and_merged(client: TestClient, sa: User) -> None:
     )
     response = client.patch(f"{API}/collections/posts", headers=sa.headers, json={"rules": {"view": None}})
     assert response.json()["rules"]["list"] == "" and response.json()["rules"]["view"] is None
+
+
+def test_changes_that_rebuild_on_sqlite_keep_the_data_on_both_engines(client: TestClient, sa: User) -> None:
+    """What SQLite rebuilds the table for (on PostgreSQL: ALTERs): a swap of two names, a new default,
+    required, single -> multiple, a reference's on_delete; the rows keep their values."""
+    people = {
+        "name": "people",
+        "fields": [
+            {"name": "a", "type": "text"},
+            {"name": "b", "type": "text"},
+            {"name": "tag", "type": "select", "options": {"values": ["x", "y"]}},
+            {"name": "boss", "type": "reference", "options": {"collection": "people"}},
+        ],
+        "rules": dict.fromkeys(("list", "view", "create", "update", "delete"), ""),
+    }
+    assert client.post(f"{API}/collections", headers=sa.headers, json=people).status_code == 201
+    headers = {**sa.headers, "x-account-id": make_account(client)}
+    boss = client.post(
+        f"{API}/records/people", headers=headers, json={"a": "A1", "b": "B1", "tag": "x"}
+    ).json()
+    client.post(f"{API}/records/people", headers=headers, json={"a": "A2", "b": "B2", "boss": boss["id"]})
+    assert client.delete(f"{API}/records/people/{boss['id']}", headers=headers).status_code == 409  # restrict
+    fields = [
+        {"name": "a", "previous_name": "b", "type": "text", "required": True},
+        {"name": "b", "previous_name": "a", "type": "text", "default": "none"},
+        {"name": "tag", "type": "select", "options": {"values": ["x", "y"], "multiple": True}},
+        {"name": "boss", "type": "reference", "options": {"collection": "people", "on_delete": "cascade"}},
+    ]
+    changed = client.patch(f"{API}/collections/people", headers=sa.headers, json={"fields": fields})
+    assert changed.status_code == 200, changed.text
+    rows = client.get(f"{API}/records/people?sort=b", headers=headers).json()["items"]
+    assert [(r["a"], r["b"], r["tag"]) for r in rows] == [("B1", "A1", ["x"]), ("B2", "A2", None)]
+    assert client.post(f"{API}/records/people", headers=headers, json={"a": "C"}).json()["b"] == "none"
+    assert client.delete(f"{API}/records/people/{boss['id']}", headers=headers).status_code == 204  # cascade
+    assert [r["a"] for r in client.get(f"{API}/records/people", headers=headers).json()["items"]] == ["C"]

@@ -8,7 +8,10 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from snackbase.unit_of_work import unit_of_work
+
 API = "/api/v1"
+BACKENDS = ("sqlite", "postgresql")
 ROLES = ["anonymous", "user", "admin", "other_admin", "superadmin"]
 PASSWORD = "Meadow lark singing loud 3"
 
@@ -93,7 +96,7 @@ def test_invite_email_accept_and_reuse(mail_client: TestClient, smtp_sink: Any) 
 def test_expired_and_unknown_tokens(client: TestClient, actors: dict[str, Any]) -> None:
     invitation = invite(client, actors["admin"]["headers"])
     conn = client.app.state.db.conn  # type: ignore[attr-defined]
-    with conn:
+    with unit_of_work(conn):
         conn.execute("UPDATE invitations SET expires_at = '2000-01-01T00:00:00.000Z'")
     response = client.post(f"{API}/invitations/{invitation['token']}/accept", json={"password": PASSWORD})
     assert response.status_code == 410 and response.json()["code"] == "invitation_expired"

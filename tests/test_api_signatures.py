@@ -11,6 +11,7 @@ from snackbase.passwords import hasher, params_for
 from tests.factories import User, add_to_group, make_account, make_superadmin, make_user
 
 API = "/api/v1"
+BACKENDS = ("sqlite", "postgresql")
 PASSWORD = "a long enough signing passphrase"
 PUBLIC = dict.fromkeys(("list", "view", "create", "update", "delete"), "")
 

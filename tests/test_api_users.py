@@ -10,6 +10,7 @@ from starlette.testclient import TestClient
 from tests.conftest import TEST_PASSWORD
 
 API = "/api/v1"
+BACKENDS = ("sqlite", "postgresql")
 ROLES = ["anonymous", "user", "admin", "other_admin", "superadmin"]
 NEW_PASSWORD = "Lantern over the harbour 9"
 

@@ -13,11 +13,22 @@ from starlette.testclient import TestClient
 
 from snackbase import auth
 
+BACKENDS = ("sqlite", "postgresql")
+
 
 @pytest.fixture
-def other_process(client: TestClient) -> Iterator[apsw.Connection]:
-    """A second connection to the same file: what another worker process or the CLI would write with."""
-    conn = apsw.Connection(str(client.app.state.settings.db_path))  # type: ignore[attr-defined]
+def other_process(client: TestClient, backend: str) -> Iterator[Any]:
+    """A second connection to the same database: what another worker process, another node or the CLI
+    would write with."""
+    settings: Any = client.app.state.settings  # type: ignore[attr-defined]
+    if backend == "postgresql":
+        from snackbase.backends.postgres import PgConnection
+
+        pg = PgConnection(settings.database_url)
+        yield pg
+        pg.close()
+        return
+    conn = apsw.Connection(str(settings.db_path))
     conn.set_busy_timeout(5_000)
     conn.execute("PRAGMA foreign_keys=ON")
     yield conn
@@ -34,6 +45,7 @@ def caller(client: TestClient, user: dict[str, Any]) -> auth.Auth:
     return auth.resolve_auth(app.state.settings, app.state.db.conn, user["headers"]["authorization"], None)
 
 
+@pytest.mark.sqlite_only
 def test_a_verified_token_is_served_from_memory(
     client: TestClient, make_user: Callable[..., dict[str, Any]]
 ) -> None:
@@ -56,7 +68,7 @@ def test_a_verified_token_is_served_from_memory(
     ],
 )
 def test_an_ended_session_is_refused_on_the_next_request(
-    client: TestClient, make_user: Callable[..., dict[str, Any]], other_process: apsw.Connection, change: str
+    client: TestClient, make_user: Callable[..., dict[str, Any]], other_process: Any, change: str
 ) -> None:
     user = make_user()
     assert me(client, user).status_code == 200
@@ -69,7 +81,7 @@ def test_an_ended_session_is_refused_on_the_next_request(
 
 
 def test_role_email_and_pii_access_changes_apply_on_the_next_request(
-    client: TestClient, make_user: Callable[..., dict[str, Any]], other_process: apsw.Connection
+    client: TestClient, make_user: Callable[..., dict[str, Any]], other_process: Any
 ) -> None:
     user = make_user(role="user")
     assert caller(client, user).role == "user"
@@ -91,7 +103,7 @@ def test_role_email_and_pii_access_changes_apply_on_the_next_request(
 
 
 def test_writes_that_cannot_change_the_answer_keep_the_cache(
-    client: TestClient, make_user: Callable[..., dict[str, Any]], other_process: apsw.Connection
+    client: TestClient, make_user: Callable[..., dict[str, Any]], other_process: Any
 ) -> None:
     """A refresh extends a session and records its use: no reason to verify every token again."""
     user = make_user()
@@ -118,7 +130,7 @@ def test_a_forged_token_never_matches_a_remembered_one(
 
 
 def test_a_collection_changed_by_another_process_is_used_on_the_next_request(
-    client: TestClient, superadmin_token: str, other_process: apsw.Connection
+    client: TestClient, superadmin_token: str, other_process: Any
 ) -> None:
     admin = {"authorization": f"Bearer {superadmin_token}"}
     rules = dict.fromkeys(("list", "view", "create", "update", "delete"), "")
@@ -132,6 +144,7 @@ def test_a_collection_changed_by_another_process_is_used_on_the_next_request(
     assert client.get("/api/v1/records/notes", headers=public).json()["code"] == "not_found"
 
 
+@pytest.mark.sqlite_only
 def test_definitions_read_inside_a_rolled_back_transaction_are_not_kept(client: TestClient) -> None:
     app: Any = client.app
     conn, registry = app.state.db.conn, app.state.registry

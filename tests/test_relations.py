@@ -3,15 +3,18 @@ rules and tenancy on every joined table, field access and masks refused, expand,
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
+from snackbase.unit_of_work import unit_of_work
 from tests.factories import User, add_to_group, make_account, make_superadmin, make_user
 
 API = "/api/v1"
+BACKENDS = ("sqlite", "postgresql")
 PUBLIC = {"list": "", "view": "", "create": "", "update": "", "delete": ""}
 
 
@@ -411,9 +414,9 @@ def test_a_forged_cross_account_reference_is_never_followed(w: W) -> None:
     s = seed(w)
     conn = w.client.app.state.db.conn  # type: ignore[attr-defined]
     globex_tag = w.list(w.other, "tags").json()["items"][0]["id"]
-    with conn:
-        conn.execute("UPDATE c_experiments SET project = ?, tags = json_array(?) WHERE title = 'e3'",
-                     (s["gp"]["id"], globex_tag))  # fmt: skip
+    with unit_of_work(conn):
+        conn.execute("UPDATE c_experiments SET project = ?, tags = ? WHERE title = 'e3'",
+                     (s["gp"]["id"], json.dumps([globex_tag])))  # fmt: skip
     assert w.titles(w.admin, "experiments", filter="project.name = null") == ["e3"]
     assert w.titles(w.admin, "experiments", filter='tags.name ?= "ph"', sort="title") == ["e1", "e2"]
     r = w.list(w.other, "projects", filter='experiments_via_project.title ?= "e3"')

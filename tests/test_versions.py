@@ -5,9 +5,11 @@ from __future__ import annotations
 from starlette.testclient import TestClient
 
 from snackbase.db import fetch_value
+from snackbase.unit_of_work import unit_of_work
 from tests.factories import make_account, make_superadmin, make_user
 
 API = "/api/v1"
+BACKENDS = ("sqlite", "postgresql")
 PUBLIC = {"list": "", "view": "", "create": "", "update": "", "delete": ""}
 
 
@@ -88,7 +90,7 @@ def test_if_match_is_checked_under_the_write_lock(client: TestClient) -> None:
     alice, _, rid = setup(client)
     tag = client.get(f"{API}/records/notes/{rid}", headers=alice).headers["etag"]
     conn = client.app.state.db.conn  # type: ignore[attr-defined]
-    with conn:  # another writer, straight into the table
+    with unit_of_work(conn):  # another writer, straight into the table
         conn.execute("UPDATE c_notes SET title = 'sneaky' WHERE id = ?", (rid,))
     r = client.patch(f"{API}/records/notes/{rid}", headers={**alice, "if-match": tag}, json={"title": "x"})
     assert r.status_code == 412

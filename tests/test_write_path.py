@@ -16,6 +16,7 @@ from snackbase.db import fetch_all, fetch_value, statement_budget
 from tests.factories import User, add_to_group, make_account, make_superadmin, make_user
 
 API = "/api/v1"
+BACKENDS = ("sqlite", "postgresql")
 PUBLIC = dict.fromkeys(("list", "view", "create", "update", "delete"), "")
 
 
@@ -127,6 +128,7 @@ def test_a_self_referencing_cascade_cycle_ends(world: tuple) -> None:
 # --- defect 9: deleting a referenced user ------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only  # DELETE /users is not ported to PostgreSQL yet
 def test_deleting_a_user_a_record_references(world: tuple) -> None:
     client, sa, user = world
     admin = make_user(client, user.account_id, "admin")
@@ -247,6 +249,7 @@ def test_an_update_rule_on_request_data_sees_the_body(world: tuple) -> None:
 # --- defect 10: busy and timed-out statements are 503s in the envelope --------------------------------
 
 
+@pytest.mark.sqlite_only  # holds SQLite's write lock (PostgreSQL: tests/test_postgres.py)
 def test_a_busy_database_answers_503_busy_and_writes_nothing(world: tuple) -> None:
     client, sa, user = world
     define(client, sa, "items", [{"name": "title", "type": "text"}])
@@ -264,6 +267,7 @@ def test_a_busy_database_answers_503_busy_and_writes_nothing(world: tuple) -> No
     assert client.get(f"{API}/records/items", headers=user.headers).json()["total_items"] == 0
 
 
+@pytest.mark.sqlite_only  # SQLite's progress handler (PostgreSQL: statement_timeout, tests/test_postgres.py)
 def test_the_statement_budget_answers_503_statement_timeout(world: tuple) -> None:
     client, sa, user = world
     define(client, sa, "items", [{"name": "title", "type": "text"}])

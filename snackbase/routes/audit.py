@@ -19,6 +19,7 @@ from starlette.responses import Response, StreamingResponse
 
 from snackbase import audit, audit_views
 from snackbase.auth import ACCOUNT_ID_RE, Auth, require_account_admin, user_groups
+from snackbase.backends import dialect
 from snackbase.db import fetch_all, fetch_one, fetch_value
 from snackbase.errors import ApiError
 from snackbase.listing import Paging, after_clause, decode_cursor, encode_cursor, offset_page, paging
@@ -263,9 +264,10 @@ def _filters(request: Request, view: View) -> tuple[str, list[Any]]:
             params.append(_timestamp(name, query[name]))
     if not clauses:
         return "", params
-    return ("INDEXED BY audit_log_record " if query.get("record_id") else "") + "WHERE " + " AND ".join(
-        clauses
-    ), params
+    # SQLite's index hint; PostgreSQL has none (and no need: its planner has statistics).
+    sqlite = dialect.current.get() is dialect.SQLITE
+    hint = "INDEXED BY audit_log_record " if query.get("record_id") and sqlite else ""
+    return hint + "WHERE " + " AND ".join(clauses), params
 
 
 def _action_clause(action: str, params: list[Any]) -> list[str]:

@@ -207,7 +207,8 @@ async def add_member(request: Request) -> Response:
     group, user = _member_target(conn, auth, request)
     with unit_of_work(conn):
         conn.execute(
-            "INSERT OR IGNORE INTO group_members (group_id, user_id, created_at) VALUES (?, ?, ?)",
+            "INSERT INTO group_members (group_id, user_id, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
             (group["id"], user["id"], now_iso()),
         )
         if conn.changes():  # already a member: nothing changed, nothing to record
