@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import BaseRoute, Match, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
 from snackbase import files, runtime_settings, versions
@@ -24,7 +24,8 @@ from snackbase.collections import Registry
 from snackbase.config import Settings, ensure_data_dir, load_settings, with_secret_key
 from snackbase.context import scope_caller
 from snackbase.db import Database
-from snackbase.errors import ApiError, database_error, error_response
+from snackbase.error_handlers import handle_api_error, handle_database_error, handle_http_exception
+from snackbase.errors import ApiError
 from snackbase.hook_dispatch import HookDispatcher
 from snackbase.hook_loader import HookMiddleware, serve_hooks, start_hooks, terminate_hooks
 from snackbase.hook_records import RecordsHelper
@@ -292,39 +293,6 @@ def start_files(settings: Settings, db: Database) -> None:
 def create_app_from_env() -> Starlette:
     """Factory for uvicorn's worker processes and --reload (settings travel as SNACKBASE_* variables)."""
     return create_app(load_settings())
-
-
-def request_id(request: Request) -> str:
-    return str(request.scope.get("state", {}).get("request_id", ""))
-
-
-async def handle_api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return error_response(exc, request_id(request))
-
-
-async def handle_database_error(request: Request, exc: Exception) -> Response:
-    return error_response(database_error(exc), request_id(request))
-
-
-async def handle_http_exception(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404/405 for unknown routes and methods, in the one envelope."""
-    assert isinstance(exc, HTTPException)
-    headers = {k: v for k, v in (exc.headers or {}).items() if k.lower() != "allow"}
-    if exc.status_code == 405:
-        headers["allow"] = ", ".join(allowed_methods(request))
-    return error_response(ApiError(exc.status_code, headers=headers), request_id(request))
-
-
-def allowed_methods(request: Request) -> list[str]:
-    """Every method some route answers on this path. Each route holds one method (build_routes), so
-    Starlette's own Allow header names only the first route that matched the path."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
-            methods |= route.methods
-    order = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-    return sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m))
 
 
 def ui_dist_dir() -> Path | None:

@@ -24,7 +24,8 @@ from starlette.requests import Request
 
 from snackbase.backends import dialect
 from snackbase.db import fetch_all, fetch_value
-from snackbase.errors import ApiError
+from snackbase.errors import ApiError, field_error
+from snackbase.filter import FilterError, parse_sort
 
 MAX_PER_PAGE = 500
 DEFAULT_PER_PAGE = 30
@@ -192,3 +193,18 @@ def table_page(
     rows = rows[: paging.per_page]
     cursor = encode_cursor(tag, [rows[-1][column] for column, _ in source.order]) if more else None
     return {"items": [shape(r) for r in rows], "next_cursor": cursor}
+
+
+def sort_keys(sort: str) -> list[tuple[str, bool]]:
+    """A list's `sort` parameter as (name, descending) keys, `id` last so that the order is total (a
+    cursor needs it); 400 `invalid_sort` when it does not parse. `id` follows the last key's
+    direction, so that an index on (account_id, key, id) can serve the whole ORDER BY."""
+    if not sort.strip():
+        return [("id", False)]
+    try:
+        keys = parse_sort(sort)
+    except FilterError as exc:
+        raise ApiError(
+            400, "invalid_sort", f"Invalid sort: {exc}.", field_error("sort", "invalid_sort", str(exc))
+        ) from None
+    return keys if any(name == "id" for name, _ in keys) else [*keys, ("id", keys[-1][1])]

@@ -33,8 +33,16 @@ from snackbase.collection_defs import field_to_json, new_collection, parse_colle
 from snackbase.db import fetch_all, fetch_one, fetch_value
 from snackbase.errors import ApiError, FieldErrors, field_error, validation_error
 from snackbase.field_types import RecordValidator
-from snackbase.filter import FilterError, parse_sort
-from snackbase.listing import Paging, after_clause, decode_cursor, encode_cursor, offset_page, order_sql
+from snackbase.filter import FilterError
+from snackbase.listing import (
+    Paging,
+    after_clause,
+    decode_cursor,
+    encode_cursor,
+    offset_page,
+    order_sql,
+    sort_keys,
+)
 from snackbase.macros import param_counts
 from snackbase.pii import check_write_access, hidden_fields
 from snackbase.rules import (
@@ -288,7 +296,7 @@ def list_page(
     if query.filter.strip():
         clauses.append(filter_clause(query.filter, resolver))
     clauses.append(view_clause(collection, caller))
-    names = _sort_keys(query.sort)
+    names = sort_keys(query.sort)
     keys = [(_sort_expr(resolver, name), desc) for name, desc in names]
     table = f"{profile_table(collection)} AS {ALIAS}"
     paging, to_json = query.paging, RecordValidator(collection).to_json
@@ -315,19 +323,6 @@ class ProfileQuery:
     filter: str
     sort: str
     paging: Paging
-
-
-def _sort_keys(sort: str) -> list[tuple[str, bool]]:
-    """The sort's names, `id` last so that the order is total (a cursor needs it)."""
-    if not sort.strip():
-        return [("id", False)]
-    try:
-        keys = parse_sort(sort)
-    except FilterError as exc:
-        raise ApiError(
-            400, "invalid_sort", f"Invalid sort: {exc}.", field_error("sort", "invalid_sort", str(exc))
-        ) from None
-    return keys if any(name == "id" for name, _ in keys) else [*keys, ("id", keys[-1][1])]
 
 
 def _sort_expr(resolver: RecordResolver, name: str) -> str:

@@ -16,7 +16,7 @@ from snackbase import versions
 from snackbase.collections import Registry
 from snackbase.db import fetch_all, fetch_value
 from snackbase.errors import ApiError, field_error
-from snackbase.filter import FilterError, parse_sort
+from snackbase.filter import FilterError
 from snackbase.listing import (
     Paging,
     after_clause,
@@ -24,6 +24,7 @@ from snackbase.listing import (
     encode_cursor,
     offset_page,
     order_sql,
+    sort_keys,
 )
 from snackbase.pii import hidden_fields
 from snackbase.presenter import check_expand, check_projection, present_rows, present_versioned_rows
@@ -145,22 +146,8 @@ def _to_json(
     )
 
 
-def _sort_keys(sort: str) -> list[tuple[str, bool]]:
-    if not sort.strip():
-        return [("id", False)]
-    try:
-        keys = parse_sort(sort)
-    except FilterError as exc:
-        raise ApiError(
-            400, "invalid_sort", f"Invalid sort: {exc}.", field_error("sort", "invalid_sort", str(exc))
-        ) from None
-    # `id` makes the order total; it follows the last key's direction so that an index on
-    # (account_id, key, id) can serve the whole ORDER BY.
-    return keys if any(name == "id" for name, _ in keys) else [*keys, ("id", keys[-1][1])]
-
-
 def _order_by(sort: str, resolver: RecordResolver) -> str:
-    return order_sql([(_sort_expr(resolver, name), desc) for name, desc in _sort_keys(sort)])
+    return order_sql([(_sort_expr(resolver, name), desc) for name, desc in sort_keys(sort)])
 
 
 def _sort_expr(resolver: RecordResolver, name: str) -> str:
@@ -189,7 +176,7 @@ def _cursor_page(
     resolver: RelationResolver,
     clauses: list[tuple[str, list[Any]]],
 ) -> dict[str, Any]:
-    names = _sort_keys(query.sort)
+    names = sort_keys(query.sort)
     keys = [(_sort_expr(resolver, name), desc) for name, desc in names]
     if query.after:
         clauses = [*clauses, after_clause(keys, decode_cursor(query.after, query.sort, len(keys)))]

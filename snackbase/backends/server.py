@@ -32,7 +32,8 @@ from snackbase.backends.postgres import PgDatabase
 from snackbase.collections import Registry
 from snackbase.config import ConfigError, Settings, ensure_data_dir, with_secret_key
 from snackbase.context import scope_caller
-from snackbase.errors import ApiError, database_error, error_response
+from snackbase.error_handlers import handle_api_error, handle_database_error, handle_http_exception
+from snackbase.errors import ApiError
 from snackbase.hook_dispatch import HookDispatcher
 from snackbase.hook_loader import HookMiddleware, serve_hooks, start_hooks, terminate_hooks
 from snackbase.hook_records import RecordsHelper
@@ -156,12 +157,12 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
             Middleware(HookMiddleware),
         ],
         exception_handlers={
-            ApiError: _api_error,
-            HTTPException: _http_exception,
+            ApiError: handle_api_error,
+            HTTPException: handle_http_exception,
             # The adapter raises the apsw error classes by kind (snackbase/backends/postgres.py).
-            apsw.BusyError: _database_error,
-            apsw.InterruptError: _database_error,
-            apsw.ConstraintError: _database_error,
+            apsw.BusyError: handle_database_error,
+            apsw.InterruptError: handle_database_error,
+            apsw.ConstraintError: handle_database_error,
         },
         lifespan=lifespan,
     )
@@ -198,22 +199,3 @@ async def not_ported(request: Request) -> Response:
         NOT_PORTED_CODE,
         "This part of SnackBase does not run on PostgreSQL yet; see docs/scaling.md for what does.",
     )
-
-
-def _request_id(request: Request) -> str:
-    return str(request.scope.get("state", {}).get("request_id", ""))
-
-
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return error_response(exc, _request_id(request))
-
-
-async def _database_error(request: Request, exc: Exception) -> Response:
-    return error_response(database_error(exc), _request_id(request))
-
-
-async def _http_exception(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404/405 (a path outside the API and the UI), in the one envelope."""
-    assert isinstance(exc, HTTPException)
-    return error_response(ApiError(exc.status_code), _request_id(request))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import apsw
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -99,12 +100,24 @@ async def download(request: Request) -> Response:
         lambda c: queries.get_record(c, registry, collection, caller, record_id)
     )
     f, meta = _find(collection, record, request.path_params["filename"])
+    return await _serve_file(request, conn, collection, f, meta, token)
+
+
+async def _serve_file(
+    request: Request,
+    conn: apsw.Connection,
+    collection: Collection,
+    f: Field,
+    meta: dict[str, Any],
+    token: str | None,
+) -> Response:
+    """A file the caller may see (already checked): the file token for a protected one, then the
+    thumbnail asked for (when it can be made) or the file itself."""  # fmt: skip
     if f.options.get("protected") and not token:
         raise ApiError(403, "file_token_required", "This file is protected: pass a file token as ?token=.")
     runtime = files.runtime_of(conn)
     key = files.storage_key(collection, meta["name"])
-    spec = request.query_params.get("thumb", "")
-    headers = _headers(request, meta)
+    spec, headers = request.query_params.get("thumb", ""), _headers(request, meta)
     if (
         spec
         and meta["type"] in thumbs.THUMBABLE
@@ -348,21 +361,7 @@ async def download_profile_file(request: Request) -> Response:
     if found is None:
         raise ApiError(404, "not_found", "The file was not found.")
     collection, f, meta = found
-    if f.options.get("protected") and not token:
-        raise ApiError(403, "file_token_required", "This file is protected: pass a file token as ?token=.")
-    runtime = files.runtime_of(conn)
-    key = files.storage_key(collection, meta["name"])
-    spec, headers = request.query_params.get("thumb", ""), _headers(request, meta)
-    if (
-        spec
-        and meta["type"] in thumbs.THUMBABLE
-        and _thumb_allowed(f, spec)
-        and meta["size"] <= thumbs.MAX_SOURCE_BYTES
-    ):
-        if thumbs.available():
-            return await _thumbnail(request, runtime, key, spec, meta, headers)
-        headers["x-thumb"] = "unavailable"
-    return await _serve(request, runtime.storage, key, meta, headers)
+    return await _serve_file(request, conn, collection, f, meta, token)
 
 
 routes = [
