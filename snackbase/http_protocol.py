@@ -21,8 +21,11 @@ accounting, keep-alive) stays uvicorn's.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import select
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -134,7 +137,15 @@ async def _sendfile(transport: asyncio.Transport, fd: int, offset: int, count: i
     sock = os.dup(transport.get_extra_info("socket").fileno())
     waiter: list[asyncio.Future[None]] = []
     watching = False
+    global _senders_busy
     try:
+        if count >= _THREAD_MIN and _senders_busy < _SENDERS:
+            _senders_busy += 1
+            try:
+                await loop.run_in_executor(_sender_pool(), _send_waiting_in_thread, sock, fd, offset, count)
+            finally:
+                _senders_busy -= 1
+            return
         while count > 0:
             try:
                 sent = os.sendfile(sock, fd, offset, count)
@@ -157,3 +168,32 @@ async def _sendfile(transport: asyncio.Transport, fd: int, offset: int, count: i
 def _wake(waiter: list[asyncio.Future[None]]) -> None:
     if waiter and not waiter[0].done():  # the writer callback also fires while nobody waits
         waiter[0].set_result(None)
+
+
+# Big files: a sender thread waits for room in the socket's buffer with poll(2) and sends at once,
+# where the loop path above wakes the event loop for every buffer's worth (measured: the loop path
+# left the core half idle on 5 MB downloads). Few threads; when all are busy, the loop path serves.
+_THREAD_MIN = 1024 * 1024
+_SENDERS = 4
+_senders_busy = 0  # changed on the event loop only
+_POLL_MS = 30_000  # a client that reads nothing for this long is dropped
+
+
+@functools.cache
+def _sender_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=_SENDERS, thread_name_prefix="sb-sendfile")
+
+
+def _send_waiting_in_thread(sock: int, fd: int, offset: int, count: int) -> None:
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    while count > 0:
+        try:
+            sent = os.sendfile(sock, fd, offset, count)
+        except BlockingIOError:
+            if not poller.poll(_POLL_MS):
+                raise TimeoutError("the client stopped reading") from None
+            continue
+        if sent == 0:
+            raise BrokenPipeError("the connection closed")
+        offset, count = offset + sent, count - sent
