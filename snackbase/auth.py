@@ -88,13 +88,15 @@ async def get_auth(request: Request) -> Auth:
     state = request.scope.setdefault("state", {})
     auth = state.get("auth")
     if auth is None:
-        conn = request.app.state.db.conn
+        conn, header = request.app.state.db.conn, request.headers.get("authorization")
         auth = resolve_auth(
             request.app.state.settings,
             conn,
-            request.headers.get("authorization"),
+            header,
             request.headers.get("x-account-id"),
-            cache_versions.of_request(state, conn).auth,
+            # Only a token needs the counter: an anonymous request reads the counters when (and if)
+            # its route first needs them.
+            None if header is None else cache_versions.of_request(state, conn).auth,
         )
         state["auth"] = auth
         context = request_context.get()

@@ -3,9 +3,10 @@
 Two caches serve almost every request: the collection definitions (`collections.Registry`, moved by
 every definition change) and the verified sessions (`auth.resolve_auth`, `auth_version`, moved by
 triggers on sessions, users and groups). Other processes — `serve --workers N`, the worker thread, the
-CLI — change the tables behind them, so each request asks whether the caches still hold. The auth
-middleware reads both counters in one statement at the start of every API request and keeps them in
-the request's state; the request then uses them for both caches (one read instead of two, ~3 µs).
+CLI — change the tables behind them, so each request asks whether the caches still hold. Both
+counters are read in one statement when the request first needs one (the auth middleware for a
+token, else a route for the collection) and kept in the request's state; the request then uses them
+for both caches (one read instead of two, ~3 µs; none for a request that needs neither).
 
 SQLite's cheaper change signal, the `data_version` file control, was measured and is not usable here:
 it moves only when this connection next starts a read, so the first request after another process
