@@ -9,9 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import apsw
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -24,7 +22,7 @@ from snackbase.collections import Registry
 from snackbase.config import Settings, ensure_data_dir, load_settings, with_secret_key
 from snackbase.context import scope_caller
 from snackbase.db import Database
-from snackbase.error_handlers import handle_api_error, handle_database_error, handle_http_exception
+from snackbase.error_handlers import exception_handlers
 from snackbase.errors import ApiError
 from snackbase.hook_dispatch import HookDispatcher
 from snackbase.hook_loader import HookMiddleware, serve_hooks, start_hooks, terminate_hooks
@@ -213,15 +211,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = SnackBaseApp(
         routes=routes,
         middleware=middleware,
-        exception_handlers={
-            ApiError: handle_api_error,
-            HTTPException: handle_http_exception,
-            # Errors by kind, wherever they happen (reads too): busy → 503 busy, the statement budget →
-            # 503 statement_timeout, a constraint → 409 named by its result code.
-            apsw.BusyError: handle_database_error,
-            apsw.InterruptError: handle_database_error,
-            apsw.ConstraintError: handle_database_error,
-        },
+        exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -3,6 +3,9 @@ Starlette's own 404/405 — answered in the one error envelope (both backends' a
 
 from __future__ import annotations
 
+from typing import Any
+
+import apsw
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -42,3 +45,17 @@ def allowed_methods(request: Request) -> list[str]:
             methods |= route.methods
     order = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
     return sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m))
+
+
+def exception_handlers() -> dict[Any, Any]:
+    """The handler of every exception a route may raise, for `Starlette(exception_handlers=…)`.
+    Database errors by kind, wherever they happen (reads too): busy → 503 busy, the statement budget
+    → 503 statement_timeout, a constraint → 409 named by its result code (the PostgreSQL adapter
+    raises the same apsw classes)."""
+    return {
+        ApiError: handle_api_error,
+        HTTPException: handle_http_exception,
+        apsw.BusyError: handle_database_error,
+        apsw.InterruptError: handle_database_error,
+        apsw.ConstraintError: handle_database_error,
+    }

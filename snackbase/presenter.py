@@ -54,33 +54,19 @@ def present_rows(
     rows: list[dict[str, Any]],
     expand: list[str] | tuple[str, ...] = (),
     fields: list[str] | None = None,
+    versioned: bool = False,
 ) -> list[dict[str, Any]]:
     """Stored rows as this caller reads them (`op` is list or view): JSON values, field access, PII
-    masks, expanded references (each passing its own view rule), then the `fields` projection."""
-    to_json = registry.validator(collection).to_json
-    return _present(conn, registry, collection, caller, op, [to_json(r) for r in rows], expand, fields)
+    masks, expanded references (each passing its own view rule), then the `fields` projection.
 
-
-def present_versioned_rows(
-    conn: apsw.Connection,
-    registry: Registry,
-    collection: Collection,
-    caller: Caller,
-    op: str,
-    rows: list[dict[str, Any]],
-    expand: list[str] | tuple[str, ...] = (),
-    fields: list[str] | None = None,
-) -> list[dict[str, Any]]:
-    """`present_rows` for a list: each item also carries its version as `@etag` (snackbase.versions,
-    the ETag a single read answers with), so a client can send `If-Match` after a list. A `fields`
-    projection keeps it only when it names it (`fields=title,@etag`)."""
+    `versioned` (lists): each item also carries its version as `@etag` (snackbase.versions, the ETag a
+    single read answers with), so a client can send `If-Match` after a list. A `fields` projection
+    keeps it only when it names it (`fields=title,@etag`)."""
     to_json = registry.validator(collection).to_json
     records = [to_json(r) for r in rows]
-    if fields and VERSION_KEY not in fields:
-        return _present(conn, registry, collection, caller, op, records, expand, fields)
-    tags = [versions.etag(r) for r in records]  # the stored values: before masks and projection
-    for record, tag in zip(records, tags, strict=True):
-        record[VERSION_KEY] = tag  # not a field: field access and masks pass it by
+    if versioned and (not fields or VERSION_KEY in fields):
+        for record in records:  # the stored values: before masks and projection
+            record[VERSION_KEY] = versions.etag(record)  # not a field: access and masks pass it by
     return _present(conn, registry, collection, caller, op, records, expand, fields)
 
 

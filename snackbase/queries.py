@@ -27,7 +27,7 @@ from snackbase.listing import (
     sort_keys,
 )
 from snackbase.pii import hidden_fields
-from snackbase.presenter import check_expand, check_projection, present_rows, present_versioned_rows
+from snackbase.presenter import check_expand, check_projection, present_rows
 from snackbase.relations import RelationResolver, path_values, sort_column
 from snackbase.rules import (
     ALIAS,
@@ -141,8 +141,8 @@ def _to_json(
     rows: list[dict[str, Any]],
     query: ListQuery,
 ) -> list[dict[str, Any]]:
-    return present_versioned_rows(
-        conn, registry, collection, caller, "list", rows, query.expand, query.fields
+    return present_rows(
+        conn, registry, collection, caller, "list", rows, query.expand, query.fields, versioned=True
     )
 
 

@@ -16,9 +16,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import apsw
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -32,7 +30,7 @@ from snackbase.backends.postgres import PgDatabase
 from snackbase.collections import Registry
 from snackbase.config import ConfigError, Settings, ensure_data_dir, with_secret_key
 from snackbase.context import scope_caller
-from snackbase.error_handlers import handle_api_error, handle_database_error, handle_http_exception
+from snackbase.error_handlers import exception_handlers
 from snackbase.errors import ApiError
 from snackbase.hook_dispatch import HookDispatcher
 from snackbase.hook_loader import HookMiddleware, serve_hooks, start_hooks, terminate_hooks
@@ -156,14 +154,7 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
             Middleware(AuthMiddleware, prefix=settings.api_prefix),
             Middleware(HookMiddleware),
         ],
-        exception_handlers={
-            ApiError: handle_api_error,
-            HTTPException: handle_http_exception,
-            # The adapter raises the apsw error classes by kind (snackbase/backends/postgres.py).
-            apsw.BusyError: handle_database_error,
-            apsw.InterruptError: handle_database_error,
-            apsw.ConstraintError: handle_database_error,
-        },
+        exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
     app.state.settings = settings
