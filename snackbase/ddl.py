@@ -227,17 +227,25 @@ def _rebuild_sql(old: Collection, fields: Sequence[Field], sources: dict[str, st
     ]
 
 
-def _alter_sql(old: Collection, fields: Sequence[Field], sources: dict[str, str | None]) -> list[str]:
+def _alter_plan(
+    old: Collection, fields: Sequence[Field], sources: dict[str, str | None]
+) -> tuple[str, dict[str, str], list[Field], dict[str, str], dict[str, str], list[str]]:
+    """What both engines' in-place changes start from: the quoted table, renames (new -> old name),
+    dropped fields, the old and new indexes, and the indexes to drop first — those on renamed or
+    dropped columns (a dropped column may not be indexed, and a kept index name would otherwise
+    describe a column that no longer has that name) and those whose definition changes."""
     table = table_name(old.name)
-    t = quote_ident(table)
     renames = {new: src for new, src in sources.items() if src is not None and src != new}
     dropped = [f for f in old.fields if f.name not in sources.values()]
-    # Indexes on renamed/dropped columns go first: a dropped column may not be indexed, and a kept
-    # index name would otherwise describe a column that no longer has that name.
     touched = {*renames.values(), *(f.name for f in dropped)}
     stale = {n for f in old.fields if f.name in touched for n in _field_indexes(table, f)}
     old_ix, new_ix = _indexes(table, old.fields), _indexes(table, fields)
     drop_ix = [n for n, sql in old_ix.items() if n in stale or new_ix.get(n) != sql]
+    return quote_ident(table), renames, dropped, old_ix, new_ix, drop_ix
+
+
+def _alter_sql(old: Collection, fields: Sequence[Field], sources: dict[str, str | None]) -> list[str]:
+    t, renames, dropped, old_ix, new_ix, drop_ix = _alter_plan(old, fields, sources)
     return [
         *(f"DROP INDEX {quote_ident(n)}" for n in drop_ix),
         *(f"ALTER TABLE {t} RENAME COLUMN {quote_ident(o)} TO {quote_ident(n)}" for n, o in renames.items()),
@@ -256,14 +264,7 @@ def _alter_sql_postgres(
 
     Renames go through temporary names first, so swaps and chains (a -> b, b -> a) work; existing rows
     that break a new NOT NULL fail the ALTER with a not-null violation (409, as on SQLite)."""
-    table = table_name(old.name)
-    t = quote_ident(table)
-    renames = {new: src for new, src in sources.items() if src is not None and src != new}
-    dropped = [f for f in old.fields if f.name not in sources.values()]
-    touched = {*renames.values(), *(f.name for f in dropped)}
-    stale = {n for f in old.fields if f.name in touched for n in _field_indexes(table, f)}
-    old_ix, new_ix = _indexes(table, old.fields), _indexes(table, fields)
-    drop_ix = [n for n, sql in old_ix.items() if n in stale or new_ix.get(n) != sql]
+    t, renames, dropped, old_ix, new_ix, drop_ix = _alter_plan(old, fields, sources)
     temp = {src: f"_renaming_{i}" for i, src in enumerate(renames.values())}
     statements = [
         *(f"DROP INDEX {quote_ident(n)}" for n in drop_ix),
@@ -277,7 +278,7 @@ def _alter_sql_postgres(
     for f in fields:
         src = sources[f.name]
         if src is not None:
-            statements += _alter_column_postgres(table, old.field_map[src], f)
+            statements += _alter_column_postgres(table_name(old.name), old.field_map[src], f)
     statements += [f"ALTER TABLE {t} ADD COLUMN {_column_def(f)}" for f in fields if sources[f.name] is None]
     return [*statements, *(sql for n, sql in new_ix.items() if n in drop_ix or n not in old_ix)]
 
