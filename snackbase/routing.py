@@ -2,16 +2,18 @@
 call their endpoint without Starlette's per-route exception wrapper.
 
 Starlette tries every route's regex in order until one matches: a record's GET tried ten before its
-own (~10% of its CPU time, measured). A route can only match a path whose first segments equal the
-route's leading literal segments, so the routes worth trying depend on those segments alone. This
-router keeps, per first-segments key, the routes that can match, in their original order, and runs
-Starlette's own loop over them: the first full match, else the first partial one (405), else
+own (~10% of its CPU time, measured). A route can only match a path with as many segments as its own
+(unless a `{…:path}` parameter spans several) whose first segments equal the route's leading literal
+segments, so the routes worth trying depend on those alone. This router keeps, per key (the path's
+number of slashes and its first segments), the routes that can match, in their original order, and
+runs Starlette's own loop over them: the first full match, else the first partial one (405), else
 Starlette's fallback (slash redirect, 404) — the same answer as trying them all.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette._utils import get_route_path, is_async_callable
 from starlette.requests import Request
@@ -24,7 +26,7 @@ CACHE_MAX = 4096  # keys come from request paths: bounded, cleared when full
 
 
 class IndexedRouter(Router):
-    _candidates: dict[tuple[str, ...], list[BaseRoute]]
+    _candidates: dict[tuple[Any, ...], list[BaseRoute]]  # (slashes, first segments…) → routes
     _indexed_count = -1
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -52,7 +54,8 @@ class IndexedRouter(Router):
     def _routes_for(self, scope: Scope) -> list[BaseRoute]:
         if self._indexed_count != len(self.routes):  # routes added after start (tests do)
             self._candidates, self._indexed_count = {}, len(self.routes)
-        key = tuple(get_route_path(scope).split("/", KEY_SEGMENTS + 1)[1 : KEY_SEGMENTS + 1])
+        path = get_route_path(scope)
+        key = (path.count("/"), *path.split("/", KEY_SEGMENTS + 1)[1 : KEY_SEGMENTS + 1])
         routes = self._candidates.get(key)
         if routes is None:
             if len(self._candidates) >= CACHE_MAX:
@@ -61,14 +64,18 @@ class IndexedRouter(Router):
         return routes
 
 
-def _may_match(route: BaseRoute, key: tuple[str, ...]) -> bool:
-    """False only when the route's leading literal segments contradict the path's first segments."""
+def _may_match(route: BaseRoute, key: tuple[Any, ...]) -> bool:
+    """False only when the route's segment count or leading literal segments contradict the path's
+    (key: the path's number of slashes, then its first segments)."""
     if not isinstance(route, Route | WebSocketRoute):
         return True  # mounts and others: always tried
+    slashes, *first = key
+    if ":path}" not in route.path and route.path.count("/") != slashes:
+        return False  # a parameter never spans a slash, except a {…:path} one
     literal = route.path.split("{", 1)[0].split("/")[1:]
     if "{" in route.path:
         literal = literal[:-1]  # the segment holding the first parameter is not literal as a whole
-    return all(a == b for a, b in zip(literal, key, strict=False))
+    return all(a == b for a, b in zip(literal, first, strict=False))
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]

@@ -24,7 +24,29 @@ _JSON_TYPES = ("application/json", "application/merge-patch+json")
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_encoder.encode(data), status_code=status, media_type="application/json", headers=headers)
+    return JsonResponse(_encoder.encode(data), status, headers)
+
+
+class JsonResponse(Response):
+    """Encoded JSON with its headers built directly: Starlette's `init_headers` lowers, encodes and
+    searches a header dict on every response (~2% of a get, sampled), for the two headers every JSON
+    answer has. The same headers, in the same order, as `Response(body, media_type=…)` gives."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, status_code: int = 200, headers: dict[str, str] | None = None) -> None:
+        self.status_code = status_code
+        self.background = None
+        self.body = body
+        raw = (
+            [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+            if headers
+            else []
+        )
+        if status_code >= 200 and status_code not in (204, 304):
+            raw.append((b"content-length", str(len(body)).encode()))
+        raw.append((b"content-type", b"application/json"))
+        self.raw_headers = raw
 
 
 def no_content() -> Response:

@@ -1,0 +1,214 @@
+"""The server's HTTP protocol (snackbase.http_protocol) driven byte for byte through a recording
+transport: a response with a length leaves in one write, a stream's head leaves at once, HEAD and 304
+carry no body, pipelined requests are answered in order, and bad header bytes are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from snackbase.http_protocol import EnvelopeHttpToolsProtocol
+
+pytestmark = pytest.mark.anyio  # anyio's pytest plugin runs these on asyncio
+
+App = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+class RecordingTransport(asyncio.Transport):
+    """What the protocol writes, one entry per write call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.closed_by_server = False  # closed before the test ended the connection
+        self.sock = socket.socket()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        extra = {"peername": ("127.0.0.1", 5555), "sockname": ("127.0.0.1", 8000), "socket": self.sock}
+        return extra.get(name, default)
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
+
+
+async def exchange(app: App, request: bytes, answers: int = 1) -> RecordingTransport:
+    """Feeds `request` to a fresh connection and waits until `answers` responses are complete."""
+    config = Config(app, http=EnvelopeHttpToolsProtocol, lifespan="off", log_config=None)
+    config.load()
+    state = ServerState()
+    protocol = EnvelopeHttpToolsProtocol(config=config, server_state=state, app_state={})
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(request)
+    for _ in range(1000):
+        if state.total_requests >= answers or transport.closed:
+            break
+        await asyncio.sleep(0)
+    transport.closed_by_server = transport.closed
+    protocol.connection_lost(None)
+    transport.close()
+    return transport
+
+
+def json_app(body: bytes = b'{"ok":true}', status: int = 200) -> App:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body if status != 304 else b""})
+
+    return app
+
+
+GET = b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+async def test_a_response_with_a_length_is_one_write() -> None:
+    transport = await exchange(json_app(), GET)
+    assert len(transport.writes) == 1
+    head, _, body = transport.writes[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"content-length: 11" in head
+    assert body == b'{"ok":true}'
+
+
+async def test_a_big_body_follows_its_head_in_a_second_write() -> None:
+    big = b"x" * (256 * 1024)
+    transport = await exchange(json_app(big), GET)
+    assert len(transport.writes) == 2
+    assert transport.writes[0].endswith(b"\r\n\r\n") and transport.writes[1] == big
+
+
+async def test_head_and_304_have_no_body() -> None:
+    head = await exchange(json_app(), b"HEAD /x HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert b"".join(head.writes).endswith(b"content-length: 11\r\n\r\n")
+    not_modified = await exchange(json_app(status=304), GET)
+    assert b"".join(not_modified.writes).startswith(b"HTTP/1.1 304 Not Modified\r\n")
+    assert b"".join(not_modified.writes).endswith(b"\r\n\r\n")
+
+
+async def test_a_stream_without_a_length_sends_its_head_at_once() -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+    writes_before_first_chunk: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        started.set()
+        await release.wait()
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def watch(transport_holder: list[RecordingTransport]) -> None:
+        await started.wait()
+        writes_before_first_chunk.extend(transport_holder[0].writes)
+        release.set()
+
+    config = Config(app, http=EnvelopeHttpToolsProtocol, lifespan="off", log_config=None)
+    config.load()
+    state = ServerState()
+    protocol = EnvelopeHttpToolsProtocol(config=config, server_state=state, app_state={})
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    watcher = asyncio.create_task(watch([transport]))
+    protocol.data_received(GET)
+    for _ in range(1000):
+        if state.total_requests:
+            break
+        await asyncio.sleep(0)
+    await watcher
+    protocol.connection_lost(None)
+    assert len(writes_before_first_chunk) == 1
+    assert b"transfer-encoding: chunked" in writes_before_first_chunk[0]
+    assert b"".join(transport.writes).endswith(b"9\r\ndata: 1\n\n\r\n0\r\n\r\n")
+
+
+async def test_pipelined_requests_are_answered_in_order() -> None:
+    count = 0
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal count
+        count += 1
+        body = f"{scope['path']}#{count}".encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    request = b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n"
+    transport = await exchange(app, request, answers=2)
+    assert len(transport.writes) == 2
+    assert transport.writes[0].endswith(b"/a#1") and transport.writes[1].endswith(b"/b#2")
+    assert not transport.closed_by_server  # keep-alive
+
+
+@pytest.mark.parametrize(
+    "header",
+    [(b"x-bad", b"split\r\ninjected: 1"), (b"bad name", b"v"), (b"x-nul", b"a\x00b")],
+)
+async def test_forbidden_header_bytes_are_refused_and_nothing_is_sent(header: tuple[bytes, bytes]) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [header, (b"content-length", b"0")]}
+        )
+        await send({"type": "http.response.body", "body": b""})
+
+    transport = await exchange(app, GET)
+    sent = b"".join(transport.writes)
+    assert b"injected" not in sent
+    assert sent.startswith(b"HTTP/1.1 500 ")  # uvicorn's answer to an app that failed before any byte
+
+
+async def test_connection_close_closes_after_the_response() -> None:
+    transport = await exchange(json_app(), b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert transport.closed_by_server
+    assert b"connection: close" in transport.writes[0].lower()
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [(200, None), (201, {"ETag": '"v1"', "Location": "/x"}), (204, None), (304, {"ETag": '"v1"'}), (404, {})],
+)
+def test_json_responses_carry_the_headers_starlette_would_give_them(
+    status: int, headers: dict[str, str] | None
+) -> None:
+    from starlette.responses import Response
+
+    from snackbase.web import JsonResponse
+
+    body = b"" if status == 204 else b'{"a":1}'
+    expected = Response(body, status_code=status, media_type="application/json", headers=headers)
+    assert JsonResponse(body, status, headers).raw_headers == expected.raw_headers
