@@ -176,3 +176,20 @@ def test_bad_arguments_are_one_line(tmp_path: Path, pg_url: str) -> None:
     not_pg = run_cli("migrate", "--from", str(tmp_path), "--to", "mysql://x@y/z", cwd=tmp_path)
     assert_one_line_error(not_pg, "postgresql://")
     assert _relations(pg_url) == 0
+
+
+def test_a_collection_postgresql_cannot_serve_yet_is_refused(tmp_path: Path, pg_url: str) -> None:
+    """For as long as PostgreSQL answers 501 for file fields, a deployment using them stays on SQLite."""
+    settings = make_settings(
+        tmp_path / "data", superadmin_email=ROOT_EMAIL, superadmin_password=ROOT_PASSWORD
+    )
+    with TestClient(create_app(settings)) as client:
+        root = _login(client, ROOT_EMAIL, ROOT_PASSWORD, "system")
+        docs = {"name": "docs", "fields": [{"name": "scan", "type": "file"}], "rules": PUBLIC}
+        assert client.post(f"{API}/collections", headers=root, json=docs).status_code == 201
+    moved = run_cli("migrate", "--from", str(tmp_path / "data"), "--to", pg_url, cwd=tmp_path)
+    if moved.returncode == 0:  # file fields have been ported to PostgreSQL since: the move copies them
+        assert "c_docs: 0 rows" in moved.stdout
+        return
+    assert_one_line_error(moved, "collection 'docs'")
+    assert _relations(pg_url) == 0

@@ -333,7 +333,16 @@ class PgDatabase:
     def _read_here(self, fn: Callable[[PgConnection], T]) -> T:
         """On a reader thread, each statement in its own snapshot, as an inline read on SQLite: a
         BEGIN … COMMIT around every read cost two more round trips and ~80 µs of CPU (measured, the
-        pure-Python driver), more than the primary-key lookup that most reads are."""
+        pure-Python driver), more than the primary-key lookup that most reads are.
+
+        A read that lost its connection (PostgreSQL restarted, or a proxy dropped it) runs once more
+        on a new one: a read may run twice, as on SQLite where it moves from the loop to a reader."""
+        conn = self._reader_conn()
+        try:
+            return fn(conn)
+        except (psycopg.Error, apsw.Error):
+            if not conn.raw.closed:
+                raise
         return fn(self._reader_conn())
 
     def _reader_conn(self) -> PgConnection:
