@@ -11,7 +11,9 @@ of each process tree, from /proc) are what scales: a node's CPU per request is t
 would add. The machine is shared: the 1-minute load average before each run is printed beside it.
 
 The servers run from the source tree (`python -m snackbase`), so `--pythonpath DIR` measures another
-checkout of the code (e.g. `git archive` of an older commit) with the same script.
+checkout of the code (e.g. `git archive` of an older commit) with the same script, or the same code
+with psycopg's C implementation: `pip install --target /tmp/pgc psycopg-binary==<psycopg's version>`,
+then `--pythonpath .:/tmp/pgc`.
 """
 
 from __future__ import annotations
