@@ -335,6 +335,40 @@ def _verify_postgres(settings: Settings, account: str | None) -> Any:
             conn.close()
 
 
+@cli.command("migrate")
+@click.option("--from", "source", required=True, help="The SQLite deployment's data dir.")
+@click.option("--to", "target", required=True, help="postgresql://… of an EMPTY database (or schema).")
+def migrate_command(source: str, target: str) -> None:
+    """Copy a SQLite deployment to an empty PostgreSQL and verify every audit chain on arrival."""
+    from snackbase.backends import is_postgres, redact_url, require_driver
+
+    settings = settings_from(data_dir=source)
+    with user_errors():
+        try:
+            postgres_target = is_postgres(target)
+        except ValueError:
+            postgres_target = False
+        if not postgres_target:
+            raise ConfigError("--to must be a postgresql:// URL")
+        require_driver()
+        from snackbase.backends.move import move
+        from snackbase.backends.postgres import PgConnection
+
+        # Copying may take minutes: no per-statement budget (as `audit verify`).
+        conn = PgConnection(target, statement_timeout_ms=0)
+        try:
+            report = move(settings.db_path, conn)
+        finally:
+            conn.close()
+    for table, rows in sorted(report.tables.items()):
+        click.echo(f"{table}: {rows} rows")
+    click.echo(
+        f"ok: copied to {redact_url(target)} in {report.seconds:.1f} s; {report.audit_entries} audit "
+        f"entries, {report.accounts_verified} accounts' chains verified. File contents stay in "
+        f"{settings.files_path if settings.files_storage == 'local' else 'the S3 bucket'} (not copied)."
+    )
+
+
 @cli.group("backup")
 def backup_group() -> None:
     """Online backups: create, list, verify and restore archives (see docs/operations.md)."""

@@ -72,7 +72,10 @@ class Settings:
         "longest time one request's SQL may hold the event loop: a slower read moves to a reader thread, "
         "a write's rule checks past it answer 503 (0 = no limit)"
     )
-    db_readers: int = _meta("reader threads (each with its own connection) for reads that outgrow the loop")
+    db_readers: int = _meta(
+        "reader threads (each with its own connection) for reads that outgrow the loop; on PostgreSQL, "
+        "for every read"
+    )
     registration: str = _meta(
         "open, or closed (then only superadmins create accounts)", choices=("open", "closed")
     )

@@ -111,7 +111,7 @@ def create_postgres_app(settings: Settings) -> Starlette:
     settings = with_secret_key(settings)
     versions.set_key(settings.secret_key)
     proxies = parse_proxies(settings.trusted_proxies)
-    database = PgDatabase.open(settings.database_url, settings.statement_timeout_ms)
+    database = PgDatabase.open(settings.database_url, settings.statement_timeout_ms, settings.db_readers)
     token = dialect.current.set(dialect.POSTGRESQL)  # for what runs at start, below
     try:
         app = _build(settings, database, proxies)
