@@ -63,8 +63,6 @@ from snackbase.routes import user_admin as user_admin_routes
 from snackbase.routes import users as users_routes
 from snackbase.routing import IndexedRouter, LeanRoute
 from snackbase.runtime_settings import RuntimeSettingsMiddleware
-from snackbase.s3 import S3Client, S3Config
-from snackbase.storage import LocalStorage, S3Storage, Storage
 
 log = logging.getLogger("snackbase")
 
@@ -261,23 +259,7 @@ def start_auth(settings: Settings, db: Database) -> None:
 
 def start_files(settings: Settings, db: Database) -> None:
     """Attaches the file storage to the database connection and sweeps what a crash left behind."""
-    storage: Storage
-    if settings.files_storage == "s3":
-        config = S3Config(
-            settings.s3_endpoint, settings.s3_bucket, settings.s3_region, settings.s3_access_key,
-            settings.s3_secret_key, settings.s3_force_path_style,
-        )  # fmt: skip
-        storage = S3Storage(S3Client(config))
-    else:
-        storage = LocalStorage(settings.files_path)
-    root = settings.files_path
-    files.attach(
-        db.conn, files.Runtime(storage, root / ".staging", root / ".thumbs", settings.files_quota_bytes)
-    )
-    try:
-        files.sweep(db.conn)
-    except Exception:  # storage unreachable at start: the periodic sweep retries
-        log.exception("file sweep at start failed")
+    files.start(settings, db.conn)
 
 
 def create_app_from_env() -> Starlette:

@@ -67,8 +67,8 @@ def require_driver() -> None:
 
 
 def refuse_unported_fields(collection: Collection) -> None:
-    """501 `not_on_postgresql` for a collection using what PostgreSQL does not have yet: file fields
-    (their storage bookkeeping) and searchable text fields (the full-text index is SQLite's FTS5)."""
+    """501 `not_on_postgresql` for a collection using what PostgreSQL does not have yet: searchable
+    text fields (the full-text index is SQLite's FTS5)."""
     from snackbase.backends import dialect
 
     if dialect.current.get() is not dialect.POSTGRESQL:
@@ -76,7 +76,7 @@ def refuse_unported_fields(collection: Collection) -> None:
     unported = [
         f.name
         for f in collection.fields
-        if f.type == "file" or (f.type == "text" and f.options.get("searchable"))
+        if f.type == "text" and f.options.get("searchable")
     ]
     if unported:
         from snackbase.errors import ApiError
@@ -84,6 +84,6 @@ def refuse_unported_fields(collection: Collection) -> None:
         raise ApiError(
             501,
             NOT_PORTED_CODE,
-            "File fields and searchable text fields do not run on PostgreSQL yet "
+            "Searchable text fields do not run on PostgreSQL yet "
             f"({', '.join(unported)}); see docs/scaling.md.",
         )
