@@ -35,8 +35,8 @@ import msgspec
 from snackbase.config import Settings
 from snackbase.db import fetch_all, fetch_value
 from snackbase.errors import ApiError, FieldErrors, field_error, validation_error
-from snackbase.schema import Collection, Field, quote_ident
 from snackbase.s3 import S3Client, S3Config
+from snackbase.schema import Collection, Field, quote_ident
 from snackbase.storage import LocalStorage, S3Storage, Storage
 from snackbase.times import format_ts, now_iso
 from snackbase.unit_of_work import Work, unit_of_work

@@ -70,28 +70,6 @@ def test_the_superadmin_from_settings_logs_in_and_defines_a_collection(tmp_path:
         assert client.get("/api/v1/audit-log/verify", headers=root).json()["ok"] is True
 
 
-def test_collections_with_fields_not_ported_answer_501(tmp_path: Path, pg_url: str) -> None:
-    from tests.factories import make_superadmin
-
-    settings = make_settings(tmp_path / "data", database_url=pg_url)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        root = make_superadmin(client).headers
-        for field in ({"name": "t", "type": "text", "options": {"searchable": True}},):
-            answer = client.post("/api/v1/collections", headers=root, json={"name": "c", "fields": [field]})
-            assert answer.status_code == 501 and answer.json()["code"] == "not_on_postgresql", answer.text
-        assert (
-            client.post("/api/v1/collections", headers=root, json={"name": "c", "fields": []}).status_code
-            == 201
-        )
-        patched = client.patch(
-            "/api/v1/collections/c",
-            headers=root,
-            json={"fields": [{"name": "t", "type": "text", "options": {"searchable": True}}]},
-        )
-        assert patched.status_code == 501
-        assert client.get("/api/v1/collections/c", headers=root).json()["fields"] == []  # unchanged
-
-
 def test_settings_asking_for_unported_work_refuse_the_start(tmp_path: Path, pg_url: str) -> None:
     for overrides in ({"backup_cron": "0 3 * * *"}, {"metrics_enabled": True}):
         settings = make_settings(tmp_path / "data", database_url=pg_url, **overrides)

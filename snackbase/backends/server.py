@@ -52,9 +52,9 @@ from snackbase.routes import (
     signatures,
 )
 from snackbase.routes import accounts as accounts_routes
+from snackbase.routes import auth as auth_routes
 from snackbase.routes import backups as backups_routes
 from snackbase.routes import files as files_routes
-from snackbase.routes import auth as auth_routes
 from snackbase.routes import groups as groups_routes
 from snackbase.routes import invitations as invitations_routes
 from snackbase.routes import logs as logs_routes
