@@ -39,6 +39,7 @@ from snackbase.hook_records import RecordsHelper
 from snackbase.hooks import hooks
 from snackbase.macros import MacroStore
 from snackbase.middleware import ExceptionHandlers, RequestMiddleware
+from snackbase.ops import Ops
 from snackbase.ratelimit import Network, parse_proxies
 from snackbase.routes import (
     RouteTable,
@@ -58,6 +59,7 @@ from snackbase.routes import files as files_routes
 from snackbase.routes import groups as groups_routes
 from snackbase.routes import invitations as invitations_routes
 from snackbase.routes import logs as logs_routes
+from snackbase.routes import metrics as metrics_routes
 from snackbase.routes import profiles as profiles_routes
 from snackbase.routes import roles as roles_routes
 from snackbase.routes import settings as settings_routes
@@ -92,6 +94,8 @@ def ported_tables() -> tuple[list[RouteTable], list[RouteTable]]:
         roles_routes.routes,
         invitations_routes.routes,
         user_admin_routes.routes,
+        backups_routes.routes,  # a logical dump (snackbase/backup_pg.py)
+        logs_routes.routes,  # each node's request log, in its own SQLite file as on SQLite
     ]
 
 
@@ -107,8 +111,6 @@ def unported_tables() -> list[RouteTable]:
         settings_routes.routes,
         profiles_routes.routes,
         realtime.routes,
-        backups_routes.routes,
-        logs_routes.routes,
     ]
     return [table for table in every if not any(table is t for t in ported)]
 
@@ -118,8 +120,6 @@ def refuse_unported_settings(settings: Settings) -> None:
     asked = {
         "hook files in " + str(settings.hooks_path): settings.hooks_path.is_dir()
         and any(settings.hooks_path.glob("*.py")),
-        "SNACKBASE_BACKUP_CRON": bool(settings.backup_cron),
-        "SNACKBASE_METRICS_ENABLED": settings.metrics_enabled,
     }
     named = [name for name, on in asked.items() if on]
     if named:
@@ -160,18 +160,26 @@ def create_postgres_app(settings: Settings) -> Starlette:
 
 
 def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...]) -> Starlette:
+    # Metrics, this node's request log, backups (a logical dump: snackbase/backup_pg.py) and their
+    # schedule: the same Ops as on SQLite. A bad backup schedule refuses the start.
+    ops = Ops(settings, database)  # type: ignore[arg-type]
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         dialect.current.set(dialect.POSTGRESQL)  # background work started here inherits it
         await serve_hooks(app)
+        await ops.start()
         sweeper = asyncio.create_task(files.sweep_periodically(database.conn))  # type: ignore[arg-type]
         yield
         sweeper.cancel()
+        await ops.stop()
         await terminate_hooks(app)
         database.close()
         log.info("PostgreSQL connection closed")
 
     root, api = ported_tables()
+    if settings.metrics_enabled:
+        root = [*root, metrics_routes.root_routes]
     routes: list[BaseRoute] = [
         Route(prefix + path, handler, methods=[method])
         for prefix, tables in (("", root), (settings.api_prefix, api))
@@ -189,7 +197,12 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
         routes=routes,
         middleware=[
             Middleware(PostgresDialect),
-            Middleware(RequestMiddleware, ui_prefix=UI_PREFIX, observer=None, trusted_proxies=proxies),
+            Middleware(
+                RequestMiddleware,
+                ui_prefix=UI_PREFIX,
+                observer=ops.observe if ops.observing else None,
+                trusted_proxies=proxies,
+            ),
             Middleware(RuntimeSettingsMiddleware),
             Middleware(AuthMiddleware, prefix=settings.api_prefix),
             Middleware(HookMiddleware),
@@ -201,6 +214,7 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
     app.state.db = database
     app.state.backend = "postgresql"
     app.state.route_tables = (root, api)
+    app.state.ops = ops
     runtime_settings.start(app, settings)
     app.state.registry = Registry()
     app.state.macros = MacroStore()
