@@ -169,6 +169,7 @@ def test_a_table_rebuild_keeps_the_index_and_its_triggers(client: TestClient, ba
         assert triggers.fetchone()[0] == 3
     else:  # one GIN index, no triggers
         found = conn.execute(
-            "SELECT indexdef FROM pg_indexes WHERE indexname = 'c_notes:fts' AND schemaname = current_schema()"
+            "SELECT indexdef FROM pg_indexes "
+            "WHERE indexname = 'c_notes:fts' AND schemaname = current_schema()"
         ).fetchall()
         assert len(found) == 1 and "USING gin" in found[0][0]

@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from snackbase import files, runtime_settings, versions
+from snackbase.admin_ui import UI_PREFIX, admin_ui, admin_ui_redirect
 from snackbase.auth_middleware import AuthMiddleware
 from snackbase.backends import NOT_PORTED_CODE, dialect
 from snackbase.backends.postgres import PgDatabase
@@ -71,7 +72,6 @@ from snackbase.users import ensure_superadmin_from_settings
 
 log = logging.getLogger("snackbase")
 
-UI_PREFIX = "/_/"  # as in snackbase/app.py (not imported from there: app imports this module)
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -192,7 +192,8 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
         for table in unported_tables()
         for _, path, _ in table
     ]
-    routes.append(Route(UI_PREFIX + "{path:path}", not_ported, methods=_METHODS))
+    # The admin UI: the same static app as on SQLite; what it calls and is not ported answers 501.
+    routes += [Route(UI_PREFIX.rstrip("/"), admin_ui_redirect), Route(UI_PREFIX + "{path:path}", admin_ui)]
     app = SnackBasePgApp(
         routes=routes,
         middleware=[
