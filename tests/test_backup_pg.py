@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -198,17 +199,21 @@ def test_verify_detects_an_edited_audit_entry(made: dict[str, Any], pg_cluster: 
         backup_pg.restore_backup(edited, pg_cluster.create_database(), tmp_path / "r", tmp_path / "r" / "h")
 
 
-def test_scheduled_backups_and_metrics_start_on_postgresql(tmp_path: Path, pg_url: str) -> None:
-    settings = make_settings(
-        tmp_path / "data", database_url=pg_url, backup_cron="0 3 * * *", metrics_enabled=True
-    )
+def test_scheduled_backups_with_retention_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """A real schedule (every second) with SNACKBASE_BACKUP_KEEP=2 on one PostgreSQL node; each
+    archive is audited in the system chain."""
+    settings = make_settings(tmp_path / "data", database_url=pg_url, backup_cron="* * * * * *", backup_keep=2)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        client.get("/health")
-        text = client.get("/metrics").text
-        assert 'snackbase_http_requests_total{method="GET",route="/health",status="200"} 1' in text
-        assert "snackbase_wal_bytes" not in text  # SQLite's own mechanics are not reported here
-        schedule = client.get(f"{API}/backups", headers=make_superadmin(client).headers).json()["schedule"]
-        assert schedule["cron"] == "0 3 * * *" and schedule["next_run"]
+        ops = client.app.state.ops  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and ops.backups.outcomes.get("ok", 0) < 3:
+            time.sleep(0.1)
+        listed = client.get(f"{API}/backups", headers=make_superadmin(client).headers).json()
+        conn = client.app.state.db.conn  # type: ignore[attr-defined]
+        rows = fetch_all(conn, "SELECT auth_method FROM audit_log WHERE action = 'backup.create'")
+    assert ops.backups.outcomes.get("ok", 0) >= 3 and not ops.backups.outcomes.get("failed")
+    assert len(listed["items"]) == 2 and all(i["trigger"] == "scheduled" for i in listed["items"])
+    assert len(rows) >= 3 and {r["auth_method"] for r in rows} == {"system"}
 
 
 def test_cli_backup_create_and_restore_with_a_database_url(made: dict[str, Any], pg_cluster: Any,
