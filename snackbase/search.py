@@ -156,9 +156,11 @@ def join_postgres(
     document = document_postgres(visible, ALIAS)
     sql = f" CROSS JOIN (SELECT to_tsquery('simple'::regconfig, sb_fold(?)) AS q) AS {alias}"
     # ts_rank is higher for a better match; negated so that ascending is best first, as FTS5's bm25.
+    # As double precision: a keyset cursor carries the value out as text and back as a parameter, and
+    # a real (float4) read as a Python float is not equal to itself once bound back.
     return (
         sql,
         [tsquery_postgres(text, position)],
-        f"(-ts_rank({document}, {alias}.q))",
+        f"(-ts_rank({document}, {alias}.q)::double precision)",
         f"{document} @@ {alias}.q",
     )

@@ -173,3 +173,23 @@ def test_a_table_rebuild_keeps_the_index_and_its_triggers(client: TestClient, ba
             "WHERE indexname = 'c_notes:fts' AND schemaname = current_schema()"
         ).fetchall()
         assert len(found) == 1 and "USING gin" in found[0][0]
+
+
+def test_cursor_pages_by_rank_give_every_match_once(client: TestClient) -> None:
+    """Keyset paging over `sort=@rank`: the rank value goes into the cursor and back as a parameter
+    (a float on SQLite, PostgreSQL's real ts_rank widened to double): pages of one match the full list."""
+    s = S(client)
+    for i in range(5):
+        s.create(s.user, "notes", {"title": f"t{i}", "body": "buffer " * (i % 3 + 1) + "solution"})
+    s.create(s.user, "notes", {"title": "miss", "body": "nothing"})
+    whole = s.search(s.user, "buffer", sort="@rank")
+    assert len(whole) == 5
+    seen: list[str] = []
+    params = {"filter": '@search("buffer")', "sort": "@rank", "per_page": "1", "after": ""}
+    while True:
+        page = client.get(f"{API}/records/notes", headers=s.user, params=params).json()
+        seen += [i["title"] for i in page["items"]]
+        if not page.get("next_cursor"):
+            break
+        params["after"] = page["next_cursor"]
+    assert seen == whole
