@@ -22,9 +22,15 @@ from snackbase.backends.postgres import PgConnection
 from snackbase.backup import BackupError
 from snackbase.config import Settings
 from snackbase.db import fetch_all, fetch_value
+from tests import test_files_s3
 from tests.conftest import make_settings
 from tests.factories import make_account, make_superadmin, make_user
 from tests.test_backup import run_cli
+from tests.test_backup_s3 import PREFIX, archives, s3_settings
+
+# moto's S3 server and a fresh bucket, the fixtures of the file storage tests.
+s3_endpoint = test_files_s3.s3_endpoint
+bucket = test_files_s3.bucket
 
 API = "/api/v1"
 PUBLIC = {"list": "", "view": "", "create": "", "update": "", "delete": ""}
@@ -241,3 +247,41 @@ def test_cli_backup_create_and_restore_with_a_database_url(made: dict[str, Any],
     again = run_cli("backup", "restore", str(archive), "--data-dir", str(tmp_path / "r"), "--database-url",
                     target, cwd=tmp_path)  # fmt: skip
     assert again.returncode == 1 and "not empty" in again.stderr
+
+
+def test_backups_to_s3_on_postgresql(tmp_path: Path, pg_url: str, s3_endpoint: str, bucket: Any,
+                                     pg_cluster: Any) -> None:  # fmt: skip
+    """SNACKBASE_BACKUP_STORAGE=s3: the dump goes to the bucket as on SQLite (no local copy left),
+    verifies from there, and restores from the bucket by name into an empty schema."""
+    settings = make_settings(tmp_path / "data", database_url=pg_url, **s3_settings(s3_endpoint))
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        world = seed(client)
+        made = client.post(f"{API}/backups", headers=world["sa"].headers)
+        assert made.status_code == 201, made.text
+        name = made.json()["name"]
+        assert archives(bucket) == [PREFIX + name]
+        assert not list(settings.backups_path.glob("*.tar"))
+        verified = client.post(f"{API}/backups/{name}/verify", headers=world["sa"].headers).json()
+        assert verified["ok"] is True, verified
+    target = pg_cluster.create_database()
+    restored = run_cli_env(  # the archive by its name in the bucket; the S3 settings as variables
+        ["backup", "restore", name, "--data-dir", str(tmp_path / "data"), "--database-url", target],
+        tmp_path,
+        {f"SNACKBASE_{k.upper()}": str(v) for k, v in s3_settings(s3_endpoint).items()},
+    )
+    assert restored.returncode == 0, restored.stderr
+    conn = PgConnection(target)
+    try:
+        assert fetch_value(conn, "SELECT count(*) FROM c_notes") == 6 and audit.verify(conn).ok  # type: ignore[arg-type]
+    finally:
+        conn.close()
+
+
+def run_cli_env(args: list[str], cwd: Path, env: dict[str, str]) -> Any:
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "snackbase", *args], cwd=cwd, capture_output=True, text=True, timeout=60,
+        env={"SNACKBASE_LOG_LEVEL": "WARNING", "PATH": "/usr/bin:/bin", **env},
+    )  # fmt: skip
