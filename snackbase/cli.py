@@ -480,6 +480,11 @@ def backup_restore(archive: str, data_dir: str | None, database_url: str | None,
     from snackbase import backup, backup_pg
 
     settings = settings_from(data_dir=data_dir, database_url=database_url)
+    if settings.database_url and force:
+        raise click.ClickException(
+            "--force does not apply to PostgreSQL: restore into an empty database or schema "
+            "(nothing is replaced)"
+        )
     with _backup_errors():
         with _archive_file(archive, data_dir) as path:
             if settings.database_url:

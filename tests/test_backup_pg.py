@@ -247,6 +247,9 @@ def test_cli_backup_create_and_restore_with_a_database_url(made: dict[str, Any],
     again = run_cli("backup", "restore", str(archive), "--data-dir", str(tmp_path / "r"), "--database-url",
                     target, cwd=tmp_path)  # fmt: skip
     assert again.returncode == 1 and "not empty" in again.stderr
+    forced = run_cli("backup", "restore", str(archive), "--data-dir", str(tmp_path / "r"), "--database-url",
+                     target, "--force", cwd=tmp_path)  # fmt: skip
+    assert forced.returncode == 1 and "--force does not apply" in forced.stderr
 
 
 def test_backups_to_s3_on_postgresql(tmp_path: Path, pg_url: str, s3_endpoint: str, bucket: Any,
