@@ -6,24 +6,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
 from snackbase import files, runtime_settings, versions
+from snackbase.admin_ui import UI_PREFIX, admin_ui, admin_ui_redirect
 from snackbase.auth_middleware import AuthMiddleware
 from snackbase.collections import Registry
 from snackbase.config import Settings, ensure_data_dir, load_settings, with_secret_key
 from snackbase.context import scope_caller
 from snackbase.db import Database
 from snackbase.error_handlers import exception_handlers
-from snackbase.errors import ApiError
 from snackbase.hook_dispatch import HookDispatcher
 from snackbase.hook_loader import HookMiddleware, serve_hooks, start_hooks, terminate_hooks
 from snackbase.hook_records import RecordsHelper
@@ -63,12 +60,8 @@ from snackbase.routes import user_admin as user_admin_routes
 from snackbase.routes import users as users_routes
 from snackbase.routing import IndexedRouter, LeanRoute
 from snackbase.runtime_settings import RuntimeSettingsMiddleware
-from snackbase.s3 import S3Client, S3Config
-from snackbase.storage import LocalStorage, S3Storage, Storage
 
 log = logging.getLogger("snackbase")
-
-UI_PREFIX = "/_/"
 
 
 def api_tables() -> list[RouteTable]:
@@ -261,59 +254,9 @@ def start_auth(settings: Settings, db: Database) -> None:
 
 def start_files(settings: Settings, db: Database) -> None:
     """Attaches the file storage to the database connection and sweeps what a crash left behind."""
-    storage: Storage
-    if settings.files_storage == "s3":
-        config = S3Config(
-            settings.s3_endpoint, settings.s3_bucket, settings.s3_region, settings.s3_access_key,
-            settings.s3_secret_key, settings.s3_force_path_style,
-        )  # fmt: skip
-        storage = S3Storage(S3Client(config))
-    else:
-        storage = LocalStorage(settings.files_path)
-    root = settings.files_path
-    files.attach(
-        db.conn, files.Runtime(storage, root / ".staging", root / ".thumbs", settings.files_quota_bytes)
-    )
-    try:
-        files.sweep(db.conn)
-    except Exception:  # storage unreachable at start: the periodic sweep retries
-        log.exception("file sweep at start failed")
+    files.start(settings, db.conn)
 
 
 def create_app_from_env() -> Starlette:
     """Factory for uvicorn's worker processes and --reload (settings travel as SNACKBASE_* variables)."""
     return create_app(load_settings())
-
-
-def ui_dist_dir() -> Path | None:
-    """The prebuilt admin UI: bundled in the package by build.py, or admin_ui/dist in a checkout."""
-    package_dir = Path(__file__).resolve().parent
-    for candidate in (package_dir / "ui_dist", package_dir.parent / "admin_ui" / "dist"):
-        if (candidate / "index.html").is_file():
-            return candidate
-    return None
-
-
-async def admin_ui_redirect(request: Request) -> Response:
-    return Response(status_code=308, headers={"location": UI_PREFIX})
-
-
-async def admin_ui(request: Request) -> Response:
-    """Serves a file of the admin UI, or its index.html for the single-page app's own routes."""
-    dist = ui_dist_dir()
-    if dist is None:
-        raise ApiError(404, message="The admin UI is not bundled in this build (run `make ui`).")
-    relative = request.path_params["path"] or "index.html"
-    if len(relative) > 1024 or "\x00" in relative:  # no file has such a name; the OS would refuse it
-        raise ApiError(404)
-    try:
-        target = (dist / relative).resolve()
-        found = target.is_relative_to(dist.resolve()) and target.is_file()
-    except (OSError, ValueError):  # a path component too long for the file system, say
-        found = False
-    if not found:
-        if "." in relative.rsplit("/", 1)[-1]:  # a missing asset, not an app route
-            raise ApiError(404)
-        target = dist / "index.html"
-    cache = "no-cache" if target.name == "index.html" else "public, max-age=31536000, immutable"
-    return FileResponse(target, headers={"cache-control": cache})

@@ -408,34 +408,57 @@ def _errors_as_lines(kinds: tuple[type[BaseException], ...]) -> Iterator[None]:
         raise click.ClickException(str(exc)) from None
 
 
+def _open_for_audit(settings: Settings) -> Any:
+    """The deployment's database (SQLite's file or PostgreSQL), for the CLI's audit entries."""
+    if settings.database_url:
+        from snackbase.backends import require_driver
+
+        require_driver()
+        from snackbase.backends.postgres import PgDatabase
+
+        return PgDatabase.open(settings.database_url, settings.statement_timeout_ms)
+    from snackbase.app import open_database
+
+    return open_database(settings)
+
+
 @backup_group.command("create")
 @data_dir_option
+@database_url_option
 @click.option("--to", "to", default=None, help="Directory for the archive (default SNACKBASE_BACKUP_DIR).")
-def backup_create(data_dir: str | None, to: str | None) -> None:
+def backup_create(data_dir: str | None, database_url: str | None, to: str | None) -> None:
     """Write a backup archive of the database, hooks and files; safe while the server runs."""
     from pathlib import Path
 
     from snackbase import audit as audit_trail
-    from snackbase import backup, backup_store
-    from snackbase.app import open_database
+    from snackbase import backup, backup_pg, backup_store
     from snackbase.s3 import S3Error
 
-    settings = settings_from(data_dir=data_dir)
-    if not settings.db_path.is_file():
+    settings = settings_from(data_dir=data_dir, database_url=database_url)
+    if not settings.database_url and not settings.db_path.is_file():
         raise click.ClickException(f"no database at {settings.db_path}")
     store = backup_store.LocalArchives(Path(to)) if to else backup_store.store_from(settings)
     target = Path(to) if to else settings.backups_path
     with _backup_errors():
-        info = backup.create_backup(
-            settings.db_path, settings.hooks_path, settings.files_path, target, trigger="cli"
-        )
+        if settings.database_url:  # a logical dump of SnackBase's tables (docs/scaling.md)
+            from snackbase.backends import require_driver
+
+            require_driver()
+            info = backup_pg.create_backup(
+                settings.database_url, settings.hooks_path, settings.files_path, target, trigger="cli",
+                include_files=settings.files_storage == "local",
+            )  # fmt: skip
+        else:
+            info = backup.create_backup(
+                settings.db_path, settings.hooks_path, settings.files_path, target, trigger="cli"
+            )
         info = store.keep(info)
         try:
             pruned = [] if to else store.prune(settings.backup_keep)
         except (S3Error, OSError) as exc:  # the archive is stored: audit it all the same
             click.echo(f"retention failed: {exc}", err=True)
             pruned = []
-        database = open_database(settings)
+        database = _open_for_audit(settings)
         try:
             extra = {**backup.audit_extra(info), "trigger": "cli", "pruned": pruned, "dir": store.location()}
             backup.audit_event(database.conn, "backup.create", audit_trail.CLI_ACTOR, extra)
@@ -467,10 +490,10 @@ def backup_list(data_dir: str | None) -> None:
 def backup_verify(archive: str, data_dir: str | None) -> None:
     """Check an archive (a file, or a name in the S3 backup storage): checksums, SQLite integrity
     check, audit chains; exit 1 if any fails."""
-    from snackbase import backup
+    from snackbase import backup_pg
 
     with _backup_errors(), _archive_file(archive, data_dir) as path:
-        report = backup.verify_backup(path)
+        report = backup_pg.verify_archive(path)  # an archive of either backend
     for check, ok, detail in report.checks:
         click.echo(f"{'ok  ' if ok else 'FAIL'}  {check}: {detail}")
     if not report.ok:
@@ -480,25 +503,39 @@ def backup_verify(archive: str, data_dir: str | None) -> None:
 @backup_group.command("restore")
 @click.argument("archive")
 @data_dir_option
+@database_url_option
 @click.option("--force", is_flag=True, help="Replace an existing database (it is moved aside, not deleted).")
-def backup_restore(archive: str, data_dir: str | None, force: bool) -> None:
+def backup_restore(archive: str, data_dir: str | None, database_url: str | None, force: bool) -> None:
     """Restore an archive (a file, or a name in the S3 backup storage) into the data dir (stop the
-    server first)."""
+    server first); with --database-url, a PostgreSQL archive into an empty PostgreSQL database."""
     from pathlib import Path
 
     from snackbase import audit as audit_trail
-    from snackbase import backup
-    from snackbase.app import open_database
+    from snackbase import backup, backup_pg
 
-    settings = settings_from(data_dir=data_dir)
+    settings = settings_from(data_dir=data_dir, database_url=database_url)
+    if settings.database_url and force:
+        raise click.ClickException(
+            "--force does not apply to PostgreSQL: restore into an empty database or schema "
+            "(nothing is replaced)"
+        )
     with _backup_errors():
         with _archive_file(archive, data_dir) as path:
-            manifest = backup.restore_backup(path, settings.data_path, settings.hooks_path, force=force)
-        database = open_database(settings)  # migrates an older archive's schema up to this version
+            if settings.database_url:
+                from snackbase.backends import require_driver
+
+                require_driver()
+                manifest = backup_pg.restore_backup(
+                    path, settings.database_url, settings.data_path, settings.hooks_path
+                )
+            else:
+                manifest = backup.restore_backup(path, settings.data_path, settings.hooks_path, force=force)
+        database = _open_for_audit(settings)  # migrates an older archive's schema up to this version
         try:
+            database_part = manifest["parts"].get(backup.DB_PART, {})
             extra = {"name": Path(archive).name, "created_at": manifest.get("created_at"),
                      "schema_version": manifest.get("schema_version"),
-                     "database_sha256": manifest["parts"][backup.DB_PART]["sha256"]}  # fmt: skip
+                     "database_sha256": database_part.get("sha256")}  # fmt: skip
             backup.audit_event(database.conn, "backup.restore", audit_trail.CLI_ACTOR, extra)
         finally:
             database.close()

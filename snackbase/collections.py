@@ -13,7 +13,6 @@ from typing import Any
 import apsw
 
 from snackbase import audit, files, search
-from snackbase.backends import refuse_unported_fields
 from snackbase.collection_defs import (
     collection_from_row,
     collection_to_json,
@@ -130,7 +129,6 @@ def create_collection(
             field_error("name", "not_unique", "This name is taken."),
         )
     collection = new_collection(parsed, id=uuid7(), now=now_iso())
-    refuse_unported_fields(collection)
     _check_references_exist(registry, collection)
     check_rules(collection, param_counts(conn))
     with unit_of_work(conn):
@@ -156,7 +154,6 @@ def update_collection(
 ) -> Collection:
     old = registry.get(conn, name)
     new, change = patch_collection(old, parsed, now=now_iso())
-    refuse_unported_fields(new)
     _check_references_exist(registry, new)
     check_rules(new, param_counts(conn))
     try:

@@ -32,10 +32,12 @@ from typing import Any, TypeVar
 import apsw
 import msgspec
 
+from snackbase.config import Settings
 from snackbase.db import fetch_all, fetch_value
 from snackbase.errors import ApiError, FieldErrors, field_error, validation_error
+from snackbase.s3 import S3Client, S3Config
 from snackbase.schema import Collection, Field, quote_ident
-from snackbase.storage import Storage
+from snackbase.storage import LocalStorage, S3Storage, Storage
 from snackbase.times import format_ts, now_iso
 from snackbase.unit_of_work import Work, unit_of_work
 
@@ -77,6 +79,26 @@ def attach(conn: apsw.Connection, runtime: Runtime) -> None:
     runtime.staging.mkdir(parents=True, exist_ok=True)
     runtime.thumbs.mkdir(parents=True, exist_ok=True)
     _runtimes[conn] = runtime
+
+
+def start(settings: Settings, conn: Any) -> None:
+    """Attaches the configured storage to the connection (either engine's) and sweeps what a crash
+    left behind; an unreachable storage is retried by the periodic sweep."""
+    storage: Storage
+    if settings.files_storage == "s3":
+        config = S3Config(
+            settings.s3_endpoint, settings.s3_bucket, settings.s3_region, settings.s3_access_key,
+            settings.s3_secret_key, settings.s3_force_path_style,
+        )  # fmt: skip
+        storage = S3Storage(S3Client(config))
+    else:
+        storage = LocalStorage(settings.files_path)
+    root = settings.files_path
+    attach(conn, Runtime(storage, root / ".staging", root / ".thumbs", settings.files_quota_bytes))
+    try:
+        sweep(conn)
+    except Exception:  # storage unreachable at start: the periodic sweep retries
+        log.exception("file sweep at start failed")
 
 
 def runtime_of(conn: apsw.Connection) -> Runtime:
@@ -244,8 +266,10 @@ def _to_trash(conn: apsw.Connection, keys: list[str], due_at: str) -> None:
 def _count(conn: apsw.Connection, account_id: str, delta: int) -> None:
     total = fetch_value(
         conn,
-        "INSERT INTO file_usage (account_id, bytes) VALUES (?1, max(?2, 0)) ON CONFLICT (account_id) "
-        "DO UPDATE SET bytes = max(bytes + ?2, 0) RETURNING bytes",
+        # CASE, not SQLite's two-argument max(): the same statement runs on PostgreSQL (no such max).
+        "INSERT INTO file_usage (account_id, bytes) VALUES (?1, CASE WHEN ?2 > 0 THEN ?2 ELSE 0 END) "
+        "ON CONFLICT (account_id) DO UPDATE SET bytes = CASE WHEN file_usage.bytes + ?2 > 0 "
+        "THEN file_usage.bytes + ?2 ELSE 0 END RETURNING bytes",
         (account_id, delta),
     )
     runtime = _runtimes.get(conn)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import apsw
 from starlette.types import Scope
 
-from snackbase import audit, backup, backup_store, cron, db, metrics
+from snackbase import audit, backup, backup_pg, backup_store, cron, db, metrics
 from snackbase.config import ConfigError, Settings
 from snackbase.db import Database
 from snackbase.ratelimit import RateLimiter, limits_from
@@ -117,22 +117,8 @@ class Ops:
         self.logins_failed = r.add(C("snackbase_login_failures", "failed logins (401/403 from /auth/login)"))
         self.logins_throttled = r.add(C("snackbase_login_throttled", "logins refused with 429 by throttling"))
         self.rate_limited = r.add(C("snackbase_rate_limited", "requests refused by rate limits", ("class",)))
-        r.add(G("snackbase_wal_bytes", "size of the database's write-ahead log file", self._wal_size))
-        r.add(
-            G(
-                "snackbase_checkpoints",
-                "WAL checkpoints run by the server, by where they ran",
-                lambda: {(k,): float(v) for k, v in db.checkpoint_counts.items()},
-                ("where",),
-            )
-        )
-        r.add(
-            G(
-                "snackbase_reads_off_loop",
-                "reads that outgrew the event loop's share and ran again on a reader thread",
-                lambda: {(): float(db.reads_moved["reader"])},
-            )
-        )
+        if not self.settings.database_url:  # SQLite's own mechanics; PostgreSQL has none of them
+            self._define_sqlite_metrics()
         r.add(
             G(
                 "snackbase_backups",
@@ -167,6 +153,25 @@ class Ops:
                 "snackbase_request_log_dropped",
                 "request log rows dropped because the writer fell behind",
                 lambda: {(): float(self.request_log.dropped if self.request_log else 0)},
+            )
+        )
+
+    def _define_sqlite_metrics(self) -> None:
+        r, G = self.registry, metrics.Gauge
+        r.add(G("snackbase_wal_bytes", "size of the database's write-ahead log file", self._wal_size))
+        r.add(
+            G(
+                "snackbase_checkpoints",
+                "WAL checkpoints run by the server, by where they ran",
+                lambda: {(k,): float(v) for k, v in db.checkpoint_counts.items()},
+                ("where",),
+            )
+        )
+        r.add(
+            G(
+                "snackbase_reads_off_loop",
+                "reads that outgrew the event loop's share and ran again on a reader thread",
+                lambda: {(): float(db.reads_moved["reader"])},
             )
         )
 
@@ -284,9 +289,15 @@ class Ops:
         if name is not None and self.archives.kind != "local" and self.archives.exists(name):
             found = self.archives.info(name)
             return backup.BackupInfo(found.name, found.path, found.size, found.manifest, made=False)
-        info = backup.create_backup(
-            s.db_path, s.hooks_path, s.files_path, s.backups_path, trigger=trigger, name=name
-        )
+        if s.database_url:  # PostgreSQL: a logical dump of SnackBase's tables (snackbase/backup_pg.py)
+            info = backup_pg.create_backup(
+                s.database_url, s.hooks_path, s.files_path, s.backups_path, trigger=trigger, name=name,
+                include_files=s.files_storage == "local",
+            )  # fmt: skip
+        else:
+            info = backup.create_backup(
+                s.db_path, s.hooks_path, s.files_path, s.backups_path, trigger=trigger, name=name
+            )
         return self.archives.keep(info) if info.made else info
 
     async def run_schedule(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:

@@ -143,12 +143,10 @@ class RelationResolver(RecordResolver):
         if len(args) != 1 or not isinstance(args[0], str):
             raise FilterError('@search() takes one text argument: @search("buffer solution")', position)
         alias = self._alias("s")
-        join, params, rank = search.join(self.collection, self.hidden, args[0], alias, position)
+        join, params, rank, condition = search.join(self.collection, self.hidden, args[0], alias, position)
         self.joins.append((join, params))
         self.rank = self.rank or rank
-        # `=` (not IS NOT NULL) lets SQLite turn the LEFT JOIN into a join driven by the matches when
-        # @search is a top-level condition; negated, the compiler COALESCEs the NULL of a non-match.
-        return f"{alias}.id = {ALIAS}.id", []
+        return condition, []
 
     # --- walking a path -----------------------------------------------------------------------
 

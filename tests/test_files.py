@@ -9,7 +9,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,10 @@ from snackbase.app import create_app
 from snackbase.config import Settings
 from snackbase.db import fetch_all, fetch_value
 from snackbase.unit_of_work import unit_of_work
-from tests.conftest import make_settings
 from tests.factories import User, make_account, make_superadmin, make_user
 
 API = "/api/v1"
+BACKENDS = ("sqlite", "postgresql")
 OWN = {
     "list": "created_by = @request.auth.id",
     "view": "created_by = @request.auth.id",
@@ -118,8 +118,8 @@ def make_world(settings: Settings) -> Iterator[World]:
 
 
 @pytest.fixture
-def w(tmp_path: Path) -> Iterator[World]:
-    yield from make_world(make_settings(tmp_path / "data"))
+def w(settings: Settings) -> Iterator[World]:
+    yield from make_world(settings)
 
 
 def test_upload_with_fields_then_download(w: World) -> None:
@@ -406,8 +406,8 @@ def test_thumbnails(w: World) -> None:
     assert w.client.get(url + "?thumb=33x33", headers=h).content == w.stored()[0].read_bytes()
 
 
-def test_quota(tmp_path: Path) -> None:
-    for w in make_world(make_settings(tmp_path / "data", files_quota_bytes=150_000)):
+def test_quota(settings: Settings) -> None:
+    for w in make_world(replace(settings, files_quota_bytes=150_000)):
         first = w.upload(
             w.user, {"title": "a"}, {"docs": ("a.bin", b"\x00" * 90_000, "application/octet-stream")}
         )
@@ -452,9 +452,8 @@ def test_dropping_a_file_field_or_the_collection_deletes_its_files(w: World) -> 
     assert w.stored() == [] and files.usage(w.conn, w.user.account_id) == 0
 
 
-def test_sweep_at_start(tmp_path: Path) -> None:
+def test_sweep_at_start(settings: Settings) -> None:
     """A removed file whose deletion never ran is gone once the server starts again."""
-    settings = make_settings(tmp_path / "data")
     for w in make_world(settings):
         record = w.upload(w.user, {"title": "t"}, {"photo": ("a.png", png(), "image/png")})
         notes = w.client.app.state.registry.get(w.conn, "notes")  # type: ignore[attr-defined]
@@ -472,3 +471,18 @@ def test_thumbnail_of_a_huge_or_broken_image_serves_the_original(w: World) -> No
     record = w.upload(w.user, {"title": "t"}, {"photo": ("broken.png", broken, "image/png")})
     got = w.client.get(w.url(record, record["photo"]) + "?thumb=50x50", headers=w.user.headers)
     assert got.status_code == 200 and got.content == broken
+
+
+def test_deleting_an_account_deletes_its_files(w: World) -> None:
+    """The account's records go by foreign-key cascade, their stored files after COMMIT; another
+    account's files and usage stay."""
+    w.upload(w.user, {"title": "mine"}, {"photo": ("a.png", png(), "image/png")})
+    w.upload(w.user2, {"title": "also"}, {"docs": ("d.txt", b"doc", "text/plain")})
+    kept = w.upload(w.other, {"title": "theirs"}, {"photo": ("b.png", png(color="blue"), "image/png")})
+    assert len(w.stored()) == 3
+    response = w.client.delete(f"{API}/accounts/{w.user.account_id}", headers=w.sa.headers)
+    assert response.status_code == 204, response.text
+    assert [p.name for p in w.stored()] == [kept["photo"]["name"]]
+    assert files.usage(w.conn, w.user.account_id) == 0
+    assert files.usage(w.conn, w.other.account_id) == kept["photo"]["size"]
+    assert fetch_all(w.conn, "SELECT * FROM file_trash") == []

@@ -8,22 +8,23 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from snackbase.config import Settings
 from snackbase.db import fetch_value
 from snackbase.uploads import MAX_BATCH_FILES
-from tests.conftest import make_settings
 from tests.test_files import API, World, make_world, png
 
 BATCH = f"{API}/records/notes/batch"
+BACKENDS = ("sqlite", "postgresql")
 
 
 @pytest.fixture
-def w(tmp_path: Path) -> Iterator[World]:
-    yield from make_world(make_settings(tmp_path / "data", files_batch_max_bytes=250_000))
+def w(settings: Settings) -> Iterator[World]:
+    yield from make_world(replace(settings, files_batch_max_bytes=250_000))
 
 
 def send(w: World, batch: dict[str, Any], parts: list[tuple[str, tuple[str, bytes, str]]]) -> Any:

@@ -9,6 +9,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,13 @@ import pytest
 from PIL import Image
 
 from snackbase import files
+from snackbase.config import Settings
 from snackbase.s3 import EMPTY_SHA256, S3Client, S3Config, S3Error, sign
-from tests.conftest import free_port, make_settings
+from tests.conftest import free_port
 from tests.test_files import API, World, make_world, png
 
 BUCKET = "snackbase-test"
+BACKENDS = ("sqlite", "postgresql")
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +70,9 @@ def keys_soon(bucket: Any, expected: list[str]) -> list[str]:
 
 
 @pytest.fixture
-def w(tmp_path: Path, s3_endpoint: str, bucket: Any) -> Iterator[World]:
-    settings = make_settings(
-        tmp_path / "data",
+def w(settings: Settings, s3_endpoint: str, bucket: Any) -> Iterator[World]:
+    settings = replace(
+        settings,
         files_storage="s3",
         s3_endpoint=s3_endpoint,
         s3_bucket=BUCKET,

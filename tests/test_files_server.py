@@ -200,3 +200,25 @@ def test_downloads_through_sendfile_keep_every_check(start_server: Callable[...,
     again = status_line.getresponse()
     assert again.status == 200 and hashlib.sha256(again.read()).digest() == hashlib.sha256(data).digest()
     status_line.close()
+
+
+def test_a_postgresql_node_with_local_files_serves_them_and_warns(
+    start_server: Callable[..., ServerProcess], pg_url: str
+) -> None:
+    """On PostgreSQL the nodes share no disk: a node with local file storage serves files (one node)
+    and says in its log that several nodes need S3 or one shared volume (docs/scaling.md)."""
+    server = start_server(
+        env={"SNACKBASE_DATABASE_URL": pg_url, "SNACKBASE_SUPERADMIN_EMAIL": EMAIL,
+             "SNACKBASE_SUPERADMIN_PASSWORD": PASSWORD}
+    )  # fmt: skip
+    token = setup(server)
+    record = upload(server.port, token, "small", b"on postgresql")
+    url = f"{API}/files/scans/{record['id']}/{record['small']['name']}"
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("GET", url, headers={"authorization": f"Bearer {token}"})
+    response = conn.getresponse()
+    assert response.status == 200 and response.read() == b"on postgresql"
+    conn.close()
+    assert (server.data_dir / "files").is_dir()
+    _, stderr = server.stop()
+    assert "SNACKBASE_FILES_STORAGE=s3" in stderr and "shared volume" in stderr

@@ -14,13 +14,9 @@ URL is used, so SQLite deployments never load it and start as fast as before. Se
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from snackbase.config import ConfigError
-
-if TYPE_CHECKING:
-    from snackbase.schema import Collection
 
 NOT_PORTED_CODE = "not_on_postgresql"  # docs/errors.md
 
@@ -64,26 +60,3 @@ def require_driver() -> None:
             "PostgreSQL needs the libpq client library (Debian/Ubuntu: apt-get install libpq5; "
             f"or pip install 'psycopg[binary]'): {exc}"
         ) from None
-
-
-def refuse_unported_fields(collection: Collection) -> None:
-    """501 `not_on_postgresql` for a collection using what PostgreSQL does not have yet: file fields
-    (their storage bookkeeping) and searchable text fields (the full-text index is SQLite's FTS5)."""
-    from snackbase.backends import dialect
-
-    if dialect.current.get() is not dialect.POSTGRESQL:
-        return
-    unported = [
-        f.name
-        for f in collection.fields
-        if f.type == "file" or (f.type == "text" and f.options.get("searchable"))
-    ]
-    if unported:
-        from snackbase.errors import ApiError
-
-        raise ApiError(
-            501,
-            NOT_PORTED_CODE,
-            "File fields and searchable text fields do not run on PostgreSQL yet "
-            f"({', '.join(unported)}); see docs/scaling.md.",
-        )

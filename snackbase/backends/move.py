@@ -35,7 +35,7 @@ from typing import Any
 import apsw
 
 from snackbase import audit, search
-from snackbase.backends import dialect, refuse_unported_fields
+from snackbase.backends import dialect
 from snackbase.backends.postgres import (
     FUNCTIONS_FILE,
     MIGRATION_LOCK,
@@ -106,20 +106,8 @@ def _open_source(path: Path) -> apsw.Connection:
 
 
 def _collections(source: apsw.Connection) -> list[Collection]:
-    """The source's collection definitions; refused when one uses what PostgreSQL cannot serve yet."""
-    collections = [
-        collection_from_row(r) for r in fetch_all(source, "SELECT * FROM collections ORDER BY name")
-    ]
-    token = dialect.current.set(dialect.POSTGRESQL)
-    try:
-        for collection in collections:
-            try:
-                refuse_unported_fields(collection)
-            except ApiError as exc:
-                raise MoveError(f"collection '{collection.name}': {exc.message}") from None
-    finally:
-        dialect.current.reset(token)
-    return collections
+    """The source's collection definitions (every field type runs on PostgreSQL)."""
+    return [collection_from_row(r) for r in fetch_all(source, "SELECT * FROM collections ORDER BY name")]
 
 
 def _copy(source: apsw.Connection, target: PgConnection, collections: list[Collection]) -> MoveReport:

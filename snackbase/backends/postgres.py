@@ -421,8 +421,10 @@ def current_version(conn: PgConnection) -> int:
     return int(row[0]) if row else 0
 
 
-def migrate(conn: PgConnection) -> list[int]:
-    """Applies every pending step; returns the versions applied. Raises SchemaTooNewError untouched."""
+def migrate(conn: PgConnection, up_to: int | None = None) -> list[int]:
+    """Applies every pending step (up to the version `up_to`, for a restore that loads an older
+    archive's tables before migrating them); returns the versions applied. Raises SchemaTooNewError
+    untouched."""
     applied: list[int] = []
     conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
     try:
@@ -435,7 +437,7 @@ def migrate(conn: PgConnection) -> list[int]:
                 f"({latest_version()}); upgrade SnackBase"
             )
         for step in migrations():
-            if step.version > version:
+            if step.version > version and (up_to is None or step.version <= up_to):
                 conn.execute(step.script)
                 conn.execute("UPDATE snackbase_schema SET version = ?", (step.version,))
                 applied.append(step.version)

@@ -12,6 +12,7 @@ error envelope) is the same module code as on SQLite.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -23,7 +24,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from snackbase import runtime_settings, versions
+from snackbase import files, runtime_settings, versions
+from snackbase.admin_ui import UI_PREFIX, admin_ui, admin_ui_redirect
 from snackbase.auth_middleware import AuthMiddleware
 from snackbase.backends import NOT_PORTED_CODE, dialect
 from snackbase.backends.postgres import PgDatabase
@@ -38,13 +40,31 @@ from snackbase.hook_records import RecordsHelper
 from snackbase.hooks import hooks
 from snackbase.macros import MacroStore
 from snackbase.middleware import ExceptionHandlers, RequestMiddleware
+from snackbase.ops import Ops
 from snackbase.ratelimit import Network, parse_proxies
-from snackbase.routes import RouteTable, audit, collections, health, records, signatures
+from snackbase.routes import (
+    RouteTable,
+    audit,
+    collections,
+    docs,
+    health,
+    macros,
+    realtime,
+    records,
+    signatures,
+)
 from snackbase.routes import accounts as accounts_routes
 from snackbase.routes import auth as auth_routes
+from snackbase.routes import backups as backups_routes
+from snackbase.routes import files as files_routes
 from snackbase.routes import groups as groups_routes
 from snackbase.routes import invitations as invitations_routes
+from snackbase.routes import logs as logs_routes
+from snackbase.routes import metrics as metrics_routes
+from snackbase.routes import profiles as profiles_routes
 from snackbase.routes import roles as roles_routes
+from snackbase.routes import settings as settings_routes
+from snackbase.routes import transfer as transfer_routes
 from snackbase.routes import user_admin as user_admin_routes
 from snackbase.routes import users as users_routes
 from snackbase.runtime_settings import RuntimeSettingsMiddleware
@@ -52,7 +72,6 @@ from snackbase.users import ensure_superadmin_from_settings
 
 log = logging.getLogger("snackbase")
 
-UI_PREFIX = "/_/"  # as in snackbase/app.py (not imported from there: app imports this module)
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -62,6 +81,7 @@ def ported_tables() -> tuple[list[RouteTable], list[RouteTable]]:
     Records come first, as on SQLite (they carry almost all traffic)."""
     return [health.root_routes], [
         records.routes,
+        files_routes.routes,
         health.routes,
         collections.routes,
         signatures.routes,  # e-signatures and a record's history
@@ -74,7 +94,25 @@ def ported_tables() -> tuple[list[RouteTable], list[RouteTable]]:
         roles_routes.routes,
         invitations_routes.routes,
         user_admin_routes.routes,
+        backups_routes.routes,  # a logical dump (snackbase/backup_pg.py)
+        logs_routes.routes,  # each node's request log, in its own SQLite file as on SQLite
     ]
+
+
+def unported_tables() -> list[RouteTable]:
+    """The API tables of the SQLite app not in `ported_tables()`: their routes answer 501, and a path
+    no route of either has answers 404 as on SQLite (the one is not ported, the other does not exist).
+    A table moved to the ported list is left out here by identity."""
+    ported = ported_tables()[1]
+    every = [
+        transfer_routes.routes,
+        macros.routes,
+        docs.routes,
+        settings_routes.routes,
+        profiles_routes.routes,
+        realtime.routes,
+    ]
+    return [table for table in every if not any(table is t for t in ported)]
 
 
 def refuse_unported_settings(settings: Settings) -> None:
@@ -82,8 +120,6 @@ def refuse_unported_settings(settings: Settings) -> None:
     asked = {
         "hook files in " + str(settings.hooks_path): settings.hooks_path.is_dir()
         and any(settings.hooks_path.glob("*.py")),
-        "SNACKBASE_BACKUP_CRON": bool(settings.backup_cron),
-        "SNACKBASE_METRICS_ENABLED": settings.metrics_enabled,
     }
     named = [name for name, on in asked.items() if on]
     if named:
@@ -124,16 +160,26 @@ def create_postgres_app(settings: Settings) -> Starlette:
 
 
 def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...]) -> Starlette:
+    # Metrics, this node's request log, backups (a logical dump: snackbase/backup_pg.py) and their
+    # schedule: the same Ops as on SQLite. A bad backup schedule refuses the start.
+    ops = Ops(settings, database)  # type: ignore[arg-type]
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         dialect.current.set(dialect.POSTGRESQL)  # background work started here inherits it
         await serve_hooks(app)
+        await ops.start()
+        sweeper = asyncio.create_task(files.sweep_periodically(database.conn))  # type: ignore[arg-type]
         yield
+        sweeper.cancel()
+        await ops.stop()
         await terminate_hooks(app)
         database.close()
         log.info("PostgreSQL connection closed")
 
     root, api = ported_tables()
+    if settings.metrics_enabled:
+        root = [*root, metrics_routes.root_routes]
     routes: list[BaseRoute] = [
         Route(prefix + path, handler, methods=[method])
         for prefix, tables in (("", root), (settings.api_prefix, api))
@@ -142,14 +188,22 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
         if method != "WS"
     ]
     routes += [
-        Route(settings.api_prefix + "/{path:path}", not_ported, methods=_METHODS),
-        Route(UI_PREFIX + "{path:path}", not_ported, methods=_METHODS),
+        Route(settings.api_prefix + path, not_ported, methods=_METHODS)
+        for table in unported_tables()
+        for _, path, _ in table
     ]
+    # The admin UI: the same static app as on SQLite; what it calls and is not ported answers 501.
+    routes += [Route(UI_PREFIX.rstrip("/"), admin_ui_redirect), Route(UI_PREFIX + "{path:path}", admin_ui)]
     app = SnackBasePgApp(
         routes=routes,
         middleware=[
             Middleware(PostgresDialect),
-            Middleware(RequestMiddleware, ui_prefix=UI_PREFIX, observer=None, trusted_proxies=proxies),
+            Middleware(
+                RequestMiddleware,
+                ui_prefix=UI_PREFIX,
+                observer=ops.observe if ops.observing else None,
+                trusted_proxies=proxies,
+            ),
             Middleware(RuntimeSettingsMiddleware),
             Middleware(AuthMiddleware, prefix=settings.api_prefix),
             Middleware(HookMiddleware),
@@ -161,11 +215,13 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
     app.state.db = database
     app.state.backend = "postgresql"
     app.state.route_tables = (root, api)
+    app.state.ops = ops
     runtime_settings.start(app, settings)
     app.state.registry = Registry()
     app.state.macros = MacroStore()
     app.state.hooks = HookDispatcher(hooks, app, scope_caller, RecordsHelper)
     ensure_superadmin_from_settings(settings, database.conn)  # type: ignore[arg-type]
+    start_files(settings, database)
     start_hooks(app, settings.hooks_path)  # built-in hooks only: hook files are refused above
     return app
 
@@ -190,3 +246,16 @@ async def not_ported(request: Request) -> Response:
         NOT_PORTED_CODE,
         "This part of SnackBase does not run on PostgreSQL yet; see docs/scaling.md for what does.",
     )
+
+
+def start_files(settings: Settings, database: PgDatabase) -> None:
+    """The file storage, as on SQLite. Nodes share no disk: local storage serves one node; several need
+    the S3-compatible storage or one volume mounted by all (docs/scaling.md), which a node cannot see
+    from here, so the start says so in the log rather than refusing a single node."""
+    if settings.files_storage == "local":
+        log.warning(
+            "file storage is local (%s): with more than one node on this database, use "
+            "SNACKBASE_FILES_STORAGE=s3 or mount one shared volume at that path on every node",
+            settings.files_path,
+        )
+    files.start(settings, database.conn)

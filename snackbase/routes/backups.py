@@ -17,7 +17,7 @@ from typing import TypeVar
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
-from snackbase import audit_views, backup
+from snackbase import audit_views, backup, backup_pg
 from snackbase.auth import require_superadmin
 from snackbase.backup_store import ArchiveStore, StorageError
 from snackbase.errors import ApiError
@@ -119,7 +119,7 @@ async def verify(request: Request) -> Response:
 
     def run() -> backup.VerifyReport:
         with store.fetched(name) as path:
-            return backup.verify_backup(path)
+            return backup_pg.verify_archive(path)  # either backend's archive
 
     try:
         report = await _storage(lambda: asyncio.to_thread(run))

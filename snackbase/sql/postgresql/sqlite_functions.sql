@@ -24,3 +24,12 @@ PARALLEL SAFE AS $$ SELECT jsonb_array_elements_text(document::jsonb) $$;
 -- read as text in both places, not as PostgreSQL's json.
 CREATE OR REPLACE FUNCTION json_array_length(document text) RETURNS integer LANGUAGE sql IMMUTABLE
 PARALLEL SAFE AS $$ SELECT jsonb_array_length(document::jsonb) $$;
+
+-- sb_fold(text): the common Latin letters with diacritics (Latin-1 and Latin Extended-A) as their
+-- lower-case ASCII letter, for the full-text index of searchable fields (snackbase/search.py), as
+-- SQLite's FTS5 folds diacritics. Without the `unaccent` extension, which needs rights a SnackBase
+-- database user may not have. IMMUTABLE: indexes are built on it, so a change here needs a reindex
+-- (a new numbered step dropping and recreating the search indexes), not only this file.
+CREATE OR REPLACE FUNCTION sb_fold(document text) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT translate(document, 'ÀÁÂÃÄÅÇÈÉÊËÌÍÎÏÑÒÓÔÕÖØÙÚÛÜÝàáâãäåçèéêëìíîïñòóôõöøùúûüýÿĀāĂăĄąĆćĈĉČčĎďĐđĒēĔĕĖėĘęĚěĜĝĞğĠġĢģĤĥĨĩĪīĬĭĮįıĴĵĶķĹĺĻļĽľŁłŃńŅņŇňŌōŎŏŐőŔŕŖŗŘřŚśŜŝŞşŠšŢţŤťŨũŪūŬŭŮůŰűŲųŴŵŶŷŸŹźŻżŽž',
+  'aaaaaaceeeeiiiinoooooouuuuyaaaaaaceeeeiiiinoooooouuuuyyaaaaaaccccccddddeeeeeeeeeegggggggghhiiiiiiiiijjkkllllllllnnnnnnoooooorrrrrrssssssssttttuuuuuuuuuuuuwwyyyzzzzzz') $$;
