@@ -47,7 +47,6 @@ from snackbase.collection_defs import collection_from_row
 from snackbase.config import ConfigError
 from snackbase.db import fetch_all
 from snackbase.ddl import create_table_sql
-from snackbase.errors import ApiError
 from snackbase.migrations import current_version as sqlite_version
 from snackbase.migrations import latest_version as sqlite_latest
 from snackbase.schema import Collection, quote_ident, table_name
