@@ -44,6 +44,7 @@ from snackbase.routes import accounts as accounts_routes
 from snackbase.routes import auth as auth_routes
 from snackbase.routes import groups as groups_routes
 from snackbase.routes import invitations as invitations_routes
+from snackbase.routes import profiles as profiles_routes
 from snackbase.routes import roles as roles_routes
 from snackbase.routes import user_admin as user_admin_routes
 from snackbase.routes import users as users_routes
@@ -74,6 +75,7 @@ def ported_tables() -> tuple[list[RouteTable], list[RouteTable]]:
         roles_routes.routes,
         invitations_routes.routes,
         user_admin_routes.routes,
+        profiles_routes.routes,  # user profiles (file fields, an avatar, wait for file storage)
     ]
 
 
