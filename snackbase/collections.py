@@ -137,6 +137,10 @@ def create_collection(
         _insert_row(conn, collection)
         execute_many(conn, create_table_sql(collection))
         execute_many(conn, search.create_sql(collection))
+        if not isinstance(conn, apsw.Connection):  # PostgreSQL: custom SQL macros may read it
+            from snackbase.backends import macro_fence
+
+            macro_fence.grant_reads(conn, collection.table)
         _bump_version(conn)
         _audit(conn, ctx, "collection.create", None, collection)
     registry.refresh(conn)

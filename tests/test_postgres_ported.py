@@ -4,17 +4,23 @@ PostgreSQL-only parts (the macro fence's role and read-only transaction)."""
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
 from snackbase.app import create_app
+from snackbase.backends import macro_fence
+from snackbase.backends.postgres import PgConnection
 from tests.conftest import make_settings
-from tests.factories import make_account, make_user
+from tests.factories import make_account, make_superadmin, make_user
 
 API = "/api/v1"
+_plain_users = itertools.count(1)
 
 
 @pytest.fixture
@@ -43,3 +49,121 @@ def test_profile_file_fields_wait_for_file_storage(pg_client: TestClient) -> Non
     )
     assert answer.status_code == 503 and answer.json()["code"] == "files_unavailable", answer.text
     assert pg_client.get(f"{API}/profiles/{admin.id}", headers=admin.headers).json()["nick"] is None
+
+
+# --- custom SQL macros: the fence's PostgreSQL layers (snackbase/backends/macro_fence.py) ----------------
+
+INSERT_MACRO = "INSERT INTO macros (name, sql, params, created_at, updated_at) VALUES (?, ?, 0, 'x', 'y')"
+MEMBERS = {
+    "name": "members",
+    "fields": [{"name": "user_id", "type": "text"}, {"name": "project", "type": "text"}],
+    "rules": dict.fromkeys(("list", "view", "create", "update", "delete"), ""),
+}
+
+
+def test_the_macro_role_reads_collections_and_public_columns_only(pg_client: TestClient, pg_url: str) -> None:
+    """The role every macro runs as: SELECT on collection tables (new ones too) and the public columns
+    of five system tables; no write, no secret, no other system table."""
+    sa = make_superadmin(pg_client)
+    assert pg_client.post(f"{API}/collections", headers=sa.headers, json=MEMBERS).status_code == 201
+    conn = PgConnection(pg_url)
+    role = macro_fence.role_name(conn)
+    assert role.startswith("snackbase_macros_")
+    allowed = [
+        "SELECT count(*) FROM c_members",
+        "SELECT id, email, role FROM users",
+        "SELECT name FROM accounts",
+        "SELECT group_id FROM group_members",
+    ]
+    refused = [
+        "SELECT password_hash FROM users",
+        "SELECT count(*) FROM sessions",
+        "SELECT count(*) FROM audit_log",
+        "SELECT count(*) FROM refresh_tokens",
+        "SELECT count(*) FROM macros",
+        "INSERT INTO c_members (id, account_id, created_at, updated_at) VALUES ('x', 'y', 'z', 'z')",
+        "DELETE FROM c_members",
+        "CREATE TABLE c_evil (a int)",
+    ]
+    for sql in allowed + refused:
+        conn.execute("BEGIN")
+        conn.execute(f'SET LOCAL ROLE "{role}"')
+        try:
+            conn.execute(sql)
+            ok = True
+        except Exception:
+            ok = False
+        conn.execute("ROLLBACK")
+        assert ok == (sql in allowed), sql
+    conn.close()
+
+
+def test_macros_in_rules_of_reads_and_writes_and_the_fence_at_run_time(
+    pg_client: TestClient, pg_url: str
+) -> None:
+    """A macro in a write's rule runs in a savepoint of the write's transaction, which goes on; a macro
+    row written around the API (by hand, a copy) is checked before it first runs and fails closed."""
+    sa = make_superadmin(pg_client)
+    assert pg_client.post(f"{API}/collections", headers=sa.headers, json=MEMBERS).status_code == 201
+    member_sql = "SELECT count(*) > 0 FROM c_members WHERE user_id = ? AND project = ?"
+    body = {"name": "is_member", "sql": member_sql}
+    assert pg_client.post(f"{API}/macros", headers=sa.headers, json=body).status_code == 201
+    rule = '@is_member(@request.auth.id, "apollo")'
+    docs = {"name": "docs", "fields": [{"name": "title", "type": "text"}],
+            "rules": {"list": rule, "view": rule, "create": "", "update": rule, "delete": rule}}  # fmt: skip
+    assert pg_client.post(f"{API}/collections", headers=sa.headers, json=docs).status_code == 201
+    account = make_account(pg_client)
+    member, outsider = make_user(pg_client, account), make_user(pg_client, account)
+    pg_client.post(f"{API}/records/members", headers=member.headers,
+                   json={"user_id": member.id, "project": "apollo"})  # fmt: skip
+    doc = pg_client.post(f"{API}/records/docs", headers=member.headers, json={"title": "plan"}).json()
+    url = f"{API}/records/docs/{doc['id']}"
+    assert pg_client.patch(url, headers=outsider.headers, json={"title": "x"}).status_code == 404
+    changed = pg_client.patch(url, headers=member.headers, json={"title": "plan B"})
+    assert changed.status_code == 200 and changed.json()["title"] == "plan B"
+    assert pg_client.get(f"{API}/audit-log/verify", headers=sa.headers).json()["ok"] is True
+    # Rows written around the API: checked when they first run, false whatever they hold.
+    conn = PgConnection(pg_url)
+    for name, sql in (("sneaky", "SELECT length(pg_read_file('/etc/passwd')) > 0"),
+                      ("escape", "SELECT set_config('role', 'postgres', true) IS NOT NULL"),
+                      ("writer", "WITH d AS (DELETE FROM c_docs RETURNING 1) SELECT count(*) >= 0 FROM d"),
+                      ("secret", "SELECT count(*) >= 0 FROM sessions")):  # fmt: skip
+        conn.execute(INSERT_MACRO, (name, sql))
+        answer = pg_client.post(f"{API}/macros/{name}/test", headers=sa.headers, json={"args": []})
+        assert answer.status_code == 200 and answer.json() == {"result": False}, name
+    assert conn.execute("SELECT count(*) FROM c_docs").fetchone() == (1,)
+    conn.close()
+
+
+def test_without_createrole_macros_are_off_and_say_why(pg_cluster: Any, tmp_path: Path) -> None:
+    """A database user that may not create roles: the server starts, /macros answers 501 saying what is
+    missing, collections and records work, and nothing is half-done."""
+    import psycopg
+
+    user = f"plain_{os.getpid()}_{next(_plain_users)}"
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{user}" LOGIN')
+        admin.execute(f'CREATE SCHEMA "{user}" AUTHORIZATION "{user}"')
+    url = pg_cluster.url().replace("//postgres@", f"//{user}@") + f"?options=-csearch_path%3D{user}"
+    settings = make_settings(tmp_path / "data", database_url=url)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        sa = make_superadmin(client)
+        answer = client.get(f"{API}/macros", headers=sa.headers)
+        assert answer.status_code == 501 and answer.json()["code"] == "not_on_postgresql"
+        assert "permission denied to create role" in answer.json()["message"]
+        answer = client.post(f"{API}/macros", headers=sa.headers, json={"name": "m", "sql": "SELECT 1"})
+        assert answer.status_code == 501
+        assert client.post(f"{API}/collections", headers=sa.headers, json=MEMBERS).status_code == 201
+        # A rule naming a macro cannot be saved (no macro exists), and a stored one fails closed.
+        conn = PgConnection(url)
+        conn.execute(INSERT_MACRO, ("m", "SELECT 1"))
+        conn.close()
+        account = make_account(client)
+        body = {"name": "gated", "fields": [{"name": "t", "type": "text"}],
+                "rules": {"list": "@m()", "view": "@m()", "create": ""}}  # fmt: skip
+        assert client.post(f"{API}/collections", headers=sa.headers, json=body).status_code == 201
+        someone = make_user(client, account)
+        assert (
+            client.post(f"{API}/records/gated", headers=someone.headers, json={"t": "a"}).status_code == 201
+        )
+        assert client.get(f"{API}/records/gated", headers=someone.headers).json()["items"] == []

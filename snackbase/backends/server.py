@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from snackbase import runtime_settings, versions
 from snackbase.auth_middleware import AuthMiddleware
-from snackbase.backends import NOT_PORTED_CODE, dialect
+from snackbase.backends import NOT_PORTED_CODE, dialect, macro_fence
 from snackbase.backends.postgres import PgDatabase
 from snackbase.collections import Registry
 from snackbase.config import ConfigError, Settings, ensure_data_dir, with_secret_key
@@ -39,7 +39,7 @@ from snackbase.hooks import hooks
 from snackbase.macros import MacroStore
 from snackbase.middleware import ExceptionHandlers, RequestMiddleware
 from snackbase.ratelimit import Network, parse_proxies
-from snackbase.routes import RouteTable, audit, collections, health, records, signatures
+from snackbase.routes import RouteTable, audit, collections, health, macros, records, signatures
 from snackbase.routes import accounts as accounts_routes
 from snackbase.routes import auth as auth_routes
 from snackbase.routes import groups as groups_routes
@@ -76,6 +76,7 @@ def ported_tables() -> tuple[list[RouteTable], list[RouteTable]]:
         invitations_routes.routes,
         user_admin_routes.routes,
         profiles_routes.routes,  # user profiles (file fields, an avatar, wait for file storage)
+        macros.routes,  # custom SQL macros, in macro_fence's role and read-only transaction
     ]
 
 
@@ -166,6 +167,7 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
     runtime_settings.start(app, settings)
     app.state.registry = Registry()
     app.state.macros = MacroStore()
+    macro_fence.setup(database.conn)  # the macros' role; without the rights to make it, macros are off
     app.state.hooks = HookDispatcher(hooks, app, scope_caller, RecordsHelper)
     ensure_superadmin_from_settings(settings, database.conn)  # type: ignore[arg-type]
     start_hooks(app, settings.hooks_path)  # built-in hooks only: hook files are refused above
