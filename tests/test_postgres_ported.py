@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 from snackbase.app import create_app
 from snackbase.backends import macro_fence
 from snackbase.backends.postgres import PgConnection
+from snackbase.hook_loader import HookLoadError
 from tests.conftest import make_settings
 from tests.factories import make_account, make_superadmin, make_user
 
@@ -167,3 +168,82 @@ def test_without_createrole_macros_are_off_and_say_why(pg_cluster: Any, tmp_path
             client.post(f"{API}/records/gated", headers=someone.headers, json={"t": "a"}).status_code == 201
         )
         assert client.get(f"{API}/records/gated", headers=someone.headers).json()["items"] == []
+
+
+def test_rules_comparing_request_values_with_null(pg_client: TestClient) -> None:
+    """`@request.* = null` gives PostgreSQL no type for its parameter: it is decided when compiled, and
+    a create with NULL values checks its rule against typed values."""
+    sa = make_superadmin(pg_client)
+    create = "@request.auth.id != null && @request.data.t != null && n = null"
+    rules = {"list": "@request.auth.id != null", "view": "", "update": "", "create": create}
+    body = {"name": "notes", "fields": [{"name": "t", "type": "text"}, {"name": "n", "type": "number"}],
+            "rules": rules}  # fmt: skip
+    assert pg_client.post(f"{API}/collections", headers=sa.headers, json=body).status_code == 201
+    user = make_user(pg_client, make_account(pg_client))
+    assert pg_client.post(f"{API}/records/notes", headers=user.headers, json={"n": 1}).status_code == 403
+    assert pg_client.post(f"{API}/records/notes", headers=user.headers, json={"t": "a"}).status_code == 201
+    assert pg_client.get(f"{API}/records/notes", headers=user.headers).json()["total_items"] == 1
+    anonymous = {"x-account-id": user.account_id}
+    assert pg_client.get(f"{API}/records/notes", headers=anonymous).json()["total_items"] == 0
+
+
+# --- hook files -------------------------------------------------------------------------------------------
+
+HOOK_FILE = """
+from snackbase.hooks import hooks, HookAbort
+
+@hooks.on("record.before_create", collection="posts")
+def no_shouting(event):
+    if event.data.get("title", "").isupper():
+        raise HookAbort(400, "No shouting.")
+
+@hooks.on("record.after_create", collection="posts")
+def notify(event):
+    event.records.create("notifications", {"text": "new: " + event.record["title"]}, bypass_rules=True)
+"""
+
+
+def test_hook_files_run_on_postgresql(tmp_path: Path, pg_url: str, hook_registry: Any) -> None:
+    """A hook file in the hooks dir loads at start, aborts a write before it happens and writes through
+    `event.records` after one commits, on PostgreSQL as on SQLite; a broken one refuses the start."""
+    hooks_dir = tmp_path / "data" / "hooks"
+    hooks_dir.mkdir(parents=True)
+    (hooks_dir / "10-posts.py").write_text(HOOK_FILE, encoding="utf-8")
+    settings = make_settings(tmp_path / "data", database_url=pg_url)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        sa = make_superadmin(client)
+        public = dict.fromkeys(("list", "view", "create", "update", "delete"), "")
+        for name, field in (("posts", "title"), ("notifications", "text")):
+            body = {"name": name, "fields": [{"name": field, "type": "text"}], "rules": public}
+            assert client.post(f"{API}/collections", headers=sa.headers, json=body).status_code == 201
+        user = make_user(client, make_account(client))
+        refused = client.post(f"{API}/records/posts", headers=user.headers, json={"title": "HELLO"})
+        assert refused.status_code == 400 and refused.json()["message"] == "No shouting."
+        created = client.post(f"{API}/records/posts", headers=user.headers, json={"title": "Hello"})
+        assert created.status_code == 201, created.text
+        listed = client.get(f"{API}/records/notifications", headers=user.headers).json()["items"]
+        assert [item["text"] for item in listed] == ["new: Hello"]
+        assert client.get(f"{API}/records/posts", headers=user.headers).json()["total_items"] == 1
+    (hooks_dir / "20-broken.py").write_text("this is not python\n", encoding="utf-8")
+    with pytest.raises(HookLoadError, match=r"20-broken\.py"):
+        create_app(settings)
+
+
+def test_rate_limits_apply_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """SNACKBASE_RATE_LIMIT_* is honoured (never ignored): per address, per user, per class."""
+    settings = make_settings(tmp_path / "data", database_url=pg_url, rate_limit_reads="3/60",
+                             rate_limit_writes="1/60")  # fmt: skip
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        assert [client.get(f"{API}/collections").status_code for _ in range(4)][-1] == 429
+        limited = client.get(f"{API}/collections")
+        assert limited.json()["code"] == "rate_limited" and "retry-after" in limited.headers
+        assert all(client.get("/health").status_code == 200 for _ in range(5))  # probes never
+        sa, other = make_superadmin(client), make_superadmin(client)
+        assert client.post(f"{API}/accounts", headers=sa.headers, json={"name": "One"}).status_code == 201
+        assert client.post(f"{API}/accounts", headers=sa.headers, json={"name": "Two"}).status_code == 429
+        assert (
+            client.post(f"{API}/accounts", headers=other.headers, json={"name": "Three"}).status_code == 201
+        )
+        conn = PgConnection(pg_url)
+        assert conn.execute("SELECT count(*) FROM accounts WHERE name = 'Two'").fetchone() == (0,)
+        conn.close()

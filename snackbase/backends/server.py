@@ -3,7 +3,7 @@
 `app.create_app` hands over here when SNACKBASE_DATABASE_URL is a postgresql:// URL. The app opens
 PostgreSQL (migrating the system tables, once across nodes), answers the probes and the API root, and
 answers every route that is not ported yet with 501 `not_on_postgresql` in the one error envelope: a
-request never half-works on PostgreSQL. Settings that ask for work not ported yet (hook files, the
+request never half-works on PostgreSQL. Settings that ask for work not ported yet (the
 scheduled backups, metrics) refuse the start with one line.
 
 As the port goes on, route tables move from "refused" to PORTED_TABLES; the request path (middleware,
@@ -38,14 +38,16 @@ from snackbase.hook_records import RecordsHelper
 from snackbase.hooks import hooks
 from snackbase.macros import MacroStore
 from snackbase.middleware import ExceptionHandlers, RequestMiddleware
-from snackbase.ratelimit import Network, parse_proxies
-from snackbase.routes import RouteTable, audit, collections, health, macros, records, signatures
+from snackbase.ratelimit import Network, RateLimiter, RateLimitMiddleware, limits_from, parse_proxies
+from snackbase.routes import RouteTable, audit, collections, docs, health, macros, records, signatures
 from snackbase.routes import accounts as accounts_routes
 from snackbase.routes import auth as auth_routes
 from snackbase.routes import groups as groups_routes
 from snackbase.routes import invitations as invitations_routes
 from snackbase.routes import profiles as profiles_routes
 from snackbase.routes import roles as roles_routes
+from snackbase.routes import settings as settings_routes
+from snackbase.routes import transfer as transfer_routes
 from snackbase.routes import user_admin as user_admin_routes
 from snackbase.routes import users as users_routes
 from snackbase.runtime_settings import RuntimeSettingsMiddleware
@@ -61,9 +63,10 @@ def ported_tables() -> tuple[list[RouteTable], list[RouteTable]]:
     """(root tables, API tables) served on PostgreSQL today; every other route answers 501.
 
     Records come first, as on SQLite (they carry almost all traffic)."""
-    return [health.root_routes], [
-        records.routes,
+    return [health.root_routes, docs.root_routes], [
+        records.routes,  # with aggregates
         health.routes,
+        transfer_routes.routes,  # before collections: /collections/export is not /collections/{name}
         collections.routes,
         signatures.routes,  # e-signatures and a record's history
         audit.routes,
@@ -77,14 +80,14 @@ def ported_tables() -> tuple[list[RouteTable], list[RouteTable]]:
         user_admin_routes.routes,
         profiles_routes.routes,  # user profiles (file fields, an avatar, wait for file storage)
         macros.routes,  # custom SQL macros, in macro_fence's role and read-only transaction
+        settings_routes.routes,  # the console's run-time settings
+        docs.routes,  # /openapi.json: the routes of this table and the collections
     ]
 
 
 def refuse_unported_settings(settings: Settings) -> None:
     """A setting that asks for work not ported to PostgreSQL yet refuses the start, never ignored."""
     asked = {
-        "hook files in " + str(settings.hooks_path): settings.hooks_path.is_dir()
-        and any(settings.hooks_path.glob("*.py")),
         "SNACKBASE_BACKUP_CRON": bool(settings.backup_cron),
         "SNACKBASE_METRICS_ENABLED": settings.metrics_enabled,
     }
@@ -155,6 +158,7 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
             Middleware(RequestMiddleware, ui_prefix=UI_PREFIX, observer=None, trusted_proxies=proxies),
             Middleware(RuntimeSettingsMiddleware),
             Middleware(AuthMiddleware, prefix=settings.api_prefix),
+            *rate_limits(settings),
             Middleware(HookMiddleware),
         ],
         exception_handlers=exception_handlers(),
@@ -170,8 +174,17 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
     macro_fence.setup(database.conn)  # the macros' role; without the rights to make it, macros are off
     app.state.hooks = HookDispatcher(hooks, app, scope_caller, RecordsHelper)
     ensure_superadmin_from_settings(settings, database.conn)  # type: ignore[arg-type]
-    start_hooks(app, settings.hooks_path)  # built-in hooks only: hook files are refused above
+    start_hooks(app, settings.hooks_path)  # a broken hook file refuses the start (one line in the CLI)
     return app
+
+
+def rate_limits(settings: Settings) -> list[Middleware]:
+    """SNACKBASE_RATE_LIMIT_*, inside auth as on SQLite (signed-in callers per user). The buckets live
+    in each process's memory, as on SQLite: N nodes allow a caller up to N times the budget."""
+    limiter = RateLimiter(limits_from(settings))
+    if not limiter.limits:
+        return []
+    return [Middleware(RateLimitMiddleware, prefix=settings.api_prefix, limiter=limiter)]
 
 
 class PostgresDialect:
