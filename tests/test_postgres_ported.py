@@ -5,7 +5,10 @@ PostgreSQL-only parts (the macro fence's role and read-only transaction)."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -247,3 +250,36 @@ def test_rate_limits_apply_on_postgresql(tmp_path: Path, pg_url: str) -> None:
         conn = PgConnection(pg_url)
         assert conn.execute("SELECT count(*) FROM accounts WHERE name = 'Two'").fetchone() == (0,)
         conn.close()
+
+
+# --- the command line --------------------------------------------------------------------------------------
+
+
+def test_collections_import_export_and_superadmin_create_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """`collections import/export` and `superadmin create` act on PostgreSQL when given its URL (never
+    on a SQLite file in the data dir instead)."""
+    from tests.test_cli_collections import DEFINITIONS
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "snackbase", *args, "--data-dir", str(tmp_path / "d")]
+        return subprocess.run([*command, "--database-url", pg_url], capture_output=True, text=True,
+                              timeout=60, cwd=tmp_path)  # fmt: skip
+
+    source = tmp_path / "schema.json"
+    source.write_text(json.dumps(DEFINITIONS))
+    first = run("collections", "import", str(source))
+    assert first.returncode == 0, first.stderr
+    assert "created: authors, books" in first.stdout
+    assert "unchanged: authors, books" in run("collections", "import", str(source)).stdout
+    exported = tmp_path / "out.json"
+    assert run("collections", "export", str(exported)).returncode == 0
+    assert sorted(d["name"] for d in json.loads(exported.read_text())) == ["authors", "books"]
+    made = run(
+        "superadmin", "create", "--email", "root@example.com", "--password", "Correct horse battery 42"
+    )
+    assert made.returncode == 0, made.stderr
+    conn = PgConnection(pg_url)
+    assert conn.execute("SELECT count(*) FROM c_books").fetchone() == (0,)
+    assert conn.execute("SELECT role FROM users WHERE email = 'root@example.com'").fetchone() == ("admin",)
+    conn.close()
+    assert not (tmp_path / "d" / "snackbase.db").exists()

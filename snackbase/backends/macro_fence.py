@@ -363,11 +363,12 @@ def run(conn: PgConnection, sql: str, args: list[Any], budget_s: float) -> list[
     _, text, count = placeholders(sql)
     params = {f"p{i}": value for i, value in enumerate(args, start=1) if i <= count}
     outer = conn.in_transaction
-    conn.execute("SAVEPOINT sb_macro" if outer else "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY")
+    # One round trip into the fence and one out (a script of our own statements, no parameters).
+    opening = "SAVEPOINT sb_macro" if outer else "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY"
+    role = _sql(pg_sql.SQL("SET LOCAL ROLE {}"), fence.role)
+    timeout = f"SET LOCAL statement_timeout = {max(1, int(budget_s * 1000))}"
     try:
-        conn.execute(_sql(pg_sql.SQL("SET LOCAL ROLE {}"), fence.role))
-        conn.execute("SET LOCAL transaction_read_only = on")
-        conn.execute(f"SET LOCAL statement_timeout = {max(1, int(budget_s * 1000))}")
+        conn.execute(f"{opening}; {role}; SET LOCAL transaction_read_only = on; {timeout}")
         cursor = conn.raw.cursor()
         try:
             # binary: always the extended protocol, which runs one statement and no more
@@ -381,9 +382,7 @@ def run(conn: PgConnection, sql: str, args: list[Any], budget_s: float) -> list[
         except psycopg.Error as exc:
             raise as_apsw_error(exc) from exc
     finally:
-        conn.execute("ROLLBACK TO SAVEPOINT sb_macro" if outer else "ROLLBACK")
-        if outer:
-            conn.execute("RELEASE SAVEPOINT sb_macro")
+        conn.execute("ROLLBACK TO SAVEPOINT sb_macro; RELEASE SAVEPOINT sb_macro" if outer else "ROLLBACK")
 
 
 def _value(conn: PgConnection, sql: str, params: tuple[Any, ...] = ()) -> Any:
