@@ -161,11 +161,12 @@ def test_rules_naming_unknown_macros_or_wrong_arity_are_refused(client: TestClie
         ("SELECT ? > 5", [7], True),
         ("SELECT ? > 5", [3], False),
         ("SELECT 'yes'", [], True),
+        ("SELECT ? > 5;", [7], True),
         ("SELECT 1 FROM c_members", [], False),  # no row: fails closed
         ("SELECT 1 UNION ALL SELECT 1", [], False),  # many rows: fails closed
         ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n", [], False),
     ],
-    ids=["true", "false", "text", "no rows", "many rows", "runs forever"],
+    ids=["true", "false", "text", "semicolon", "no rows", "many rows", "runs forever"],
 )
 def test_macro_test_endpoint_fails_closed(
     client: TestClient, sa: User, sql: str, args: list, result: bool

@@ -240,7 +240,7 @@ def count_params(conn: PgConnection, sql: str, max_params: int) -> int:
         types = _parse(conn, parsed)
         if len(types) > max_params:
             raise _invalid(f"A macro takes at most {max_params} parameters.")
-        _judge(conn, _parse_tree(conn, parsed, types))
+        _judge(conn, _parse_tree(conn, at_most_two_rows(parsed), types))  # as it runs
         conn.execute(_sql(pg_sql.SQL("SET LOCAL ROLE {}"), str(fence.role)))
         conn.execute("SET LOCAL transaction_read_only = on")
         nulls = ", ".join(["NULL"] * len(types))
@@ -258,6 +258,12 @@ def count_params(conn: PgConnection, sql: str, max_params: int) -> int:
             conn.execute("RELEASE SAVEPOINT sb_macro_check")
         if _value(conn, "SELECT count(*) FROM pg_prepared_statements WHERE name = ?", (PROBE,)):
             conn.execute(f"DEALLOCATE {PROBE}")  # prepared statements outlive transactions
+
+
+def at_most_two_rows(sql: str) -> str:
+    """The one SELECT as a subquery of `… LIMIT 2`: no more rows leave the server than SQLite steps (one
+    is the answer, a second means the macro is wrong). Anything but one query does not compile so."""
+    return f"SELECT * FROM (\n{sql.rstrip().rstrip(';')}\n) AS sb_macro LIMIT 2"
 
 
 def _parse(conn: PgConnection, parsed: str) -> list[str]:
@@ -314,6 +320,8 @@ def _judge(conn: PgConnection, tree: str) -> None:
 
     if any(kind != "1" for kind in _COMMANDS.findall(tree)) or ":hasForUpdate true" in tree:
         raise _invalid("A macro is exactly one SELECT statement.")
+    if tree.count(":rtekind 0 ") != len(_RELATIONS.findall(tree)):  # a table this check cannot name
+        raise _invalid(_READS_ONLY)
     function_ids = sorted({int(oid) for oid in _FUNCTIONS.findall(tree)})
     if function_ids:
         names = [name for (name,) in conn.execute(_FUNCTION_NAMES, (_int_array(function_ids),))]
@@ -362,6 +370,7 @@ def run(conn: PgConnection, sql: str, args: list[Any], budget_s: float) -> list[
         _checked.add((fence.role, sql))
     _, text, count = placeholders(sql)
     params = {f"p{i}": value for i, value in enumerate(args, start=1) if i <= count}
+    text = at_most_two_rows(text)
     outer = conn.in_transaction
     # One round trip into the fence and one out (a script of our own statements, no parameters).
     opening = "SAVEPOINT sb_macro" if outer else "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY"
