@@ -47,7 +47,7 @@ from psycopg.pq import ExecStatus
 
 from snackbase.backends import NOT_PORTED_CODE
 from snackbase.backends.postgres import PgConnection, as_apsw_error
-from snackbase.errors import ApiError
+from snackbase.errors import ApiError, field_error, validation_error
 
 log = logging.getLogger("snackbase.macros")
 
@@ -226,8 +226,6 @@ def placeholders(sql: str) -> tuple[str, str, int]:
 def count_params(conn: PgConnection, sql: str, max_params: int) -> int:
     """The number of parameters of a macro that passes every check (see the module docstring), else
     400 `invalid_macro` saying why. Nothing of the macro runs; what the check creates is rolled back."""
-    from snackbase.macros import _invalid
-
     fence = fence_of(conn)
     if fence.role is None:
         refuse_without_role(conn)
@@ -269,8 +267,6 @@ def at_most_two_rows(sql: str) -> str:
 def _parse(conn: PgConnection, parsed: str) -> list[str]:
     """PostgreSQL parses the statement (one only: the extended protocol takes no more) and infers the
     types of its parameters, without running it."""
-    from snackbase.macros import _invalid
-
     pgconn = conn.raw.pgconn
     result = pgconn.prepare(PROBE.encode(), parsed.encode())
     if result.status != ExecStatus.COMMAND_OK:
@@ -288,8 +284,6 @@ def _parse(conn: PgConnection, parsed: str) -> list[str]:
 
 def _parse_tree(conn: PgConnection, parsed: str, types: list[str]) -> str:
     """The statement's parse tree, as PostgreSQL stores the body of a SQL-standard function."""
-    from snackbase.macros import _invalid
-
     create = (
         f"CREATE FUNCTION pg_temp.{PROBE}({', '.join(types)}) RETURNS SETOF record LANGUAGE sql "
         f"BEGIN ATOMIC\n{parsed}\n;\nEND"
@@ -316,8 +310,6 @@ _RELATIONS = re.compile(r":rtekind 0 :relid (\d+)")
 def _judge(conn: PgConnection, tree: str) -> None:
     """Refuses a statement that is not a plain SELECT, reads a table outside what macros may read, or
     calls a function that reaches outside a read."""
-    from snackbase.macros import _invalid
-
     if any(kind != "1" for kind in _COMMANDS.findall(tree)) or ":hasForUpdate true" in tree:
         raise _invalid("A macro is exactly one SELECT statement.")
     if tree.count(":rtekind 0 ") != len(_RELATIONS.findall(tree)):  # a table this check cannot name
@@ -392,6 +384,11 @@ def run(conn: PgConnection, sql: str, args: list[Any], budget_s: float) -> list[
             raise as_apsw_error(exc) from exc
     finally:
         conn.execute("ROLLBACK TO SAVEPOINT sb_macro; RELEASE SAVEPOINT sb_macro" if outer else "ROLLBACK")
+
+
+def _invalid(message: str) -> ApiError:
+    """400 `invalid_macro` on the `sql` field, as snackbase.macros gives on SQLite."""
+    return validation_error(field_error("sql", "invalid_macro", message), message)
 
 
 def _value(conn: PgConnection, sql: str, params: tuple[Any, ...] = ()) -> Any:
