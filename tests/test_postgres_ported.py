@@ -139,6 +139,19 @@ def test_macros_in_rules_of_reads_and_writes_and_the_fence_at_run_time(
     conn.close()
 
 
+def test_macro_parameters_are_question_marks(pg_client: TestClient) -> None:
+    """PostgreSQL's own `$1` is refused (its count would not be the arguments'); `?` and `?N` work."""
+    sa = make_superadmin(pg_client)
+    answer = pg_client.post(f"{API}/macros", headers=sa.headers, json={"name": "d", "sql": "SELECT $1 = 'x'"})
+    assert answer.status_code == 400 and answer.json()["fields"]["sql"]["code"] == "invalid_macro"
+    body = {"name": "n", "sql": "SELECT ?1 > 0 AND ?2 > ?1"}  # ?1 is an integer from its first use
+    created = pg_client.post(f"{API}/macros", headers=sa.headers, json=body)
+    assert created.status_code == 201 and created.json()["params"] == 2, created.text
+    for args, result in (([1, 5], True), ([5, 1], False), ([0, 5], False)):
+        answer = pg_client.post(f"{API}/macros/n/test", headers=sa.headers, json={"args": args})
+        assert answer.json() == {"result": result}, args
+
+
 def test_without_createrole_macros_are_off_and_say_why(pg_cluster: Any, tmp_path: Path) -> None:
     """A database user that may not create roles: the server starts, /macros answers 501 saying what is
     missing, collections and records work, and nothing is half-done."""

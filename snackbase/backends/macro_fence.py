@@ -238,6 +238,8 @@ def count_params(conn: PgConnection, sql: str, max_params: int) -> int:
         types = _parse(conn, parsed)
         if len(types) > max_params:
             raise _invalid(f"A macro takes at most {max_params} parameters.")
+        if len(types) != count:  # PostgreSQL's own $1 would bypass the arguments' count
+            raise _invalid("Write a macro's parameters as ? (or ?1, ?2 …), as on SQLite.")
         _judge(conn, _parse_tree(conn, at_most_two_rows(parsed), types))  # as it runs
         conn.execute(_sql(pg_sql.SQL("SET LOCAL ROLE {}"), str(fence.role)))
         conn.execute("SET LOCAL transaction_read_only = on")
