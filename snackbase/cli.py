@@ -224,6 +224,11 @@ def _postgres_info(settings: Settings) -> dict[str, Any]:
         return out
     try:
         out["reachable"], out["schema_version"] = True, current_version(conn)
+        from snackbase.backends import macro_fence
+
+        # The role custom SQL macros run as: its name, for an administrator who creates it by hand.
+        fence = macro_fence.fence_of(conn)
+        out["macro_role"] = {"name": macro_fence.role_name(conn), "ready": fence.role is not None}
     finally:
         conn.close()
     return out

@@ -291,6 +291,11 @@ def test_collections_import_export_and_superadmin_create_on_postgresql(tmp_path:
         "superadmin", "create", "--email", "root@example.com", "--password", "Correct horse battery 42"
     )
     assert made.returncode == 0, made.stderr
+    info = json.loads(run("info").stdout)["database"]
+    assert info["macro_role"]["name"].startswith("snackbase_macros_") and info["macro_role"]["ready"] is False
+    with TestClient(create_app(make_settings(tmp_path / "d", database_url=pg_url))):
+        pass  # the server's start sets the role up
+    assert json.loads(run("info").stdout)["database"]["macro_role"]["ready"] is True
     conn = PgConnection(pg_url)
     assert conn.execute("SELECT count(*) FROM c_books").fetchone() == (0,)
     assert conn.execute("SELECT role FROM users WHERE email = 'root@example.com'").fetchone() == ("admin",)
