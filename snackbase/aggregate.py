@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import apsw
 
+from snackbase.backends import dialect
 from snackbase.collections import Registry
 from snackbase.db import fetch_all
 from snackbase.errors import ApiError, field_error
@@ -71,7 +72,8 @@ def aggregate(
     table, join_params = resolver.from_sql()
     columns = [f"{g} AS g{i}" for i, g in enumerate(groups)] + [f"{m} AS m{i}" for i, m in enumerate(metrics)]
     group_sql = " GROUP BY " + ", ".join(f"g{i}" for i in range(len(groups))) if groups else ""
-    order_sql = " ORDER BY " + ", ".join(f"g{i}" for i in range(len(groups))) if groups else ""
+    asc = dialect.current.get().asc  # a NULL group first on both engines (SQLite's order)
+    order_sql = " ORDER BY " + ", ".join(f"g{i} {asc}" for i in range(len(groups))) if groups else ""
     sql = f"SELECT {', '.join(columns)} FROM {table}{where}{group_sql}{order_sql} LIMIT ?"
     rows = fetch_all(conn, sql, [*join_params, *params, query.limit + 1])
     truncated = len(rows) > query.limit

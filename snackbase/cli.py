@@ -224,6 +224,11 @@ def _postgres_info(settings: Settings) -> dict[str, Any]:
         return out
     try:
         out["reachable"], out["schema_version"] = True, current_version(conn)
+        from snackbase.backends import macro_fence
+
+        # The role custom SQL macros run as: its name, for an administrator who creates it by hand.
+        fence = macro_fence.fence_of(conn)
+        out["macro_role"] = {"name": macro_fence.role_name(conn), "ready": fence.role is not None}
     finally:
         conn.close()
     return out
@@ -547,20 +552,45 @@ def collections_group() -> None:
     """Collection definitions as JSON, for keeping the schema in git."""
 
 
+@contextlib.contextmanager
+def opened_database(settings: Settings) -> Iterator[Any]:
+    """The deployment's database for one command, closed after it: the SQLite file in the data dir, or
+    PostgreSQL when SNACKBASE_DATABASE_URL (--database-url) names one — with PostgreSQL's dialect for
+    the SQL the command generates (collection tables, say)."""
+    if not settings.database_url:
+        from snackbase.app import open_database
+
+        database: Any = open_database(settings)
+        try:
+            yield database
+        finally:
+            database.close()
+        return
+    from snackbase.backends import dialect, require_driver
+
+    require_driver()
+    from snackbase.backends.postgres import PgDatabase
+
+    database = PgDatabase.open(settings.database_url, settings.statement_timeout_ms)
+    token = dialect.current.set(dialect.POSTGRESQL)
+    try:
+        yield database
+    finally:
+        dialect.current.reset(token)
+        database.close()
+
+
 @collections_group.command("export")
 @click.argument("file", type=click.Path(dir_okay=False, writable=True))
 @data_dir_option
-def collections_export(file: str, data_dir: str | None) -> None:
+@database_url_option
+def collections_export(file: str, data_dir: str | None, database_url: str | None) -> None:
     """Write every collection definition to FILE (- for stdout)."""
-    from snackbase.app import open_database
     from snackbase.collections import Registry, export_definitions
 
     with user_errors():
-        database = open_database(settings_from(data_dir=data_dir))
-        try:
+        with opened_database(settings_from(data_dir=data_dir, database_url=database_url)) as database:
             text = json.dumps(export_definitions(database.conn, Registry()), indent=2) + "\n"
-        finally:
-            database.close()
         click.open_file(file, "w").write(text)
     if file != "-":
         click.echo(f"exported to {file}", err=True)
@@ -569,10 +599,10 @@ def collections_export(file: str, data_dir: str | None) -> None:
 @collections_group.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
 @data_dir_option
-def collections_import(file: str, data_dir: str | None) -> None:
+@database_url_option
+def collections_import(file: str, data_dir: str | None, database_url: str | None) -> None:
     """Create or update collections from FILE; running it twice changes nothing the second time."""
     from snackbase import audit as audit_trail
-    from snackbase.app import open_database
     from snackbase.collections import ChangeContext, Registry, import_definitions
     from snackbase.errors import ApiError
 
@@ -581,17 +611,15 @@ def collections_import(file: str, data_dir: str | None) -> None:
             definitions = json.loads(click.open_file(file).read())
         except json.JSONDecodeError as exc:
             raise click.ClickException(f"{file} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
-        database = open_database(settings_from(data_dir=data_dir))
         ctx = ChangeContext(
             audit_trail.CLI_ACTOR, audit_trail.RequestMeta(None, None, None), f"import of {file}"
         )
-        try:
-            report = import_definitions(database.conn, Registry(), definitions, ctx)
-        except ApiError as exc:
-            details = "; ".join(f"{k}: {v['message']}" for k, v in exc.fields.items())
-            raise click.ClickException(f"{exc.message} {details}".strip()) from None
-        finally:
-            database.close()
+        with opened_database(settings_from(data_dir=data_dir, database_url=database_url)) as database:
+            try:
+                report = import_definitions(database.conn, Registry(), definitions, ctx)
+            except ApiError as exc:
+                details = "; ".join(f"{k}: {v['message']}" for k, v in exc.fields.items())
+                raise click.ClickException(f"{exc.message} {details}".strip()) from None
     for outcome in ("created", "updated", "unchanged"):
         click.echo(f"{outcome}: {', '.join(report[outcome]) or '-'}")
 
@@ -603,25 +631,24 @@ def superadmin() -> None:
 
 @superadmin.command("create")
 @data_dir_option
+@database_url_option
 @click.option("--email", required=True, help="The superadmin's email (logs in with account `system`).")
 @click.option("--password", default=None, help="The password (prompted without echo when omitted).")
 @click.option("--force", is_flag=True, help="Reset the password of an existing superadmin.")
-def superadmin_create(data_dir: str | None, email: str, password: str | None, force: bool) -> None:
+def superadmin_create(
+    data_dir: str | None, database_url: str | None, email: str, password: str | None, force: bool
+) -> None:
     """Create a superadmin, or with --force reset its password (ending its sessions)."""
-    from snackbase.app import open_database
     from snackbase.users import SuperadminError, create_superadmin
 
-    settings = settings_from(data_dir=data_dir)
+    settings = settings_from(data_dir=data_dir, database_url=database_url)
     if password is None:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    with user_errors():
-        database = open_database(settings)
-    try:
-        _, created = create_superadmin(settings, database.conn, email, password, force=force)
-    except SuperadminError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        database.close()
+    with user_errors(), opened_database(settings) as database:
+        try:
+            _, created = create_superadmin(settings, database.conn, email, password, force=force)
+        except SuperadminError as exc:
+            raise click.ClickException(str(exc)) from None
     click.echo(f"superadmin {email.strip().lower()} {'created' if created else 'password reset'}")
 
 

@@ -135,6 +135,10 @@ def create_collection(
         _insert_row(conn, collection)
         execute_many(conn, create_table_sql(collection))
         execute_many(conn, search.create_sql(collection))
+        if not isinstance(conn, apsw.Connection):  # PostgreSQL: custom SQL macros may read it
+            from snackbase.backends import macro_fence
+
+            macro_fence.grant_reads(conn, collection.table)
         _bump_version(conn)
         _audit(conn, ctx, "collection.create", None, collection)
     registry.refresh(conn)
@@ -256,12 +260,17 @@ def import_definitions(
     with unit_of_work(conn, foreign_keys_off=True):
         for body in _dependency_order(definitions):
             _import_one(conn, registry, body, ctx, report)
-        if conn.execute("PRAGMA foreign_key_check").fetchall():
+        if conn.execute(_FK_CHECK if isinstance(conn, apsw.Connection) else _FK_CHECK_POSTGRES).fetchall():
             raise ApiError(
                 409, "conflict", "Existing records reference rows the new definitions would not allow."
             )
     registry.refresh(conn)
     return report
+
+
+_FK_CHECK = "PRAGMA foreign_key_check"
+# PostgreSQL checks every reference as each statement runs (its foreign keys are never off).
+_FK_CHECK_POSTGRES = "SELECT 1 WHERE FALSE"
 
 
 def _import_one(

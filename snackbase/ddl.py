@@ -89,6 +89,12 @@ _SYSTEM_COLUMNS_SQL = """\
   updated_by TEXT"""
 
 
+def column_type(collection: Collection, column: str) -> str:
+    """The SQL type of a column of the collection's table (the system columns are TEXT)."""
+    f = collection.field_map.get(column)
+    return _SQL_TYPES[f.type] if f is not None else "TEXT"
+
+
 def _sql_literal(value: SqlValue) -> str:
     """Only for validated defaults (DDL cannot take bound parameters)."""
     if isinstance(value, str):

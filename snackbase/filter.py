@@ -658,6 +658,10 @@ def _negate(frag: _Frag, sql: Dialect) -> _Frag:
 def _equality(node: Compare, left: _Value, right: _Value, sql: Dialect) -> _Frag:
     if _is_null_literal(node.left) or _is_null_literal(node.right):
         other = right if _is_null_literal(node.left) else left
+        if other.const and other.params and sql is not dialect.SQLITE:
+            # `$1 IS NULL` alone gives PostgreSQL no type for $1: the answer is known now anyway.
+            holds = (other.value is None) == (node.op == "=")
+            return _Frag(sql.true if holds else sql.false, (), False, True)
         keyword = "IS NULL" if node.op == "=" else "IS NOT NULL"
         return _Frag(f"{other.sql} {keyword}", other.params, False, False)
     if node.op == "=":

@@ -154,7 +154,8 @@ def _after_one(expr: str, value: Any, desc: bool, false: str) -> tuple[str, list
 
 
 def order_sql(keys: Sequence[OrderKey]) -> str:
-    return ", ".join(f"{expr} {'DESC' if desc else 'ASC'}" for expr, desc in keys)
+    sql = dialect.current.get()  # NULLs sort first ascending on both engines (SQLite's order)
+    return ", ".join(f"{expr} {sql.desc if desc else sql.asc}" for expr, desc in keys)
 
 
 # --- one page of a plain table (the auth-side resources) --------------------------------------------

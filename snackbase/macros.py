@@ -119,7 +119,11 @@ def count_params(conn: apsw.Connection, sql: str) -> int:
     """Prepares the SQL under the authorizer without running it; returns its number of parameters.
 
     Refuses anything but one read-only statement. The exec trace sees the statement after binding and
-    aborts it before its first step, so nothing runs."""
+    aborts it before its first step, so nothing runs. PostgreSQL has its own checks (macro_fence)."""
+    if not isinstance(conn, apsw.Connection):
+        from snackbase.backends import macro_fence
+
+        return macro_fence.count_params(conn, sql, MAX_PARAMS)
     seen: list[tuple[str, bool]] = []
 
     def trace(cursor: apsw.Cursor, text: str, _bindings: Any) -> bool:
@@ -168,6 +172,8 @@ def run(conn: apsw.Connection, macro: Macro, args: list[Any]) -> bool:
         # An integer SQLite cannot hold (from @request.data, say): refuse rather than guess a value.
         log.warning("macro argument out of range; access denied", extra={"event": macro.name})
         return False
+    if not isinstance(conn, apsw.Connection):
+        return _run_postgres(conn, macro, args)
     budget = statement_budget(conn)
     allowance = budget.allowance if budget is not None else None
     left = allowance.macro_seconds if allowance is not None else RUN_BUDGET_S
@@ -189,6 +195,26 @@ def run(conn: apsw.Connection, macro: Macro, args: list[Any]) -> bool:
     finally:
         if allowance is not None:
             allowance.macro_seconds -= time.monotonic() - started
+    return _verdict(macro, rows)
+
+
+def _run_postgres(conn: Any, macro: Macro, args: list[Any]) -> bool:
+    """PostgreSQL's fence (snackbase/backends/macro_fence.py): a role without write rights, a
+    read-only transaction or savepoint, a statement timeout of RUN_BUDGET_S for each call."""
+    from snackbase.backends import macro_fence
+
+    try:
+        rows = macro_fence.run(conn, macro.sql, [_bindable(a) for a in args], RUN_BUDGET_S)
+    except apsw.InterruptError:
+        log.warning("macro over its time budget; access denied", extra={"event": macro.name})
+        return False
+    except (apsw.Error, macro_fence.DatabaseError) as exc:
+        log.warning("macro failed; access denied", extra={"event": macro.name, "error": type(exc).__name__})
+        return False
+    return _verdict(macro, rows)
+
+
+def _verdict(macro: Macro, rows: list[Any]) -> bool:
     if len(rows) != 1 or len(rows[0]) < 1:
         log.warning("macro must return exactly one row; access denied", extra={"event": macro.name})
         return False

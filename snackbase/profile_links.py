@@ -79,12 +79,20 @@ def _points_at(f: Field, target: str | None) -> bool:
 
 def _holders(conn: apsw.Connection, account_id: str, f: Field, ids: list[str]) -> list[dict[str, Any]]:
     """The account's stored profiles whose field `f` names one of `ids`."""
-    return fetch_all(
-        conn,
-        "SELECT p.user_id, p.data FROM user_profiles AS p JOIN users AS u ON u.id = p.user_id "
-        "WHERE u.account_id = ? AND p.data ->> ? IN (SELECT value FROM json_each(?))",
-        (account_id, f"$.{f.name}", _json.encode(ids).decode()),
-    )
+    if isinstance(conn, apsw.Connection):
+        return fetch_all(conn, _HOLDERS, (account_id, f"$.{f.name}", _json.encode(ids).decode()))
+    return fetch_all(conn, _HOLDERS_POSTGRES, (account_id, f.name, _json.encode(ids).decode()))
+
+
+_HOLDERS = (
+    "SELECT p.user_id, p.data FROM user_profiles AS p JOIN users AS u ON u.id = p.user_id "
+    "WHERE u.account_id = ? AND p.data ->> ? IN (SELECT value FROM json_each(?))"
+)
+# The data is JSON text on both engines; PostgreSQL reads a key of it as jsonb, by name (no `$.`).
+_HOLDERS_POSTGRES = (
+    "SELECT p.user_id, p.data FROM user_profiles AS p JOIN users AS u ON u.id = p.user_id "
+    "WHERE u.account_id = ? AND p.data::jsonb ->> ? IN (SELECT value FROM json_each(?))"
+)
 
 
 def _clear(

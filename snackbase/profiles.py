@@ -29,6 +29,7 @@ import apsw
 import msgspec
 
 from snackbase import audit, audit_views, files
+from snackbase.backends import dialect
 from snackbase.collection_defs import field_to_json, new_collection, parse_collection_body
 from snackbase.db import fetch_all, fetch_one, fetch_value
 from snackbase.errors import ApiError, FieldErrors, field_error, validation_error
@@ -226,9 +227,12 @@ def _stored_profiles(conn: apsw.Connection, account_id: str) -> list[dict[str, A
 
 def profile_table(collection: Collection) -> str:
     """`users` with each profile field as a column (names validated by the schema: safe as text)."""
-    # `->` keeps JSON (json fields, multiple selects), `->>` gives SQL values (text, numbers, 0/1).
+    # JSON fields and multiple selects stay JSON text, the others are SQL values (text, numbers, 0/1):
+    # SQLite's `->` and `->>`, PostgreSQL's casts of the same (backends/dialect.py, `json_field`).
+    sql = dialect.current.get()
     columns = "".join(
-        f", p.data {'->' if _is_json(f) else '->>'} '$.{f.name}' AS \"{f.name}\"" for f in collection.fields
+        f', {dialect.json_field(sql, "p.data", f.name, _json_kind(f))} AS "{f.name}"'
+        for f in collection.fields
     )
     return (
         "(SELECT u.id AS id, u.account_id AS account_id, u.created_at AS created_at, NULL AS created_by, "
@@ -237,8 +241,10 @@ def profile_table(collection: Collection) -> str:
     )
 
 
-def _is_json(f: Field) -> bool:
-    return f.type in ("json", "file") or (f.type == "select" and bool(f.options.get("multiple")))
+def _json_kind(f: Field) -> str:
+    if f.type in ("json", "file") or (f.type == "select" and bool(f.options.get("multiple"))):
+        return "json"
+    return f.type if f.type in ("number", "boolean") else "text"
 
 
 def view_clause(collection: Collection, caller: Caller, alias: str = ALIAS) -> tuple[str, list[object]]:

@@ -25,6 +25,7 @@ import apsw
 from snackbase import audit, cascade, files, versions
 from snackbase.collections import Registry
 from snackbase.db import Allowance, statement_budget
+from snackbase.ddl import column_type
 from snackbase.errors import (
     ApiError,
     FieldErrors,
@@ -336,7 +337,11 @@ def _rule_holds(
             return True
         columns = list(row)
         names = ", ".join(quote_ident(c) for c in columns)
-        cte = f"{ALIAS}({names}) AS (VALUES ({', '.join('?' * len(columns))}))"
+        if isinstance(conn, apsw.Connection):
+            values = ", ".join("?" * len(columns))
+        else:  # PostgreSQL types a VALUES parameter only from its use: a NULL alone needs its type
+            values = ", ".join(f"CAST(? AS {column_type(collection, c)})" for c in columns)
+        cte = f"{ALIAS}({names}) AS (VALUES ({values}))"
         sql = f"WITH {cte} SELECT EXISTS (SELECT 1 FROM {ALIAS} WHERE {clause})"
         return bool(_value(conn, sql, [*row.values(), *params]))
 

@@ -9,6 +9,7 @@ from starlette.testclient import TestClient
 from tests.factories import add_to_group, make_account, make_superadmin, make_user
 
 API = "/api/v1"
+BACKENDS = ("sqlite", "postgresql")
 PUBLIC = {"list": "", "view": "", "create": "", "update": "", "delete": ""}
 
 

@@ -14,6 +14,7 @@ from snackbase.config import Settings
 from tests.conftest import TEST_PASSWORD, make_settings
 
 NEW_PASSWORD = "Another long passphrase 77"
+BACKENDS = ("sqlite", "postgresql")
 
 
 def audit_actions(client: TestClient, token: str, action: str) -> list[dict[str, Any]]:
@@ -190,9 +191,10 @@ def test_admin_sets_a_users_password(client: TestClient, make_user: Callable[...
 
 def _age_session(client: TestClient, session_id: str, minutes: int) -> None:
     from snackbase.auth import later_iso
+    from snackbase.unit_of_work import unit_of_work
 
     conn = client.app.state.db.conn
-    with conn:
+    with unit_of_work(conn):
         conn.execute(
             "UPDATE sessions SET last_used_at = ? WHERE id = ?", (later_iso(-minutes * 60), session_id)
         )

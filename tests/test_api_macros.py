@@ -9,6 +9,7 @@ from snackbase.db import fetch_value
 from tests.factories import User, add_to_group, make_account, make_superadmin, make_user
 
 API = "/api/v1"
+BACKENDS = ("sqlite", "postgresql")
 PROJECT_MEMBER = "SELECT count(*) > 0 FROM c_members WHERE user_id = ? AND project = ?"
 
 
@@ -68,7 +69,33 @@ BAD_SQL = [
 ]
 
 
-@pytest.mark.parametrize(("case", "sql"), BAD_SQL, ids=[c[0] for c in BAD_SQL])
+# What PostgreSQL has (snackbase/backends/macro_fence.py refuses it); SQLite knows none of it.
+BAD_SQL_POSTGRESQL = [
+    ("pg_sleep", "SELECT pg_sleep(10) IS NULL"),
+    ("pg_read_file", "SELECT length(pg_read_file('/etc/passwd')) > 0"),
+    ("set_config", "SELECT set_config('role', 'postgres', true) = ''"),
+    ("set_config in LIMIT", "SELECT 1 LIMIT length(set_config('role', 'postgres', true))"),
+    ("set_config in VALUES", "VALUES (set_config('role', 'postgres', true))"),
+    ("sql as text", "SELECT query_to_xml('SELECT 1', true, true, '') IS NOT NULL"),
+    ("advisory lock", "SELECT pg_advisory_lock(1) IS NULL"),
+    ("pg_notify", "SELECT pg_notify('x', 'y') IS NULL"),
+    ("pg_catalog", "SELECT count(*) > 0 FROM pg_authid"),
+    ("pg_class", "SELECT count(*) > 0 FROM pg_class"),
+    ("information_schema", "SELECT count(*) > 0 FROM information_schema.tables"),
+    ("pg_settings", "SELECT count(*) > 0 FROM pg_settings"),
+    ("modifying cte", "WITH d AS (DELETE FROM c_members RETURNING 1) SELECT count(*) FROM d"),
+    ("for update", "SELECT 1 FROM c_members FOR UPDATE"),
+    ("update", "UPDATE c_members SET project = 'x'"),
+    ("truncate", "TRUNCATE c_members"),
+    ("copy", "COPY c_members TO '/tmp/x'"),
+    ("set role", "SET ROLE postgres"),
+    ("users email via cte", "WITH x AS (SELECT password_hash FROM users) SELECT count(*) > 0 FROM x"),
+    ("closing the probe", "SELECT 1; END; DROP TABLE c_members; SELECT 1"),
+]
+
+
+@pytest.mark.parametrize(("case", "sql"), BAD_SQL + BAD_SQL_POSTGRESQL,
+                         ids=[c[0] for c in BAD_SQL + BAD_SQL_POSTGRESQL])  # fmt: skip
 def test_unsafe_or_invalid_sql_is_refused(client: TestClient, sa: User, case: str, sql: str) -> None:
     define_members(client, sa)
     response = client.post(f"{API}/macros", headers=sa.headers, json={"name": "bad", "sql": sql})
@@ -134,11 +161,12 @@ def test_rules_naming_unknown_macros_or_wrong_arity_are_refused(client: TestClie
         ("SELECT ? > 5", [7], True),
         ("SELECT ? > 5", [3], False),
         ("SELECT 'yes'", [], True),
+        ("SELECT ? > 5;", [7], True),
         ("SELECT 1 FROM c_members", [], False),  # no row: fails closed
         ("SELECT 1 UNION ALL SELECT 1", [], False),  # many rows: fails closed
         ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n", [], False),
     ],
-    ids=["true", "false", "text", "no rows", "many rows", "runs forever"],
+    ids=["true", "false", "text", "semicolon", "no rows", "many rows", "runs forever"],
 )
 def test_macro_test_endpoint_fails_closed(
     client: TestClient, sa: User, sql: str, args: list, result: bool

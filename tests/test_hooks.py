@@ -31,6 +31,7 @@ from snackbase.rules import Caller
 from tests.factories import User, make_account, make_superadmin, make_user
 
 API = "/api/v1"
+BACKENDS = ("sqlite", "postgresql")
 PUBLIC = {"list": "", "view": "", "create": "", "update": "", "delete": ""}
 POSTS = {
     "name": "posts",

@@ -13,6 +13,7 @@ from snackbase.hooks import HookAbort
 from tests.factories import User, make_account, make_superadmin, make_user
 
 API = "/api/v1"
+BACKENDS = ("sqlite", "postgresql")
 PUBLIC = dict.fromkeys(("list", "view", "create", "update", "delete"), "")
 
 

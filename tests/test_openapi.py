@@ -12,6 +12,8 @@ from starlette.testclient import TestClient
 from snackbase import openapi
 from snackbase.app import api_tables, root_tables
 
+BACKENDS = ("sqlite", "postgresql")  # on PostgreSQL the document covers the routes ported there
+
 POSTS = {
     "name": "posts",
     "fields": [

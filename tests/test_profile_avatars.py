@@ -14,12 +14,14 @@ from typing import Any
 import pytest
 
 from snackbase import files
+from snackbase.config import Settings
 from snackbase.db import fetch_all
 from tests.conftest import make_settings
 from tests.factories import User, make_user
 from tests.test_files import World, make_world, png
 
 API = "/api/v1"
+BACKENDS = ("sqlite", "postgresql")
 AVATAR = {
     "name": "avatar",
     "type": "file",
@@ -32,8 +34,8 @@ SCHEMA: dict[str, Any] = {
 
 
 @pytest.fixture
-def w(tmp_path: Path) -> Iterator[World]:
-    yield from make_world(make_settings(tmp_path / "data"))
+def w(settings: Settings) -> Iterator[World]:
+    yield from make_world(settings)
 
 
 def admin_of(w: World, schema: dict[str, Any] = SCHEMA) -> User:

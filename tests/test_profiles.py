@@ -8,6 +8,7 @@ from starlette.testclient import TestClient
 from tests.factories import User, add_to_group, make_account, make_superadmin, make_user
 
 API = "/api/v1"
+BACKENDS = ("sqlite", "postgresql")
 PUBLIC = {"list": "", "view": "", "create": "", "update": "", "delete": ""}
 SCHEMA = {
     "fields": [
@@ -178,3 +179,44 @@ def test_filter_and_sort_through_user_fields(client: TestClient) -> None:
     client.patch(f"{API}/profiles/{ann.id}", headers=ann.headers, json={"title": "ghost"})
     assert names(bob, filter='lead.display_name = "Ann"') == []
     assert names(admin, filter='lead.display_name = "Ann"') == ["A"]
+
+
+def test_profile_references_expand_restrict_and_set_null(client: TestClient) -> None:
+    """Profile `reference` and `user` fields: same account only, expand, `restrict` refuses the delete
+    of what they name, `set_null` clears it with an audit entry naming the cause."""
+    admin, ann, bob, other, sa = setup(client)
+    body = {"name": "labs", "rules": {**PUBLIC, "view": 'name != "secret"'},
+            "fields": [{"name": "name", "type": "text"}]}  # fmt: skip
+    assert client.post(f"{API}/collections", headers=sa.headers, json=body).status_code == 201
+    schema = {
+        "fields": [
+            {"name": "lab", "type": "reference", "options": {"collection": "labs"}},
+            {"name": "buddy", "type": "user", "options": {"on_delete": "set_null"}},
+        ],
+        "view_rule": "",
+    }
+    assert client.put(f"{API}/profiles/schema", headers=admin.headers, json=schema).status_code == 200
+    lab = client.post(f"{API}/records/labs", headers=ann.headers, json={"name": "Lab A"}).json()["id"]
+    secret = client.post(f"{API}/records/labs", headers=ann.headers, json={"name": "secret"}).json()["id"]
+    theirs = client.post(f"{API}/records/labs", headers=other.headers, json={"name": "G"}).json()["id"]
+    for bad in ({"lab": theirs}, {"buddy": other.id}, {"lab": "nope"}):
+        r = client.patch(f"{API}/profiles/{ann.id}", headers=ann.headers, json=bad)
+        assert r.status_code == 400 and r.json()["fields"][next(iter(bad))]["code"] == "reference_not_found"
+    p = f"{API}/profiles/{ann.id}"
+    assert client.patch(p, headers=ann.headers, json={"lab": lab, "buddy": bob.id}).status_code == 200
+    got = client.get(f"{p}?expand=lab,buddy", headers=bob.headers).json()
+    assert got["expand"]["lab"]["name"] == "Lab A" and got["expand"]["buddy"]["id"] == bob.id
+    listed = client.get(f"{API}/profiles?expand=lab&filter=lab != null", headers=bob.headers).json()
+    assert [i["expand"]["lab"]["id"] for i in listed["items"]] == [lab]
+    client.patch(p, headers=ann.headers, json={"lab": secret})
+    assert "expand" not in client.get(f"{p}?expand=lab", headers=bob.headers).json()  # the labs view rule
+    r = client.delete(f"{API}/records/labs/{secret}", headers=ann.headers)
+    assert r.status_code == 409 and r.json()["code"] == "record_in_use" and "users.lab" in r.json()["fields"]
+    assert client.delete(f"{API}/records/labs/{lab}", headers=ann.headers).status_code == 204  # not named
+    assert client.delete(f"{API}/users/{bob.id}", headers=admin.headers).status_code == 204
+    assert client.get(p, headers=ann.headers).json()["buddy"] is None
+    conn = client.app.state.db.conn  # type: ignore[attr-defined]
+    extra = conn.execute(
+        "SELECT extra FROM audit_log WHERE action = 'user.profile_update' ORDER BY seq DESC LIMIT 1"
+    ).fetchone()[0]
+    assert bob.id in extra and "set_null" in extra

@@ -8,6 +8,8 @@ from starlette.testclient import TestClient
 from tests.factories import add_to_group, make_user
 from tests.test_profiles import API, SCHEMA, setup
 
+BACKENDS = ("sqlite", "postgresql")
+
 
 def fill(client: TestClient) -> tuple:
     admin, ann, bob, other, sa = setup(client)

@@ -41,3 +41,31 @@ POSTGRESQL = Dialect(
 )
 
 current: ContextVar[Dialect] = ContextVar("snackbase_dialect", default=SQLITE)
+
+# How a value inside a JSON document stored as text is read, by what the reader wants back: `json`
+# (JSON text: objects, arrays), `number`, `boolean` (0/1) or `text`. SQLite's `->` keeps JSON and
+# `->>` gives the SQL value (numbers, 0/1 for booleans). PostgreSQL's `->>` gives text only, so
+# numbers and booleans are cast, guarded by the JSON type: a value stored under another type (a
+# definition changed later) reads as NULL instead of failing the statement. `{doc}` is an SQL
+# expression, `{key}` a name validated by the schema (safe as text).
+_JSON_FIELD_SQLITE = {
+    "json": "{doc} -> '$.{key}'",
+    "number": "{doc} ->> '$.{key}'",
+    "boolean": "{doc} ->> '$.{key}'",
+    "text": "{doc} ->> '$.{key}'",
+}
+_JSON_FIELD_POSTGRES = {
+    "json": "(({doc})::jsonb -> '{key}')::text",
+    "number": (
+        "CASE jsonb_typeof(({doc})::jsonb -> '{key}') "
+        "WHEN 'number' THEN (({doc})::jsonb ->> '{key}')::numeric END"
+    ),
+    "boolean": "CASE ({doc})::jsonb -> '{key}' WHEN 'true' THEN 1 WHEN 'false' THEN 0 END",
+    "text": "({doc})::jsonb ->> '{key}'",
+}
+
+
+def json_field(sql: Dialect, doc: str, key: str, kind: str) -> str:
+    """The expression reading `key` of the JSON text `doc` as `kind` (json, number, boolean, text)."""
+    templates = _JSON_FIELD_SQLITE if sql is SQLITE else _JSON_FIELD_POSTGRES
+    return templates[kind].format(doc=doc, key=key)

@@ -3,7 +3,7 @@
 `app.create_app` hands over here when SNACKBASE_DATABASE_URL is a postgresql:// URL. The app opens
 PostgreSQL (migrating the system tables, once across nodes), answers the probes and the API root, and
 answers every route that is not ported yet with 501 `not_on_postgresql` in the one error envelope: a
-request never half-works on PostgreSQL. Settings that ask for work not ported yet (hook files, the
+request never half-works on PostgreSQL. Settings that ask for work not ported yet (the
 scheduled backups, metrics) refuse the start with one line.
 
 As the port goes on, route tables move from "refused" to PORTED_TABLES; the request path (middleware,
@@ -27,10 +27,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from snackbase import files, runtime_settings, versions
 from snackbase.admin_ui import UI_PREFIX, admin_ui, admin_ui_redirect
 from snackbase.auth_middleware import AuthMiddleware
-from snackbase.backends import NOT_PORTED_CODE, dialect
+from snackbase.backends import NOT_PORTED_CODE, dialect, macro_fence
 from snackbase.backends.postgres import PgDatabase
 from snackbase.collections import Registry
-from snackbase.config import ConfigError, Settings, ensure_data_dir, with_secret_key
+from snackbase.config import Settings, ensure_data_dir, with_secret_key
 from snackbase.context import scope_caller
 from snackbase.error_handlers import exception_handlers
 from snackbase.errors import ApiError
@@ -41,7 +41,7 @@ from snackbase.hooks import hooks
 from snackbase.macros import MacroStore
 from snackbase.middleware import ExceptionHandlers, RequestMiddleware
 from snackbase.ops import Ops
-from snackbase.ratelimit import Network, parse_proxies
+from snackbase.ratelimit import Network, RateLimiter, RateLimitMiddleware, limits_from, parse_proxies
 from snackbase.routes import (
     RouteTable,
     audit,
@@ -79,10 +79,11 @@ def ported_tables() -> tuple[list[RouteTable], list[RouteTable]]:
     """(root tables, API tables) served on PostgreSQL today; every other route answers 501.
 
     Records come first, as on SQLite (they carry almost all traffic)."""
-    return [health.root_routes], [
-        records.routes,
+    return [health.root_routes, docs.root_routes], [
+        records.routes,  # with aggregates
         files_routes.routes,
         health.routes,
+        transfer_routes.routes,  # before collections: /collections/export is not /collections/{name}
         collections.routes,
         signatures.routes,  # e-signatures and a record's history
         audit.routes,
@@ -96,6 +97,10 @@ def ported_tables() -> tuple[list[RouteTable], list[RouteTable]]:
         user_admin_routes.routes,
         backups_routes.routes,  # a logical dump (snackbase/backup_pg.py)
         logs_routes.routes,  # each node's request log, in its own SQLite file as on SQLite
+        profiles_routes.routes,  # user profiles (file fields, an avatar, wait for file storage)
+        macros.routes,  # custom SQL macros, in macro_fence's role and read-only transaction
+        settings_routes.routes,  # the console's run-time settings
+        docs.routes,  # /openapi.json: the routes of this table and the collections
     ]
 
 
@@ -115,20 +120,6 @@ def unported_tables() -> list[RouteTable]:
     return [table for table in every if not any(table is t for t in ported)]
 
 
-def refuse_unported_settings(settings: Settings) -> None:
-    """A setting that asks for work not ported to PostgreSQL yet refuses the start, never ignored."""
-    asked = {
-        "hook files in " + str(settings.hooks_path): settings.hooks_path.is_dir()
-        and any(settings.hooks_path.glob("*.py")),
-    }
-    named = [name for name, on in asked.items() if on]
-    if named:
-        raise ConfigError(
-            f"not yet supported on PostgreSQL: {', '.join(named)} (see docs/scaling.md); "
-            "unset it or run on SQLite"
-        )
-
-
 class SnackBasePgApp(Starlette):
     """Starlette with the same lean stack as app.SnackBaseApp (no ServerErrorMiddleware)."""
 
@@ -142,7 +133,6 @@ class SnackBasePgApp(Starlette):
 def create_postgres_app(settings: Settings) -> Starlette:
     """The app over PostgreSQL: the same request path, write path and read path as on SQLite (the
     modules are shared), with the route tables not ported yet answering 501."""
-    refuse_unported_settings(settings)
     ensure_data_dir(settings)  # the generated secret key (outside production) lives there
     settings = with_secret_key(settings)
     versions.set_key(settings.secret_key)
@@ -206,6 +196,7 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
             ),
             Middleware(RuntimeSettingsMiddleware),
             Middleware(AuthMiddleware, prefix=settings.api_prefix),
+            *rate_limits(settings),
             Middleware(HookMiddleware),
         ],
         exception_handlers=exception_handlers(),
@@ -219,11 +210,21 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
     runtime_settings.start(app, settings)
     app.state.registry = Registry()
     app.state.macros = MacroStore()
+    macro_fence.setup(database.conn)  # the macros' role; without the rights to make it, macros are off
     app.state.hooks = HookDispatcher(hooks, app, scope_caller, RecordsHelper)
     ensure_superadmin_from_settings(settings, database.conn)  # type: ignore[arg-type]
     start_files(settings, database)
-    start_hooks(app, settings.hooks_path)  # built-in hooks only: hook files are refused above
+    start_hooks(app, settings.hooks_path)  # a broken hook file refuses the start (one line in the CLI)
     return app
+
+
+def rate_limits(settings: Settings) -> list[Middleware]:
+    """SNACKBASE_RATE_LIMIT_*, inside auth as on SQLite (signed-in callers per user). The buckets live
+    in each process's memory, as on SQLite: N nodes allow a caller up to N times the budget."""
+    limiter = RateLimiter(limits_from(settings))
+    if not limiter.limits:
+        return []
+    return [Middleware(RateLimitMiddleware, prefix=settings.api_prefix, limiter=limiter)]
 
 
 class PostgresDialect:

@@ -38,6 +38,12 @@ class MacroTest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def _store(request: Request) -> macros.MacroStore:
+    """The macro definitions; on PostgreSQL without the macro role (see macro_fence) a 501 instead."""
+    conn = request.app.state.db.conn
+    if not isinstance(conn, apsw.Connection):
+        from snackbase.backends import macro_fence
+
+        macro_fence.refuse_without_role(conn)
     store: macros.MacroStore = request.app.state.macros
     return store
 
