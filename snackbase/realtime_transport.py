@@ -23,8 +23,9 @@ the table inside its own transaction; SQLite's one writer at a time orders that 
 registration, so no event a subscriber is owed is ever skipped, and a server nobody listens to pays
 one tiny indexed read per changed record. When a process registers while no lease is current, writes
 may have gone unrecorded: it inserts a `gap` marker event, and a resume across it is told to reload.
-A PostgreSQL backend would implement the same interface with NOTIFY inside the transaction (Postgres
-delivers notifications on commit only) and LISTEN in each process, keeping a table for `replay`.
+On PostgreSQL, `backends.pg_realtime.PgTransport` implements the same interface for many nodes: the
+same table and leases, a NOTIFY inside the writer's transaction (delivered at commit only) and a
+LISTEN on a dedicated connection per node instead of `data_version`.
 """
 
 from __future__ import annotations
@@ -176,8 +177,7 @@ class SqliteTransport:
             # Events committed while nobody here listened are never delivered live (they stay
             # replayable while some lease was current).
             self._cursor = _last_seq(self.conn)
-            self._version = _data_version(self.conn)
-            self._schedule_poll()
+            self._watch()
             assert self._loop is not None
             self._renewal = self._loop.call_later(RENEW_SECONDS, self._renew)
             return
@@ -192,13 +192,21 @@ class SqliteTransport:
         except (apsw.Error, ApiError):  # busy: the lease still runs RESUME_SECONDS - RENEW_SECONDS
             log.warning("realtime lease not extended at the last disconnect; it stays as it was")
 
+    def _watch(self) -> None:
+        """Starts noticing other processes' commits: SQLite's `data_version`, polled."""
+        self._version = _data_version(self.conn)
+        self._schedule_poll()
+
     def _lease(self) -> None:
         until = time.time() + RESUME_SECONDS
         # A unit of work without an audit entry: server state, like the event rows, not a change
         # anyone made.
         with unit_of_work(self.conn):
-            register(self.conn, self.process, until)
+            self._register(until)
         self.leased_until = until
+
+    def _register(self, until: float) -> None:
+        register(self.conn, self.process, until)
 
     def _renew(self) -> None:
         if not self._listening:
@@ -361,7 +369,11 @@ def publish(
     """Called by the write path for every changed record, inside its unit of work."""
     transport = _transports.get(conn)
     if transport is None:
-        if has_listeners(conn):
+        if getattr(conn, "dialect", None) == "postgresql":  # a worker thread's or the CLI's connection
+            from snackbase.backends.pg_realtime import publish_event
+
+            publish_event(conn, action, account_id, collection, record_id, record)
+        elif has_listeners(conn):
             insert_event(conn, action, account_id, collection, record_id, record)
     else:
         transport.publish(conn, work, action, account_id, collection, record_id, record)

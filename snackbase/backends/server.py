@@ -12,20 +12,23 @@ error envelope) is the same module code as on SQLite.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from snackbase import runtime_settings, versions
+from snackbase import periodic, runtime_settings, versions
 from snackbase.auth_middleware import AuthMiddleware
 from snackbase.backends import NOT_PORTED_CODE, dialect
+from snackbase.backends import pg_realtime
 from snackbase.backends.postgres import PgDatabase
 from snackbase.collections import Registry
 from snackbase.config import ConfigError, Settings, ensure_data_dir, with_secret_key
@@ -38,8 +41,11 @@ from snackbase.hook_records import RecordsHelper
 from snackbase.hooks import hooks
 from snackbase.macros import MacroStore
 from snackbase.middleware import ExceptionHandlers, RequestMiddleware
-from snackbase.ratelimit import Network, parse_proxies
-from snackbase.routes import RouteTable, audit, collections, health, records, signatures
+from snackbase.ratelimit import Network, RateLimiter, RateLimitMiddleware, limits_from, parse_proxies
+from snackbase.realtime import Broker, Limits
+from snackbase.realtime_access import RecordGate
+from snackbase.realtime_transport import install
+from snackbase.routes import RouteTable, audit, collections, health, realtime, records, signatures
 from snackbase.routes import accounts as accounts_routes
 from snackbase.routes import auth as auth_routes
 from snackbase.routes import groups as groups_routes
@@ -74,6 +80,7 @@ def ported_tables() -> tuple[list[RouteTable], list[RouteTable]]:
         roles_routes.routes,
         invitations_routes.routes,
         user_admin_routes.routes,
+        realtime.routes,  # fan-out between nodes over LISTEN/NOTIFY (backends/pg_realtime.py)
     ]
 
 
@@ -94,13 +101,14 @@ def refuse_unported_settings(settings: Settings) -> None:
 
 
 class SnackBasePgApp(Starlette):
-    """Starlette with the same lean stack as app.SnackBaseApp (no ServerErrorMiddleware)."""
+    """Starlette with the same lean stack as app.SnackBaseApp (no ServerErrorMiddleware), realtime at
+    the edge as there."""
 
     def build_middleware_stack(self) -> ASGIApp:
         app: ASGIApp = ExceptionHandlers(self.router, self.exception_handlers)
         for cls, args, kwargs in reversed(self.user_middleware):
             app = cls(app, *args, **kwargs)
-        return app
+        return PostgresDialect(realtime.realtime_first(app, self.state.settings.api_prefix))
 
 
 def create_postgres_app(settings: Settings) -> Starlette:
@@ -128,7 +136,11 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         dialect.current.set(dialect.POSTGRESQL)  # background work started here inherits it
         await serve_hooks(app)
+        jobs = [asyncio.create_task(job) for job in periodic_jobs(database)]
         yield
+        app.state.realtime.stop()  # open streams end now, not at the graceful-shutdown timeout
+        for task in jobs:
+            task.cancel()
         await terminate_hooks(app)
         database.close()
         log.info("PostgreSQL connection closed")
@@ -142,18 +154,27 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
         if method != "WS"
     ]
     routes += [
+        WebSocketRoute(settings.api_prefix + path, handler)
+        for table in api
+        for method, path, handler in table
+        if method == "WS"
+    ]
+    routes += [
         Route(settings.api_prefix + "/{path:path}", not_ported, methods=_METHODS),
         Route(UI_PREFIX + "{path:path}", not_ported, methods=_METHODS),
     ]
+    middleware = [
+        Middleware(RequestMiddleware, ui_prefix=UI_PREFIX, observer=None, trusted_proxies=proxies),
+        Middleware(RuntimeSettingsMiddleware),
+        Middleware(AuthMiddleware, prefix=settings.api_prefix),
+    ]
+    limiter = RateLimiter(limits_from(settings))
+    if limiter.limits:  # per node, in memory, as per process on SQLite (docs/scaling.md)
+        middleware.append(Middleware(RateLimitMiddleware, prefix=settings.api_prefix, limiter=limiter))
+    middleware.append(Middleware(HookMiddleware))
     app = SnackBasePgApp(
         routes=routes,
-        middleware=[
-            Middleware(PostgresDialect),
-            Middleware(RequestMiddleware, ui_prefix=UI_PREFIX, observer=None, trusted_proxies=proxies),
-            Middleware(RuntimeSettingsMiddleware),
-            Middleware(AuthMiddleware, prefix=settings.api_prefix),
-            Middleware(HookMiddleware),
-        ],
+        middleware=middleware,
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
@@ -164,10 +185,32 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
     runtime_settings.start(app, settings)
     app.state.registry = Registry()
     app.state.macros = MacroStore()
+    app.state.realtime = realtime_broker(settings, database, app.state.registry)
     app.state.hooks = HookDispatcher(hooks, app, scope_caller, RecordsHelper)
     ensure_superadmin_from_settings(settings, database.conn)  # type: ignore[arg-type]
     start_hooks(app, settings.hooks_path)  # built-in hooks only: hook files are refused above
     return app
+
+
+def realtime_broker(settings: Settings, database: PgDatabase, registry: Registry) -> Broker:
+    """This node's realtime broker over LISTEN/NOTIFY (backends/pg_realtime.py): the same broker, gate
+    and routes as on SQLite, another transport behind the same seam."""
+    transport = pg_realtime.PgTransport(database.conn, settings.database_url)
+    install(database.conn, transport)  # type: ignore[arg-type]  # the apsw-shaped adapter
+    limits = Limits(settings.realtime_max_topics, settings.realtime_max_connections_per_user,
+                    settings.realtime_max_connections_per_address, settings.realtime_send_queue,
+                    settings.realtime_heartbeat_seconds)  # fmt: skip
+    return Broker(transport, RecordGate(database.conn, registry), limits)  # type: ignore[arg-type]
+
+
+def periodic_jobs(database: PgDatabase) -> list[Coroutine[Any, Any, None]]:
+    """The periodic work of a node on PostgreSQL; each job runs on exactly one node at a time
+    (snackbase/periodic.py: an advisory lock per job)."""
+    conn = database.conn
+    return [
+        periodic.every(conn, pg_realtime.CLEANUP_JOB, pg_realtime.CLEANUP_SECONDS,
+                       lambda: pg_realtime.cleanup(conn)),
+    ]  # fmt: skip
 
 
 class PostgresDialect:
