@@ -81,10 +81,13 @@ async def run(conn: Any, job: str, fn: Callable[[], Any]) -> bool:
 
 
 async def every(
-    conn: Any, job: str, interval_s: float, fn: Callable[[], Any],
+    conn: Any, job: str, interval_s: float, fn: Callable[[], Any], at_start: bool = False,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> None:  # fmt: skip
-    """Runs `fn` every `interval_s` seconds on the one node that holds `job`, until cancelled."""
+    """Runs `fn` every `interval_s` seconds on the one node that holds `job`, until cancelled; with
+    `at_start`, first right away (so the first node up holds the job from its start)."""
+    if at_start:
+        await run(conn, job, fn)
     while True:
         await sleep(interval_s)
         await run(conn, job, fn)

@@ -103,7 +103,7 @@ class PgTransport(SqliteTransport):
     def _register(self, until: float) -> None:
         lock(self.conn, REGISTER_LOCK)  # waits for writers that found nobody listening
         lock(self.conn, SEQUENCE_LOCK)  # the gap marker, if any, takes its id in commit order
-        register(self.conn, self.process, until)  # type: ignore[arg-type]
+        register(self.conn, self.process, until)
 
     def replay(self, after: int) -> list[Published] | None:
         if after > self._cursor and self._listening:
@@ -206,7 +206,6 @@ class Listener:
                         break  # one read serves every notification pending now
                 if heard:
                     self.on_notify()
-
 
 
 CLEANUP_JOB = "realtime.cleanup"

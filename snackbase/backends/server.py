@@ -27,8 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from snackbase import periodic, runtime_settings, versions
 from snackbase.auth_middleware import AuthMiddleware
-from snackbase.backends import NOT_PORTED_CODE, dialect
-from snackbase.backends import pg_realtime
+from snackbase.backends import NOT_PORTED_CODE, dialect, pg_realtime
 from snackbase.backends.postgres import PgDatabase
 from snackbase.collections import Registry
 from snackbase.config import ConfigError, Settings, ensure_data_dir, with_secret_key
@@ -209,7 +208,7 @@ def periodic_jobs(database: PgDatabase) -> list[Coroutine[Any, Any, None]]:
     conn = database.conn
     return [
         periodic.every(conn, pg_realtime.CLEANUP_JOB, pg_realtime.CLEANUP_SECONDS,
-                       lambda: pg_realtime.cleanup(conn)),
+                       lambda: pg_realtime.cleanup(conn), at_start=True),
     ]  # fmt: skip
 
 
