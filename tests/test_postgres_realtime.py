@@ -116,8 +116,10 @@ def test_a_periodic_job_runs_on_one_node_and_moves_when_its_session_ends(
     assert ran == ["a", "a"]
     assert periodic.holder_count(b, job) == 1  # held once, not once per tick
     assert periodic.claim(b, "test.other")  # another job is free to go elsewhere
-    a.close()  # the node dies: PostgreSQL ends its session and frees its locks
-    assert tick(b, "b")
+    a.close()  # the node dies: PostgreSQL ends its session and frees its locks (right after)
+    deadline = time.monotonic() + 5
+    while not tick(b, "b") and time.monotonic() < deadline:
+        time.sleep(0.02)  # the next tick
     assert ran == ["a", "a", "b"]
 
 
@@ -127,3 +129,28 @@ def test_on_sqlite_every_process_runs_its_jobs(tmp_path: Path) -> None:
     conn = apsw.Connection(str(tmp_path / "x.db"))
     assert periodic.claim(conn, "files.sweep") and periodic.claim(conn, "files.sweep")
     conn.close()
+
+
+def test_a_resume_after_an_id_this_node_has_not_read_yet_reads_it_first(
+    nodes: Callable[[], PgConnection], pg_url: str
+) -> None:
+    """A client that received events 1..2 from node A resumes on node B before B heard of them: B
+    reads what A committed (delivering it live to its subscribers) instead of answering `reload`."""
+    a, b = nodes(), nodes()
+    delivered: list[int] = []
+
+    async def scenario() -> list[Any] | None:
+        transport = pg_realtime.PgTransport(b, pg_url)
+        transport.start(lambda events: delivered.extend(e.seq for e in events))
+        transport.listen(True)
+        try:
+            for title in ("one", "two", "three"):
+                _write_in_unit(a, title)  # on "node A": B's event loop has not run since
+            seqs = [seq for seq, _ in events(a)]
+            assert transport.cursor < seqs[1]
+            return transport.replay(seqs[1])
+        finally:
+            transport.stop()
+
+    assert asyncio.run(scenario()) == []  # the client received them live, not `reload`
+    assert delivered == [seq for seq, _ in events(a)]
