@@ -351,6 +351,54 @@ def _data_version(conn: apsw.Connection) -> int:
     return int(fetch_value(conn, "PRAGMA data_version"))
 
 
+# --- the PostgreSQL variant of the write side (backends/pg_realtime.py has its reading side) ---------
+# Ids must follow commit order, and a registration must wait for writes that found nobody listening;
+# see backends/pg_realtime.py for why. Advisory lock numbers are the second key, the first being the
+# schema's hash (deployments in several schemas of one database never wait on each other).
+
+CHANNEL = "snackbase_realtime"
+REGISTER_LOCK = 2  # shared: a writer that found nobody listening; exclusive: a registration
+SEQUENCE_LOCK = 3  # exclusive: a transaction recording an event, until it commits
+
+
+def someone_listens_postgres(conn: Any) -> bool:
+    """Inside the writer's transaction: whether some node holds a lease. When none does, the writer
+    keeps REGISTER_LOCK (shared) until it commits, so a node registering now waits for this write and
+    its clients are acknowledged only after it (which they were never owed)."""
+    lock_postgres(conn, REGISTER_LOCK, shared=True)
+    return has_listeners(conn)  # a new statement: it sees every registration committed before the lock
+
+
+def record_event_postgres(
+    conn: Any, action: str, account_id: str, collection: str, record_id: str, record: dict[str, Any]
+) -> None:
+    """Inside the writer's transaction: the event, with its id in commit order, and the NOTIFY."""
+    conn.execute(_LOCK_AND_NOTIFY, (SEQUENCE_LOCK, CHANNEL))
+    insert_event(conn, action, account_id, collection, record_id, record)
+
+
+_LOCK_AND_NOTIFY = (
+    "SELECT pg_advisory_xact_lock(hashtext(current_schema()), ?), pg_notify(?, current_schema())"
+)
+
+
+def publish_event_postgres(
+    conn: Any, action: str, account_id: str, collection: str, record_id: str, record: dict[str, Any]
+) -> None:
+    """A write on a PostgreSQL connection without a transport (a worker thread, the CLI)."""
+    if someone_listens_postgres(conn):
+        record_event_postgres(conn, action, account_id, collection, record_id, record)
+
+
+def lock_postgres(conn: Any, number: int, shared: bool = False) -> None:
+    """A transaction-level advisory lock of this schema (released at COMMIT or ROLLBACK)."""
+    conn.execute(_LOCK_SHARED if shared else _LOCK, (number,))
+
+
+_LOCK = "SELECT pg_advisory_xact_lock(hashtext(current_schema()), ?)"
+_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtext(current_schema()), ?)"
+
+
 # --- the seam the write path calls ---------------------------------------------------------------
 
 # The transport of each connection that serves realtime; a write on any other connection (the CLI,
@@ -370,9 +418,7 @@ def publish(
     transport = _transports.get(conn)
     if transport is None:
         if getattr(conn, "dialect", None) == "postgresql":  # a worker thread's or the CLI's connection
-            from snackbase.backends.pg_realtime import publish_event
-
-            publish_event(conn, action, account_id, collection, record_id, record)
+            publish_event_postgres(conn, action, account_id, collection, record_id, record)
         elif has_listeners(conn):
             insert_event(conn, action, account_id, collection, record_id, record)
     else:

@@ -24,7 +24,7 @@ from snackbase import periodic
 from snackbase.backends import pg_realtime
 from snackbase.backends.postgres import PgConnection, PgDatabase
 from snackbase.db import fetch_value
-from snackbase.realtime_transport import register
+from snackbase.realtime_transport import publish_event_postgres, register
 from snackbase.unit_of_work import unit_of_work
 
 BLOCKED_FOR = 0.4  # how long a waiting writer is watched to still be waiting
@@ -47,7 +47,7 @@ def nodes(pg_url: str) -> Iterator[Callable[[], PgConnection]]:
 
 def write_event(conn: PgConnection, title: str) -> None:
     """One record change as the write path publishes it from a connection without a transport."""
-    pg_realtime.publish_event(conn, "create", "AC0001", "notes", title, {"id": title, "title": title})
+    publish_event_postgres(conn, "create", "AC0001", "notes", title, {"id": title, "title": title})
 
 
 def in_thread(fn: Callable[[], Any]) -> threading.Thread:

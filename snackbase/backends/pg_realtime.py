@@ -1,7 +1,8 @@
 """Realtime fan-out between nodes on PostgreSQL: `PgTransport`, the `BrokerTransport` of a node.
 
-The same seam, table and leases as SQLite's transport (snackbase/realtime_transport.py); what differs
-is how the events stay in commit order and how a node hears of another node's commit:
+The same seam, table and leases as SQLite's transport (snackbase/realtime_transport.py, which also holds
+the PostgreSQL variant of the write side, `…_postgres`: the write path runs it on any connection); what
+differs is how the events stay in commit order and how a node hears of another node's commit:
 
 - **Commit order.** SQLite has one writer at a time, so its AUTOINCREMENT id is in commit order. On
   PostgreSQL an identity value is drawn at INSERT, and transactions commit in any order: a reader that
@@ -42,21 +43,21 @@ import psycopg
 
 from snackbase.backends.postgres import PgConnection
 from snackbase.realtime_transport import (
+    CHANNEL,
     KEEP_EVENTS,
+    REGISTER_LOCK,
+    SEQUENCE_LOCK,
     Published,
     SqliteTransport,
-    has_listeners,
-    insert_event,
+    lock_postgres,
+    record_event_postgres,
     register,
+    someone_listens_postgres,
 )
 from snackbase.unit_of_work import Work, unit_of_work
 
 log = logging.getLogger("snackbase.realtime")
 
-CHANNEL = "snackbase_realtime"
-# Advisory lock numbers (the second key; the first is the schema's hash). 1 is the migrations' lock.
-REGISTER_LOCK = 2  # shared: a writer that found nobody listening; exclusive: a registration
-SEQUENCE_LOCK = 3  # exclusive: a transaction recording an event (ids in commit order)
 RECONNECT_SECONDS = 1.0
 NOTIFY_WAIT_SECONDS = 0.5  # how often the listening thread looks up from `notifies()` to see if it must stop
 
@@ -77,9 +78,9 @@ class PgTransport(SqliteTransport):
         record: dict[str, Any],
     ) -> None:  # fmt: skip
         # This node's own current lease is a lease: no need to look (nor to order against registrations).
-        if self.leased_until <= time.time() and not _someone_listens(conn):
+        if self.leased_until <= time.time() and not someone_listens_postgres(conn):
             return
-        record_event(conn, action, account_id, collection, record_id, record)
+        record_event_postgres(conn, action, account_id, collection, record_id, record)
         if self._listening:
             # Read back after COMMIT (the NOTIFY wakes this node too, a little later).
             work.after_commit(self.wake)
@@ -101,8 +102,8 @@ class PgTransport(SqliteTransport):
         """The LISTEN connection (started with the broker) is the change signal: nothing to poll."""
 
     def _register(self, until: float) -> None:
-        lock(self.conn, REGISTER_LOCK)  # waits for writers that found nobody listening
-        lock(self.conn, SEQUENCE_LOCK)  # the gap marker, if any, takes its id in commit order
+        lock_postgres(self.conn, REGISTER_LOCK)  # waits for writers that found nobody listening
+        lock_postgres(self.conn, SEQUENCE_LOCK)  # the gap marker, if any, takes its id in commit order
         register(self.conn, self.process, until)
 
     def replay(self, after: int) -> list[Published] | None:
@@ -118,44 +119,6 @@ class PgTransport(SqliteTransport):
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
-
-
-def _someone_listens(conn: Any) -> bool:
-    """Inside the writer's transaction: whether some node holds a lease. When none does, the writer
-    keeps REGISTER_LOCK (shared) until it commits, so a node registering now waits for this write and
-    its clients are acknowledged only after it (which they were never owed)."""
-    lock(conn, REGISTER_LOCK, shared=True)
-    return has_listeners(conn)  # a new statement: it sees every registration committed before the lock
-
-
-def record_event(
-    conn: Any, action: str, account_id: str, collection: str, record_id: str, record: dict[str, Any]
-) -> None:
-    """Inside the writer's transaction: the event, with its id in commit order, and the NOTIFY."""
-    conn.execute(_LOCK_AND_NOTIFY, (SEQUENCE_LOCK, CHANNEL))
-    insert_event(conn, action, account_id, collection, record_id, record)
-
-
-_LOCK_AND_NOTIFY = (
-    "SELECT pg_advisory_xact_lock(hashtext(current_schema()), ?), pg_notify(?, current_schema())"
-)
-
-
-def publish_event(
-    conn: Any, action: str, account_id: str, collection: str, record_id: str, record: dict[str, Any]
-) -> None:
-    """A write on a connection without a transport (a worker thread, the CLI): the same rules."""
-    if _someone_listens(conn):
-        record_event(conn, action, account_id, collection, record_id, record)
-
-
-def lock(conn: Any, number: int, shared: bool = False) -> None:
-    """A transaction-level advisory lock of this schema (released at COMMIT or ROLLBACK)."""
-    conn.execute(_LOCK_SHARED if shared else _LOCK, (number,))
-
-
-_LOCK = "SELECT pg_advisory_xact_lock(hashtext(current_schema()), ?)"
-_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtext(current_schema()), ?)"
 
 
 class Listener:
