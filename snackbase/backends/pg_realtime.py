@@ -46,6 +46,7 @@ from snackbase.realtime_transport import (
     CHANNEL,
     KEEP_EVENTS,
     REGISTER_LOCK,
+    RENEW_SECONDS,
     SEQUENCE_LOCK,
     Published,
     SqliteTransport,
@@ -102,8 +103,11 @@ class PgTransport(SqliteTransport):
         """The LISTEN connection (started with the broker) is the change signal: nothing to poll."""
 
     def _register(self, until: float) -> None:
-        lock_postgres(self.conn, REGISTER_LOCK)  # waits for writers that found nobody listening
-        lock_postgres(self.conn, SEQUENCE_LOCK)  # the gap marker, if any, takes its id in commit order
+        if self.leased_until <= time.time() + RENEW_SECONDS:
+            # A new lease, or one close to its end (a renewal well within it needs no locks: while this
+            # node's lease runs no writer finds nobody listening, so renewals never stall the writers).
+            lock_postgres(self.conn, REGISTER_LOCK)  # waits for writers that found nobody listening
+            lock_postgres(self.conn, SEQUENCE_LOCK)  # a gap marker takes its id in commit order
         register(self.conn, self.process, until)
 
     def replay(self, after: int) -> list[Published] | None:
