@@ -358,3 +358,26 @@ def test_each_periodic_job_runs_on_exactly_one_node_and_moves_when_it_dies(
     while holder(cluster.url, CLEANUP_JOB) is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert holder(cluster.url, CLEANUP_JOB) == "node2"
+
+
+def test_a_node_whose_listening_connection_drops_reconnects_and_misses_nothing(
+    start_cluster: Callable[..., Cluster],
+) -> None:
+    import psycopg
+
+    cluster = start_cluster(2)
+    make_notes(cluster)
+    token = cluster.root["authorization"].split()[1]
+    subscriber = Ws(cluster.b, type("U", (), {"token": token, "headers": cluster.root}))  # type: ignore[arg-type]
+    assert subscriber.subscribe(["notes"])["type"] == "subscribed"
+    with psycopg.connect(cluster.url, autocommit=True) as conn:
+        ended = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'node1' AND query LIKE 'LISTEN%%'"
+        ).fetchall()
+    assert ended == [(True,)]
+    # Written while node1 may not be listening yet: read once it is back, in order.
+    made = [
+        call(cluster.a, "POST", "/records/notes", {"title": f"t{i}"}, cluster.root)[1]["id"] for i in range(3)
+    ]
+    assert [subscriber.recv()["record"]["id"] for _ in made] == made
