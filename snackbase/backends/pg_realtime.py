@@ -33,6 +33,7 @@ database never wait on each other's locks.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import threading
@@ -96,8 +97,10 @@ class PgTransport(SqliteTransport):
     def _notified(self) -> None:
         """From the listening thread: another node (or this one) committed events."""
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self.wake, context=self._context)
+        if loop is not None:
+            # RuntimeError: the loop closed (the server is stopping), nobody to wake.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.wake, context=self._context)
 
     def _watch(self) -> None:
         """The LISTEN connection (started with the broker) is the change signal: nothing to poll."""
