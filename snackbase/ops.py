@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import apsw
 from starlette.types import Scope
 
-from snackbase import audit, backup, backup_pg, backup_store, cron, db, metrics
+from snackbase import audit, backup, backup_pg, backup_store, cron, db, metrics, periodic
 from snackbase.config import ConfigError, Settings
 from snackbase.db import Database
 from snackbase.ratelimit import RateLimiter, limits_from
@@ -302,13 +302,16 @@ class Ops:
 
     async def run_schedule(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         """Runs a backup at every slot of SNACKBASE_BACKUP_CRON. Archives are named by their slot, so
-        with several server processes the first one makes it and the others find it made."""
+        with several server processes the first one makes it and the others find it made; on
+        PostgreSQL one node holds the schedule (an advisory lock) and the others skip it."""
         assert self.schedule is not None
         while True:
             now = datetime.now(UTC)
             slot = self.schedule.next_after(now)
             self.backups.next_run = slot
             await sleep(max(0.0, (slot - datetime.now(UTC)).total_seconds()))
+            if not periodic.claim(self.db.conn, "backups.schedule"):
+                continue  # on PostgreSQL another node makes the scheduled backups (snackbase/periodic.py)
             try:
                 await self.create_backup("scheduled", audit.SYSTEM_ACTOR, name=backup.archive_name(slot))
             except Exception:

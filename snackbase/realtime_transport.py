@@ -23,8 +23,9 @@ the table inside its own transaction; SQLite's one writer at a time orders that 
 registration, so no event a subscriber is owed is ever skipped, and a server nobody listens to pays
 one tiny indexed read per changed record. When a process registers while no lease is current, writes
 may have gone unrecorded: it inserts a `gap` marker event, and a resume across it is told to reload.
-A PostgreSQL backend would implement the same interface with NOTIFY inside the transaction (Postgres
-delivers notifications on commit only) and LISTEN in each process, keeping a table for `replay`.
+On PostgreSQL, `backends.pg_realtime.PgTransport` implements the same interface for many nodes: the
+same table and leases, a NOTIFY inside the writer's transaction (delivered at commit only) and a
+LISTEN on a dedicated connection per node instead of `data_version`.
 """
 
 from __future__ import annotations
@@ -176,8 +177,7 @@ class SqliteTransport:
             # Events committed while nobody here listened are never delivered live (they stay
             # replayable while some lease was current).
             self._cursor = _last_seq(self.conn)
-            self._version = _data_version(self.conn)
-            self._schedule_poll()
+            self._watch()
             assert self._loop is not None
             self._renewal = self._loop.call_later(RENEW_SECONDS, self._renew)
             return
@@ -192,13 +192,21 @@ class SqliteTransport:
         except (apsw.Error, ApiError):  # busy: the lease still runs RESUME_SECONDS - RENEW_SECONDS
             log.warning("realtime lease not extended at the last disconnect; it stays as it was")
 
+    def _watch(self) -> None:
+        """Starts noticing other processes' commits: SQLite's `data_version`, polled."""
+        self._version = _data_version(self.conn)
+        self._schedule_poll()
+
     def _lease(self) -> None:
         until = time.time() + RESUME_SECONDS
         # A unit of work without an audit entry: server state, like the event rows, not a change
         # anyone made.
         with unit_of_work(self.conn):
-            register(self.conn, self.process, until)
+            self._register(until)
         self.leased_until = until
+
+    def _register(self, until: float) -> None:
+        register(self.conn, self.process, until)
 
     def _renew(self) -> None:
         if not self._listening:
@@ -343,6 +351,54 @@ def _data_version(conn: apsw.Connection) -> int:
     return int(fetch_value(conn, "PRAGMA data_version"))
 
 
+# --- the PostgreSQL variant of the write side (backends/pg_realtime.py has its reading side) ---------
+# Ids must follow commit order, and a registration must wait for writes that found nobody listening;
+# see backends/pg_realtime.py for why. Advisory lock numbers are the second key, the first being the
+# schema's hash (deployments in several schemas of one database never wait on each other).
+
+CHANNEL = "snackbase_realtime"
+REGISTER_LOCK = 2  # shared: a writer that found nobody listening; exclusive: a registration
+SEQUENCE_LOCK = 3  # exclusive: a transaction recording an event, until it commits
+
+
+def someone_listens_postgres(conn: Any) -> bool:
+    """Inside the writer's transaction: whether some node holds a lease. When none does, the writer
+    keeps REGISTER_LOCK (shared) until it commits, so a node registering now waits for this write and
+    its clients are acknowledged only after it (which they were never owed)."""
+    lock_postgres(conn, REGISTER_LOCK, shared=True)
+    return has_listeners(conn)  # a new statement: it sees every registration committed before the lock
+
+
+def record_event_postgres(
+    conn: Any, action: str, account_id: str, collection: str, record_id: str, record: dict[str, Any]
+) -> None:
+    """Inside the writer's transaction: the event, with its id in commit order, and the NOTIFY."""
+    conn.execute(_LOCK_AND_NOTIFY, (SEQUENCE_LOCK, CHANNEL))
+    insert_event(conn, action, account_id, collection, record_id, record)
+
+
+_LOCK_AND_NOTIFY = (
+    "SELECT pg_advisory_xact_lock(hashtext(current_schema()), ?), pg_notify(?, current_schema())"
+)
+
+
+def publish_event_postgres(
+    conn: Any, action: str, account_id: str, collection: str, record_id: str, record: dict[str, Any]
+) -> None:
+    """A write on a PostgreSQL connection without a transport (a worker thread, the CLI)."""
+    if someone_listens_postgres(conn):
+        record_event_postgres(conn, action, account_id, collection, record_id, record)
+
+
+def lock_postgres(conn: Any, number: int, shared: bool = False) -> None:
+    """A transaction-level advisory lock of this schema (released at COMMIT or ROLLBACK)."""
+    conn.execute(_LOCK_SHARED if shared else _LOCK, (number,))
+
+
+_LOCK = "SELECT pg_advisory_xact_lock(hashtext(current_schema()), ?)"
+_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtext(current_schema()), ?)"
+
+
 # --- the seam the write path calls ---------------------------------------------------------------
 
 # The transport of each connection that serves realtime; a write on any other connection (the CLI,
@@ -361,7 +417,9 @@ def publish(
     """Called by the write path for every changed record, inside its unit of work."""
     transport = _transports.get(conn)
     if transport is None:
-        if has_listeners(conn):
+        if getattr(conn, "dialect", None) == "postgresql":  # a worker thread's or the CLI's connection
+            publish_event_postgres(conn, action, account_id, collection, record_id, record)
+        elif has_listeners(conn):
             insert_event(conn, action, account_id, collection, record_id, record)
     else:
         transport.publish(conn, work, action, account_id, collection, record_id, record)

@@ -63,30 +63,44 @@ def _spend(
     conn: apsw.Connection, settings: Settings, row: dict[str, Any], now: str, meta: audit.RequestMeta | None
 ) -> str | None:
     if row["used_at"] is not None:
-        # Recorded only when it ends a live session: replaying a dead token again writes nothing, so an
-        # anonymous caller cannot grow the trail at will. The presenter is unknown (maybe a thief), so
-        # the actor is anonymous and the session's user goes into `extra`.
-        if revoke_session(conn, row["session_id"], "refresh_token_reuse"):
-            audit.append(
-                conn,
-                account_id=row["account_id"],
-                actor=audit.ANONYMOUS_ACTOR,
-                action="auth.refresh_reuse",
-                collection="sessions",
-                record_id=row["session_id"],
-                meta=meta,
-                extra={"user_id": row["id"], "email": row["email"], "revoked_reason": "refresh_token_reuse"},
-            )
+        _reused(conn, row, meta)
         return None
     if not _usable(row, now) or _idle(row, settings):
         return None
-    conn.execute("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?", (now, row["token_hash"]))
+    # `used_at IS NULL`: on PostgreSQL two nodes may read the token unspent at once; the second UPDATE
+    # waits for the first one's row lock, then finds it spent — a reuse, as if it came later. (On
+    # SQLite the write lock already serializes them: this changes one row every time.)
+    conn.execute(
+        "UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
+        (now, row["token_hash"]),
+    )
+    if conn.changes() == 0:
+        _reused(conn, row, meta)
+        return None
     new_token, expires = new_refresh_token(), later_iso(settings.refresh_token_expire_days * 86400)
     _insert_refresh(conn, digest(new_token), row["session_id"], now, expires)
     conn.execute(
         "UPDATE sessions SET last_used_at = ?, expires_at = ? WHERE id = ?", (now, expires, row["session_id"])
     )
     return new_token
+
+
+def _reused(conn: apsw.Connection, row: dict[str, Any], meta: audit.RequestMeta | None) -> None:
+    """A spent refresh token presented again: the session ends. Recorded only when it ends a live
+    session: replaying a dead token again writes nothing, so an anonymous caller cannot grow the trail
+    at will. The presenter is unknown (maybe a thief), so the actor is anonymous and the session's
+    user goes into `extra`."""
+    if revoke_session(conn, row["session_id"], "refresh_token_reuse"):
+        audit.append(
+            conn,
+            account_id=row["account_id"],
+            actor=audit.ANONYMOUS_ACTOR,
+            action="auth.refresh_reuse",
+            collection="sessions",
+            record_id=row["session_id"],
+            meta=meta,
+            extra={"user_id": row["id"], "email": row["email"], "revoked_reason": "refresh_token_reuse"},
+        )
 
 
 def _usable(row: dict[str, Any], now: str) -> bool:

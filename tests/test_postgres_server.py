@@ -11,6 +11,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -137,3 +138,22 @@ def test_sqlite_never_imports_the_postgresql_driver(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_postgresql_app_serves_every_route_of_the_sqlite_app(tmp_path: Path, pg_url: str) -> None:
+    """Nothing of the SQLite server is missing on PostgreSQL (backends/server.py `ported_tables`)."""
+
+    def routes(app: Any) -> set[tuple[str, str]]:
+        return {
+            (method, route.path)
+            for route in app.router.routes
+            for method in (getattr(route, "methods", None) or {"WS"})
+            if method != "HEAD"
+        }
+
+    sqlite_app = create_app(make_settings(tmp_path / "sqlite"))
+    pg_app = create_app(make_settings(tmp_path / "pg", database_url=pg_url))
+    try:
+        assert routes(sqlite_app) - routes(pg_app) == set()
+    finally:
+        pg_app.state.db.close()  # type: ignore[attr-defined]

@@ -1,13 +1,11 @@
-"""The server on PostgreSQL, as far as it is ported (docs/scaling.md, "What works today").
+"""The server on PostgreSQL (docs/scaling.md).
 
 `app.create_app` hands over here when SNACKBASE_DATABASE_URL is a postgresql:// URL. The app opens
-PostgreSQL (migrating the system tables, once across nodes), answers the probes and the API root, and
-answers every route that is not ported yet with 501 `not_on_postgresql` in the one error envelope: a
-request never half-works on PostgreSQL. Settings that ask for work not ported yet (the
-scheduled backups, metrics) refuse the start with one line.
-
-As the port goes on, route tables move from "refused" to PORTED_TABLES; the request path (middleware,
-error envelope) is the same module code as on SQLite.
+PostgreSQL (migrating the system tables, once across nodes) and serves the same route tables as the
+SQLite app, through the same request path (middleware, error envelope), write path and read path: the
+modules are shared. What differs lives beside them: the macros' fence (`macro_fence`), realtime
+between nodes (`pg_realtime`), periodic work claimed by one node (`snackbase/periodic.py`), backups as
+a logical dump (`snackbase/backup_pg.py`).
 """
 
 from __future__ import annotations
@@ -15,25 +13,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from snackbase import files, runtime_settings, versions
+from snackbase import files, periodic, runtime_settings, versions
 from snackbase.admin_ui import UI_PREFIX, admin_ui, admin_ui_redirect
 from snackbase.auth_middleware import AuthMiddleware
-from snackbase.backends import NOT_PORTED_CODE, dialect, macro_fence
+from snackbase.backends import dialect, macro_fence, pg_realtime
 from snackbase.backends.postgres import PgDatabase
 from snackbase.collections import Registry
 from snackbase.config import Settings, ensure_data_dir, with_secret_key
 from snackbase.context import scope_caller
 from snackbase.error_handlers import exception_handlers
-from snackbase.errors import ApiError
 from snackbase.hook_dispatch import HookDispatcher
 from snackbase.hook_loader import HookMiddleware, serve_hooks, start_hooks, terminate_hooks
 from snackbase.hook_records import RecordsHelper
@@ -42,6 +38,9 @@ from snackbase.macros import MacroStore
 from snackbase.middleware import ExceptionHandlers, RequestMiddleware
 from snackbase.ops import Ops
 from snackbase.ratelimit import Network, RateLimiter, RateLimitMiddleware, limits_from, parse_proxies
+from snackbase.realtime import Broker, Limits
+from snackbase.realtime_access import RecordGate
+from snackbase.realtime_transport import install
 from snackbase.routes import (
     RouteTable,
     audit,
@@ -72,13 +71,10 @@ from snackbase.users import ensure_superadmin_from_settings
 
 log = logging.getLogger("snackbase")
 
-_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-
 
 def ported_tables() -> tuple[list[RouteTable], list[RouteTable]]:
-    """(root tables, API tables) served on PostgreSQL today; every other route answers 501.
-
-    Records come first, as on SQLite (they carry almost all traffic)."""
+    """(root tables, API tables) served on PostgreSQL: every table of the SQLite app (a test keeps the
+    two in step). Records come first, as on SQLite (they carry almost all traffic)."""
     return [health.root_routes, docs.root_routes], [
         records.routes,  # with aggregates
         files_routes.routes,
@@ -97,37 +93,23 @@ def ported_tables() -> tuple[list[RouteTable], list[RouteTable]]:
         user_admin_routes.routes,
         backups_routes.routes,  # a logical dump (snackbase/backup_pg.py)
         logs_routes.routes,  # each node's request log, in its own SQLite file as on SQLite
-        profiles_routes.routes,  # user profiles (file fields, an avatar, wait for file storage)
+        profiles_routes.routes,  # user profiles and their file fields (an avatar)
         macros.routes,  # custom SQL macros, in macro_fence's role and read-only transaction
         settings_routes.routes,  # the console's run-time settings
         docs.routes,  # /openapi.json: the routes of this table and the collections
+        realtime.routes,  # fan-out between nodes over LISTEN/NOTIFY (backends/pg_realtime.py)
     ]
-
-
-def unported_tables() -> list[RouteTable]:
-    """The API tables of the SQLite app not in `ported_tables()`: their routes answer 501, and a path
-    no route of either has answers 404 as on SQLite (the one is not ported, the other does not exist).
-    A table moved to the ported list is left out here by identity."""
-    ported = ported_tables()[1]
-    every = [
-        transfer_routes.routes,
-        macros.routes,
-        docs.routes,
-        settings_routes.routes,
-        profiles_routes.routes,
-        realtime.routes,
-    ]
-    return [table for table in every if not any(table is t for t in ported)]
 
 
 class SnackBasePgApp(Starlette):
-    """Starlette with the same lean stack as app.SnackBaseApp (no ServerErrorMiddleware)."""
+    """Starlette with the same lean stack as app.SnackBaseApp (no ServerErrorMiddleware), realtime at
+    the edge as there."""
 
     def build_middleware_stack(self) -> ASGIApp:
         app: ASGIApp = ExceptionHandlers(self.router, self.exception_handlers)
         for cls, args, kwargs in reversed(self.user_middleware):
             app = cls(app, *args, **kwargs)
-        return app
+        return PostgresDialect(realtime.realtime_first(app, self.state.settings.api_prefix))
 
 
 def create_postgres_app(settings: Settings) -> Starlette:
@@ -159,9 +141,11 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
         dialect.current.set(dialect.POSTGRESQL)  # background work started here inherits it
         await serve_hooks(app)
         await ops.start()
-        sweeper = asyncio.create_task(files.sweep_periodically(database.conn))  # type: ignore[arg-type]
+        jobs = [asyncio.create_task(job) for job in periodic_jobs(database)]
         yield
-        sweeper.cancel()
+        app.state.realtime.stop()  # open streams end now, not at the graceful-shutdown timeout
+        for task in jobs:
+            task.cancel()
         await ops.stop()
         await terminate_hooks(app)
         database.close()
@@ -178,16 +162,16 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
         if method != "WS"
     ]
     routes += [
-        Route(settings.api_prefix + path, not_ported, methods=_METHODS)
-        for table in unported_tables()
-        for _, path, _ in table
+        WebSocketRoute(settings.api_prefix + path, handler)
+        for table in api
+        for method, path, handler in table
+        if method == "WS"
     ]
-    # The admin UI: the same static app as on SQLite; what it calls and is not ported answers 501.
+    # The admin UI: the same static app as on SQLite.
     routes += [Route(UI_PREFIX.rstrip("/"), admin_ui_redirect), Route(UI_PREFIX + "{path:path}", admin_ui)]
     app = SnackBasePgApp(
         routes=routes,
         middleware=[
-            Middleware(PostgresDialect),
             Middleware(
                 RequestMiddleware,
                 ui_prefix=UI_PREFIX,
@@ -211,6 +195,7 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
     app.state.registry = Registry()
     app.state.macros = MacroStore()
     macro_fence.setup(database.conn)  # the macros' role; without the rights to make it, macros are off
+    app.state.realtime = realtime_broker(settings, database, app.state.registry)
     app.state.hooks = HookDispatcher(hooks, app, scope_caller, RecordsHelper)
     ensure_superadmin_from_settings(settings, database.conn)  # type: ignore[arg-type]
     start_files(settings, database)
@@ -227,6 +212,30 @@ def rate_limits(settings: Settings) -> list[Middleware]:
     return [Middleware(RateLimitMiddleware, prefix=settings.api_prefix, limiter=limiter)]
 
 
+def realtime_broker(settings: Settings, database: PgDatabase, registry: Registry) -> Broker:
+    """This node's realtime broker over LISTEN/NOTIFY (backends/pg_realtime.py): the same broker, gate
+    and routes as on SQLite, another transport behind the same seam."""
+    transport = pg_realtime.PgTransport(database.conn, settings.database_url)
+    install(database.conn, transport)  # type: ignore[arg-type]  # the apsw-shaped adapter
+    limits = Limits(settings.realtime_max_topics, settings.realtime_max_connections_per_user,
+                    settings.realtime_max_connections_per_address, settings.realtime_send_queue,
+                    settings.realtime_heartbeat_seconds)  # fmt: skip
+    return Broker(transport, RecordGate(database.conn, registry), limits)  # type: ignore[arg-type]
+
+
+def periodic_jobs(database: PgDatabase) -> list[Coroutine[Any, Any, None]]:
+    """The periodic work of a node on PostgreSQL; each job runs on exactly one node at a time
+    (snackbase/periodic.py: an advisory lock per job)."""
+    conn = database.conn
+    return [
+        periodic.every(conn, pg_realtime.CLEANUP_JOB, pg_realtime.CLEANUP_SECONDS,
+                       lambda: pg_realtime.cleanup(conn), at_start=True),
+        # The files in file_trash (a crash between a COMMIT and the deletion); at start, files.start.
+        periodic.every(conn, "files.sweep", files.SWEEP_INTERVAL_S,
+                       lambda: files.sweep(conn)),  # type: ignore[arg-type]  # the apsw-shaped adapter
+    ]  # fmt: skip
+
+
 class PostgresDialect:
     """Outermost: every request of this app compiles its filters, rules and sorts for PostgreSQL."""
 
@@ -239,14 +248,6 @@ class PostgresDialect:
             await self.app(scope, receive, send)
         finally:
             dialect.current.reset(token)
-
-
-async def not_ported(request: Request) -> Response:
-    raise ApiError(
-        501,
-        NOT_PORTED_CODE,
-        "This part of SnackBase does not run on PostgreSQL yet; see docs/scaling.md for what does.",
-    )
 
 
 def start_files(settings: Settings, database: PgDatabase) -> None:
