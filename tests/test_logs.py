@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections.abc import Iterator
 
@@ -18,8 +19,13 @@ def access_pipe(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     read_end, write_end = os.pipe()
     os.set_blocking(read_end, False)
     monkeypatch.setattr(logs, "_access_fd", write_end)
-    monkeypatch.setattr(logs.access_logger, "level", 20)  # INFO
+    # Whatever earlier tests did to logging: this logger writes INFO lines (setLevel clears its cache).
+    monkeypatch.setattr(logging.root.manager, "disable", 0)
+    monkeypatch.setattr(logs.access_logger, "disabled", False)
+    level = logs.access_logger.level
+    logs.access_logger.setLevel(logging.INFO)
     yield read_end
+    logs.access_logger.setLevel(level)
     os.close(read_end)
     os.close(write_end)
 
