@@ -24,6 +24,8 @@ def access_pipe(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     monkeypatch.setattr(logs.access_logger, "disabled", False)
     level = logs.access_logger.level
     logs.access_logger.setLevel(logging.INFO)
+    assert logs.access_logger.isEnabledFor(logging.INFO)
+    assert logs._running_loop() is None, logs._running_loop()
     yield read_end
     logs.access_logger.setLevel(level)
     os.close(read_end)
