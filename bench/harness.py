@@ -49,6 +49,26 @@ def require(tool: str) -> str:
     return path
 
 
+def tree_cpu_seconds(root_pid: int) -> float:
+    """User + system CPU seconds of a process and every process below it, from /proc."""
+    stats = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats.append((int(entry.name), int(fields[1]), int(fields[11]) + int(fields[12])))
+    tree, grew = {root_pid}, True
+    while grew:  # children first appear under the parent, grandchildren under them
+        grew = False
+        for pid, ppid, _ in stats:
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return sum(cpu for pid, _, cpu in stats if pid in tree) / os.sysconf("SC_CLK_TCK")
+
+
 class Server:
     """A server process pinned to core 0; stopped by its own PID."""
 
@@ -87,24 +107,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) of the server and every process below it (`--workers N`)."""
-        ticks, tree = 0, {self.proc.pid}
-        stats = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                stats.append((int(entry.name), int(fields[1]), int(fields[11]) + int(fields[12])))
-        grew = True
-        while grew:  # children first appear under the parent, grandchildren under them
-            grew = False
-            for pid, ppid, _ in stats:
-                if ppid in tree and pid not in tree:
-                    tree.add(pid)
-                    grew = True
-        ticks = sum(cpu for pid, _, cpu in stats if pid in tree)
-        return ticks / os.sysconf("SC_CLK_TCK")
+        return tree_cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import Result, Server, free_port, request, save, wrk
+from harness import Result, Server, free_port, request, save, tree_cpu_seconds, wrk
 from records import BODY, FILTER_SB, SB_FIELDS, SUPER_EMAIL, SUPER_PASSWORD, _qs, _row, _seed, snackbase_admin
 
 CONFIGS = {"sqlite": ("SQLite", 1), "pg1": ("PostgreSQL", 1), "pg2": ("PostgreSQL", 2)}
@@ -51,26 +50,6 @@ class Row:
 
 def load_average() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
-
-
-def tree_cpu_seconds(root_pid: int) -> float:
-    """User + system CPU seconds of a process and everything below it (PostgreSQL's backends)."""
-    stats = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            stats.append((int(entry.name), int(fields[1]), int(fields[11]) + int(fields[12])))
-    tree, grew = {root_pid}, True
-    while grew:
-        grew = False
-        for pid, ppid, _ in stats:
-            if ppid in tree and pid not in tree:
-                tree.add(pid)
-                grew = True
-    return sum(cpu for pid, _, cpu in stats if pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def start_nodes(count: int, database_url: str, pythonpath: str | None) -> list[Server]:

@@ -54,19 +54,29 @@ class RecordingTransport(asyncio.Transport):
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
 
 
-async def exchange(app: App, request: bytes, answers: int = 1) -> RecordingTransport:
-    """Feeds `request` to a fresh connection and waits until `answers` responses are complete."""
+def connect(app: App) -> tuple[EnvelopeHttpToolsProtocol, RecordingTransport, ServerState]:
+    """A fresh connection of the server's protocol to `app`, over a recording transport."""
     config = Config(app, http=EnvelopeHttpToolsProtocol, lifespan="off", log_config=None)
     config.load()
     state = ServerState()
     protocol = EnvelopeHttpToolsProtocol(config=config, server_state=state, app_state={})
     transport = RecordingTransport()
     protocol.connection_made(transport)
-    protocol.data_received(request)
+    return protocol, transport, state
+
+
+async def answered(state: ServerState, transport: RecordingTransport, answers: int = 1) -> None:
     for _ in range(1000):
         if state.total_requests >= answers or transport.closed:
-            break
+            return
         await asyncio.sleep(0)
+
+
+async def exchange(app: App, request: bytes, answers: int = 1) -> RecordingTransport:
+    """Feeds `request` to a fresh connection and waits until `answers` responses are complete."""
+    protocol, transport, state = connect(app)
+    protocol.data_received(request)
+    await answered(state, transport, answers)
     transport.closed_by_server = transport.closed
     protocol.connection_lost(None)
     transport.close()
@@ -133,18 +143,10 @@ async def test_a_stream_without_a_length_sends_its_head_at_once() -> None:
         writes_before_first_chunk.extend(transport_holder[0].writes)
         release.set()
 
-    config = Config(app, http=EnvelopeHttpToolsProtocol, lifespan="off", log_config=None)
-    config.load()
-    state = ServerState()
-    protocol = EnvelopeHttpToolsProtocol(config=config, server_state=state, app_state={})
-    transport = RecordingTransport()
-    protocol.connection_made(transport)
+    protocol, transport, state = connect(app)
     watcher = asyncio.create_task(watch([transport]))
     protocol.data_received(GET)
-    for _ in range(1000):
-        if state.total_requests:
-            break
-        await asyncio.sleep(0)
+    await answered(state, transport)
     await watcher
     protocol.connection_lost(None)
     assert len(writes_before_first_chunk) == 1
