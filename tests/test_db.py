@@ -133,3 +133,51 @@ def test_without_the_background_checkpointer_sqlite_checkpoints_on_commit(tmp_pa
             db.conn.execute("INSERT INTO t VALUES (randomblob(1500))")
     assert (tmp_path / "x.db-wal").stat().st_size < 1_200 * WAL_FRAME
     db.close()
+
+
+def test_a_lock_held_by_another_connection_is_waited_for(tmp_path: Path) -> None:
+    import time
+
+    holder, waiter = connect(tmp_path / "db.sqlite"), connect(tmp_path / "db.sqlite")
+    holder.execute("BEGIN IMMEDIATE")
+
+    def release_later() -> None:
+        time.sleep(0.03)
+        holder.execute("ROLLBACK")
+
+    threading.Thread(target=release_later).start()
+    waiter.execute("BEGIN IMMEDIATE")  # waits, then takes the lock
+    waiter.execute("ROLLBACK")
+
+
+def test_the_busy_handler_tries_again_in_small_steps_until_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """0.1 ms, 0.2 ms, … up to 2 ms between tries (SQLite's own handler sleeps 1, 2, 5, 10 … ms while
+    the lock it waits for is held ~0.2 ms), and SQLITE_BUSY once the limit has passed."""
+    from snackbase import db
+
+    clock, slept = [100.0], []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(db.time, "sleep", sleep)
+    monkeypatch.setattr(db.time, "monotonic", lambda: clock[0])
+    wait = db._busy_waiter(0.05)
+    tries = 0
+    while wait(tries):
+        tries += 1
+    assert slept[:3] == pytest.approx([0.0001, 0.0002, 0.0003])
+    assert max(slept) == pytest.approx(0.002)
+    assert 0.05 < sum(slept) < 0.05 + 0.002
+
+
+def test_a_lock_held_past_the_limit_is_busy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from snackbase import db
+
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 50)
+    holder, waiter = connect(tmp_path / "db.sqlite"), connect(tmp_path / "db.sqlite")
+    holder.execute("BEGIN IMMEDIATE")
+    with pytest.raises(apsw.BusyError):
+        waiter.execute("BEGIN IMMEDIATE")
+    holder.execute("ROLLBACK")
