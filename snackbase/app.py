@@ -174,7 +174,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         db.checkpoint_in_background()
         optimizer = asyncio.create_task(db.optimize_periodically())
         await ops.start()
-        sweeper = asyncio.create_task(files.sweep_periodically(db.conn))
+        sweeper = asyncio.create_task(files.sweep_every(db.conn))
         yield
         app.state.realtime.stop()  # open streams end now, not at the graceful-shutdown timeout
         sweeper.cancel()

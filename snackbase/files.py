@@ -23,7 +23,7 @@ import logging
 import shutil
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import apsw
 import msgspec
 
+from snackbase import periodic
 from snackbase.config import Settings
 from snackbase.db import fetch_all, fetch_value
 from snackbase.errors import ApiError, FieldErrors, field_error, validation_error
@@ -406,13 +407,10 @@ def _sweep_staging(staging: Path) -> None:
                     entry.unlink()
 
 
-async def sweep_periodically(conn: apsw.Connection, interval_s: float = SWEEP_INTERVAL_S) -> None:
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            sweep(conn)
-        except Exception:
-            log.exception("file sweep failed; it runs again later")
+def sweep_every(conn: apsw.Connection, interval_s: float = SWEEP_INTERVAL_S) -> Coroutine[Any, Any, None]:
+    """The periodic sweep of file_trash (what a crash between a COMMIT and the deletion left; at start,
+    `start` sweeps once): on one node at a time on PostgreSQL, in every process on SQLite."""
+    return periodic.every(conn, "files.sweep", interval_s, lambda: sweep(conn))
 
 
 def drop_fields(conn: apsw.Connection, work: Work, collection: Collection, names: list[str]) -> None:

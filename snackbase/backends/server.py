@@ -230,9 +230,7 @@ def periodic_jobs(database: PgDatabase) -> list[Coroutine[Any, Any, None]]:
     return [
         periodic.every(conn, pg_realtime.CLEANUP_JOB, pg_realtime.CLEANUP_SECONDS,
                        lambda: pg_realtime.cleanup(conn), at_start=True),
-        # The files in file_trash (a crash between a COMMIT and the deletion); at start, files.start.
-        periodic.every(conn, "files.sweep", files.SWEEP_INTERVAL_S,
-                       lambda: files.sweep(conn)),  # type: ignore[arg-type]  # the apsw-shaped adapter
+        files.sweep_every(conn),  # type: ignore[arg-type]  # the apsw-shaped adapter
     ]  # fmt: skip
 
 
