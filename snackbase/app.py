@@ -6,30 +6,25 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.types import ASGIApp
+from starlette.routing import Route
 
 from snackbase import files, runtime_settings, versions
 from snackbase.admin_ui import UI_PREFIX, admin_ui, admin_ui_redirect
-from snackbase.auth_middleware import AuthMiddleware
 from snackbase.collections import Registry
 from snackbase.config import Settings, ensure_data_dir, load_settings, with_secret_key
 from snackbase.context import scope_caller
 from snackbase.db import Database
 from snackbase.error_handlers import exception_handlers
 from snackbase.hook_dispatch import HookDispatcher
-from snackbase.hook_loader import HookMiddleware, serve_hooks, start_hooks, terminate_hooks
+from snackbase.hook_loader import serve_hooks, start_hooks, terminate_hooks
 from snackbase.hook_records import RecordsHelper
 from snackbase.hooks import hooks
 from snackbase.macros import MacroStore
-from snackbase.middleware import ExceptionHandlers, RequestMiddleware
 from snackbase.migrations import migrate, refuse_newer
 from snackbase.ops import Ops
-from snackbase.ratelimit import RateLimitMiddleware, parse_proxies
+from snackbase.ratelimit import RateGuard, parse_proxies
 from snackbase.realtime import Broker, Limits
 from snackbase.realtime_access import RecordGate
 from snackbase.realtime_transport import SqliteTransport, install
@@ -58,8 +53,8 @@ from snackbase.routes import settings as settings_routes
 from snackbase.routes import transfer as transfer_routes
 from snackbase.routes import user_admin as user_admin_routes
 from snackbase.routes import users as users_routes
-from snackbase.routing import IndexedRouter, LeanRoute
-from snackbase.runtime_settings import RuntimeSettingsMiddleware
+from snackbase.routing import build_routes
+from snackbase.stack import SnackBaseApp
 
 log = logging.getLogger("snackbase")
 
@@ -106,17 +101,6 @@ def auth_tables() -> list[RouteTable]:
     ]
 
 
-def build_routes(prefix: str, tables: list[RouteTable]) -> list[BaseRoute]:
-    built: list[BaseRoute] = []
-    for table in tables:
-        for method, path, handler in table:
-            if method == "WS":
-                built.append(WebSocketRoute(prefix + path, handler))
-            else:
-                built.append(LeanRoute(prefix + path, handler, methods=[method]))
-    return built
-
-
 def open_database(settings: Settings) -> Database:
     """Creates the data dir and database on first start and brings the schema up to date."""
     ensure_data_dir(settings)
@@ -129,26 +113,6 @@ def open_database(settings: Settings) -> Database:
         db.close()
         raise
     return db
-
-
-class SnackBaseApp(Starlette):
-    """Starlette with a leaner middleware stack around the same router and middleware.
-
-    Starlette wraps the app in ServerErrorMiddleware (outermost) and ExceptionMiddleware (innermost),
-    each adding a coroutine around the app and around every `send`. RequestMiddleware, our outermost
-    layer, already logs any unhandled exception and answers the enveloped 500, and ExceptionHandlers
-    gives routes their error handlers without the wrapping: together ~3-5% of a create's time. The
-    router tries only the routes a path's first segments allow (routing.py)."""
-
-    def __init__(self, routes: list[BaseRoute], **kwargs: Any) -> None:
-        super().__init__(routes=routes, **kwargs)
-        self.router = IndexedRouter(routes, lifespan=kwargs.get("lifespan"))
-
-    def build_middleware_stack(self) -> ASGIApp:
-        app: ASGIApp = ExceptionHandlers(self.router, self.exception_handlers)
-        for cls, args, kwargs in reversed(self.user_middleware):
-            app = cls(app, *args, **kwargs)
-        return realtime.realtime_first(app, self.state.settings.api_prefix)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -188,22 +152,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
     root = [t for t in root_tables() if t is not metrics_routes.root_routes or settings.metrics_enabled]
     routes = build_routes("", root) + build_routes(settings.api_prefix, api_tables())
     routes += [Route(UI_PREFIX.rstrip("/"), admin_ui_redirect), Route(UI_PREFIX + "{path:path}", admin_ui)]
-    observer = ops.observe if ops.observing else None
-    middleware = [
-        Middleware(RequestMiddleware, ui_prefix=UI_PREFIX, observer=observer, trusted_proxies=proxies)
-    ]
-    # Settings changed in the console reach every process; CORS answers for the current origins.
-    middleware.append(Middleware(RuntimeSettingsMiddleware))
-    middleware.append(Middleware(AuthMiddleware, prefix=settings.api_prefix))
-    if ops.limiter.limits:  # inside auth: signed-in callers are limited per user
-        middleware.append(
-            Middleware(RateLimitMiddleware, prefix=settings.api_prefix, limiter=ops.limiter,
-                       on_limited=ops.count_rate_limited)
-        )  # fmt: skip
-    middleware.append(Middleware(HookMiddleware))  # inside auth: request hooks see the caller
+    limited = bool(ops.limiter.limits)  # signed-in callers are limited per user
+    guard = RateGuard(settings.api_prefix, ops.limiter, ops.count_rate_limited) if limited else None
     app = SnackBaseApp(
         routes=routes,
-        middleware=middleware,
+        ui_prefix=UI_PREFIX,
+        observer=ops.observe if ops.observing else None,
+        trusted_proxies=proxies,
+        guard=guard,
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )

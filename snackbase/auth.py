@@ -1,6 +1,6 @@
 """The identity of a request's caller (`Auth`, from its access token and session row), permission
-checks, and the audit entries of auth-side changes. Sessions and refresh tokens are `sessions`; the
-middleware that resolves the caller for every API request is `auth_middleware`.
+checks, and the audit entries of auth-side changes. Sessions and refresh tokens are `sessions`; every
+API request's caller is resolved before routing by `stack.RequestGate`.
 
 Revocation across worker processes: an access token is a signed JWT, but its session is also checked
 in SQL (the session and user rows) to be neither revoked nor expired with an active user; the role and
@@ -84,7 +84,13 @@ def later_iso(seconds: float) -> str:
 
 
 async def get_auth(request: Request) -> Auth:
-    """The caller, resolved once per request (the middleware usually did it already)."""
+    """The caller, resolved once per request (stack.RequestGate usually did it already)."""
+    return auth_of(request)
+
+
+def auth_of(request: Request) -> Auth:
+    """`get_auth` for synchronous code: the caller, resolved on first use and kept in the scope's state;
+    ApiError 401 for a bad, expired or revoked token."""
     state = request.scope.setdefault("state", {})
     auth = state.get("auth")
     if auth is None:

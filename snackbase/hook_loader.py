@@ -1,5 +1,5 @@
 """Hooks meet the app: loading `<data-dir>/hooks/*.py` (or SNACKBASE_HOOKS_DIR), the app.* events, and
-the request.before / request.after middleware.
+serving a request with its request.before / request.after hooks.
 
 Loading is all or nothing: a file that does not import — a SyntaxError, an exception at import, a
 registration the registry refuses — stops the start with the file, the line and the error on one line,
@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from snackbase.config import ConfigError
 from snackbase.errors import ApiError, error_response
-from snackbase.hooks import AppEvent, HookRegistry, RequestEvent, current_scope, hooks, request_id
+from snackbase.hooks import AppEvent, HookRegistry, RequestEvent, hooks, request_id
 
 if TYPE_CHECKING:
     from snackbase.hook_dispatch import HookDispatcher
@@ -97,42 +97,26 @@ def describe_failure(path: Path, exc: BaseException) -> str:
     return f"hook file {path}{where}: {type(exc).__name__}{': ' + text if text else ''}"
 
 
-class HookMiddleware:
-    """Fires request.before (which may abort, answered in the envelope) and request.after (once the
-    response is sent). It runs inside the auth middleware, so events see the caller."""
+async def serve_with_request_hooks(
+    app: ASGIApp, hooks: HookDispatcher, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Serves a request with request.before (which may abort, answered in the envelope) and
+    request.after (once the response is sent) around it; stack.RequestGate calls it only when such hooks
+    are registered, after the caller is known, so events see the caller."""
+    started, status = time.perf_counter(), {"code": 500}
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    async def send_status(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            status["code"] = message["status"]
+        await send(message)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        token = current_scope.set(scope)
-        try:
-            await self._serve(scope, receive, send)
-        finally:
-            current_scope.reset(token)
-
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        hooks = scope["app"].state.hooks
-        if not hooks.has("request.before") and not hooks.has("request.after"):
-            await self.app(scope, receive, send)  # the common case: no wrapper on the hot path
-            return
-        started, status = time.perf_counter(), {"code": 500}
-
-        async def send_status(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            if await _allowed(hooks, scope, receive, send_status):
-                await self.app(scope, receive, send_status)
-        finally:
-            if hooks.has("request.after"):
-                duration_ms = round((time.perf_counter() - started) * 1000, 2)
-                hooks.fire("request.after", _request_event(scope, status["code"], duration_ms))
+    try:
+        if await _allowed(hooks, scope, receive, send_status):
+            await app(scope, receive, send_status)
+    finally:
+        if hooks.has("request.after"):
+            duration_ms = round((time.perf_counter() - started) * 1000, 2)
+            hooks.fire("request.after", _request_event(scope, status["code"], duration_ms))
 
 
 async def _allowed(hooks: HookDispatcher, scope: Scope, receive: Receive, send: Send) -> bool:

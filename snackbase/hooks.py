@@ -128,7 +128,7 @@ def _field_entry(value: Any) -> dict[str, str]:
 
 # --- events -------------------------------------------------------------------------------------
 
-# The HTTP request being served (set by HookMiddleware): events default their auth from it.
+# The HTTP request being served (set by stack.RequestGate): events default their auth from it.
 current_scope: ContextVar[Scope | None] = ContextVar("hook_scope", default=None)
 _nesting: ContextVar[int] = ContextVar("hook_nesting", default=0)
 
@@ -242,6 +242,9 @@ class Hook:
 class HookRegistry:
     def __init__(self) -> None:
         self._hooks: dict[str, list[Hook]] = {}
+        # event → the collections (None: any) its registered hooks apply to, built-ins left out:
+        # `has` answers from it, since the request path asks on every request (~1% of a get).
+        self._scopes: dict[str, frozenset[str | None]] = {}
         self._seq = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
         self.loading: Path | None = None  # set by the hook-file loader while a file runs
@@ -273,7 +276,15 @@ class HookRegistry:
         chain = self._hooks.setdefault(hook.event, [])
         chain.append(hook)
         chain.sort(key=lambda h: (-h.priority, h.seq))  # higher priority first, then registration order
+        self._index()
         return hook
+
+    def _index(self) -> None:
+        self._scopes = {
+            event: frozenset(h.collection for h in chain if h.builtin is None)
+            for event, chain in self._hooks.items()
+            if any(h.builtin is None for h in chain)
+        }
 
     def builtin(self, event: str, name: str, priority: int, does: str) -> None:
         """A descriptive entry for work the pipeline does itself (listed, never called)."""
@@ -293,6 +304,7 @@ class HookRegistry:
             kept = [h for h in chain if not match(h)]
             removed += len(chain) - len(kept)
             self._hooks[event] = kept
+        self._index()
         return removed
 
     def snapshot(self) -> dict[str, list[Hook]]:
@@ -301,6 +313,7 @@ class HookRegistry:
 
     def restore(self, saved: dict[str, list[Hook]]) -> None:
         self._hooks = {event: list(chain) for event, chain in saved.items()}
+        self._index()
 
     def registered(self, event: str | None = None) -> list[Hook]:
         """Every hook (built-ins included) in dispatch order, per event."""
@@ -308,7 +321,8 @@ class HookRegistry:
         return [h for name in names for h in self._hooks.get(name, [])]
 
     def has(self, event: str, collection: str | None = None) -> bool:
-        return bool(self._chain(event, collection))
+        scopes = self._scopes.get(event)
+        return scopes is not None and (None in scopes or collection in scopes)
 
     def _chain(self, event: str, collection: str | None) -> list[Hook]:
         return [

@@ -2,7 +2,9 @@
 
 For every HTTP request it: takes or makes the request id, puts it in the log context, adds the
 request id and security headers to the response, turns any unexpected exception into a bare 500 in
-the error envelope (logged with its trace, never shown), and writes one access log line.
+the error envelope (logged with its trace, never shown), and writes one access log line. It also
+keeps the app's settings current (run-time settings change while serving) and puts CORS in front of
+the rest of the stack when origins are set.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ RESPONSE_STATUS = "snackbase.response_status"
 
 # Called once per finished request with (scope, status, seconds, unhandled exception or None).
 Observer = Callable[[Scope, int, float, BaseException | None], None]
+# The app's settings as they are now (runtime_settings.current: they may change while serving).
+SettingsOf = Callable[[Any], Any]
 
 
 class RequestMiddleware:
@@ -68,11 +72,16 @@ class RequestMiddleware:
         ui_prefix: str = "/_/",
         observer: Observer | None = None,
         trusted_proxies: tuple[Network, ...] = (),
+        settings_of: SettingsOf | None = None,
     ) -> None:
         self.app = app
         self.ui_prefix = ui_prefix
         self.observer = observer  # metrics and the request log (snackbase.ops); None when both are off
         self.trusted_proxies = trusted_proxies
+        self.settings_of = settings_of
+        # The settings object last seen, and the rest of the stack for it: behind CORS when it names
+        # origins (built once per settings object; parsing the origins per request was ~1% of a get).
+        self._for_settings: tuple[Any, ASGIApp] = (None, app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -99,7 +108,7 @@ class RequestMiddleware:
 
         error: BaseException | None = None
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self._inner(scope)(scope, receive, send_wrapper)
         except Exception as exc:
             error = exc
             log.exception("unhandled error", extra={"method": scope["method"], "path": scope["path"]})
@@ -111,6 +120,19 @@ class RequestMiddleware:
             if self.observer is not None:
                 self.observer(scope, status["code"], elapsed, error)
             request_context.reset(token)
+
+    def _inner(self, scope: Scope) -> ASGIApp:
+        """The rest of the stack for the app's current settings: behind CORS when origins are set
+        (SNACKBASE_CORS_ORIGINS may change at run time, so the CORS layer is built per origin list)."""
+        if self.settings_of is None:
+            return self.app
+        settings = self.settings_of(scope["app"])
+        seen, inner = self._for_settings
+        if seen is not settings:
+            origins = settings.cors_origin_list
+            inner = _cors(self.app, origins) if origins else self.app
+            self._for_settings = (settings, inner)
+        return inner
 
     def _headers(self, scope: Scope, request_id: str) -> list[tuple[bytes, bytes]]:
         headers = [(b"x-request-id", request_id.encode()), *_SECURITY_HEADERS]
@@ -149,6 +171,17 @@ class EnvelopeCORSMiddleware(CORSMiddleware):
                 await response(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+
+def _cors(app: ASGIApp, origins: list[str]) -> ASGIApp:
+    return EnvelopeCORSMiddleware(
+        app,
+        allow_origins=origins,
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=["X-Request-ID", "ETag"],  # ETag: optimistic concurrency
+        max_age=600,
+    )
 
 
 HttpHandler = Callable[[Request, Exception], Awaitable[Response]]

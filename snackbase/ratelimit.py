@@ -18,10 +18,10 @@ import math
 import time
 from collections.abc import Callable
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from snackbase.config import Settings
-from snackbase.errors import ApiError, error_response
+from snackbase.errors import ApiError
 
 CLASSES = ("reads", "writes", "auth", "uploads")
 _READ_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
@@ -93,40 +93,32 @@ class RateLimiter:
                 del self.buckets[key]
 
 
-class RateLimitMiddleware:
-    """Inside AuthMiddleware (the caller is known); only API routes are limited, never the probes."""
+class RateGuard:
+    """The limits of API requests (never the probes), checked once the caller is known (stack.RequestGate):
+    signed-in callers are limited per user."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        prefix: str,
-        limiter: RateLimiter,
-        on_limited: Callable[[str], None] | None = None,
-    ) -> None:
-        self.app = app
+    def __init__(self, prefix: str, limiter: RateLimiter, on_limited: Callable[[str], None] | None = None):
         self.prefix = prefix
         self.auth_prefix = prefix + "/auth/"
         self.limiter = limiter
         self.on_limited = on_limited
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(self.prefix):
-            klass = route_class(scope, self.auth_prefix)
-            if klass in self.limiter.limits:
-                wait = self.limiter.take(klass, _caller(scope))
-                if wait > 0:
-                    if self.on_limited is not None:
-                        self.on_limited(klass)
-                    error = ApiError(
-                        429,
-                        "rate_limited",
-                        f"Too many {klass} requests; try again in {math.ceil(wait)} s.",
-                        headers={"retry-after": str(math.ceil(wait))},
-                    )
-                    response = error_response(error, str(scope["state"].get("request_id", "")))
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+    def refusal(self, scope: Scope) -> ApiError | None:
+        """429 `rate_limited` with Retry-After once the caller's bucket for this route class is empty."""
+        klass = route_class(scope, self.auth_prefix)
+        if klass not in self.limiter.limits:
+            return None
+        wait = self.limiter.take(klass, _caller(scope))
+        if wait <= 0:
+            return None
+        if self.on_limited is not None:
+            self.on_limited(klass)
+        return ApiError(
+            429,
+            "rate_limited",
+            f"Too many {klass} requests; try again in {math.ceil(wait)} s.",
+            headers={"retry-after": str(math.ceil(wait))},
+        )
 
 
 def _caller(scope: Scope) -> str:

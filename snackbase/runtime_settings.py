@@ -7,7 +7,7 @@ cannot be changed here. Only the settings in EDITABLE can be stored: the listen 
 the secret key and the like need a restart by nature.
 
 Every server process applies a change: the one that wrote it at once, the others within
-RECHECK_S seconds (RuntimeSettingsMiddleware compares the table's stamp at most that often).
+RECHECK_S seconds (`current`, called on every request, compares the table's stamp at most that often).
 """
 
 from __future__ import annotations
@@ -21,11 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import apsw
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from snackbase.config import ConfigError, Settings, _check_choices, _check_ranges, env_name, parse_env_file
 from snackbase.db import fetch_all, fetch_one
-from snackbase.middleware import EnvelopeCORSMiddleware
 
 RECHECK_S = 2.0
 
@@ -154,38 +152,15 @@ def start(app: Any, base: Settings, env_file: Path | None = None) -> None:
         app.state.settings_checked = time.monotonic()
 
 
-class RuntimeSettingsMiddleware:
-    """Keeps app.state.settings current in every process, and answers CORS for the current origins
-    (SNACKBASE_CORS_ORIGINS may change at run time, so the CORS middleware is built per list; its
-    refusals answer in the envelope)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self._cors: dict[tuple[str, ...], ASGIApp] = {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state = scope["app"].state
-        if time.monotonic() - state.settings_checked > RECHECK_S:
-            state.settings_checked = time.monotonic()
-            if stamp(state.db.conn) != state.settings_stamp:
-                with contextlib.suppress(ConfigError):  # a bad stored value: keep the last good settings
-                    apply(scope["app"])
-        origins = tuple(state.settings.cors_origin_list)
-        if not origins:
-            await self.app(scope, receive, send)
-            return
-        cors = self._cors.get(origins)
-        if cors is None:
-            cors = EnvelopeCORSMiddleware(
-                self.app,
-                allow_origins=list(origins),
-                allow_methods=["*"],
-                allow_headers=["*"],
-                expose_headers=["X-Request-ID", "ETag"],  # ETag: optimistic concurrency
-                max_age=600,
-            )
-            self._cors = {origins: cors}
-        await cors(scope, receive, send)
+def current(app: Any) -> Settings:
+    """The app's settings as they are now: the stored values are compared (by their stamp) at most every
+    RECHECK_S seconds, so a change made by another process applies here within that time. Called by
+    RequestMiddleware on every HTTP request."""
+    state = app.state
+    if time.monotonic() - state.settings_checked > RECHECK_S:
+        state.settings_checked = time.monotonic()
+        if stamp(state.db.conn) != state.settings_stamp:
+            with contextlib.suppress(ConfigError):  # a bad stored value: keep the last good settings
+                apply(app)
+    settings: Settings = state.settings
+    return settings

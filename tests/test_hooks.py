@@ -86,6 +86,30 @@ def test_unregister_removes_every_registration_of_the_function() -> None:
     assert calls == [] and not registry.has("record.before_update")
 
 
+def test_has_answers_for_the_registered_hooks_after_every_change() -> None:
+    """`has` answers from an index kept by register, unregister and restore; built-ins never count."""
+    registry = HookRegistry()
+    registry.builtin("record.before_create", "pipeline step", RESERVED_PRIORITY, "described only")
+    assert not registry.has("record.before_create") and not registry.has("record.before_create", "posts")
+
+    def narrow(event: Event) -> None: ...
+
+    def wide(event: Event) -> None: ...
+
+    registry.on("record.before_create", collection="posts")(narrow)
+    assert registry.has("record.before_create", "posts")
+    assert not registry.has("record.before_create", "tags") and not registry.has("record.before_create")
+    saved = registry.snapshot()
+    registry.on("record.before_create")(wide)
+    assert registry.has("record.before_create") and registry.has("record.before_create", "tags")
+    registry.unregister(wide)
+    assert not registry.has("record.before_create", "tags")
+    registry.unregister(narrow)
+    assert not registry.has("record.before_create", "posts")
+    registry.restore(saved)
+    assert registry.has("record.before_create", "posts") and not registry.has("record.before_create")
+
+
 @pytest.mark.parametrize(
     ("event", "kwargs", "message"),
     [

@@ -17,13 +17,11 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from snackbase import files, periodic, runtime_settings, versions
 from snackbase.admin_ui import UI_PREFIX, admin_ui, admin_ui_redirect
-from snackbase.auth_middleware import AuthMiddleware
 from snackbase.backends import dialect, macro_fence, pg_realtime
 from snackbase.backends.postgres import PgDatabase
 from snackbase.collections import Registry
@@ -31,13 +29,12 @@ from snackbase.config import Settings, ensure_data_dir, with_secret_key
 from snackbase.context import scope_caller
 from snackbase.error_handlers import exception_handlers
 from snackbase.hook_dispatch import HookDispatcher
-from snackbase.hook_loader import HookMiddleware, serve_hooks, start_hooks, terminate_hooks
+from snackbase.hook_loader import serve_hooks, start_hooks, terminate_hooks
 from snackbase.hook_records import RecordsHelper
 from snackbase.hooks import hooks
 from snackbase.macros import MacroStore
-from snackbase.middleware import ExceptionHandlers, RequestMiddleware
 from snackbase.ops import Ops
-from snackbase.ratelimit import Network, RateLimiter, RateLimitMiddleware, limits_from, parse_proxies
+from snackbase.ratelimit import Network, RateGuard, RateLimiter, limits_from, parse_proxies
 from snackbase.realtime import Broker, Limits
 from snackbase.realtime_access import RecordGate
 from snackbase.realtime_transport import install
@@ -66,7 +63,8 @@ from snackbase.routes import settings as settings_routes
 from snackbase.routes import transfer as transfer_routes
 from snackbase.routes import user_admin as user_admin_routes
 from snackbase.routes import users as users_routes
-from snackbase.runtime_settings import RuntimeSettingsMiddleware
+from snackbase.routing import build_routes
+from snackbase.stack import SnackBaseApp
 from snackbase.users import ensure_superadmin_from_settings
 
 log = logging.getLogger("snackbase")
@@ -101,20 +99,9 @@ def ported_tables() -> tuple[list[RouteTable], list[RouteTable]]:
     ]
 
 
-class SnackBasePgApp(Starlette):
-    """Starlette with the same lean stack as app.SnackBaseApp (no ServerErrorMiddleware), realtime at
-    the edge as there."""
-
-    def build_middleware_stack(self) -> ASGIApp:
-        app: ASGIApp = ExceptionHandlers(self.router, self.exception_handlers)
-        for cls, args, kwargs in reversed(self.user_middleware):
-            app = cls(app, *args, **kwargs)
-        return PostgresDialect(realtime.realtime_first(app, self.state.settings.api_prefix))
-
-
 def create_postgres_app(settings: Settings) -> Starlette:
     """The app over PostgreSQL: the same request path, write path and read path as on SQLite (the
-    modules are shared), with the route tables not ported yet answering 501."""
+    modules are shared), and the same ASGI stack (snackbase/stack.py) inside the PostgreSQL dialect."""
     ensure_data_dir(settings)  # the generated secret key (outside production) lives there
     settings = with_secret_key(settings)
     versions.set_key(settings.secret_key)
@@ -154,35 +141,16 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
     root, api = ported_tables()
     if settings.metrics_enabled:
         root = [*root, metrics_routes.root_routes]
-    routes: list[BaseRoute] = [
-        Route(prefix + path, handler, methods=[method])
-        for prefix, tables in (("", root), (settings.api_prefix, api))
-        for table in tables
-        for method, path, handler in table
-        if method != "WS"
-    ]
-    routes += [
-        WebSocketRoute(settings.api_prefix + path, handler)
-        for table in api
-        for method, path, handler in table
-        if method == "WS"
-    ]
+    routes = build_routes("", root) + build_routes(settings.api_prefix, api)
     # The admin UI: the same static app as on SQLite.
     routes += [Route(UI_PREFIX.rstrip("/"), admin_ui_redirect), Route(UI_PREFIX + "{path:path}", admin_ui)]
-    app = SnackBasePgApp(
+    app = SnackBaseApp(
         routes=routes,
-        middleware=[
-            Middleware(
-                RequestMiddleware,
-                ui_prefix=UI_PREFIX,
-                observer=ops.observe if ops.observing else None,
-                trusted_proxies=proxies,
-            ),
-            Middleware(RuntimeSettingsMiddleware),
-            Middleware(AuthMiddleware, prefix=settings.api_prefix),
-            *rate_limits(settings),
-            Middleware(HookMiddleware),
-        ],
+        ui_prefix=UI_PREFIX,
+        observer=ops.observe if ops.observing else None,
+        trusted_proxies=proxies,
+        guard=rate_guard(settings),
+        wrap=PostgresDialect,
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
@@ -203,13 +171,12 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
     return app
 
 
-def rate_limits(settings: Settings) -> list[Middleware]:
-    """SNACKBASE_RATE_LIMIT_*, inside auth as on SQLite (signed-in callers per user). The buckets live
-    in each process's memory, as on SQLite: N nodes allow a caller up to N times the budget."""
+def rate_guard(settings: Settings) -> RateGuard | None:
+    """SNACKBASE_RATE_LIMIT_*, checked once the caller is known as on SQLite (signed-in callers per
+    user). The buckets live in each process's memory, as on SQLite: N nodes allow a caller up to N times
+    the budget."""
     limiter = RateLimiter(limits_from(settings))
-    if not limiter.limits:
-        return []
-    return [Middleware(RateLimitMiddleware, prefix=settings.api_prefix, limiter=limiter)]
+    return RateGuard(settings.api_prefix, limiter) if limiter.limits else None
 
 
 def realtime_broker(settings: Settings, database: PgDatabase, registry: Registry) -> Broker:
