@@ -214,3 +214,28 @@ def test_json_responses_carry_the_headers_starlette_would_give_them(
     body = b"" if status == 204 else b'{"a":1}'
     expected = Response(body, status_code=status, media_type="application/json", headers=headers)
     assert JsonResponse(body, status, headers).raw_headers == expected.raw_headers
+
+
+def test_the_unsent_limit_is_set_on_tcp_sockets() -> None:
+    """Before a file bigger than NOTSENT_LOWAT is sent, TCP_NOTSENT_LOWAT is set on the connection's
+    socket (the kernel then sends from the server's context rather than on the client's ACKs, see
+    docs/performance.md); a socket that is not TCP is left alone, without an error."""
+    from snackbase.http_protocol import _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT, _limit_unsent
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        served, _ = listener.accept()
+        with client, served:
+            before = served.getsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT)
+            transport = RecordingTransport()
+            transport.sock.close()
+            transport.sock = served
+            _limit_unsent(transport)
+            assert before != NOTSENT_LOWAT
+            assert served.getsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT) == NOTSENT_LOWAT
+    left, right = socket.socketpair()  # AF_UNIX: no such option, and no error either
+    with left, right:
+        transport = RecordingTransport()
+        transport.sock.close()
+        transport.sock = left
+        _limit_unsent(transport)
