@@ -75,6 +75,12 @@ class Auth:
 ANONYMOUS = Auth(None, None, None, None, None, False, "anonymous")
 
 
+def anonymous_in(account_id: str) -> Auth:
+    """An anonymous caller scoped to an account, as if it had sent X-Account-ID (file downloads for an
+    `<img src>`; `dataclasses.replace` was ~3% of such a request)."""
+    return Auth(None, account_id, None, None, None, False, "anonymous")
+
+
 def unauthorized(message: str = "Authentication is required.") -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"www-authenticate": "Bearer"})
 

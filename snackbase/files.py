@@ -24,7 +24,7 @@ import shutil
 import time
 import weakref
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +39,7 @@ from snackbase.errors import ApiError, FieldErrors, field_error, validation_erro
 from snackbase.s3 import S3Client, S3Config
 from snackbase.schema import Collection, Field, quote_ident
 from snackbase.storage import LocalStorage, S3Storage, Storage
+from snackbase.thumbs import Recent
 from snackbase.times import format_ts, now_iso
 from snackbase.unit_of_work import Work, unit_of_work
 
@@ -71,6 +72,7 @@ class Runtime:
     staging: Path  # local directory for uploads being received
     thumbs: Path  # local cache of thumbnails
     quota: int = 0  # bytes per account; 0 = no quota
+    recent_thumbs: Recent = field(default_factory=Recent)  # the last ones served, in memory
 
 
 _runtimes: weakref.WeakKeyDictionary[apsw.Connection, Runtime] = weakref.WeakKeyDictionary()

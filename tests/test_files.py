@@ -22,6 +22,7 @@ from snackbase import files
 from snackbase.app import create_app
 from snackbase.config import Settings
 from snackbase.db import fetch_all, fetch_value
+from snackbase.thumbs import Recent
 from snackbase.unit_of_work import unit_of_work
 from tests.factories import User, make_account, make_superadmin, make_user
 
@@ -402,8 +403,31 @@ def test_thumbnails(w: World) -> None:
         )
     cached = list((w.settings.files_path / ".thumbs").rglob("50x50"))
     assert len(cached) == 1
+    # served again from memory: the same bytes even once the disk cache is gone
+    first = w.client.get(url + "?thumb=50x50", headers=h).content
+    cached[0].unlink()
+    assert w.client.get(url + "?thumb=50x50", headers=h).content == first
     # a size the field does not list serves the original
     assert w.client.get(url + "?thumb=33x33", headers=h).content == w.stored()[0].read_bytes()
+
+
+def test_recent_thumbnails_stay_within_their_byte_budget() -> None:
+    recent = Recent(budget=6400)  # entries of at most 100 bytes (1/64 of it) are kept
+    for i in range(70):
+        recent.put(f"k{i}", "50x50", bytes([i]) * 100)
+        if i == 0:
+            assert recent.get("k0", "50x50") == bytes([0]) * 100
+    assert recent.size <= 6400 and recent.get("k0", "50x50") is None  # the oldest went first
+    assert recent.get("k69", "50x50") == bytes([69]) * 100 and recent.get("k69", "0x40") is None
+    recent.get("k6", "50x50")  # served again: now the most recent
+    recent.put("new", "50x50", b"x" * 100)
+    assert recent.get("k6", "50x50") is not None and recent.get("k7", "50x50") is None
+    recent.put("big", "500x500", b"x" * 101)  # over 1/64 of the budget: stays on disk only
+    assert recent.get("big", "500x500") is None
+    recent.put("new", "50x50", b"y" * 10)  # replaced: the size follows
+    assert recent.get("new", "50x50") == b"y" * 10 and recent.size == sum(
+        len(v) for v in recent._items.values()
+    )
 
 
 def test_quota(settings: Settings) -> None:

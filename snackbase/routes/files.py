@@ -14,7 +14,6 @@ import functools
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -25,7 +24,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from snackbase import files, presenter, queries, thumbs
-from snackbase.auth import ANONYMOUS, Auth, _live_session, require_user, unauthorized
+from snackbase.auth import ANONYMOUS, Auth, _live_session, anonymous_in, require_user, unauthorized
 from snackbase.config import Settings
 from snackbase.context import caller_for
 from snackbase.db import fetch_one
@@ -145,7 +144,7 @@ def _scope_anonymous_to_record(request: Request, collection: Collection) -> None
     )
     if row is None:
         raise ApiError(404, "not_found", "The record was not found.")
-    state["auth"] = replace(auth, account_id=row["account_id"])
+    state["auth"] = anonymous_in(row["account_id"])
     state.pop("caller", None)
 
 
@@ -315,16 +314,19 @@ async def _thumbnail(
     headers["etag"] = etag
     if _not_modified(request, etag, headers["last-modified"]):
         return Response(status_code=304, headers=_without_body_headers(headers))
-    cached = runtime.thumbs / key / spec
-    try:
-        data = cached.read_bytes()
-    except FileNotFoundError:
-        original = await runtime.storage.read(key)
+    data = runtime.recent_thumbs.get(key, spec)
+    if data is None:
+        cached = runtime.thumbs / key / spec
         try:
-            data = await asyncio.to_thread(thumbs.make, original, spec, meta["type"])
-        except Exception:  # a corrupt or hostile image: the original, never a 500
-            return await _serve(request, runtime.storage, key, meta, headers)
-        _write_cache(cached, data)
+            data = cached.read_bytes()
+        except FileNotFoundError:
+            original = await runtime.storage.read(key)
+            try:
+                data = await asyncio.to_thread(thumbs.make, original, spec, meta["type"])
+            except Exception:  # a corrupt or hostile image: the original, never a 500
+                return await _serve(request, runtime.storage, key, meta, headers)
+            _write_cache(cached, data)
+        runtime.recent_thumbs.put(key, spec, data)
     headers["content-type"] = thumbs.output_type(meta["type"])
     headers.pop("accept-ranges", None)
     return Response(data, headers=headers)
@@ -354,7 +356,7 @@ async def download_profile_file(request: Request) -> Response:
         row = fetch_one(conn, "SELECT account_id FROM users WHERE id = ?", (user_id,))
         if row is None:
             raise ApiError(404, "not_found", "The file was not found.")
-        state["auth"] = replace(auth, account_id=row["account_id"])
+        state["auth"] = anonymous_in(row["account_id"])
         state.pop("caller", None)
     caller = await caller_for(request)
     found = presenter.shown_profile_file(conn, caller, user_id, request.path_params["filename"])
