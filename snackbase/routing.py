@@ -29,7 +29,7 @@ CACHE_MAX = 4096  # keys come from request paths: bounded, cleared when full
 
 
 class IndexedRouter(Router):
-    _candidates: dict[tuple[Any, ...], list[BaseRoute]]  # (slashes, first segments…) → routes
+    _candidates: dict[tuple[Any, ...], list[BaseRoute]]  # (method, slashes, first segments…) → routes
     _indexed_count = -1
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -61,13 +61,18 @@ class IndexedRouter(Router):
     def _routes_for(self, scope: Scope) -> list[BaseRoute]:
         if self._indexed_count != len(self.routes):  # routes added after start (tests do)
             self._candidates, self._indexed_count = {}, len(self.routes)
-        path = get_route_path(scope)
-        key = (path.count("/"), *path.split("/", KEY_SEGMENTS + 1)[1 : KEY_SEGMENTS + 1])
+        path, method = get_route_path(scope), scope["method"]
+        key = (method, path.count("/"), *path.split("/", KEY_SEGMENTS + 1)[1 : KEY_SEGMENTS + 1])
         routes = self._candidates.get(key)
         if routes is None:
             if len(self._candidates) >= CACHE_MAX:
                 self._candidates.clear()
-            routes = self._candidates[key] = [r for r in self.routes if _may_match(r, key)]
+            found = [r for r in self.routes if _may_match(r, key[1:])]
+            # The routes that allow the method first, each group in its original order: the first full
+            # match is the same as in the original order (only these can match fully), and the first
+            # partial one too (only the others can) — a create no longer tries the list route's regex.
+            allowing = [r for r in found if getattr(r, "methods", None) is None or method in r.methods]
+            routes = self._candidates[key] = allowing + [r for r in found if r not in allowing]
         return routes
 
 
