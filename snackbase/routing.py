@@ -71,7 +71,7 @@ class IndexedRouter(Router):
             # The routes that allow the method first, each group in its original order: the first full
             # match is the same as in the original order (only these can match fully), and the first
             # partial one too (only the others can) — a create no longer tries the list route's regex.
-            allowing = [r for r in found if getattr(r, "methods", None) is None or method in r.methods]
+            allowing = [r for r in found if method in (getattr(r, "methods", None) or (method,))]
             routes = self._candidates[key] = allowing + [r for r in found if r not in allowing]
         return routes
 
