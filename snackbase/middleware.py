@@ -69,10 +69,11 @@ class RequestMiddleware:
     def __init__(
         self,
         app: ASGIApp,
+        *,
+        settings_of: SettingsOf,
         ui_prefix: str = "/_/",
         observer: Observer | None = None,
         trusted_proxies: tuple[Network, ...] = (),
-        settings_of: SettingsOf | None = None,
     ) -> None:
         self.app = app
         self.ui_prefix = ui_prefix
@@ -124,8 +125,6 @@ class RequestMiddleware:
     def _inner(self, scope: Scope) -> ASGIApp:
         """The rest of the stack for the app's current settings: behind CORS when origins are set
         (SNACKBASE_CORS_ORIGINS may change at run time, so the CORS layer is built per origin list)."""
-        if self.settings_of is None:
-            return self.app
         settings = self.settings_of(scope["app"])
         seen, inner = self._for_settings
         if seen is not settings:

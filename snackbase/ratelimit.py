@@ -98,7 +98,6 @@ class RateGuard:
     signed-in callers are limited per user."""
 
     def __init__(self, prefix: str, limiter: RateLimiter, on_limited: Callable[[str], None] | None = None):
-        self.prefix = prefix
         self.auth_prefix = prefix + "/auth/"
         self.limiter = limiter
         self.on_limited = on_limited
