@@ -24,7 +24,7 @@ from snackbase.hooks import hooks
 from snackbase.macros import MacroStore
 from snackbase.migrations import migrate, refuse_newer
 from snackbase.ops import Ops
-from snackbase.ratelimit import RateGuard, parse_proxies
+from snackbase.ratelimit import parse_proxies
 from snackbase.realtime import Broker, Limits
 from snackbase.realtime_access import RecordGate
 from snackbase.realtime_transport import SqliteTransport, install
@@ -152,14 +152,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     root = [t for t in root_tables() if t is not metrics_routes.root_routes or settings.metrics_enabled]
     routes = build_routes("", root) + build_routes(settings.api_prefix, api_tables())
     routes += [Route(UI_PREFIX.rstrip("/"), admin_ui_redirect), Route(UI_PREFIX + "{path:path}", admin_ui)]
-    limited = bool(ops.limiter.limits)  # signed-in callers are limited per user
-    guard = RateGuard(settings.api_prefix, ops.limiter, ops.count_rate_limited) if limited else None
     app = SnackBaseApp(
         routes=routes,
         ui_prefix=UI_PREFIX,
         observer=ops.observe if ops.observing else None,
         trusted_proxies=proxies,
-        guard=guard,
+        guard=ops.rate_guard(settings.api_prefix),
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )

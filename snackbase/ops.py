@@ -24,7 +24,7 @@ from starlette.types import Scope
 from snackbase import audit, backup, backup_pg, backup_store, cron, db, metrics, periodic
 from snackbase.config import ConfigError, Settings
 from snackbase.db import Database
-from snackbase.ratelimit import RateLimiter, limits_from
+from snackbase.ratelimit import RateGuard, RateLimiter, limits_from
 from snackbase.requestlog import RequestLog
 from snackbase.s3 import S3Error
 from snackbase.times import now_iso
@@ -218,6 +218,13 @@ class Ops:
 
     def count_rate_limited(self, klass: str) -> None:
         self.rate_limited.inc((klass,))  # type: ignore[union-attr]
+
+    def rate_guard(self, api_prefix: str) -> RateGuard | None:
+        """SNACKBASE_RATE_LIMIT_* for the request stack (None when no limit is set). The buckets live in
+        this process's memory: N workers or nodes allow a caller up to N times the budget."""
+        if not self.limiter.limits:
+            return None
+        return RateGuard(api_prefix, self.limiter, self.count_rate_limited)
 
     @property
     def observing(self) -> bool:

@@ -34,7 +34,7 @@ from snackbase.hook_records import RecordsHelper
 from snackbase.hooks import hooks
 from snackbase.macros import MacroStore
 from snackbase.ops import Ops
-from snackbase.ratelimit import Network, RateGuard, RateLimiter, limits_from, parse_proxies
+from snackbase.ratelimit import Network, parse_proxies
 from snackbase.realtime import Broker, Limits
 from snackbase.realtime_access import RecordGate
 from snackbase.realtime_transport import install
@@ -149,7 +149,7 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
         ui_prefix=UI_PREFIX,
         observer=ops.observe if ops.observing else None,
         trusted_proxies=proxies,
-        guard=rate_guard(settings),
+        guard=ops.rate_guard(settings.api_prefix),
         wrap=PostgresDialect,
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
@@ -169,14 +169,6 @@ def _build(settings: Settings, database: PgDatabase, proxies: tuple[Network, ...
     start_files(settings, database)
     start_hooks(app, settings.hooks_path)  # a broken hook file refuses the start (one line in the CLI)
     return app
-
-
-def rate_guard(settings: Settings) -> RateGuard | None:
-    """SNACKBASE_RATE_LIMIT_*, checked once the caller is known as on SQLite (signed-in callers per
-    user). The buckets live in each process's memory, as on SQLite: N nodes allow a caller up to N times
-    the budget."""
-    limiter = RateLimiter(limits_from(settings))
-    return RateGuard(settings.api_prefix, limiter) if limiter.limits else None
 
 
 def realtime_broker(settings: Settings, database: PgDatabase, registry: Registry) -> Broker:
