@@ -3,7 +3,8 @@
   idle      N idle SSE subscriptions (and, SnackBase only, N idle WebSockets): server RSS per connection
   fanout    S SSE subscribers of one collection, 10 creates/s for D seconds: delivery latency from the
             create's response, p50/p99/max, and events lost
-  writes    create throughput (wrk, 32 connections) without and with 1,000 idle subscribers
+  writes    create throughput (wrk, 32 connections) without and with 1,000 idle subscribers, in
+            alternating runs (--write-rounds of each, the medians compared)
   storm     1,000 subscribers drop and reconnect at once (SnackBase: with Last-Event-ID): errors, time
 
 The servers run on core 0 (`taskset -c 0`), this load client on core 1 (uvloop, plain asyncio
@@ -379,7 +380,11 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(values[min(len(values) - 1, int(q * len(values)))], 1) if values else None
 
 
-async def writes(target: Target, idle_count: int, seconds: int) -> dict[str, Any]:
+def _median_run(results: list[Any]) -> Any:
+    return sorted(results, key=lambda r: r.requests_per_s)[len(results) // 2]
+
+
+async def writes(target: Target, idle_count: int, seconds: int, rounds: int = 5) -> dict[str, Any]:
     url = target.server.url + target.create_path
     body = {"title": "wrk", "views": 1}
     loop = asyncio.get_running_loop()
@@ -395,24 +400,35 @@ async def writes(target: Target, idle_count: int, seconds: int) -> dict[str, Any
             headers={"content-type": "application/json", **target.headers},
         )
 
-    # A first run warms the server up and grows the tables: without it, the run with subscribers (the
-    # second) met a fuller database than the run without (the first), which alone cost it ~5-10%.
+    # A first run warms the server up and grows the tables. Then the runs alternate, without and with
+    # the subscribers, and the medians are compared: measured one after the other, the second run met
+    # a fuller database and a machine that had drifted, which alone moved the result by 5-15%.
     await loop.run_in_executor(None, run, "create, warm-up")
-    without = await loop.run_in_executor(None, run, "create, no subscribers")
-    http = Http(target, 16)
-    await http.open()
-    subs, errors = await open_subscribers(target, idle_count, "other", http)
-    with_idle = await loop.run_in_executor(None, run, f"create, {idle_count} idle subscribers")
-    close_all(subs)
-    http.close()
+    without_runs, with_runs, errors = [], [], 0
+    for _ in range(rounds):
+        without_runs.append(await loop.run_in_executor(None, run, "create, no subscribers"))
+        http = Http(target, 16)
+        await http.open()
+        subs, failed = await open_subscribers(target, idle_count, "other", http)
+        errors += failed
+        with_runs.append(await loop.run_in_executor(None, run, f"create, {idle_count} idle subscribers"))
+        close_all(subs)
+        http.close()
+        await asyncio.sleep(1)  # the server notices the closed connections before the next run
+    without, with_idle = _median_run(without_runs), _median_run(with_runs)
     return {
         "server": target.name,
         "scenario": f"create throughput, {idle_count} idle subscribers",
         "without_rps": round(without.requests_per_s),
         "with_rps": round(with_idle.requests_per_s),
         "change_pct": round((with_idle.requests_per_s / without.requests_per_s - 1) * 100, 1),
+        "rounds": rounds,
+        "changes_pct": [
+            round((w.requests_per_s / o.requests_per_s - 1) * 100, 1)
+            for o, w in zip(without_runs, with_runs, strict=True)
+        ],
         "subscribe_errors": errors,
-        "wrk_errors": without.errors + with_idle.errors,
+        "wrk_errors": sum(r.errors for r in without_runs + with_runs),
     }
 
 
@@ -489,7 +505,7 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
                         elif scenario == "fanout":
                             result = await fanout(target, count, args.seconds)
                         elif scenario == "writes":
-                            result = await writes(target, 1000, args.wrk_seconds)
+                            result = await writes(target, 1000, args.wrk_seconds, args.write_rounds)
                         else:
                             result = await storm(target, 1000)
                     finally:
@@ -507,6 +523,9 @@ if __name__ == "__main__":
     parser.add_argument("--fanout", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 5000])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--wrk-seconds", type=int, default=5)
+    parser.add_argument(
+        "--write-rounds", type=int, default=3, help="alternating runs without/with subscribers"
+    )
     parser.add_argument(
         "--scenarios", type=lambda s: s.split(","), default=["idle", "fanout", "writes", "storm"]
     )
