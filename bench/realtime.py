@@ -524,7 +524,7 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--wrk-seconds", type=int, default=5)
     parser.add_argument(
-        "--write-rounds", type=int, default=3, help="alternating runs without/with subscribers"
+        "--write-rounds", type=int, default=5, help="alternating runs without/with subscribers"
     )
     parser.add_argument(
         "--scenarios", type=lambda s: s.split(","), default=["idle", "fanout", "writes", "storm"]
