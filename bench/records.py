@@ -390,15 +390,17 @@ def _print_ratios(results: list[Result]) -> None:
     if not pb:
         return
     print(
-        "\n| scenario | SnackBase req/s | PocketBase req/s | ratio | SnackBase p99 ms | PocketBase p99 ms |"
+        "\n| scenario | SnackBase req/s | PocketBase req/s | ratio | SnackBase p99 ms | PocketBase p99 ms "
+        "| SnackBase p99 / p50 |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         if r.server == "snackbase" and r.scenario in pb:
             other = pb[r.scenario]
             print(
                 f"| {r.scenario} | {r.requests_per_s:,.0f} | {other.requests_per_s:,.0f} | "
-                f"{r.requests_per_s / other.requests_per_s:.2f}× | {r.p99_ms:.2f} | {other.p99_ms:.2f} |"
+                f"{r.requests_per_s / other.requests_per_s:.2f}× | {r.p99_ms:.2f} | {other.p99_ms:.2f} "
+                f"| {r.p99_ms / r.p50_ms:.1f} |"
             )
 
 
