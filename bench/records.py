@@ -25,6 +25,7 @@ import os
 import random
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from harness import EXE, Result, Server, print_table, request, save, wrk
@@ -296,9 +297,9 @@ def _keys(results: list[Result]) -> list[tuple[str, str]]:
     return list(dict.fromkeys((r.server, r.scenario) for r in results))
 
 
-def _start_snackbase() -> tuple[Server, list[tuple[str, str, str, dict[str, str]]]]:
+def _start_snackbase(exe: Path = EXE) -> tuple[Server, list[tuple[str, str, str, dict[str, str]]]]:
     sb = Server(
-        [str(EXE), "serve", "--port", "{port}", "--data-dir", "{data}"],
+        [str(exe), "serve", "--port", "{port}", "--data-dir", "{data}"],
         "/health",
         env={"SNACKBASE_SUPERADMIN_EMAIL": SUPER_EMAIL, "SNACKBASE_SUPERADMIN_PASSWORD": SUPER_PASSWORD},
     )
