@@ -30,7 +30,7 @@ def compare(before: Path, after: Path, duration: int, rounds: int) -> list[Resul
     servers: dict[str, tuple[Server, list[Scenario]]] = {}
     try:
         for name, exe in (("before", before), ("after", after)):
-            servers[name] = records._start_snackbase(exe)
+            servers[name] = records.start_snackbase(exe)
         results: list[Result] = []
         for label in [s[0] for s in servers["after"][1][:MAIN_SCENARIOS]]:
             runs: dict[str, list[Result]] = {"before": [], "after": []}
@@ -41,7 +41,7 @@ def compare(before: Path, after: Path, duration: int, rounds: int) -> list[Resul
             for name, measured in runs.items():
                 rates = ", ".join(f"{r.requests_per_s:,.0f}" for r in measured)
                 print(f"{label}, {name}: {rates} req/s", flush=True)
-                results.append(records._median(measured))
+                results.append(records.median_round(measured))
         return results
     finally:
         for server, _ in servers.values():

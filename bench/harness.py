@@ -74,7 +74,12 @@ class Server:
     """A server process pinned to core 0; stopped by its own PID."""
 
     def __init__(
-        self, args: list[str], health_path: str, env: dict[str, str] | None = None, cores: str = "0"
+        self,
+        args: list[str],
+        health_path: str,
+        env: dict[str, str] | None = None,
+        cores: str = "0",
+        startup_timeout: float = 30.0,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -87,9 +92,9 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self.startup_s = self._wait(health_path)
+        self.startup_s = self._wait(health_path, startup_timeout)
 
-    def _wait(self, path: str, timeout: float = 30.0) -> float:
+    def _wait(self, path: str, timeout: float) -> float:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

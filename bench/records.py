@@ -257,7 +257,7 @@ def measure(
     )
 
 
-def _median(results: list[Result]) -> Result:
+def median_round(results: list[Result]) -> Result:
     """The round with the median throughput (its own p99 kept with it)."""
     ordered = sorted(results, key=lambda r: r.requests_per_s)
     return ordered[len(ordered) // 2]
@@ -273,7 +273,7 @@ def run(duration: int, connections: int, rounds: int = 3, sequential: bool = Fal
     if sequential:
         raw = _measure_alone("snackbase", duration, connections, rounds)
         raw += _measure_alone("pocketbase", duration, connections, rounds)
-        results = [_median([r for r in raw if (r.server, r.scenario) == key]) for key in _keys(raw)]
+        results = [median_round([r for r in raw if (r.server, r.scenario) == key]) for key in _keys(raw)]
     else:
         raw, results = _measure_interleaved(duration, connections, rounds)
     results.sort(key=lambda r: r.server != "snackbase")  # SnackBase's rows first, in scenario order
@@ -297,7 +297,7 @@ def _keys(results: list[Result]) -> list[tuple[str, str]]:
     return list(dict.fromkeys((r.server, r.scenario) for r in results))
 
 
-def _start_snackbase(exe: Path = EXE) -> tuple[Server, list[tuple[str, str, str, dict[str, str]]]]:
+def start_snackbase(exe: Path = EXE) -> tuple[Server, list[tuple[str, str, str, dict[str, str]]]]:
     sb = Server(
         [str(exe), "serve", "--port", "{port}", "--data-dir", "{data}"],
         "/health",
@@ -322,7 +322,7 @@ def _start_pocketbase(binary: str) -> tuple[Server, dict[str, tuple[str, str, st
 def _measure_alone(name: str, duration: int, connections: int, rounds: int) -> list[Result]:
     """One server alone on its core: every scenario, every round, then it stops."""
     if name == "snackbase":
-        server, own = _start_snackbase()
+        server, own = start_snackbase()
     else:
         binary = pocketbase_binary()
         if not binary:
@@ -338,7 +338,7 @@ def _measure_alone(name: str, duration: int, connections: int, rounds: int) -> l
 
 def _scenario_labels() -> list[tuple[str, str, str, dict[str, str]]]:
     """SnackBase's scenarios in order (their labels name PocketBase's too)."""
-    server, scenarios = _start_snackbase()
+    server, scenarios = start_snackbase()
     server.stop()
     return scenarios
 
@@ -346,7 +346,7 @@ def _scenario_labels() -> list[tuple[str, str, str, dict[str, str]]]:
 def _measure_interleaved(duration: int, connections: int, rounds: int) -> tuple[list[Result], list[Result]]:
     servers: list[Server] = []
     try:
-        sb, scenarios = _start_snackbase()
+        sb, scenarios = start_snackbase()
         servers.append(sb)
         pb_scenarios: dict[str, tuple[str, str, str, dict[str, str]]] = {}
         binary = pocketbase_binary()
@@ -367,7 +367,7 @@ def _measure_interleaved(duration: int, connections: int, rounds: int) -> tuple[
                     if own is not None:
                         runs[name].append(measure(name, own, duration, connections))
             raw += runs["snackbase"] + runs["pocketbase"]
-            results += [_median(r) for r in runs.values() if r]
+            results += [median_round(r) for r in runs.values() if r]
         return raw, results
     finally:
         for server in servers:
