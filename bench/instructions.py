@@ -28,8 +28,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness import Server, request, save
+from records import SUPER_EMAIL as EMAIL
+from records import SUPER_PASSWORD as PASSWORD
 
-EMAIL, PASSWORD = "bench-admin@example.com", "correct horse battery staple"
 ACCOUNT = "SY0000"  # the system account: anonymous requests name it with X-Account-ID
 RULES = dict.fromkeys(("list", "view", "create", "update", "delete"), "")  # public: anyone may
 FIELDS = [{"name": "title", "type": "text"}, {"name": "views", "type": "number"}]
