@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 
 import records
-from harness import Result, Server, print_table, save
+from harness import Result, Server, existing_files, print_table, save
 
 Scenario = tuple[str, str, str, dict[str, str]]
 MAIN_SCENARIOS = 6  # get, list and create, public and with a token (the 10k rule-cost rows are left out)
@@ -66,7 +66,8 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    results = compare(args.before.resolve(), args.after.resolve(), args.duration, args.rounds)
+    before, after = existing_files(parser, [args.before, args.after])
+    results = compare(before, after, args.duration, args.rounds)
     print_table(results)
     print_ratios(results)
     save("builds", {"before": str(args.before), "after": str(args.after), "results": results})

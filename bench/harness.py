@@ -6,6 +6,7 @@ Only 127.0.0.1 is ever contacted; every run is bounded by wrk's own duration.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -206,6 +207,15 @@ def _percentile(output: str, label: str) -> float:
     found = re.search(r"^\s*" + label + r"\s+([\d.]+)(us|ms|s)\b", output, re.MULTILINE)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     return float(found.group(1)) * scale[found.group(2)] if found else float("nan")
+
+
+def existing_files(parser: argparse.ArgumentParser, paths: list[Path]) -> list[Path]:
+    """The paths resolved, or the command's usage error naming the first that is not a file (a server
+    started from a missing executable would only time out waiting for its health check)."""
+    for path in paths:
+        if not path.is_file():
+            parser.error(f"{path} is not a file")
+    return [path.resolve() for path in paths]
 
 
 def print_table(results: list[Result]) -> None:

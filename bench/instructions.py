@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import Server, request, save
+from harness import Server, existing_files, request, save
 from records import SUPER_EMAIL as EMAIL
 from records import SUPER_PASSWORD as PASSWORD
 
@@ -69,7 +69,7 @@ def _python3() -> str:
     """The interpreter the executable's `#!/usr/bin/env python3` line finds, as a real binary path:
     valgrind does not follow the exec of a wrapper script (pyenv's shims are such scripts)."""
     found = subprocess.run(
-        ["python3", "-c", "import sys; print(sys.executable)"], capture_output=True, text=True
+        ["python3", "-c", "import sys; print(sys.executable)"], capture_output=True, text=True, check=True
     )
     return found.stdout.strip()
 
@@ -123,10 +123,11 @@ def main() -> None:
     parser.add_argument("executables", type=Path, nargs="+")
     parser.add_argument("--requests", type=int, default=300)
     args = parser.parse_args()
+    paths = existing_files(parser, args.executables)
     results = {}
     print("| executable | instructions per anonymous get | per anonymous create |\n|---|---:|---:|")
-    for exe in args.executables:
-        counts = results[str(exe)] = count(exe.resolve(), args.requests)
+    for exe, path in zip(args.executables, paths, strict=True):
+        counts = results[str(exe)] = count(path, args.requests)
         print(f"| {exe} | {counts['get']:,.0f} | {counts['create']:,.0f} |", flush=True)
     save("instructions", {"requests": args.requests, "results": results})
 
