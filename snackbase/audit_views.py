@@ -13,6 +13,7 @@ from urllib.parse import unquote
 
 import apsw
 
+from snackbase import web
 from snackbase.audit import (
     ANONYMOUS_ACTOR,
     COLUMNS,
@@ -59,12 +60,13 @@ def actor_from_auth(auth: Any) -> Actor:
 
 
 def meta_from_request(request: Any) -> RequestMeta:
-    state = request.scope.get("state") or {}
-    client = request.client
-    agent = request.headers.get("user-agent")
+    scope = request.scope
+    state = scope.get("state") or {}
+    client = scope.get("client")
+    agent = web.header(scope, b"user-agent")
     return RequestMeta(
         request_id=state.get("request_id") or None,
-        ip=client.host if client else None,
+        ip=client[0] if client else None,
         user_agent=agent[:MAX_USER_AGENT_CHARS] if agent else None,
     )
 

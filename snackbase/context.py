@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.types import Scope
 
 from snackbase import audit, audit_views, macros
-from snackbase.auth import Auth, find_account_id, get_auth, user_groups
+from snackbase.auth import Auth, auth_of, find_account_id, get_auth, user_groups
 from snackbase.collections import ChangeContext
 from snackbase.db import Database
 from snackbase.errors import ApiError
 from snackbase.filter import FilterError
 from snackbase.ids import SYSTEM_ACCOUNT_ID
-from snackbase.macros import MacroStore
 from snackbase.record_changes import WriteContext
 from snackbase.rules import Caller
 from snackbase.users import get_user
+from snackbase.web import header
 
 
 def _no_groups() -> frozenset[str]:
@@ -30,21 +31,59 @@ async def caller_for(request: Request) -> Caller:
     state = request.scope.setdefault("state", {})
     caller = state.get("caller")
     if caller is None:
-        caller = state["caller"] = _build_caller(request, await get_auth(request))
+        caller = state["caller"] = _build_caller(request, auth_of(request))
     assert isinstance(caller, Caller)
     return caller
 
 
 def _build_caller(request: Request, auth: Auth) -> Caller:
-    db = request.app.state.db
-    macro = _macro_runner(db, request.app.state.macros)
+    kit = _kit(request.app.state)
     if auth.is_superadmin:
-        return Caller(auth.user_id, _named_account(request), auth.email, auth.role, True, _no_groups, macro,
-                      session_id=auth.session_id, method=auth.method)  # fmt: skip
+        return Caller(auth.user_id, _named_account(request), auth.email, auth.role, True, _no_groups,
+                      kit.run_macro, session_id=auth.session_id, method=auth.method)  # fmt: skip
     if auth.user_id is None:
-        return Caller(None, auth.account_id, None, None, False, _no_groups, macro, method="anonymous")
-    return Caller(auth.user_id, auth.account_id, auth.email, auth.role, False, _groups_of(db, auth.user_id),
-                  macro, auth.pii_access, auth.session_id, auth.method)  # fmt: skip
+        return kit.anonymous(auth.account_id)
+    return Caller(auth.user_id, auth.account_id, auth.email, auth.role, False,
+                  _groups_of(kit.state.db, auth.user_id), kit.run_macro, auth.pii_access, auth.session_id,
+                  auth.method)  # fmt: skip
+
+
+class _CallerKit:
+    """Per app, what callers share: the macro runner, and the anonymous caller of each account (a Caller
+    is immutable, and an anonymous one depends on its account alone: building one per request was
+    ten attribute sets and a closure)."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+        self._anonymous: dict[str | None, Caller] = {}
+
+    def run_macro(self, name: str, args: list[object], position: int) -> bool:
+        conn = self.state.db.connection()
+        macro = self.state.macros.all(conn).get(name)
+        if macro is None:  # deleted since the rule was saved: the rule fails closed
+            raise FilterError(f"unknown macro '@{name[:64]}'", position)
+        return macros.run(conn, macro, list(args))
+
+    def anonymous(self, account_id: str | None) -> Caller:
+        caller = self._anonymous.get(account_id)
+        if caller is None:
+            if len(self._anonymous) >= 10_000:
+                self._anonymous.clear()
+            caller = Caller(None, account_id, None, None, False, _no_groups, self.run_macro,
+                            method="anonymous")  # fmt: skip
+            self._anonymous[account_id] = caller
+        return caller
+
+
+def _kit(state: Any) -> _CallerKit:
+    kit = state._state.get(_KIT)
+    if kit is None:
+        kit = state._state[_KIT] = _CallerKit(state)
+    assert isinstance(kit, _CallerKit)
+    return kit
+
+
+_KIT = "caller_kit"
 
 
 # The caller's groups and macros are looked up on the connection of the thread that asks
@@ -62,17 +101,6 @@ def _groups_of(db: Database, user_id: str) -> Callable[[], frozenset[str]]:
         return cache[0]
 
     return groups
-
-
-def _macro_runner(db: Database, store: MacroStore) -> Callable[[str, list[object], int], bool]:
-    def run_macro(name: str, args: list[object], position: int) -> bool:
-        conn = db.connection()
-        macro = store.all(conn).get(name)
-        if macro is None:  # deleted since the rule was saved: the rule fails closed
-            raise FilterError(f"unknown macro '@{name[:64]}'", position)
-        return macros.run(conn, macro, list(args))
-
-    return run_macro
 
 
 def _named_account(request: Request) -> str | None:
@@ -97,8 +125,11 @@ async def change_context(request: Request) -> ChangeContext:
     )
 
 
+REASON_HEADER_BYTES = audit.REASON_HEADER.encode()
+
+
 def _header_reason(request: Request) -> str | None:
-    raw = request.headers.get(audit.REASON_HEADER)
+    raw = header(request.scope, REASON_HEADER_BYTES)
     return audit.validate_reason(audit_views.header_reason(raw)) if raw is not None else None
 
 
@@ -121,7 +152,7 @@ def caller_for_user(request: Request, user_id: str) -> Caller:
         row["role"],
         is_superadmin,
         _groups_of(db, row["id"]),
-        _macro_runner(db, request.app.state.macros),
+        _kit(request.app.state).run_macro,
     )
 
 

@@ -160,9 +160,9 @@ class _Cycle(RequestResponseCycle):
         headers = self.default_headers + list(message.get("headers", []))
         # Checked before the response counts as started, so that the app's failure can still be
         # answered with a 500 rather than a closed connection.
-        if HEADER_RE.search(b"".join(name for name, _ in headers)):
+        if HEADER_RE.search(b"".join([name for name, _ in headers])):  # lists: no generator to resume
             raise RuntimeError("Invalid HTTP header name.")
-        if HEADER_VALUE_RE.search(b"".join(value for _, value in headers)):
+        if HEADER_VALUE_RE.search(b"".join([value for _, value in headers])):
             raise RuntimeError("Invalid HTTP header value.")
         self.response_started = True
         self.waiting_for_100_continue = False

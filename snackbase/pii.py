@@ -44,8 +44,8 @@ def readable_fields(collection: Collection, caller: Caller, op: str) -> frozense
 
 def pii_masks(collection: Collection, caller: Caller) -> dict[str, str]:
     """PII field → mask kind, for a caller who must see them masked (empty for the others)."""
-    masks = {f.name: f.mask or "full" for f in collection.fields if f.pii}
-    return masks if masks and not caller.sees_pii else {}
+    masks = collection.pii_kinds
+    return dict(masks) if masks and not caller.sees_pii else {}
 
 
 def hidden_fields(collection: Collection, caller: Caller, op: str) -> frozenset[str]:

@@ -70,6 +70,22 @@ def present_rows(
     return _present(conn, registry, collection, caller, op, records, expand, fields)
 
 
+def present_versioned(
+    conn: apsw.Connection,
+    registry: Registry,
+    collection: Collection,
+    caller: Caller,
+    row: dict[str, Any],
+    expand: list[str] | tuple[str, ...] = (),
+    fields: list[str] | None = None,
+) -> tuple[dict[str, Any], str]:
+    """One stored row as `present_rows` shows it to a single read, and its version (the ETag), from one
+    conversion to JSON values (the version is taken before masks and projection change them)."""
+    record = registry.validator(collection).to_json(row)
+    tag = versions.etag(record)
+    return _present(conn, registry, collection, caller, "view", [record], expand, fields)[0], tag
+
+
 def present_json(
     conn: apsw.Connection,
     registry: Registry,
@@ -392,7 +408,7 @@ def present_entries(
     `collection` and `caller` give field access and the current PII masks of one collection (history);
     `masker` gives the current masks of every collection (the audit views)."""
     readable = readable_fields(collection, caller, "view") if collection and caller else None
-    current_masks = {f.name: f.mask or "full" for f in collection.fields if f.pii} if collection else {}
+    current_masks = collection.pii_kinds if collection else {}
     for entry in entries:
         masked = _present_changes(entry, readable, current_masks, caller_sees_pii, masker)
         if masked:

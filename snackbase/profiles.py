@@ -377,7 +377,7 @@ def update(
             "DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
             (user_id, _json.encode(new).decode(), now_iso()),
         )
-        pii = {f.name: f.mask or "full" for f in collection.fields if f.pii}
+        pii = collection.pii_kinds
         audit.append(
             conn,
             account_id=user["account_id"],

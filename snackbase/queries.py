@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from snackbase import versions
 from snackbase.collections import Registry
 from snackbase.db import fetch_all, fetch_value
 from snackbase.errors import ApiError, field_error
@@ -27,7 +26,7 @@ from snackbase.listing import (
     sort_keys,
 )
 from snackbase.pii import hidden_fields
-from snackbase.presenter import check_expand, check_projection, present_rows
+from snackbase.presenter import check_expand, check_projection, present_rows, present_versioned
 from snackbase.relations import RelationResolver, path_values, sort_column
 from snackbase.rules import (
     ALIAS,
@@ -88,8 +87,7 @@ def get_versioned(
     rows = fetch_all(conn, f"SELECT * FROM {quote_ident(collection.table)} AS {ALIAS}{where}", params)
     if not rows:
         raise ApiError(404, "not_found", "The record was not found.")
-    tag = versions.etag(registry.validator(collection).to_json(rows[0]))
-    return present_rows(conn, registry, collection, caller, "view", rows, expand, fields)[0], tag
+    return present_versioned(conn, registry, collection, caller, rows[0], expand, fields)
 
 
 def list_records(

@@ -62,7 +62,7 @@ class Change:
 def record_change(conn: apsw.Connection, work: Work, change: Change) -> None:
     """In the unit of work: the change's audit entry and realtime event; after its commit: the
     after-hooks and the realtime delivery."""
-    pii = {f.name: f.mask or "full" for f in change.collection.fields if f.pii}
+    pii = change.collection.pii_kinds
     audit.append(
         conn, account_id=change.account_id, actor=change.ctx.actor, action=change.action,
         collection=change.collection.name, record_id=change.record_id,

@@ -84,7 +84,12 @@ class Collection(msgspec.Struct, frozen=True, dict=True):
     def field_map(self) -> dict[str, Field]:
         return {f.name: f for f in self.fields}
 
-    @property
+    @cached_property
+    def pii_kinds(self) -> dict[str, str]:
+        """PII field → its mask kind ("full" when none is set). Shared: never change it."""
+        return {f.name: f.mask or "full" for f in self.fields if f.pii}
+
+    @cached_property
     def table(self) -> str:
         return table_name(self.name)
 

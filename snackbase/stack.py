@@ -19,12 +19,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.datastructures import State
 from starlette.routing import BaseRoute, Router
 from starlette.types import ASGIApp, ExceptionHandler, Receive, Scope, Send
 
 from snackbase import runtime_settings
-from snackbase.auth import auth_of
+from snackbase.auth import auth_of_scope
 from snackbase.errors import ApiError, error_response
 from snackbase.hook_loader import serve_with_request_hooks
 from snackbase.hooks import current_scope
@@ -68,10 +68,20 @@ class RequestGate:
     def _refusal(self, scope: Scope) -> ApiError | None:
         """401 for a bad token, else 429 when the caller is over its rate limit, else None."""
         try:
-            auth_of(Request(scope))  # kept in the scope: the access line and the route see the caller
+            auth_of_scope(scope)  # kept in the scope: the access line and the route see the caller
         except ApiError as exc:
             return exc
         return None if self.guard is None else self.guard.refusal(scope)
+
+
+class AppState(State):
+    """`app.state` whose values are plain instance attributes. Starlette's State keeps them in a dict of
+    its own and finds each one through `__getattr__`, a Python call after a failed ordinary lookup: a
+    get read `app.state.…` 13 times, ~1% of its instructions. Here that dict is the instance's
+    `__dict__`, so State's own `__setattr__` stores where the ordinary lookup finds it."""
+
+    def __init__(self) -> None:
+        super().__init__(self.__dict__)
 
 
 class SnackBaseApp(Starlette):
@@ -92,6 +102,7 @@ class SnackBaseApp(Starlette):
         **kwargs: Any,
     ) -> None:
         super().__init__(routes=routes, **kwargs)
+        self.state = AppState()
         self.router = IndexedRouter(routes, lifespan=kwargs.get("lifespan"))
         self._stack_options = (ui_prefix, observer, trusted_proxies, guard, wrap)
 

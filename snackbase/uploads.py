@@ -35,6 +35,7 @@ from snackbase.files import Staged, max_size, quota_exceeded, runtime_of, usage
 from snackbase.schema import Collection, Field
 from snackbase.sniff import SNIFF_BYTES, allowed, sniff
 from snackbase.times import now_iso
+from snackbase.web import header
 
 JSON_PART = "@jsonPayload"  # a part holding a JSON object of fields, as PocketBase's SDKs send
 MAX_PARTS = 1000
@@ -43,7 +44,7 @@ _decoder = msgspec.json.Decoder()
 
 
 def is_multipart(request: Request) -> bool:
-    return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+    return (header(request.scope, b"content-type") or "").lower().startswith("multipart/form-data")
 
 
 async def read_multipart(

@@ -19,7 +19,7 @@ from snackbase.listing import paging
 from snackbase.record_changes import WriteContext
 from snackbase.rules import Caller
 from snackbase.schema import Collection
-from snackbase.web import json_response, no_content, read_json
+from snackbase.web import header, json_response, no_content, read_json
 
 T = TypeVar("T")
 
@@ -85,7 +85,7 @@ async def get_record(request: Request) -> Response:
         )
     )
     # 304 only for the record itself: expanded records have versions of their own.
-    if_none_match = request.headers.get("if-none-match")
+    if_none_match = header(request.scope, b"if-none-match")
     if if_none_match is not None and not expand and versions.matches(if_none_match, etag):
         return Response(status_code=304, headers={"etag": etag})
     return json_response(record, headers={"etag": etag})
@@ -123,7 +123,7 @@ async def _update(request: Request, replace: bool) -> Response:
     collection = _collection(request)
     caller = await caller_for(request)
     ctx = await write_context(request, caller)
-    ctx.if_match = request.headers.get("if-match")
+    ctx.if_match = header(request.scope, b"if-match")
     conn, registry, record_id = (
         request.app.state.db.conn,
         request.app.state.registry,
@@ -149,7 +149,7 @@ async def delete_record(request: Request) -> Response:
     collection = _collection(request)
     caller = await caller_for(request)
     ctx = await write_context(request, caller)
-    ctx.if_match = request.headers.get("if-match")
+    ctx.if_match = header(request.scope, b"if-match")
     records.delete_record(
         request.app.state.db.conn, request.app.state.registry, collection, ctx, request.path_params["id"]
     )
