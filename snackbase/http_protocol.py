@@ -20,6 +20,12 @@ PocketBase does. The socket is written through a duplicate of its descriptor, on
 write buffer is empty (so the bytes keep their order), and waited on with the loop's writer callback
 when the kernel's buffer is full. Everything else about the response (headers, Content-Length
 accounting, keep-alive) stays uvicorn's.
+
+Requests served in the order they waited (`_FairReads`): under saturation uvloop hands the loop the
+requests that arrived during one turn in the order epoll lists their sockets, not the order they
+arrived, so one connection could lose that race several turns running: at 32 connections a list's
+p99 was ~6× its median. The bytes of one turn's reads are parsed, and their requests started, after
+all of that turn's reads, the connection that has waited longest since its last answer first.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ import functools
 import os
 import select
 import socket
+import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -51,8 +59,79 @@ ZERO_COPY = "http.response.zerocopysend"
 _FALLBACK_CHUNK = 1024 * 1024
 
 
+class _FairReads:
+    """One event loop's connections with bytes read in this turn and not yet handed to their parser.
+
+    A connection's rank is when it last became ready for a request (made, or its last response
+    complete): the client sent its next request after that, so the earliest is the longest waiting.
+    Measured with a 1 ms app at 32 connections, uvloop: p99 194 ms against a 35 ms median served in
+    epoll's order, 40 ms against 35 ms in this order."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waiting: list[EnvelopeHttpToolsProtocol] = []
+
+    def add(self, protocol: EnvelopeHttpToolsProtocol) -> None:
+        if not self.waiting:
+            self.loop.call_soon(self.serve)  # after every read callback of this turn
+        self.waiting.append(protocol)
+
+    def serve(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        if len(waiting) > 1:
+            waiting.sort(key=_rank)
+        for protocol in waiting:
+            protocol.feed_unread()
+
+
+def _rank(protocol: EnvelopeHttpToolsProtocol) -> float:
+    return protocol.ready_since
+
+
+_fair_reads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _FairReads] = weakref.WeakKeyDictionary()
+
+
 class EnvelopeHttpToolsProtocol(HttpToolsProtocol):
     _extensions: dict[str, Any] | None = None  # per connection: asking the transport costs per request
+    ready_since = 0.0  # when the connection last became ready for a request (see _FairReads)
+    _unread: list[bytes] | None = None  # bytes read this turn, waiting for _FairReads.serve
+    _fair: _FairReads
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.ready_since = time.perf_counter()
+        fair = _fair_reads.get(self.loop)
+        if fair is None:
+            fair = _fair_reads[self.loop] = _FairReads(self.loop)
+        self._fair = fair
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()  # at once, as uvicorn does: the idle timeout must not fire
+        if self._unread is None:
+            self._unread = [data]
+            self._fair.add(self)
+        else:
+            self._unread.append(data)
+
+    def feed_unread(self) -> None:
+        """The bytes read this turn, to uvicorn's parser (or to the protocol an upgrade switched to)."""
+        chunks, self._unread = self._unread, None
+        for chunk in chunks or ():
+            if self.parser is None or self.transport.is_closing():  # lost, or refused with a 400
+                return
+            current = self.transport.get_protocol()
+            if current is self:
+                super().data_received(chunk)
+            else:  # upgraded to a WebSocket by an earlier chunk: the rest is the new protocol's
+                current.data_received(chunk)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.feed_unread()  # a request read before the close is handled as it would have been
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        self.ready_since = time.perf_counter()
+        super().on_response_complete()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -29,6 +29,14 @@ class RecordingTransport(asyncio.Transport):
         self.closed = False
         self.closed_by_server = False  # closed before the test ended the connection
         self.sock = socket.socket()
+        self.protocol: asyncio.BaseProtocol | None = None
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self.protocol is not None
+        return self.protocol
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         extra = {"peername": ("127.0.0.1", 5555), "sockname": ("127.0.0.1", 8000), "socket": self.sock}
@@ -61,6 +69,7 @@ def connect(app: App) -> tuple[EnvelopeHttpToolsProtocol, RecordingTransport, Se
     state = ServerState()
     protocol = EnvelopeHttpToolsProtocol(config=config, server_state=state, app_state={})
     transport = RecordingTransport()
+    transport.set_protocol(protocol)
     protocol.connection_made(transport)
     return protocol, transport, state
 
@@ -239,3 +248,69 @@ def test_the_unsent_limit_is_set_on_tcp_sockets() -> None:
         transport.sock.close()
         transport.sock = left
         _limit_unsent(transport)
+
+
+# --- requests started in the order their connections waited (_FairReads) -----------------------------
+
+
+def recording_app(started: list[str]) -> App:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        started.append(scope["path"])
+        await json_app()(scope, receive, send)
+
+    return app
+
+
+async def test_requests_read_in_one_turn_start_longest_waiting_first() -> None:
+    started: list[str] = []
+    app = recording_app(started)
+    connections = [connect(app) for _ in range(3)]
+    for rank, (protocol, _, _) in zip((3.0, 1.0, 2.0), connections, strict=True):
+        protocol.ready_since = rank  # as if answered at these times: the second waited longest
+    # One turn of the loop reads all three, in the order epoll happened to list them.
+    for name, (protocol, _, _) in zip("abc", connections, strict=True):
+        protocol.data_received(f"GET /{name} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    assert started == []  # nothing is parsed until the turn's reads are all in
+    for _, transport, state in connections:
+        await answered(state, transport)
+    assert started == ["/b", "/c", "/a"]
+    for protocol, transport, _ in connections:
+        assert transport.writes and transport.writes[0].startswith(b"HTTP/1.1 200 OK")
+        assert protocol.ready_since > 3.0  # its answer made it ready again, now
+        protocol.connection_lost(None)
+        transport.close()
+
+
+async def test_a_request_read_in_pieces_in_one_turn_is_parsed_whole_and_in_order() -> None:
+    started: list[str] = []
+    protocol, transport, state = connect(recording_app(started))
+    for piece in (b"GET /one HT", b"TP/1.1\r\nHost: t\r\n", b"\r\n"):
+        protocol.data_received(piece)
+    await answered(state, transport)
+    assert started == ["/one"] and len(transport.writes) == 1
+    protocol.connection_lost(None)
+    transport.close()
+
+
+async def test_a_request_read_just_before_the_connection_is_lost_is_still_handled() -> None:
+    started: list[str] = []
+    protocol, transport, _ = connect(recording_app(started))
+    protocol.data_received(b"POST /write HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+    protocol.connection_lost(None)  # in the same turn: uvicorn would have parsed it before the loss
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert started == ["/write"]  # the app ran (its answer goes nowhere), exactly once
+    assert transport.writes == []
+    transport.close()
+
+
+async def test_bytes_after_a_malformed_request_in_the_same_turn_are_not_parsed() -> None:
+    started: list[str] = []
+    protocol, transport, _ = connect(recording_app(started))
+    protocol.data_received(b"GET /x HTTP/1.1\r\nContent-Length: nope\r\n\r\n")
+    protocol.data_received(GET)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(transport.writes) == 1 and transport.writes[0].startswith(b"HTTP/1.1 400 ")
+    assert started == [] and transport.closed
+    protocol.connection_lost(None)
