@@ -107,11 +107,13 @@ class EnvelopeHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()  # at once, as uvicorn does: the idle timeout must not fire
-        if self._unread is None:
+        if self._unread is not None:
+            self._unread.append(data)
+        elif len(self.connections) > 1:
             self._unread = [data]
             self._fair.add(self)
-        else:
-            self._unread.append(data)
+        else:  # the only connection: nothing to put in order, and no extra turn of the loop to pay
+            super().data_received(data)
 
     def feed_unread(self) -> None:
         """The bytes read this turn, to uvicorn's parser (or to the protocol an upgrade switched to)."""

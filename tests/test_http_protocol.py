@@ -62,11 +62,14 @@ class RecordingTransport(asyncio.Transport):
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
 
 
-def connect(app: App) -> tuple[EnvelopeHttpToolsProtocol, RecordingTransport, ServerState]:
-    """A fresh connection of the server's protocol to `app`, over a recording transport."""
+def connect(
+    app: App, state: ServerState | None = None
+) -> tuple[EnvelopeHttpToolsProtocol, RecordingTransport, ServerState]:
+    """A fresh connection of the server's protocol to `app`, over a recording transport (of the server
+    whose `state` is given: its other connections are open at the same time)."""
     config = Config(app, http=EnvelopeHttpToolsProtocol, lifespan="off", log_config=None)
     config.load()
-    state = ServerState()
+    state = state or ServerState()
     protocol = EnvelopeHttpToolsProtocol(config=config, server_state=state, app_state={})
     transport = RecordingTransport()
     transport.set_protocol(protocol)
@@ -263,16 +266,15 @@ def recording_app(started: list[str]) -> App:
 
 async def test_requests_read_in_one_turn_start_longest_waiting_first() -> None:
     started: list[str] = []
-    app = recording_app(started)
-    connections = [connect(app) for _ in range(3)]
+    app, state = recording_app(started), ServerState()
+    connections = [connect(app, state) for _ in range(3)]
     for rank, (protocol, _, _) in zip((3.0, 1.0, 2.0), connections, strict=True):
         protocol.ready_since = rank  # as if answered at these times: the second waited longest
     # One turn of the loop reads all three, in the order epoll happened to list them.
     for name, (protocol, _, _) in zip("abc", connections, strict=True):
         protocol.data_received(f"GET /{name} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-    assert started == []  # nothing is parsed until the turn's reads are all in
-    for _, transport, state in connections:
-        await answered(state, transport)
+    assert all(protocol.cycle is None for protocol, _, _ in connections)  # none parsed yet
+    await answered(state, connections[0][1], answers=3)
     assert started == ["/b", "/c", "/a"]
     for protocol, transport, _ in connections:
         assert transport.writes and transport.writes[0].startswith(b"HTTP/1.1 200 OK")
@@ -281,32 +283,59 @@ async def test_requests_read_in_one_turn_start_longest_waiting_first() -> None:
         transport.close()
 
 
-async def test_a_request_read_in_pieces_in_one_turn_is_parsed_whole_and_in_order() -> None:
+async def test_a_lone_connection_is_parsed_at_once() -> None:
     started: list[str] = []
     protocol, transport, state = connect(recording_app(started))
-    for piece in (b"GET /one HT", b"TP/1.1\r\nHost: t\r\n", b"\r\n"):
-        protocol.data_received(piece)
+    protocol.data_received(GET)
+    assert protocol.cycle is not None  # no other connection: nothing to wait for
     await answered(state, transport)
-    assert started == ["/one"] and len(transport.writes) == 1
+    assert started == ["/x"]
     protocol.connection_lost(None)
     transport.close()
 
 
+def with_neighbour(app: App) -> tuple[EnvelopeHttpToolsProtocol, RecordingTransport, list[Any]]:
+    """A connection with another one open beside it (so that its reads wait for the turn's end)."""
+    state = ServerState()
+    neighbour = connect(app, state)
+    protocol, transport, _ = connect(app, state)
+    return protocol, transport, [neighbour[0], neighbour[1]]
+
+
+async def test_a_request_read_in_pieces_in_one_turn_is_parsed_whole_and_in_order() -> None:
+    started: list[str] = []
+    protocol, transport, neighbour = with_neighbour(recording_app(started))
+    for piece in (b"GET /one HT", b"TP/1.1\r\nHost: t\r\n", b"\r\n"):
+        protocol.data_received(piece)
+    assert protocol.cycle is None
+    for _ in range(50):
+        if transport.writes:
+            break
+        await asyncio.sleep(0)
+    assert started == ["/one"] and len(transport.writes) == 1
+    for p, t in ((protocol, transport), neighbour):
+        p.connection_lost(None)
+        t.close()
+
+
 async def test_a_request_read_just_before_the_connection_is_lost_is_still_handled() -> None:
     started: list[str] = []
-    protocol, transport, _ = connect(recording_app(started))
+    protocol, transport, neighbour = with_neighbour(recording_app(started))
     protocol.data_received(b"POST /write HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+    assert protocol.cycle is None
     protocol.connection_lost(None)  # in the same turn: uvicorn would have parsed it before the loss
     for _ in range(20):
         await asyncio.sleep(0)
     assert started == ["/write"]  # the app ran (its answer goes nowhere), exactly once
     assert transport.writes == []
     transport.close()
+    neighbour[0].connection_lost(None)
+    neighbour[1].close()
 
 
 async def test_bytes_after_a_malformed_request_in_the_same_turn_are_not_parsed() -> None:
     started: list[str] = []
-    protocol, transport, _ = connect(recording_app(started))
+    protocol, transport, neighbour = with_neighbour(recording_app(started))
     protocol.data_received(b"GET /x HTTP/1.1\r\nContent-Length: nope\r\n\r\n")
     protocol.data_received(GET)
     for _ in range(20):
@@ -314,3 +343,5 @@ async def test_bytes_after_a_malformed_request_in_the_same_turn_are_not_parsed()
     assert len(transport.writes) == 1 and transport.writes[0].startswith(b"HTTP/1.1 400 ")
     assert started == [] and transport.closed
     protocol.connection_lost(None)
+    neighbour[0].connection_lost(None)
+    neighbour[1].close()
