@@ -205,11 +205,13 @@ def _live_session(conn: apsw.Connection, session_id: str, user_id: str, now: str
 def _anonymous_account(conn: apsw.Connection, ref: str | None) -> str | None:
     if ref is None:
         return None
-    hit = _account_cache.get(conn, {}).get(ref)  # the reference as sent: a hit was checked before
+    # The reference as sent: only well-formed references are remembered (find_account_id), so a hit
+    # needs neither the strip nor the pattern check below.
+    hit = _account_cache.get(conn, {}).get(ref)
     if hit is not None and hit[1] > time.monotonic():
         return hit[0]
     ref = ref.strip()
-    if not (ACCOUNT_ID_RE.fullmatch(ref) or SLUG_RE.fullmatch(ref)):
+    if not _well_formed(ref):
         raise ApiError(400, "bad_request", "X-Account-ID must be an account id or slug.")
     account_id = find_account_id(conn, ref)
     if account_id is None:
@@ -255,10 +257,16 @@ def find_account_id(conn: apsw.Connection, ref: str) -> str | None:
     row = fetch_one(conn, "SELECT id FROM accounts WHERE id = ? OR slug = ?", (ref.upper(), ref.lower()))
     if row is None:
         return None
-    if len(cache) > 10_000:
-        cache.clear()
-    cache[ref] = (row["id"], now + ACCOUNT_CACHE_SECONDS)
+    if _well_formed(ref):  # (a superadmin's X-Account-ID is looked up without the pattern check)
+        if len(cache) > 10_000:
+            cache.clear()
+        cache[ref] = (row["id"], now + ACCOUNT_CACHE_SECONDS)
     return str(row["id"])
+
+
+def _well_formed(ref: str) -> bool:
+    """An account id or a slug, exactly (no surrounding space, no other case)."""
+    return bool(ACCOUNT_ID_RE.fullmatch(ref) or SLUG_RE.fullmatch(ref))
 
 
 async def require_user(request: Request) -> Auth:

@@ -48,7 +48,7 @@ class Settings:
     port: int = _meta("listen port")
     workers: int = _meta("number of server processes")
     event_loop: str = _meta(
-        "uvloop (faster) or asyncio (fairer under saturation: a shorter latency tail)",
+        "uvloop (faster, the default) or asyncio",
         choices=("uvloop", "asyncio"),
     )
     data_dir: str = _meta("database, files, hooks, generated secret")

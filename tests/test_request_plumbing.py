@@ -49,3 +49,17 @@ def test_anonymous_callers_of_an_account_are_shared_and_still_checked(client: Te
     assert unknown.status_code == 404 and "X-Account-ID" in unknown.json()["message"]
     padded = client.get("/api/v1/records/nothing", headers={"x-account-id": " SY0000 "})
     assert padded.status_code == 404 and padded.json()["message"] != unknown.json()["message"]
+
+
+def test_a_reference_a_superadmin_looked_up_unchecked_is_still_checked_for_anonymous_callers(
+    client: TestClient, superadmin_token: str
+) -> None:
+    # A superadmin's X-Account-ID is found without the id/slug pattern check ("sy0000" names SY0000).
+    # That lookup must not let the same malformed reference pass for an anonymous caller.
+    admin = {"authorization": f"Bearer {superadmin_token}"}
+    posts = {"name": "posts", "fields": [{"name": "title", "type": "text"}], "rules": {"list": ""}}
+    assert client.post("/api/v1/collections", json=posts, headers=admin).status_code == 201
+    as_superadmin = {**admin, "x-account-id": "Sy0000"}
+    assert client.get("/api/v1/records/posts", headers=as_superadmin).status_code == 200  # found
+    anonymous = client.get("/api/v1/records/posts", headers={"x-account-id": "Sy0000"})
+    assert anonymous.status_code == 400 and anonymous.json()["code"] == "bad_request"
