@@ -81,7 +81,13 @@ class _FairReads:
         if len(waiting) > 1:
             waiting.sort(key=_rank)
         for protocol in waiting:
-            protocol.feed_unread()
+            try:
+                protocol.feed_unread()
+            except Exception as exc:  # as the loop treats a failing data_received: that connection only
+                protocol.transport.close()
+                self.loop.call_exception_handler(
+                    {"message": "data_received failed", "exception": exc, "protocol": protocol}
+                )
 
 
 def _rank(protocol: EnvelopeHttpToolsProtocol) -> float:

@@ -345,3 +345,28 @@ async def test_bytes_after_a_malformed_request_in_the_same_turn_are_not_parsed()
     protocol.connection_lost(None)
     neighbour[0].connection_lost(None)
     neighbour[1].close()
+
+
+async def test_a_connection_whose_bytes_fail_is_closed_and_the_others_are_still_served() -> None:
+    started: list[str] = []
+    state = ServerState()
+    broken, broken_transport, _ = connect(recording_app(started), state)
+    healthy, healthy_transport, _ = connect(recording_app(started), state)
+    broken.ready_since, healthy.ready_since = 1.0, 2.0  # the broken one is fed first
+
+    def fail() -> None:
+        raise ValueError("a parser bug")
+
+    broken.feed_unread = fail  # type: ignore[method-assign]
+    errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context))
+    broken.data_received(GET)
+    healthy.data_received(GET)
+    await answered(state, healthy_transport)
+    assert started == ["/x"] and healthy_transport.writes[0].startswith(b"HTTP/1.1 200 OK")
+    assert broken_transport.closed and isinstance(errors[0]["exception"], ValueError)
+    asyncio.get_running_loop().set_exception_handler(None)
+    del broken.feed_unread  # the class's own again, for the connection's end
+    for protocol, transport in ((broken, broken_transport), (healthy, healthy_transport)):
+        protocol.connection_lost(None)
+        transport.close()
