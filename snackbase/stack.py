@@ -76,9 +76,10 @@ class RequestGate:
 
 class AppState(State):
     """`app.state` whose values are plain instance attributes. Starlette's State keeps them in a dict of
-    its own and finds each one through `__getattr__`, a Python call after a failed ordinary lookup: a
-    get read `app.state.…` 13 times, ~1% of its instructions. Here that dict is the instance's
-    `__dict__`, so State's own `__setattr__` stores where the ordinary lookup finds it."""
+    its own and finds each one through `__getattr__`, a Python call after a failed ordinary lookup:
+    1.1 µs per read against 0.07 µs for a plain attribute (timeit), and a get read `app.state.…` 13
+    times. Here that dict is the instance's `__dict__`, so State's own `__setattr__` stores where the
+    ordinary lookup finds it."""
 
     def __init__(self) -> None:
         super().__init__(self.__dict__)
