@@ -164,33 +164,50 @@ def statement_budget(conn: apsw.Connection) -> StatementBudget | None:
     return _budgets.get(conn)
 
 
-def _busy_waiter(limit_s: float) -> Callable[[int], bool]:
+class BusyWaiter:
     """SQLite's busy handler: wait for a lock another process holds, for up to `limit_s` seconds.
 
     SQLite's own (`set_busy_timeout`) sleeps 1, 2, 5, 10 … ms between tries, while a writer holds the
     write lock for a unit of work of ~0.2 ms: with `serve --workers 2` the waiting process idled ~5×
     longer than the lock was held, its event loop stopped meanwhile. This one tries again after
-    0.1 ms, 0.2 ms, … up to 2 ms between tries."""
-    started = 0.0
+    0.1 ms, 0.2 ms, … up to 2 ms between tries.
 
-    def wait(tries: int) -> bool:
-        nonlocal started
+    `patient = False` makes a busy lock fail at once: `unit_of_work.write_turn` sets it around its
+    tries of BEGIN IMMEDIATE and waits between them on the event loop instead, serving other requests."""
+
+    __slots__ = ("limit_s", "patient", "started")
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.patient = True
+        self.started = 0.0
+
+    def __call__(self, tries: int) -> bool:
+        if not self.patient:
+            return False
         now = time.monotonic()
         if tries == 0:
-            started = now
-        elif now - started > limit_s:
+            self.started = now
+        elif now - self.started > self.limit_s:
             return False  # SQLITE_BUSY: the caller answers 503 `busy`
         time.sleep(min(0.0001 * (tries + 1), 0.002))
         return True
 
-    return wait
+
+_waiters: weakref.WeakKeyDictionary[apsw.Connection, BusyWaiter] = weakref.WeakKeyDictionary()
+
+
+def busy_waiter(conn: apsw.Connection) -> BusyWaiter | None:
+    """The busy handler `connect` gave this connection; None for any other (PostgreSQL's has none)."""
+    return _waiters.get(conn)
 
 
 def connect(path: str | Path, statement_timeout_ms: int = 5_000) -> apsw.Connection:
     """Opens a connection with the project's pragmas; the order matters and is explained inline."""
     conn = apsw.Connection(str(path))
     # First, so that every pragma below waits for a lock held by another process instead of failing.
-    conn.set_busy_handler(_busy_waiter(BUSY_TIMEOUT_MS / 1000))
+    waiter = _waiters[conn] = BusyWaiter(BUSY_TIMEOUT_MS / 1000)
+    conn.set_busy_handler(waiter)
     # Only takes effect when the file is created (before WAL below). A create dirties ~7 pages (record,
     # its two indexes, the audit entry, its two indexes, the chain head) and a commit writes them whole
     # to the WAL: 2 KiB pages made a create ~10% cheaper than 4 KiB, with reads unchanged (measured).

@@ -41,7 +41,7 @@ from snackbase.schema import Collection, Field, quote_ident
 from snackbase.storage import LocalStorage, S3Storage, Storage
 from snackbase.thumbs import Recent
 from snackbase.times import format_ts, now_iso
-from snackbase.unit_of_work import Work, unit_of_work
+from snackbase.unit_of_work import Work, unit_of_work, write_turn
 
 log = logging.getLogger("snackbase.files")
 
@@ -309,7 +309,8 @@ async def write_with_uploads(
             for s, key in zip(staged, keys, strict=True):
                 await runtime.storage.put(key, s.path, s.meta["size"], s.meta["sha256"], s.meta["type"])
                 promoted.append(key)
-            return write()
+            async with write_turn(conn):
+                return write()
         except BaseException:
             # Only files no committed record holds: a key whose pending row is gone was kept by the
             # write (it failed after its COMMIT, e.g. presenting the answer), so its file stays.

@@ -13,12 +13,19 @@ happen for a committed change (after-hooks, later realtime and file deletion) is
 A unit opened while another is open on the same connection (a hook writing through `event.records`
 inside a record write, or a batch) joins it as a savepoint: its failure undoes only itself, and its
 after-commit work waits for the outer commit.
+
+With `serve --workers N` another process may hold the write lock. A synchronous BEGIN IMMEDIATE then
+waits in SQLite's busy handler with the event loop stopped. The records routes take the lock first with
+`async with write_turn(conn):`, which waits between tries on the event loop (serving other requests
+meanwhile); the unit of work opened inside, with no await in between, adopts the transaction it began.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +33,7 @@ from typing import Any
 
 import apsw
 
-from snackbase.db import Allowance
+from snackbase.db import Allowance, BusyWaiter, busy_waiter
 from snackbase.errors import database_error
 
 log = logging.getLogger("snackbase.write")
@@ -42,6 +49,8 @@ class Work:
     effects: list[Effect] = field(default_factory=list)
     # What the unit's rule checks may still spend while it holds the write lock (records._rule_check).
     rule_allowance: Allowance | None = None
+    # Begun by `write_turn` and not yet adopted by the unit of work opened inside it.
+    pending: bool = False
 
     def after_commit(self, effect: Effect) -> None:
         self.effects.append(effect)
@@ -84,6 +93,15 @@ class unit_of_work:
     def __enter__(self) -> Work:
         conn = self.conn
         outer = _open.get(conn)
+        if outer is not None and outer.pending:
+            if not self.foreign_keys_off:
+                outer.pending = False  # adopts the transaction `write_turn` began: the outermost unit
+                self.work = outer
+                return outer
+            # PRAGMA foreign_keys must be switched outside a transaction: give the lock back first.
+            del _open[conn]
+            _rollback(conn)
+            outer = None
         if outer is not None:  # joins the open unit as a savepoint
             self.nested = True
             conn.execute("SAVEPOINT unit_of_work")
@@ -145,6 +163,62 @@ class unit_of_work:
     def _foreign_keys_on(self) -> None:
         if self.foreign_keys_off:
             self.conn.execute("PRAGMA foreign_keys=ON")
+
+
+class write_turn:
+    """`async with write_turn(conn):` around synchronous code that opens a unit of work: takes SQLite's
+    write lock first, waiting on the event loop while another process holds it (see the module
+    docstring). The first unit opened inside adopts the transaction; if none is opened (the write was
+    refused before it began), the transaction is rolled back on the way out.
+
+    The tries are one loop turn apart at first: the lock is held for one unit of work, a fraction of a
+    millisecond, and the loop's other requests fill the gap; 1 ms timers were slower (measured). Every
+    waiting request tries for itself: queueing them behind one poller was slower too, because then a
+    process rarely wrote twice in a row, and SQLite drops a connection's page cache whenever another
+    process wrote last. After the busy handler's limit it is the same 503 `busy` as a synchronous wait gives.
+    On PostgreSQL it does nothing: writers there wait on row locks, not on one database lock."""
+
+    __slots__ = ("conn", "work")
+
+    # Tries one loop turn apart before the waits become 1 ms timers.
+    _TURNS = 20
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self.conn = conn
+        self.work: Work | None = None
+
+    async def __aenter__(self) -> None:
+        conn = self.conn
+        if conn.in_transaction or conn in _open:
+            return  # not the outermost write: the unit opened inside decides (and refuses a stray one)
+        waiter = busy_waiter(conn)
+        if waiter is None:
+            return  # PostgreSQL: writers wait on row locks, not on one database lock
+        tries, started = 0, time.monotonic()
+        while not _try_begin(conn, waiter):
+            if time.monotonic() - started > waiter.limit_s:
+                raise database_error(apsw.BusyError("the write lock stayed busy")) from None
+            tries += 1
+            await asyncio.sleep(0 if tries < self._TURNS else 0.001)
+        self.work = _open[conn] = Work(conn, pending=True)
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        work = self.work
+        if work is not None and work.pending:  # never adopted: nothing was written
+            _open.pop(self.conn, None)
+            _rollback(self.conn)
+
+
+def _try_begin(conn: apsw.Connection, waiter: BusyWaiter) -> bool:
+    """BEGIN IMMEDIATE without SQLite's busy wait: False if another process holds the write lock."""
+    waiter.patient = False
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except apsw.BusyError:
+        return False
+    finally:
+        waiter.patient = True
+    return True
 
 
 def run_effects(effects: list[Effect]) -> None:

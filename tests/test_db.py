@@ -163,7 +163,7 @@ def test_the_busy_handler_tries_again_in_small_steps_until_its_limit(monkeypatch
 
     monkeypatch.setattr(db.time, "sleep", sleep)
     monkeypatch.setattr(db.time, "monotonic", lambda: clock[0])
-    wait = db._busy_waiter(0.05)
+    wait = db.BusyWaiter(0.05)
     tries = 0
     while wait(tries):
         tries += 1

@@ -12,7 +12,7 @@ import apsw
 import pytest
 from starlette.testclient import TestClient
 
-from snackbase.db import fetch_all, fetch_value, statement_budget
+from snackbase.db import busy_waiter, fetch_all, fetch_value, statement_budget
 from tests.factories import User, add_to_group, make_account, make_superadmin, make_user
 
 API = "/api/v1"
@@ -254,7 +254,7 @@ def test_a_busy_database_answers_503_busy_and_writes_nothing(world: tuple) -> No
     client, sa, user = world
     define(client, sa, "items", [{"name": "title", "type": "text"}])
     app: Any = client.app
-    app.state.db.conn.set_busy_timeout(50)
+    busy_waiter(app.state.db.conn).limit_s = 0.05  # the synchronous wait and write_turn's alike
     other = apsw.Connection(str(app.state.settings.db_path))
     other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
     try:

@@ -19,6 +19,7 @@ from snackbase.listing import paging
 from snackbase.record_changes import WriteContext
 from snackbase.rules import Caller
 from snackbase.schema import Collection
+from snackbase.unit_of_work import write_turn
 from snackbase.web import header, json_response, no_content, read_json
 
 T = TypeVar("T")
@@ -108,10 +109,12 @@ async def _with_body(
 ) -> T:
     """Runs `write(body, staged uploads)` with the request's body: JSON, or multipart/form-data with the
     files streamed to staging first and moved into storage around the write (snackbase.files)."""
-    if not uploads.is_multipart(request):
-        return write(await read_json(request), [])
-    body, staged = await uploads.read_multipart(request, collection, caller.account_id)
     conn = request.app.state.db.conn
+    if not uploads.is_multipart(request):
+        body = await read_json(request)
+        async with write_turn(conn):
+            return write(body, [])
+    body, staged = await uploads.read_multipart(request, collection, caller.account_id)
     return await files.write_with_uploads(conn, collection, staged, lambda: write(body, staged))
 
 
@@ -150,9 +153,9 @@ async def delete_record(request: Request) -> Response:
     caller = await caller_for(request)
     ctx = await write_context(request, caller)
     ctx.if_match = header(request.scope, b"if-match")
-    records.delete_record(
-        request.app.state.db.conn, request.app.state.registry, collection, ctx, request.path_params["id"]
-    )
+    conn = request.app.state.db.conn
+    async with write_turn(conn):
+        records.delete_record(conn, request.app.state.registry, collection, ctx, request.path_params["id"])
     return no_content()
 
 
@@ -162,7 +165,10 @@ async def batch(request: Request) -> Response:
     conn, registry = request.app.state.db.conn, request.app.state.registry
     ctx = await write_context(request, caller)  # before the body: a bad header leaves no staged file
     if not uploads.is_multipart(request):
-        return json_response(records.batch(conn, registry, collection, ctx, await read_json(request)))
+        body = await read_json(request)
+        async with write_turn(conn):
+            result = records.batch(conn, registry, collection, ctx, body)
+        return json_response(result)
     # Files streamed to staging first, then moved into storage around the batch's one unit of work:
     # any failed operation rolls it all back and deletes every file of the batch (snackbase.files).
     got = await uploads.read_batch_multipart(request, collection, caller.account_id)

@@ -1,0 +1,137 @@
+"""`write_turn`: the records routes take SQLite's write lock on the event loop, so a process waiting for
+another process's write keeps serving its other requests; the unit of work opened inside adopts the
+transaction, and a write refused before its unit began leaves no transaction behind."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import apsw
+import pytest
+
+from snackbase.db import busy_waiter, connect, fetch_value
+from snackbase.errors import ApiError
+from snackbase.unit_of_work import current, unit_of_work, write_turn
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[apsw.Connection, apsw.Connection]]:
+    """Two connections to one file, as two `serve --workers` processes have."""
+    path = tmp_path / "db.sqlite"
+    ours, other = connect(path), connect(path)
+    ours.execute("CREATE TABLE t (v INTEGER)")
+    yield ours, other
+    ours.close()
+    other.close()
+
+
+def test_the_unit_inside_adopts_the_transaction_and_commits(pair: tuple) -> None:
+    ours, other = pair
+
+    async def write() -> None:
+        async with write_turn(ours):
+            assert ours.in_transaction  # the lock is held before the unit opens
+            with unit_of_work(ours) as work:
+                ours.execute("INSERT INTO t VALUES (1)")
+                assert not work.pending
+            assert not ours.in_transaction  # the adopted unit was the outermost: it committed
+
+    asyncio.run(write())
+    assert fetch_value(other, "SELECT count(*) FROM t") == 1
+    assert current(ours) is None
+
+
+def test_a_write_refused_before_its_unit_leaves_no_transaction(pair: tuple) -> None:
+    ours, _ = pair
+
+    async def refused() -> None:
+        async with write_turn(ours):
+            raise ApiError(400, "validation_failed", "refused before the unit of work")
+
+    async def nothing_written() -> None:
+        async with write_turn(ours):
+            pass
+
+    with pytest.raises(ApiError):
+        asyncio.run(refused())
+    assert not ours.in_transaction and current(ours) is None
+    asyncio.run(nothing_written())
+    assert not ours.in_transaction and current(ours) is None
+    with unit_of_work(ours):  # the connection writes as before
+        ours.execute("INSERT INTO t VALUES (2)")
+    assert fetch_value(ours, "SELECT count(*) FROM t") == 1
+
+
+def test_waiting_for_another_process_keeps_the_loop_serving(pair: tuple) -> None:
+    ours, other = pair
+    other.execute("BEGIN IMMEDIATE")  # the other process is writing
+    served: list[int] = []
+
+    async def other_requests() -> None:
+        for n in range(5):
+            served.append(n)
+            await asyncio.sleep(0.005)
+        other.execute("ROLLBACK")  # the other process's write ends
+
+    async def write() -> int:
+        async with write_turn(ours):
+            with unit_of_work(ours):
+                ours.execute("INSERT INTO t VALUES (3)")
+        return len(served)
+
+    async def both() -> int:
+        _, seen = await asyncio.gather(other_requests(), write())
+        return seen
+
+    assert asyncio.run(both()) == 5  # the write went through only after every other request was served
+    assert fetch_value(other, "SELECT count(*) FROM t") == 1
+    assert busy_waiter(ours).patient  # synchronous writes wait for the lock again
+
+
+def test_a_lock_held_past_the_limit_is_503_busy(pair: tuple) -> None:
+    ours, other = pair
+    busy_waiter(ours).limit_s = 0.05
+    other.execute("BEGIN IMMEDIATE")
+
+    async def write() -> None:
+        async with write_turn(ours):
+            raise AssertionError("the lock was never free")
+
+    with pytest.raises(ApiError) as refused:
+        asyncio.run(write())
+    other.execute("ROLLBACK")
+    assert refused.value.status == 503 and refused.value.code == "busy"
+    assert not ours.in_transaction and busy_waiter(ours).patient
+
+
+def test_a_unit_switching_foreign_keys_off_takes_the_lock_itself(pair: tuple) -> None:
+    """PRAGMA foreign_keys is a no-op inside a transaction, so such a unit gives the begun one back."""
+    ours, _ = pair
+
+    async def rebuild() -> int:
+        async with write_turn(ours):
+            with unit_of_work(ours, foreign_keys_off=True):
+                return int(fetch_value(ours, "PRAGMA foreign_keys"))
+
+    assert asyncio.run(rebuild()) == 0
+    assert fetch_value(ours, "PRAGMA foreign_keys") == 1 and not ours.in_transaction
+
+
+def test_inside_an_open_unit_or_on_another_engine_it_does_nothing(tmp_path: Path) -> None:
+    ours = connect(tmp_path / "db.sqlite")
+    plain = apsw.Connection(str(tmp_path / "db.sqlite"))  # no busy handler of ours, as PostgreSQL's
+
+    async def nested() -> None:
+        with unit_of_work(ours) as outer:
+            async with write_turn(ours):
+                assert current(ours) is outer and not outer.pending
+
+    async def other_engine() -> None:
+        async with write_turn(plain):
+            assert not plain.in_transaction
+
+    asyncio.run(nested())
+    asyncio.run(other_engine())
+    assert not ours.in_transaction
