@@ -169,19 +169,10 @@ class write_turn:
     """`async with write_turn(conn):` around synchronous code that opens a unit of work: takes SQLite's
     write lock first, waiting on the event loop while another process holds it (see the module
     docstring). The first unit opened inside adopts the transaction; if none is opened (the write was
-    refused before it began), the transaction is rolled back on the way out.
-
-    The tries are one loop turn apart at first: the lock is held for one unit of work, a fraction of a
-    millisecond, and the loop's other requests fill the gap; 1 ms timers were slower (measured). Every
-    waiting request tries for itself: queueing them behind one poller was slower too, because then a
-    process rarely wrote twice in a row, and SQLite drops a connection's page cache whenever another
-    process wrote last. After the busy handler's limit it is the same 503 `busy` as a synchronous wait gives.
-    On PostgreSQL it does nothing: writers there wait on row locks, not on one database lock."""
+    refused before it began), the transaction is rolled back on the way out. On PostgreSQL it does
+    nothing: writers there wait on row locks, not on one database lock."""
 
     __slots__ = ("conn", "work")
-
-    # Tries one loop turn apart before the waits become 1 ms timers.
-    _TURNS = 20
 
     def __init__(self, conn: apsw.Connection) -> None:
         self.conn = conn
@@ -194,12 +185,11 @@ class write_turn:
         waiter = busy_waiter(conn)
         if waiter is None:
             return  # PostgreSQL: writers wait on row locks, not on one database lock
-        tries, started = 0, time.monotonic()
-        while not _try_begin(conn, waiter):
-            if time.monotonic() - started > waiter.limit_s:
-                raise database_error(apsw.BusyError("the write lock stayed busy")) from None
-            tries += 1
-            await asyncio.sleep(0 if tries < self._TURNS else 0.001)
+        queue = _queues.get(conn)
+        if queue is None:
+            queue = _queues[conn] = _LockQueue()
+        if queue.polling or not _try_begin(conn, waiter):
+            await queue.wait_for_lock(conn, waiter)
         self.work = _open[conn] = Work(conn, pending=True)
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
@@ -207,6 +197,62 @@ class write_turn:
         if work is not None and work.pending:  # never adopted: nothing was written
             _open.pop(self.conn, None)
             _rollback(self.conn)
+
+
+class _LockQueue:
+    """The requests of one process waiting for another process to release the write lock.
+
+    One of them polls: BEGIN IMMEDIATE, one loop turn apart (the lock is held for one unit of work, a
+    fraction of a millisecond, and the loop's other requests fill the gap; 1 ms timers were slower,
+    measured), then 1 ms apart after `TURNS` tries. The others wait until the poller has the lock and
+    then try in turn: after the poller's write, this process holds no lock, so they usually write one
+    after another. Writing in runs matters: SQLite drops a connection's page cache whenever another
+    process wrote last. When every waiting request polled for itself, 16 waiters made 16 failed
+    BEGINs (each a few file-lock system calls) per loop turn.
+
+    After the busy handler's limit a waiting request gets the same 503 `busy` as a synchronous wait."""
+
+    __slots__ = ("polling", "waiting")
+    TURNS = 20
+
+    def __init__(self) -> None:
+        self.polling = False
+        self.waiting: list[asyncio.Future[None]] = []
+
+    async def wait_for_lock(self, conn: apsw.Connection, waiter: BusyWaiter) -> None:
+        """Returns with the write lock taken (BEGIN IMMEDIATE done), with no await after it."""
+        started = time.monotonic()
+        while True:
+            if time.monotonic() - started > waiter.limit_s:
+                raise database_error(apsw.BusyError("the write lock stayed busy")) from None
+            if not self.polling:
+                await self._poll(conn, waiter, started)
+                return
+            woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.waiting.append(woken)
+            await woken  # the poller has the lock, or gave up
+            if not self.polling and _try_begin(conn, waiter):
+                return
+
+    async def _poll(self, conn: apsw.Connection, waiter: BusyWaiter, started: float) -> None:
+        self.polling = True
+        try:
+            tries = 0
+            while not _try_begin(conn, waiter):
+                if time.monotonic() - started > waiter.limit_s:
+                    raise database_error(apsw.BusyError("the write lock stayed busy")) from None
+                tries += 1
+                await asyncio.sleep(0 if tries < self.TURNS else 0.001)
+        finally:  # also when the poller's request is cancelled: a waiting one takes over
+            self.polling = False
+            waiting, self.waiting = self.waiting, []
+            for woken in waiting:
+                if not woken.done():
+                    woken.set_result(None)
+
+
+# Per connection (the event loop's one), the requests waiting for another process's write.
+_queues: weakref.WeakKeyDictionary[apsw.Connection, _LockQueue] = weakref.WeakKeyDictionary()
 
 
 def _try_begin(conn: apsw.Connection, waiter: BusyWaiter) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
@@ -134,4 +135,86 @@ def test_inside_an_open_unit_or_on_another_engine_it_does_nothing(tmp_path: Path
 
     asyncio.run(nested())
     asyncio.run(other_engine())
+    assert not ours.in_transaction
+
+
+def test_one_request_polls_and_the_others_write_after_it(
+    pair: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten requests wait for another process's write; one polls the lock, the others try once it is
+    free. If each polled for itself, ten times as many BEGIN IMMEDIATEs would fail."""
+    from snackbase import unit_of_work as uow
+
+    ours, other = pair
+    tries: list[bool] = []
+    real_try = uow._try_begin
+
+    def counted(conn: apsw.Connection, waiter: Any) -> bool:
+        tries.append(real_try(conn, waiter))
+        return tries[-1]
+
+    monkeypatch.setattr(uow, "_try_begin", counted)
+    other.execute("BEGIN IMMEDIATE")
+
+    async def write(n: int) -> None:
+        async with write_turn(ours):
+            with unit_of_work(ours):
+                ours.execute("INSERT INTO t VALUES (?)", (n,))
+
+    async def all_of_them() -> None:
+        writes = [asyncio.create_task(write(n)) for n in range(10)]
+        await asyncio.sleep(0.03)
+        other.execute("ROLLBACK")
+        await asyncio.gather(*writes)
+
+    asyncio.run(all_of_them())
+    assert fetch_value(ours, "SELECT count(*) FROM t") == 10
+    assert tries.count(True) == 10
+    polls = tries.count(False)
+    assert 10 < polls < 100, polls  # one poller: ~20 tries a turn apart, then one per millisecond
+
+
+def test_a_cancelled_poller_hands_over_to_a_waiting_request(pair: tuple) -> None:
+    ours, other = pair
+    other.execute("BEGIN IMMEDIATE")
+
+    async def write(n: int) -> None:
+        async with write_turn(ours):
+            with unit_of_work(ours):
+                ours.execute("INSERT INTO t VALUES (?)", (n,))
+
+    async def cancel_the_poller() -> None:
+        poller = asyncio.create_task(write(1))
+        await asyncio.sleep(0.005)
+        waiting = asyncio.create_task(write(2))
+        await asyncio.sleep(0.005)
+        poller.cancel()  # its client went away
+        await asyncio.sleep(0.005)
+        other.execute("ROLLBACK")
+        await waiting
+        with pytest.raises(asyncio.CancelledError):
+            await poller
+
+    asyncio.run(cancel_the_poller())
+    assert fetch_value(ours, "SELECT v FROM t") == 2
+    assert not ours.in_transaction
+
+
+def test_every_waiting_request_gets_503_when_the_lock_stays_busy(pair: tuple) -> None:
+    ours, other = pair
+    busy_waiter(ours).limit_s = 0.05
+    other.execute("BEGIN IMMEDIATE")
+
+    async def write() -> int:
+        try:
+            async with write_turn(ours):
+                return 201
+        except ApiError as refused:
+            return refused.status
+
+    async def three() -> list[int]:
+        return list(await asyncio.gather(write(), write(), write()))
+
+    assert asyncio.run(three()) == [503, 503, 503]
+    other.execute("ROLLBACK")
     assert not ours.in_transaction
