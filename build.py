@@ -76,7 +76,7 @@ def zip_app(site: Path, output: Path) -> None:
             "-o",
             str(output),
             "-p",
-            "/usr/bin/env python3",
+            "/usr/bin/env -S python3 -S",
             "--compressed",
             "--reproducible",
             "--compile-pyc",

@@ -129,7 +129,7 @@ def _display_host(host: str) -> str:
 def _uvicorn_options(settings: Settings) -> dict[str, Any]:
     # log_config=None keeps our JSON logging; graceful shutdown waits at most 10 s for in-flight requests.
     # http: uvicorn's httptools protocol, whose parser-level 400 answers in the error envelope.
-    from snackbase.http_protocol import EnvelopeHttpToolsProtocol
+    from snackbase.http_protocol import EnvelopeHttpToolsProtocol, lazy_wsproto
 
     return {
         "http": EnvelopeHttpToolsProtocol,
@@ -140,8 +140,9 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
         "timeout_graceful_shutdown": 10,
         "lifespan": "on",
         # wsproto for the realtime WebSocket: per idle connection it holds no task and no buffers of
-        # its own (measured in docs/performance.md, "Realtime"); pings are our heartbeats.
-        "ws": "wsproto",
+        # its own (measured in docs/performance.md, "Realtime"); pings are our heartbeats. Imported on
+        # the first upgrade (lazy_wsproto), not at start.
+        "ws": lazy_wsproto,
         "ws_ping_interval": None,
         # uvloop serves ~10% more requests; asyncio's loop serves connections more evenly when saturated
         # (lists at 32 connections: p99 1.9x the median instead of 5x; docs/performance.md).

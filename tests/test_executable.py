@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -53,6 +54,25 @@ def test_runs_from_any_directory(executable: Path, tmp_path: Path) -> None:
         [system_python(), str(copy), "version"], cwd="/", capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip() == __version__
+
+
+def test_the_machines_site_packages_stay_out(executable: Path, tmp_path: Path) -> None:
+    """The shebang runs `python3 -S`: the executable uses only what it carries, and the .pth files of
+    the machine's Python (which may import anything, and cost start time) never run."""
+    marker = tmp_path / "pth-ran"
+    env = {"PATH": os.environ["PATH"], "PYTHONUSERBASE": str(tmp_path / "userbase")}
+    user_site = subprocess.run(
+        [system_python(), "-c", "import site; print(site.getusersitepackages())"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    Path(user_site).mkdir(parents=True)
+    (Path(user_site) / "probe.pth").write_text(f"import pathlib; pathlib.Path({str(marker)!r}).touch()\n")
+    subprocess.run([system_python(), "-c", "pass"], env=env, check=True)
+    assert marker.exists()  # the probe works: a plain python3 runs it
+    marker.unlink()
+    result = subprocess.run([str(executable), "version"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == __version__
+    assert not marker.exists()
 
 
 def test_serves_with_system_python(executable: Path, tmp_path: Path) -> None:

@@ -370,3 +370,29 @@ async def test_a_connection_whose_bytes_fail_is_closed_and_the_others_are_still_
     for protocol, transport in ((broken, broken_transport), (healthy, healthy_transport)):
         protocol.connection_lost(None)
         transport.close()
+
+
+def test_wsproto_is_imported_on_the_first_upgrade_not_at_start(tmp_path: Any) -> None:
+    """wsproto and h11 cost ~40 ms of the server's start; only WebSocket clients need them (their
+    end-to-end tests are in tests/test_realtime.py)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\nfrom pathlib import Path\nimport uvicorn\n"
+        "from snackbase.app import create_app\nfrom snackbase.cli import _uvicorn_options\n"
+        "from tests.conftest import make_settings\n"
+        f"app = create_app(make_settings(Path({str(tmp_path / 'data')!r})))\n"
+        "config = uvicorn.Config(app, **_uvicorn_options(app.state.settings))\nconfig.load()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('wsproto', 'h11')))\n"
+        "from uvicorn.server import ServerState\n"
+        "config.ws_protocol_class(config=config, server_state=ServerState(), app_state={})\n"
+        "print('wsproto' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]", "True"]

@@ -242,12 +242,12 @@ def _ws_writer(ws: WebSocket) -> Callable[[Message], bool] | None:
     if not all(hasattr(protocol, name) for name in ("transport", "writable", "disconnected", "close_sent",
                                                     "handshake_complete", "conn")):  # fmt: skip
         return None
-    transport, writable = protocol.transport, protocol.writable
+    transport, writable, open_state = protocol.transport, protocol.writable, _ws_open_state()
 
     def write(message: Message) -> bool:
         p = protocol
         if (not writable.is_set() or p.disconnected or p.close_sent or not p.handshake_complete
-                or p.conn.state is not _WS_OPEN or transport.is_closing()):  # fmt: skip
+                or p.conn.state is not open_state or transport.is_closing()):  # fmt: skip
             return False
         transport.write(_ws_frame(message))
         return True
@@ -276,14 +276,13 @@ def _ws_frame(message: Message) -> bytes:
 
 
 def _ws_open_state() -> Any:
+    """wsproto's OPEN state, looked up when a WebSocket opens: importing wsproto (and h11) at start
+    cost ~40 ms of the server's start and is needed only by WebSocket clients."""
     try:
         from wsproto.connection import ConnectionState
     except ImportError:  # no wsproto: the WebSocket writer is never used
         return object()
     return ConnectionState.OPEN
-
-
-_WS_OPEN = _ws_open_state()
 
 
 def _sse_frame(message: Message) -> bytes:
