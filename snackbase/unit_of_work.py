@@ -180,16 +180,16 @@ class write_turn:
 
     async def __aenter__(self) -> None:
         conn = self.conn
-        if conn.in_transaction or conn in _open:
+        if conn.in_transaction:  # also whenever a unit is open on it
             return  # not the outermost write: the unit opened inside decides (and refuses a stray one)
-        waiter = busy_waiter(conn)
-        if waiter is None:
-            return  # PostgreSQL: writers wait on row locks, not on one database lock
         queue = _queues.get(conn)
         if queue is None:
-            queue = _queues[conn] = _LockQueue()
-        if queue.polling or not _try_begin(conn, waiter):
-            await queue.wait_for_lock(conn, waiter)
+            waiter = busy_waiter(conn)
+            if waiter is None:
+                return  # PostgreSQL: writers wait on row locks, not on one database lock
+            queue = _queues[conn] = _LockQueue(waiter)
+        if queue.polling or not _try_begin(conn, queue.waiter):
+            await queue.wait_for_lock(conn)
         self.work = _open[conn] = Work(conn, pending=True)
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
@@ -212,16 +212,17 @@ class _LockQueue:
 
     After the busy handler's limit a waiting request gets the same 503 `busy` as a synchronous wait."""
 
-    __slots__ = ("polling", "waiting")
+    __slots__ = ("polling", "waiter", "waiting")
     TURNS = 20
 
-    def __init__(self) -> None:
+    def __init__(self, waiter: BusyWaiter) -> None:
+        self.waiter = waiter  # the connection's busy handler
         self.polling = False
         self.waiting: list[asyncio.Future[None]] = []
 
-    async def wait_for_lock(self, conn: apsw.Connection, waiter: BusyWaiter) -> None:
+    async def wait_for_lock(self, conn: apsw.Connection) -> None:
         """Returns with the write lock taken (BEGIN IMMEDIATE done), with no await after it."""
-        started = time.monotonic()
+        waiter, started = self.waiter, time.monotonic()
         while True:
             if time.monotonic() - started > waiter.limit_s:
                 raise database_error(apsw.BusyError("the write lock stayed busy")) from None
