@@ -224,8 +224,7 @@ class _LockQueue:
         """Returns with the write lock taken (BEGIN IMMEDIATE done), with no await after it."""
         waiter, started = self.waiter, time.monotonic()
         while True:
-            if time.monotonic() - started > waiter.limit_s:
-                raise database_error(apsw.BusyError("the write lock stayed busy")) from None
+            _give_up_after(started, waiter)
             if not self.polling:
                 await self._poll(conn, waiter, started)
                 return
@@ -240,8 +239,7 @@ class _LockQueue:
         try:
             tries = 0
             while not _try_begin(conn, waiter):
-                if time.monotonic() - started > waiter.limit_s:
-                    raise database_error(apsw.BusyError("the write lock stayed busy")) from None
+                _give_up_after(started, waiter)
                 tries += 1
                 await asyncio.sleep(0 if tries < self.TURNS else 0.001)
         finally:  # also when the poller's request is cancelled: a waiting one takes over
@@ -254,6 +252,12 @@ class _LockQueue:
 
 # Per connection (the event loop's one), the requests waiting for another process's write.
 _queues: weakref.WeakKeyDictionary[apsw.Connection, _LockQueue] = weakref.WeakKeyDictionary()
+
+
+def _give_up_after(started: float, waiter: BusyWaiter) -> None:
+    """503 `busy` once the wait has outlasted the busy handler's limit, as a synchronous wait would."""
+    if time.monotonic() - started > waiter.limit_s:
+        raise database_error(apsw.BusyError("the write lock stayed busy")) from None
 
 
 def _try_begin(conn: apsw.Connection, waiter: BusyWaiter) -> bool:

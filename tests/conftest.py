@@ -23,6 +23,16 @@ from snackbase.config import Settings, load_settings
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def fresh_interpreter(code: str) -> str:
+    """Runs `code` in a new Python process from the project root (what it imports starts from
+    nothing there, unlike in this test process) and returns what it printed."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     values = {"data_dir": str(data_dir), "environment": "testing", "log_level": "WARNING"}
     values.update(overrides)

@@ -14,6 +14,7 @@ from uvicorn.config import Config
 from uvicorn.server import ServerState
 
 from snackbase.http_protocol import EnvelopeHttpToolsProtocol
+from tests.conftest import fresh_interpreter
 
 pytestmark = pytest.mark.anyio  # anyio's pytest plugin runs these on asyncio
 
@@ -375,10 +376,6 @@ async def test_a_connection_whose_bytes_fail_is_closed_and_the_others_are_still_
 def test_wsproto_is_imported_on_the_first_upgrade_not_at_start(tmp_path: Any) -> None:
     """wsproto and h11 cost ~40 ms of the server's start; only WebSocket clients need them (their
     end-to-end tests are in tests/test_realtime.py)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     code = (
         "import sys\nfrom pathlib import Path\nimport uvicorn\n"
         "from snackbase.app import create_app\nfrom snackbase.cli import _uvicorn_options\n"
@@ -390,9 +387,4 @@ def test_wsproto_is_imported_on_the_first_upgrade_not_at_start(tmp_path: Any) ->
         "config.ws_protocol_class(config=config, server_state=ServerState(), app_state={})\n"
         "print('wsproto' in sys.modules)\n"
     )
-    root = Path(__file__).resolve().parent.parent
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["[]", "True"]
+    assert fresh_interpreter(code).split() == ["[]", "True"]

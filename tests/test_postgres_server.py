@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -21,7 +20,7 @@ from snackbase.app import create_app
 from snackbase.backends.postgres import PgConnection, latest_version
 from snackbase.config import ConfigError
 from snackbase.unit_of_work import unit_of_work
-from tests.conftest import ServerProcess, make_settings
+from tests.conftest import ServerProcess, fresh_interpreter, make_settings
 from tests.test_cli import assert_one_line_error, run_cli
 
 
@@ -132,12 +131,7 @@ def test_sqlite_never_imports_the_postgresql_driver(tmp_path: Path) -> None:
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('psycopg', 'psycopg_binary')\n"
         "      or m in ('snackbase.backends.postgres', 'snackbase.backends.server')))\n"
     )
-    root = Path(__file__).resolve().parent.parent
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert fresh_interpreter(code).strip() == "[]"
 
 
 def test_the_postgresql_app_serves_every_route_of_the_sqlite_app(tmp_path: Path, pg_url: str) -> None:

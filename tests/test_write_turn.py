@@ -28,6 +28,13 @@ def pair(tmp_path: Path) -> Iterator[tuple[apsw.Connection, apsw.Connection]]:
     other.close()
 
 
+async def insert(conn: apsw.Connection, value: int) -> None:
+    """A records route's shape: the lock on the event loop, then the synchronous unit of work."""
+    async with write_turn(conn):
+        with unit_of_work(conn):
+            conn.execute("INSERT INTO t VALUES (?)", (value,))
+
+
 def test_the_unit_inside_adopts_the_transaction_and_commits(pair: tuple) -> None:
     ours, other = pair
 
@@ -156,13 +163,8 @@ def test_one_request_polls_and_the_others_write_after_it(
     monkeypatch.setattr(uow, "_try_begin", counted)
     other.execute("BEGIN IMMEDIATE")
 
-    async def write(n: int) -> None:
-        async with write_turn(ours):
-            with unit_of_work(ours):
-                ours.execute("INSERT INTO t VALUES (?)", (n,))
-
     async def all_of_them() -> None:
-        writes = [asyncio.create_task(write(n)) for n in range(10)]
+        writes = [asyncio.create_task(insert(ours, n)) for n in range(10)]
         await asyncio.sleep(0.03)
         other.execute("ROLLBACK")
         await asyncio.gather(*writes)
@@ -178,15 +180,10 @@ def test_a_cancelled_poller_hands_over_to_a_waiting_request(pair: tuple) -> None
     ours, other = pair
     other.execute("BEGIN IMMEDIATE")
 
-    async def write(n: int) -> None:
-        async with write_turn(ours):
-            with unit_of_work(ours):
-                ours.execute("INSERT INTO t VALUES (?)", (n,))
-
     async def cancel_the_poller() -> None:
-        poller = asyncio.create_task(write(1))
+        poller = asyncio.create_task(insert(ours, 1))
         await asyncio.sleep(0.005)
-        waiting = asyncio.create_task(write(2))
+        waiting = asyncio.create_task(insert(ours, 2))
         await asyncio.sleep(0.005)
         poller.cancel()  # its client went away
         await asyncio.sleep(0.005)
