@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import apsw
+import psycopg
 import pytest
 
 from snackbase.backends.postgres import PgConnection, PgDatabase
@@ -115,6 +116,26 @@ def test_a_read_whose_connection_was_dropped_runs_again_on_a_new_one(database: P
         assert asyncio.run(single.read(_count)) == 1
         assert len(single._reader_conns) == 1 and single._reader_conns[0] is not reader
         assert reader.raw.closed
+    finally:
+        single.close()
+
+
+def test_a_read_that_finds_its_socket_closed_runs_again_on_a_new_one(database: PgDatabase) -> None:
+    """psycopg may notice a dropped connection at the socket before libpq marks it closed (it raised
+    "connection socket closed" with the connection not yet `closed`): that read runs again too."""
+    single = PgDatabase.open(database.url, readers=1)
+    seen: list[PgConnection] = []
+
+    def dropped_once(conn: PgConnection) -> int:
+        seen.append(conn)
+        if len(seen) == 1:
+            raise psycopg.OperationalError("connection socket closed")
+        return _count(conn)
+
+    try:
+        assert asyncio.run(single.read(dropped_once)) == 1
+        assert seen[0] is not seen[1] and seen[0].raw.closed
+        assert single._reader_conns == [seen[1]]
     finally:
         single.close()
 

@@ -238,6 +238,16 @@ def as_apsw_error(exc: psycopg.Error) -> Exception:
     return exc
 
 
+def _connection_lost(conn: PgConnection, exc: Exception) -> bool:
+    """Whether `exc` means the connection itself is gone (the server restarted, or ended the backend).
+    libpq marks the connection bad when it notices, but psycopg may notice first, at the socket
+    ("connection socket closed", an OperationalError without a SQLSTATE, the connection not yet
+    marked): both count. An error the server sent about a statement always carries a SQLSTATE."""
+    if conn.raw.closed:
+        return True
+    return isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None
+
+
 def _constraint_message(exc: psycopg.Error, code: int) -> str:
     """SQLite's message shape, whose column list `errors.unique_columns` reads."""
     diag = exc.diag
@@ -340,9 +350,10 @@ class PgDatabase:
         conn = self._reader_conn()
         try:
             return fn(conn)
-        except (psycopg.Error, apsw.Error):
-            if not conn.raw.closed:
+        except (psycopg.Error, apsw.Error) as exc:
+            if not _connection_lost(conn, exc):
                 raise
+            conn.raw.close()  # so that _reader_conn connects again
         return fn(self._reader_conn())
 
     def _reader_conn(self) -> PgConnection:
