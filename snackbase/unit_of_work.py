@@ -98,7 +98,9 @@ class unit_of_work:
                 outer.pending = False  # adopts the transaction `write_turn` began: the outermost unit
                 self.work = outer
                 return outer
-            # PRAGMA foreign_keys must be switched outside a transaction: give the lock back first.
+            # PRAGMA foreign_keys must be switched outside a transaction: give the lock back first
+            # (no longer pending, so write_turn's exit leaves this unit's own transaction alone).
+            outer.pending = False
             del _open[conn]
             _rollback(conn)
             outer = None
