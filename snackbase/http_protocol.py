@@ -67,10 +67,9 @@ class _FairReads:
 
     A connection's rank is when it last became ready for a request (made, or its last response
     complete): the client sent its next request after that, so the earliest is the longest waiting.
-    Measured with a 1 ms app at 32 connections, uvloop: p99 194 ms against a 35 ms median served in
-    epoll's order, 40 ms against 35 ms in this order. It is not enough once requests take a few
-    milliseconds each: at 3 ms uvloop's p99 is still ~4× the median (asyncio's loop: ~1×), see
-    bench/loop_tail.py and docs/performance.md."""
+    Measured with an app spinning 1 ms per request at 32 connections (bench/loop_tail.py, uvloop
+    accepting every waiting connection at once): p99 69 ms against a 35 ms median served in epoll's
+    order, 37 ms against 36 ms in this order; at 2 ms, 131 against 66 and 72 against 68."""
 
     def __init__(self) -> None:
         # No reference to the loop itself: it is the key of `_fair_reads`, which must not keep it alive.
