@@ -57,7 +57,7 @@ def test_runs_from_any_directory(executable: Path, tmp_path: Path) -> None:
 
 
 def test_the_machines_site_packages_stay_out(executable: Path, tmp_path: Path) -> None:
-    """The shebang runs `python3 -S`: the executable uses only what it carries, and the .pth files of
+    """The launcher runs Python with -S: the executable uses only what it carries, and the .pth files of
     the machine's Python (which may import anything, and cost start time) never run."""
     marker = tmp_path / "pth-ran"
     env = {"PATH": os.environ["PATH"], "PYTHONUSERBASE": str(tmp_path / "userbase")}
@@ -73,6 +73,41 @@ def test_the_machines_site_packages_stay_out(executable: Path, tmp_path: Path) -
     result = subprocess.run([str(executable), "version"], env=env, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == __version__
     assert not marker.exists()
+
+
+def _python3_that_notes_it_ran(bin_dir: Path, marker: Path) -> dict[str, str]:
+    """A `python3` first on PATH that notes it ran, then runs the real one (as pyenv's shim does)."""
+    bin_dir.mkdir()
+    fake = bin_dir / "python3"
+    fake.write_text(f'#!/bin/sh\ntouch {marker}\nexec {system_python()} "$@"\n')
+    fake.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_runs_the_python_it_was_built_with_without_a_path_lookup(executable: Path, tmp_path: Path) -> None:
+    """A `python3` found on PATH may be a version manager's shim (pyenv's took ~90 ms per start)."""
+    marker = tmp_path / "path-python-ran"
+    env = _python3_that_notes_it_ran(tmp_path / "bin", marker)
+    result = subprocess.run([str(executable), "version"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == __version__
+    assert not marker.exists()
+    assert (
+        executable.read_bytes().split(b"\n")[1].startswith(b"x=" + os.path.realpath(sys.executable).encode())
+    )
+
+
+def test_without_that_python_it_runs_python3_from_path(executable: Path, tmp_path: Path) -> None:
+    """Copied to a machine where the build's interpreter is not at the same place."""
+    marker = tmp_path / "path-python-ran"
+    env = _python3_that_notes_it_ran(tmp_path / "bin", marker)
+    built_with = os.path.realpath(sys.executable).encode()
+    elsewhere = b"/" + b"x" * (len(built_with) - 1)  # same length: the zip after it stays where it was
+    copy = tmp_path / "snackbase"
+    copy.write_bytes(executable.read_bytes().replace(b"x=" + built_with, b"x=" + elsewhere, 1))
+    copy.chmod(0o755)
+    result = subprocess.run([str(copy), "version"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == __version__
+    assert marker.exists()
 
 
 def test_serves_with_system_python(executable: Path, tmp_path: Path) -> None:
