@@ -5,9 +5,9 @@
 Steps: stage a copy of the package with admin_ui/dist bundled as snackbase/ui_dist; pip-install it and
 its dependencies into a staging site-packages; zip that with shiv behind a two-line `/bin/sh`
 launcher (`launcher` below); smoke-run `dist/snackbase version`. (It cannot be ./snackbase in the
-checkout: that name is the package directory. Copied anywhere, the file runs as `./snackbase serve`.) Compiled dependencies
-(apsw, uvloop, msgspec, argon2) are wheels for the Python and platform running this script, which
-the build prints.
+checkout: that name is the package directory. Copied anywhere, the file runs as `./snackbase serve`.)
+Compiled dependencies (apsw, uvloop, msgspec, argon2) are wheels for the Python and platform running
+this script, which the build prints.
 """
 
 from __future__ import annotations
