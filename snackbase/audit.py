@@ -50,8 +50,7 @@ _sorted_encoder = msgspec.json.Encoder(order="sorted")
 _decoder = msgspec.json.Decoder()
 
 
-@dataclass(frozen=True, slots=True)
-class Actor:
+class Actor(msgspec.Struct, frozen=True):
     user_id: str | None
     email: str | None
     role: str | None
@@ -63,15 +62,13 @@ CLI_ACTOR = Actor(None, None, None, "cli")
 ANONYMOUS_ACTOR = Actor(None, None, None, "anonymous")
 
 
-@dataclass(frozen=True, slots=True)
-class RequestMeta:
+class RequestMeta(msgspec.Struct, frozen=True):
     request_id: str | None
     ip: str | None
     user_agent: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class VerifyResult:
+class VerifyResult(msgspec.Struct, frozen=True):
     ok: bool
     entries_checked: int
     first_bad_seq: int | None = None

@@ -16,11 +16,11 @@ from __future__ import annotations
 import re
 import time
 import weakref
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import apsw
+import msgspec
 from starlette.requests import Request
 from starlette.types import Scope
 
@@ -51,8 +51,7 @@ SLUG_RE = re.compile(r"[a-z][a-z0-9-]{2,31}")
 _BEARER = re.compile(r"[Bb]earer +([A-Za-z0-9._~+/=-]{1,4096})")
 
 
-@dataclass(frozen=True, slots=True)
-class Auth:
+class Auth(msgspec.Struct, frozen=True):
     user_id: str | None
     account_id: str | None
     email: str | None
@@ -173,8 +172,7 @@ def resolve_auth(
     return auth
 
 
-@dataclass(frozen=True, slots=True)
-class _Verified:
+class _Verified(msgspec.Struct, frozen=True):
     """A token whose signature and session were checked while `auth_version` was `version`; good until
     the token or its session expires (epoch seconds), whichever comes first."""
 

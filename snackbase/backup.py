@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import apsw
+import msgspec
 
 from snackbase import __version__, audit
 from snackbase.db import connect, fetch_all
@@ -65,8 +66,7 @@ class BackupError(Exception):
     """A backup cannot be made, read or restored; the message says why, for one CLI line or a 4xx."""
 
 
-@dataclass(frozen=True)
-class BackupInfo:
+class BackupInfo(msgspec.Struct, frozen=True):
     name: str
     path: Path
     size: int

@@ -15,14 +15,13 @@ revoked a session would still be let through.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import apsw
+import msgspec
 
 
-@dataclass(frozen=True, slots=True)
-class Versions:
+class Versions(msgspec.Struct, frozen=True):
     collections: int
     auth: int
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apsw
+import msgspec
 
 from snackbase import audit, files, search
 from snackbase.collection_defs import (
@@ -32,8 +33,7 @@ from snackbase.times import now_iso
 from snackbase.unit_of_work import unit_of_work
 
 
-@dataclass(frozen=True)
-class ChangeContext:
+class ChangeContext(msgspec.Struct, frozen=True):
     """Who changes a definition and why, for the audit entry written in the same transaction."""
 
     actor: audit.Actor

@@ -7,8 +7,9 @@ matching either one runs. An optional sixth field in front gives seconds (`*/30 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+
+import msgspec
 
 _RANGES = ((0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (0, 7))  # second, minute, hour, dom, month, dow
 _NAMES = ("second", "minute", "hour", "day of month", "month", "day of week")
@@ -18,8 +19,7 @@ class CronError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class Cron:
+class Cron(msgspec.Struct, frozen=True):
     seconds: frozenset[int]
     minutes: frozenset[int]
     hours: frozenset[int]

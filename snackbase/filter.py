@@ -37,9 +37,9 @@ import enum
 import functools
 import json
 import re
-from dataclasses import dataclass
-from dataclasses import field as dataclass_field
 from typing import Final, NamedTuple, NoReturn, Protocol, cast
+
+import msgspec
 
 from snackbase.backends import dialect
 from snackbase.backends.dialect import Dialect
@@ -104,75 +104,73 @@ class TypedResolver(Resolver, Protocol):
 # ---------------------------------------------------------------------------------------------- AST
 
 
-@dataclass(frozen=True, slots=True)
-class Field:
+class Field(msgspec.Struct, frozen=True):
     name: str
     position: int
 
 
-@dataclass(frozen=True, slots=True)
-class Literal:
+class Literal(msgspec.Struct, frozen=True):
     value: str | int | float | bool | None
 
 
-@dataclass(frozen=True, slots=True)
-class RequestValue:
+class RequestValue(msgspec.Struct, frozen=True):
     source: str  # "auth" or "data"
     name: str
 
 
-@dataclass(frozen=True, slots=True)
-class Now:
+class Now(msgspec.Struct, frozen=True):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class Macro:
+class Macro(msgspec.Struct, frozen=True):
     name: str
     args: tuple[Literal | RequestValue, ...]
     position: int
 
 
-@dataclass(frozen=True, slots=True)
-class Column:
+class Column(msgspec.Struct, frozen=True):
     """SQL a resolver hook built for the values of a multi-valued path (see `any_of`); never parsed."""
 
     sql: str
 
 
-@dataclass(frozen=True, slots=True)
-class Compare:
+class Compare(msgspec.Struct, frozen=True):
     op: str
     left: Operand
     right: Operand
-    position: int = dataclass_field(default=0, compare=False)  # of the operator, for error messages
+    position: int = 0  # of the operator, for error messages; not part of the comparison's identity
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Compare and (self.op, self.left, self.right) == (
+            other.op,
+            other.left,
+            other.right,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.op, self.left, self.right))
 
 
-@dataclass(frozen=True, slots=True)
-class InList:
+class InList(msgspec.Struct, frozen=True):
     operand: Operand
     values: tuple[str | int | float | bool | None, ...]
     negated: bool
 
 
-@dataclass(frozen=True, slots=True)
-class IsNull:
+class IsNull(msgspec.Struct, frozen=True):
     operand: Operand
     negated: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Not:
+class Not(msgspec.Struct, frozen=True):
     operand: Node
 
 
-@dataclass(frozen=True, slots=True)
-class And:
+class And(msgspec.Struct, frozen=True):
     items: tuple[Node, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Or:
+class Or(msgspec.Struct, frozen=True):
     items: tuple[Node, ...]
 
 

@@ -7,10 +7,10 @@ access, the audit trail and other hooks all apply; only `bypass_rules=True` step
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import apsw
+from msgspec.structs import replace
 
 from snackbase import audit
 from snackbase.hooks import MAX_NESTING, Event, _nesting

@@ -24,6 +24,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.types import Scope
 
@@ -49,8 +50,7 @@ log = logging.getLogger("snackbase.hooks")
 HookFn = Callable[[Any], Any]
 
 
-@dataclass(frozen=True, slots=True)
-class EventSpec:
+class EventSpec(msgspec.Struct, frozen=True):
     can_abort: bool  # before-style: HookAbort answers the request and nothing is written
     sync_only: bool  # fired from synchronous pipeline code (maybe inside a transaction): plain functions only
     per_collection: bool  # `collection=` narrows the hook to one collection
@@ -218,8 +218,7 @@ class RealtimeEvent(Event):
 # --- the registry -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Hook:
+class Hook(msgspec.Struct, frozen=True):
     event: str
     fn: HookFn
     collection: str | None

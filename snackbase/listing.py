@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import apsw
@@ -39,8 +38,7 @@ _INT64 = (-(2**63), 2**63 - 1)
 OrderKey = tuple[str, bool]
 
 
-@dataclass(frozen=True, slots=True)
-class Paging:
+class Paging(msgspec.Struct, frozen=True):
     page: int = 1
     per_page: int = DEFAULT_PER_PAGE
     skip_total: bool = False
@@ -161,8 +159,7 @@ def order_sql(keys: Sequence[OrderKey]) -> str:
 # --- one page of a plain table (the auth-side resources) --------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Source:
+class Source(msgspec.Struct, frozen=True):
     """A list over one table: fixed SQL text of the calling module; values only in `params`."""
 
     table: str

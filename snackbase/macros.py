@@ -24,10 +24,10 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import apsw
+import msgspec
 
 from snackbase.db import fetch_all, statement_budget
 from snackbase.errors import ApiError, field_error, validation_error
@@ -54,8 +54,7 @@ _READABLE_SYSTEM = {
 _DENIED_FUNCTIONS = frozenset(("load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"))
 
 
-@dataclass(frozen=True)
-class Macro:
+class Macro(msgspec.Struct, frozen=True):
     name: str
     sql: str
     params: int

@@ -13,9 +13,10 @@ import html
 import logging
 import smtplib
 import ssl
-from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import make_msgid
+
+import msgspec
 
 from snackbase.config import Settings
 from snackbase.errors import ApiError
@@ -26,8 +27,7 @@ SMTP_TIMEOUT_S = 15
 _background: set[asyncio.Task[None]] = set()
 
 
-@dataclass(frozen=True, slots=True)
-class Template:
+class Template(msgspec.Struct, frozen=True):
     subject: str
     text: str
     action: str

@@ -9,11 +9,11 @@ untouched rather than half-understood.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import apsw
+import msgspec
 
 from snackbase.db import fetch_value
 
@@ -25,8 +25,7 @@ class SchemaTooNewError(Exception):
     """The database was written by a newer version of SnackBase."""
 
 
-@dataclass(frozen=True)
-class Migration:
+class Migration(msgspec.Struct, frozen=True):
     version: int
     name: str
     script: str

@@ -16,7 +16,6 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -29,8 +28,7 @@ OPENAPI_VERSION = "3.1.0"
 _REF = "#/components/schemas/{name}"
 
 
-@dataclass(frozen=True, slots=True)
-class Op:
+class Op(msgspec.Struct, frozen=True):
     summary: str
     access: str  # public | account (anonymous callers name an account) | user | admin | superadmin
     query: tuple[str, ...] = ()

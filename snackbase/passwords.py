@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from snackbase.errors import ApiError, FieldErrors, field_error
 
@@ -26,8 +27,7 @@ MAX_LENGTH = 128
 MAX_PENDING = 64
 
 
-@dataclass(frozen=True, slots=True)
-class Argon2Params:
+class Argon2Params(msgspec.Struct, frozen=True):
     memory_kib: int
     time_cost: int
     parallelism: int

@@ -22,7 +22,6 @@ fields name one record (user) of the profile's own account; deleting what they n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import apsw
@@ -324,8 +323,7 @@ def list_page(
     return collection, {"items": [to_json(r) for r in rows], "next_cursor": cursor}
 
 
-@dataclass(frozen=True, slots=True)
-class ProfileQuery:
+class ProfileQuery(msgspec.Struct, frozen=True):
     filter: str
     sort: str
     paging: Paging

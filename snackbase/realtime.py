@@ -17,7 +17,6 @@ import logging
 import secrets
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
@@ -44,8 +43,7 @@ class LimitError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
-class Topic:
+class Topic(msgspec.Struct, frozen=True):
     """`collection` or `collection/<record id>`, optionally narrowed by a filter."""
 
     collection: str
@@ -204,8 +202,7 @@ class Gate(Protocol):
         matches), grouped by the payload as they read it."""
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
+class Limits(msgspec.Struct, frozen=True):
     max_topics: int
     per_user: int
     per_address: int

@@ -15,7 +15,6 @@ conditions (the same SQL and parameters) are evaluated once per event.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -240,7 +239,7 @@ def _refresh(viewer: Viewer, row: tuple[Any, ...]) -> None:
     c = viewer.caller
     now = (account_id, email, role, bool(pii_access))
     if not c.is_superadmin and (c.account_id, c.email, c.role, c.pii_access) != now:
-        viewer.caller = dataclasses.replace(
+        viewer.caller = msgspec.structs.replace(
             c, account_id=account_id, email=email, role=role, pii_access=bool(pii_access)
         )
 

@@ -7,10 +7,11 @@ references cascade to or set to null — so no change can reach the database wit
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import apsw
+import msgspec
 
 from snackbase import audit, audit_views, files, realtime_transport
 from snackbase.rules import Caller
@@ -43,8 +44,7 @@ class WriteContext:
         return audit_views.actor_from_auth(self.acting_for or self.caller)
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(msgspec.Struct, frozen=True):
     """One changed record row."""
 
     action: str  # record.create | record.update | record.delete
@@ -56,7 +56,7 @@ class Change:
     ctx: WriteContext
     reason: str | None
     # Why a row changed that the request did not name: {"collection", "record_id", "on_delete"}.
-    cascade: dict[str, Any] | None = field(default=None)
+    cascade: dict[str, Any] | None = None
 
 
 def record_change(conn: apsw.Connection, work: Work, change: Change) -> None:

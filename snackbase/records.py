@@ -17,10 +17,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import apsw
+import msgspec
 
 from snackbase import audit, cascade, files, versions
 from snackbase.collections import Registry
@@ -52,8 +52,7 @@ MAX_BATCH_OPS = 100
 IF_MATCH_KEY = "@if_match"  # a batch operation's If-Match; `@` keeps it apart from field names
 
 
-@dataclass(frozen=True, slots=True)
-class _Op:
+class _Op(msgspec.Struct, frozen=True):
     """One write as the pipeline runs it: the body without `_reason`, and the reason it carries."""
 
     body: dict[str, Any]

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import apsw
+import msgspec
 
 from snackbase import profiles, search
 from snackbase.backends import dialect
@@ -41,8 +42,7 @@ VIA: Final = "_via_"
 _VIA_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
-@dataclass(frozen=True, slots=True)
-class BackRelation:
+class BackRelation(msgspec.Struct, frozen=True):
     """`<source>_via_<field>`: the records of `source` whose reference `field` names this record."""
 
     source: Collection

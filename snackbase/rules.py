@@ -9,9 +9,10 @@ fields of the collection and the system fields, as `r."name"`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import msgspec
 
 from snackbase.backends import dialect
 from snackbase.errors import ApiError, field_error, validation_error
@@ -30,8 +31,7 @@ MAX_MACRO_CALLS = 8
 _AUTH_ATTRS = {"id": "user_id", "account_id": "account_id", "email": "email", "role": "role"}
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
+class Caller(msgspec.Struct, frozen=True):
     """Who is asking, as the rules see it. `account_id` is the tenant every query is scoped to
     (None only for a superadmin looking across all accounts)."""
 

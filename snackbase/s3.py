@@ -15,10 +15,11 @@ import hmac
 import http.client
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlsplit
+
+import msgspec
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 UNSIGNED = "UNSIGNED-PAYLOAD"
@@ -37,8 +38,7 @@ class S3Error(Exception):
         self.status = status
 
 
-@dataclass(frozen=True)
-class S3Config:
+class S3Config(msgspec.Struct, frozen=True):
     endpoint: str  # https://s3.eu-central-1.amazonaws.com, http://127.0.0.1:9000, …
     bucket: str
     region: str

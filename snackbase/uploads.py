@@ -355,8 +355,7 @@ class BatchUploads:
     staged: list[Staged]  # all of them, in the order they arrived
 
 
-@dataclass(frozen=True)
-class _Ref:
+class _Ref(msgspec.Struct, frozen=True):
     kind: str
     index: int
     key: str  # the operation's key that names the part: `attachments` or `attachments+`

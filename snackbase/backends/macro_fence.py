@@ -36,10 +36,10 @@ from __future__ import annotations
 import logging
 import re
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
 import apsw
+import msgspec
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql as pg_sql
@@ -77,8 +77,7 @@ _READS_ONLY = (
 )
 
 
-@dataclass(frozen=True)
-class Fence:
+class Fence(msgspec.Struct, frozen=True):
     role: str | None  # None: macros cannot run here (`reason` says why)
     reason: str = ""
 

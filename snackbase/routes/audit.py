@@ -10,10 +10,10 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import apsw
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -194,8 +194,7 @@ def _json_rows(rows: list[dict[str, Any]], first: bool) -> str:
 # --- who may see what ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class View:
+class View(msgspec.Struct, frozen=True):
     auth: Auth
     account_id: str | None  # the one account this caller sees; None: every account (superadmin)
     pii_access: bool
