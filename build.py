@@ -13,6 +13,7 @@ this script, which the build prints.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import shlex
@@ -65,22 +66,47 @@ def install_site_packages(src: Path, site: Path) -> None:
         shutil.rmtree(cache, ignore_errors=True)
 
 
-# shiv writes "#!" + this + newline before the zip; Linux reads at most this much of a shebang.
-_SHEBANG_MAX = 128
+# Line 2 of the launcher runs this with `python -S -c`, the file's own path first in its arguments.
+# When shiv has already unpacked this build's site-packages (every start after the first), it imports
+# the CLI straight from there, as shiv's bootstrap would after its own work; that bootstrap imports
+# compileall, zipfile, subprocess, json and more (~60 ms of a ~450 ms start measured here), and running
+# the zip costs runpy and zipimport besides. Otherwise (the first start, or any SHIV_* setting other
+# than SHIV_ROOT) it runs the zip as `python file` does, and shiv's bootstrap unpacks and starts it.
+# The directory is shiv's: ~/.shiv or $SHIV_ROOT, then the file's name and the build id.
+# sys.path[0] ('' for -c) is dropped: the current directory must not shadow what the file carries.
+_FAST_START = """import os,sys
+e=sys.argv[1];del sys.argv[0],sys.path[0]
+s=os.path.join(os.path.expanduser(os.environ.get("SHIV_ROOT") or "~/.shiv"),os.path.basename(os.path.realpath(e))+"_{build_id}","site-packages")
+if os.path.isdir(s) and not [k for k in os.environ if k[:5]=="SHIV_" and k!="SHIV_ROOT"]:
+ sys.path.append(s);from snackbase.cli import main;sys.exit(main())
+sys.path.insert(0,e);import runpy;runpy.run_path(e,run_name="__main__")"""
 
 
-def launcher(python: str) -> str:
+def launcher(python: str, build_id: str) -> str:
     """What runs the file: the interpreter it was built with, by its absolute path, or where that is
     missing (the file copied to another machine) `python3` on PATH. A PATH lookup can cost a start
     dearly: pyenv's `python3` is a bash script that took ~90 ms to find the real one (the whole start
     took ~530 ms on that machine). -S: the file runs only what it carries; the machine's site-packages
-    and `.pth` files (one imported certifi, ~50 ms) stay out. Python finds the zip after these lines."""
-    quoted = shlex.quote(python)
-    script = f'/bin/sh\nx={quoted};[ -x "$x" ]||x=python3;exec "$x" -S "$0" "$@"'
-    return script if len(script) <= _SHEBANG_MAX else "/usr/bin/env -S python3 -S"
+    and `.pth` files (one imported certifi, ~50 ms) stay out. Python then runs `_FAST_START`; the zip
+    follows these lines, and sh never reads that far (`exec`)."""
+    code = _FAST_START.format(build_id=build_id)
+    assert "'" not in code  # it goes between single quotes
+    return f"/bin/sh\nx={shlex.quote(python)};[ -x \"$x\" ]||x=python3;exec \"$x\" -S -c '{code}' \"$0\" \"$@\""
+
+
+def build_id(site: Path) -> str:
+    """A hash of every file's path and bytes: the same site-packages gives the same id (reproducible),
+    any change a new one, so a new build never starts from an older build's unpacked copy."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in site.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(site)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def zip_app(site: Path, output: Path) -> None:
+    # Our own build id, because the launcher must know it before shiv writes the file (shiv warns that a
+    # custom id must be unique per build: this one is, as a hash of the contents).
+    build = build_id(site)
     subprocess.run(
         [
             sys.executable,
@@ -93,13 +119,30 @@ def zip_app(site: Path, output: Path) -> None:
             "-o",
             str(output),
             "-p",
-            launcher(os.path.realpath(sys.executable)),
+            _SHIV_SHEBANG,
             "--compressed",
             "--reproducible",
             "--compile-pyc",
+            "--build-id",
+            build,
         ],
         check=True,
     )
+    put_launcher(output, launcher(os.path.realpath(sys.executable), build))
+
+
+# shiv writes "#!" + this + newline before the zip, and refuses more than the 128 bytes that Linux reads
+# of a shebang line; the launcher's first line is this one, and its second is put in after shiv.
+_SHIV_SHEBANG = "/bin/sh"
+
+
+def put_launcher(output: Path, script: str) -> None:
+    """Puts the whole launcher in front of the zip in place of shiv's one line. Readers of a zip (Python's
+    zipfile and zipimport among them) find its entries from its end record, wherever the zip begins."""
+    head = f"#!{_SHIV_SHEBANG}\n".encode()
+    data = output.read_bytes()
+    assert data.startswith(head), "shiv's output does not start with the expected shebang"
+    output.write_bytes(f"#!{script}\n".encode() + data[len(head) :])
 
 
 def smoke(output: Path) -> None:

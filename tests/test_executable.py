@@ -110,6 +110,39 @@ def test_without_that_python_it_runs_python3_from_path(executable: Path, tmp_pat
     assert marker.exists()
 
 
+def _imported(executable: Path, cwd: Path, env: dict[str, str]) -> str:
+    """What `executable version` imports (Python's -X importtime lines), after checking its answer."""
+    result = subprocess.run(
+        [str(executable), "version"],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.strip() == __version__, result.stderr[-2000:]
+    return result.stderr
+
+
+def test_once_unpacked_it_starts_without_shivs_bootstrap(executable: Path, tmp_path: Path) -> None:
+    """The first start unpacks with shiv's bootstrap; later ones import the CLI from the unpacked copy
+    (the bootstrap's imports were ~60 ms of a start). Any SHIV_* setting but SHIV_ROOT goes to shiv."""
+    root = {"SHIV_ROOT": str(tmp_path / "shiv")}
+    assert "| _bootstrap" in _imported(executable, tmp_path, root)  # first start: unpacks
+    assert list((tmp_path / "shiv").glob(f"{executable.name}_*/site-packages"))
+    later = _imported(executable, tmp_path, root)
+    assert "| _bootstrap" not in later and "| runpy" not in later and "| snackbase.cli" in later
+    assert "| _bootstrap" in _imported(executable, tmp_path, {**root, "SHIV_FORCE_EXTRACT": "1"})
+
+
+def test_the_current_directory_does_not_shadow_what_it_carries(executable: Path, tmp_path: Path) -> None:
+    """`python -c` would put the current directory first on sys.path; the launcher takes it off."""
+    (tmp_path / "click.py").write_text("raise SystemExit('the current directory was imported from')\n")
+    root = {"SHIV_ROOT": str(tmp_path / "shiv")}
+    for _ in range(2):  # the first start (shiv's bootstrap) and a later one (the unpacked copy)
+        _imported(executable, tmp_path, root)
+
+
 def test_serves_with_system_python(executable: Path, tmp_path: Path) -> None:
     server = ServerProcess([system_python(), str(executable)], tmp_path / "data")
     with urllib.request.urlopen(server.url + "/api/v1") as response:
