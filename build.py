@@ -91,7 +91,7 @@ def launcher(python: str, build_id: str) -> str:
     follows these lines, and sh never reads that far (`exec`)."""
     code = _FAST_START.format(build_id=build_id)
     assert "'" not in code  # it goes between single quotes
-    return f"/bin/sh\nx={shlex.quote(python)};[ -x \"$x\" ]||x=python3;exec \"$x\" -S -c '{code}' \"$0\" \"$@\""
+    return f'/bin/sh\nx={shlex.quote(python)};[ -x "$x" ]||x=python3;exec "$x" -S -c \'{code}\' "$0" "$@"'
 
 
 def build_id(site: Path) -> str:
