@@ -76,7 +76,8 @@ def install_site_packages(src: Path, site: Path) -> None:
 # sys.path[0] ('' for -c) is dropped: the current directory must not shadow what the file carries.
 _FAST_START = """import os,sys
 e=sys.argv[1];del sys.argv[0],sys.path[0]
-s=os.path.join(os.path.expanduser(os.environ.get("SHIV_ROOT") or "~/.shiv"),os.path.basename(os.path.realpath(e))+"_{build_id}","site-packages")
+r=os.path.expanduser(os.environ.get("SHIV_ROOT") or "~/.shiv")
+s=os.path.join(r,os.path.basename(os.path.realpath(e))+"_{build_id}","site-packages")
 if os.path.isdir(s) and not [k for k in os.environ if k[:5]=="SHIV_" and k!="SHIV_ROOT"]:
  sys.path.append(s);from snackbase.cli import main;sys.exit(main())
 sys.path.insert(0,e);import runpy;runpy.run_path(e,run_name="__main__")"""
