@@ -11,10 +11,10 @@ filter. Groups come sorted by their keys; at most `limit` (default 100, at most 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final
 
 import apsw
+import msgspec
 
 from snackbase.backends import dialect
 from snackbase.collections import Registry
@@ -44,8 +44,7 @@ _FUNCTIONS: Final[dict[str, tuple[str, ...] | None]] = {
 }
 
 
-@dataclass
-class AggregateQuery:
+class AggregateQuery(msgspec.Struct):
     group_by: list[str]
     metrics: list[tuple[str, str]]  # (function, field or "*" for count)
     filter: str = ""
@@ -89,7 +88,9 @@ def narrowed(
     _check_shape(query)
     if hooks is None:
         return query
-    return replace(query, filter=hooks.record_list(collection, caller, ListQuery(filter=query.filter)).filter)
+    return msgspec.structs.replace(
+        query, filter=hooks.record_list(collection, caller, ListQuery(filter=query.filter)).filter
+    )
 
 
 def _check_shape(query: AggregateQuery) -> None:

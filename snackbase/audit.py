@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import apsw
@@ -268,8 +267,7 @@ def require_reason(reason: str | None) -> str:
 # --- verify ------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Chain:
+class _Chain(msgspec.Struct):
     """The walk state of one account's chain; `broken` is (seq, problem) of its first bad entry."""
 
     account_id: str

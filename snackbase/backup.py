@@ -29,7 +29,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -384,8 +383,7 @@ def check_compatible(manifest: dict[str, Any]) -> None:
         )
 
 
-@dataclass
-class VerifyReport:
+class VerifyReport(msgspec.Struct):
     ok: bool
     checks: list[tuple[str, bool, str]]  # (what, passed, detail)
 

@@ -9,7 +9,6 @@ of SQLite's bare constraint error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import apsw
@@ -65,8 +64,7 @@ def before_delete(
         _Deletion(conn, registry, ctx, work, reason, seen).referencing(target, ids, 0)
 
 
-@dataclass
-class _Deletion:
+class _Deletion(msgspec.Struct):
     """One delete and everything it cascades to. `seen` holds the rows it already takes down, so a
     reference cycle ends instead of going round."""
 

@@ -7,7 +7,6 @@ cannot satisfy raises inside the transaction, so nothing of it remains.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import apsw
@@ -41,13 +40,12 @@ class ChangeContext(msgspec.Struct, frozen=True):
     reason: str | None = None
 
 
-@dataclass
-class Registry:
+class Registry(msgspec.Struct):
     """Every collection definition, cached; reloaded when `collections_version` moves."""
 
     version: int = -1
-    by_name: dict[str, Collection] = field(default_factory=dict)
-    _validators: dict[str, RecordValidator] = field(default_factory=dict)
+    by_name: dict[str, Collection] = msgspec.field(default_factory=dict)
+    _validators: dict[str, RecordValidator] = msgspec.field(default_factory=dict)
 
     def refresh(self, conn: apsw.Connection, seen: int | None = None) -> None:
         """Reloads the definitions if `collections_version` moved. `seen`: the counter as the request

@@ -21,11 +21,11 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import apsw
+import msgspec
 
 log = logging.getLogger("snackbase.db")
 T = TypeVar("T")
@@ -58,8 +58,7 @@ INF = float("inf")
 MATCH_SECONDS_PER_BYTE = 0.27 / 1_000_000
 
 
-@dataclass(slots=True)
-class Allowance:
+class Allowance(msgspec.Struct):
     """What one piece of work — a read, or the rule checks of one write — may still spend: `seconds`
     of statements on the connection it runs on (infinite: only the per-statement budget applies), and
     `macro_seconds` for all the custom macros it calls together. Spent time is charged as it goes."""

@@ -24,7 +24,6 @@ import shutil
 import time
 import weakref
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,8 +53,7 @@ T = TypeVar("T")
 _ids_json = msgspec.json.Encoder()
 
 
-@dataclass
-class Staged:
+class Staged(msgspec.Struct):
     """One uploaded file, streamed to `path` on local disk, not yet in storage."""
 
     field: str
@@ -64,15 +62,14 @@ class Staged:
     path: Path
 
 
-@dataclass
-class Runtime:
+class Runtime(msgspec.Struct):
     """The files set-up of one database connection (the app attaches it at start)."""
 
     storage: Storage
     staging: Path  # local directory for uploads being received
     thumbs: Path  # local cache of thumbnails
     quota: int = 0  # bytes per account; 0 = no quota
-    recent_thumbs: Recent = field(default_factory=Recent)  # the last ones served, in memory
+    recent_thumbs: Recent = msgspec.field(default_factory=Recent)  # the last ones served, in memory
 
 
 _runtimes: weakref.WeakKeyDictionary[apsw.Connection, Runtime] = weakref.WeakKeyDictionary()

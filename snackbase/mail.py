@@ -11,16 +11,19 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-import smtplib
 import ssl
 from email.message import EmailMessage
 from email.utils import make_msgid
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from snackbase.config import Settings
 from snackbase.errors import ApiError
 from snackbase.hooks import HookRegistry, MailEvent, hooks
+
+if TYPE_CHECKING:
+    import smtplib
 
 log = logging.getLogger("snackbase.mail")
 SMTP_TIMEOUT_S = 15
@@ -86,6 +89,8 @@ def render(kind: str, *, to: str, account: str, link: str, valid: str, sender: s
 
 
 def _connect(settings: Settings, context: ssl.SSLContext) -> smtplib.SMTP:
+    import smtplib  # here, not at start: a server that sends no email never loads it
+
     if settings.smtp_tls == "ssl":
         return smtplib.SMTP_SSL(
             settings.smtp_host, settings.smtp_port, timeout=SMTP_TIMEOUT_S, context=context
@@ -107,7 +112,7 @@ def deliver(settings: Settings, message: EmailMessage) -> None:
 async def _send(settings: Settings, kind: str, message: EmailMessage) -> None:
     try:
         await asyncio.to_thread(deliver, settings, message)
-    except (OSError, smtplib.SMTPException) as exc:
+    except OSError as exc:  # smtplib.SMTPException is an OSError too
         log.error("email could not be sent", extra={"event": kind, "error": type(exc).__name__})
 
 

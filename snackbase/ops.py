@@ -14,14 +14,14 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import apsw
+import msgspec
 from starlette.types import Scope
 
-from snackbase import audit, backup, backup_pg, backup_store, cron, db, metrics, periodic
+from snackbase import audit, backup, backup_store, cron, db, metrics, periodic
 from snackbase.config import ConfigError, Settings
 from snackbase.db import Database
 from snackbase.ratelimit import RateGuard, RateLimiter, limits_from
@@ -33,15 +33,14 @@ log = logging.getLogger("snackbase.ops")
 T = TypeVar("T")
 
 
-@dataclass
-class BackupState:
+class BackupState(msgspec.Struct):
     running: bool = False
     last_success_at: float = 0.0
     last_duration_s: float = 0.0
     last_size: int = 0
     last_error: str | None = None
     next_run: datetime | None = None
-    outcomes: dict[str, int] = field(default_factory=dict)
+    outcomes: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 async def in_own_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -297,6 +296,8 @@ class Ops:
             found = self.archives.info(name)
             return backup.BackupInfo(found.name, found.path, found.size, found.manifest, made=False)
         if s.database_url:  # PostgreSQL: a logical dump of SnackBase's tables (snackbase/backup_pg.py)
+            from snackbase import backup_pg  # imported here: an idle SQLite server never loads its code
+
             info = backup_pg.create_backup(
                 s.database_url, s.hooks_path, s.files_path, s.backups_path, trigger=trigger, name=name,
                 include_files=s.files_storage == "local",

@@ -7,10 +7,10 @@ of each record (field access, PII masks, expand) is decided by `snackbase.presen
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import apsw
+import msgspec
 
 from snackbase.collections import Registry
 from snackbase.db import fetch_all, fetch_value
@@ -43,12 +43,11 @@ if TYPE_CHECKING:
     from snackbase.hook_dispatch import HookDispatcher
 
 
-@dataclass
-class ListQuery:
+class ListQuery(msgspec.Struct):
     filter: str = ""
     sort: str = ""
     fields: list[str] | None = None
-    expand: list[str] = field(default_factory=list)
+    expand: list[str] = msgspec.field(default_factory=list)
     page: int = 1
     per_page: int = 30
     skip_total: bool = False

@@ -7,7 +7,6 @@ references cascade to or set to null — so no change can reach the database wit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import apsw
@@ -22,8 +21,7 @@ if TYPE_CHECKING:
     from snackbase.hook_dispatch import HookDispatcher
 
 
-@dataclass
-class WriteContext:
+class WriteContext(msgspec.Struct):
     """One write request: who (the request's one caller) and the request's metadata and header reason."""
 
     caller: Caller

@@ -14,7 +14,6 @@ snackbase.presenter.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -491,7 +490,7 @@ def _batch_context(ctx: WriteContext, item: Any) -> WriteContext:
         raise validation_error(
             field_error(IF_MATCH_KEY, "invalid_type", "An ETag (text), as If-Match takes.")
         )
-    return dataclasses.replace(ctx, if_match=if_match)
+    return msgspec.structs.replace(ctx, if_match=if_match)
 
 
 # --- rule testing (admin tools) ------------------------------------------------------------------

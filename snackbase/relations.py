@@ -22,7 +22,6 @@ a dotted path is refused when saved).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 import apsw
@@ -73,14 +72,13 @@ def back_relation(
     return None
 
 
-@dataclass
-class _Sub:
+class _Sub(msgspec.Struct):
     """An EXISTS subquery being built: FROM head, joins, and the correlation in WHERE."""
 
     head: tuple[str, list[object]]
     where: tuple[str, list[object]]
-    joins: list[tuple[str, list[object]]] = field(default_factory=list)
-    cache: dict[tuple[str, str], str] = field(default_factory=dict)
+    joins: list[tuple[str, list[object]]] = msgspec.field(default_factory=list)
+    cache: dict[tuple[str, str], str] = msgspec.field(default_factory=dict)
 
     def open_sql(self) -> tuple[str, list[object]]:
         sql = "EXISTS (SELECT 1 " + self.head[0] + "".join(j for j, _ in self.joins)

@@ -28,10 +28,10 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import apsw
+import msgspec
 
 from snackbase.db import Allowance, BusyWaiter, busy_waiter
 from snackbase.errors import database_error
@@ -41,12 +41,11 @@ log = logging.getLogger("snackbase.write")
 Effect = Callable[[], None]
 
 
-@dataclass
-class Work:
+class Work(msgspec.Struct):
     """The open unit of work of one connection: what to run once it has committed."""
 
     conn: apsw.Connection
-    effects: list[Effect] = field(default_factory=list)
+    effects: list[Effect] = msgspec.field(default_factory=list)
     # What the unit's rule checks may still spend while it holds the write lock (records._rule_check).
     rule_allowance: Allowance | None = None
     # Begun by `write_turn` and not yet adopted by the unit of work opened inside it.

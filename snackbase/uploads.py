@@ -21,7 +21,6 @@ import secrets
 import string
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -348,8 +347,7 @@ PART_REF = "@part"  # {"@part": "<part name>"} in a file field of a batch operat
 MAX_BATCH_FILES = 100
 
 
-@dataclass
-class BatchUploads:
+class BatchUploads(msgspec.Struct):
     body: dict[str, Any]  # the batch, every file reference taken out of its operation
     uploads: dict[tuple[str, int], list[Staged]]  # ("create" | "update", index) → its staged files
     staged: list[Staged]  # all of them, in the order they arrived

@@ -17,7 +17,7 @@ from typing import TypeVar
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
-from snackbase import audit_views, backup, backup_pg
+from snackbase import audit_views, backup
 from snackbase.auth import require_superadmin
 from snackbase.backup_store import ArchiveStore, StorageError
 from snackbase.errors import ApiError
@@ -118,6 +118,8 @@ async def verify(request: Request) -> Response:
     store = _store(request)
 
     def run() -> backup.VerifyReport:
+        from snackbase import backup_pg  # the PostgreSQL backup's code stays out of an idle SQLite server
+
         with store.fetched(name) as path:
             return backup_pg.verify_archive(path)  # either backend's archive
 
