@@ -92,3 +92,12 @@ def test_production_accepts_a_real_key(tmp_path: Path) -> None:
 def test_redacted_hides_secrets(tmp_path: Path) -> None:
     redacted = make_settings(tmp_path, secret_key="super-secret-value").redacted()
     assert redacted["secret_key"] == "********" and "super-secret-value" not in str(redacted)
+
+
+def test_repr_shows_no_secret(tmp_path: Path) -> None:
+    settings = load_settings(
+        {"data_dir": str(tmp_path), "secret_key": "k" * 40, "smtp_password": "hunter2-smtp"},
+        env_file=tmp_path / ".env",
+    )
+    assert settings.secret_key == "k" * 40 and settings.smtp_password == "hunter2-smtp"
+    assert "k" * 40 not in repr(settings) and "hunter2-smtp" not in repr(settings)
