@@ -141,11 +141,9 @@ class Compare(msgspec.Struct, frozen=True):
     position: int = 0  # of the operator, for error messages; not part of the comparison's identity
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is Compare and (self.op, self.left, self.right) == (
-            other.op,
-            other.left,
-            other.right,
-        )
+        if type(other) is not Compare:
+            return NotImplemented
+        return (self.op, self.left, self.right) == (other.op, other.left, other.right)
 
     def __hash__(self) -> int:
         return hash((self.op, self.left, self.right))
