@@ -2,13 +2,12 @@
 
 uvloop's loop is uvloop's own except for how it accepts connections. libuv accepts one connection per
 turn of the loop (libuv pull request 3696, "don't accept() connections in a loop"; uvloop 0.23
-carries libuv 1.52): when 32 clients
-connect at once to a busy server whose turns each serve 32 requests, the last connection waits 31
-turns, ever longer ones, before its first request is even read (measured: 0.8 s with 3 ms requests,
-the whole of the lists' p99 tail at 32 connections; docs/performance.md, "Session 11"). Here the
-listening socket is watched by the loop and every connection waiting in the backlog is accepted at
-once, up to `_ACCEPTS_PER_TURN`, as asyncio's own loop does, and handed to uvloop's transport with
-`connect_accepted_socket`.
+carries libuv 1.52): when 32 clients connect at once to a busy server whose turns each serve 32
+requests, the last connection waits 31 turns, ever longer ones, before its first request is even read
+(measured: 0.8 s with 3 ms requests, the whole of the lists' p99 tail at 32 connections;
+docs/performance.md, "Sessions 11–12"). Here the listening socket is watched by the loop and every
+connection waiting in the backlog is accepted at once, up to `_ACCEPTS_PER_TURN`, as asyncio's own
+loop does, and handed to uvloop's transport with `connect_accepted_socket`.
 
 Only a single process serves with it (`cli._loop_option`): workers sharing one listening socket keep
 libuv's accept, which deals a burst of new connections out among them. Accepting all at once, the
