@@ -10,6 +10,7 @@ the second worker: the throughput ratio is a floor. The server's CPU per request
 from /proc) shows the scaling a machine with a spare core for the load would see.
 
     .venv/bin/python bench/workers.py [--duration 5] [--rounds 5] [--connections 32]
+    .venv/bin/python bench/workers.py --scenario "create (public)" --old OLD_EXE   # + OLD_EXE's 2 workers
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from pathlib import Path
 
 from harness import EXE, Server, wrk
 from records import BODY, SUPER_EMAIL, SUPER_PASSWORD, snackbase_scenarios, snackbase_setup
@@ -25,9 +27,9 @@ SCENARIOS = ("get by id (public)", "list 20, filter + sort (public)", "create (p
 Scenario = tuple[str, str, str, dict[str, str]]
 
 
-def start(workers: int) -> tuple[Server, dict[str, Scenario]]:
+def start(workers: int, exe: Path = EXE) -> tuple[Server, dict[str, Scenario]]:
     server = Server(
-        [str(EXE), "serve", "--port", "{port}", "--data-dir", "{data}", "--workers", str(workers)],
+        [str(exe), "serve", "--port", "{port}", "--data-dir", "{data}", "--workers", str(workers)],
         "/health",
         env={"SNACKBASE_SUPERADMIN_EMAIL": SUPER_EMAIL, "SNACKBASE_SUPERADMIN_PASSWORD": SUPER_PASSWORD},
         cores="0,1",
@@ -66,32 +68,39 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--scenario", action="append", choices=SCENARIOS, help="default: all three")
+    parser.add_argument("--old", type=Path, help="another build, measured with 2 workers alongside")
     args = parser.parse_args()
     if not EXE.is_file():
         raise SystemExit("build the executable first: make build")
+    kinds = [("1", EXE, 1), ("2", EXE, 2)] + ([("2 old", args.old, 2)] if args.old else [])
     servers = {}
     try:
-        for workers in (1, 2):
-            servers[workers] = start(workers)
+        for name, exe, workers in kinds:
+            servers[name] = start(workers, exe)
         rows = []
-        for label in SCENARIOS:
-            runs: dict[int, list[tuple[float, float, float]]] = {1: [], 2: []}
+        for label in args.scenario or SCENARIOS:
+            runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _, _ in kinds}
             for round_ in range(args.rounds):
-                for workers in sorted(runs, reverse=round_ % 2 == 1):
-                    server, scenarios = servers[workers]
-                    runs[workers].append(one_round(server, scenarios[label], args.duration, args.connections))
-            for workers, measured in runs.items():
+                for name in sorted(runs, reverse=round_ % 2 == 1):
+                    server, scenarios = servers[name]
+                    runs[name].append(one_round(server, scenarios[label], args.duration, args.connections))
+            for name, measured in runs.items():
                 rates = ", ".join(f"{r[0]:,.0f}" for r in measured)
-                print(f"{label}, {workers} worker(s): {rates} req/s", flush=True)
-            rows.append((label, median_round(runs[1]), median_round(runs[2])))
+                print(f"{label}, {name} worker(s): {rates} req/s", flush=True)
+            rows.append((label, {name: median_round(measured) for name, measured in runs.items()}))
     finally:
         for server, _ in servers.values():
             server.stop()
     print("| scenario | 1 worker req/s | 2 workers req/s | ratio | CPU ms/request (1 → 2) | p99 ms (1 → 2) |")
     print("|---|---:|---:|---:|---:|---:|")
-    for label, (r1, p1, c1), (r2, p2, c2) in rows:
+    for label, medians in rows:
+        (r1, p1, c1), (r2, p2, c2) = medians["1"], medians["2"]
         cpu, p99 = f"{c1:.3f} → {c2:.3f}", f"{p1:.1f} → {p2:.1f}"
         print(f"| {label} | {r1:,.0f} | {r2:,.0f} | {r2 / r1:.2f}× | {cpu} | {p99} |")
+        if "2 old" in medians:
+            ro, po, co = medians["2 old"]
+            print(f"|   {args.old}, 2 workers | | {ro:,.0f} | {ro / r1:.2f}× | {co:.3f} | {po:.1f} |")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any
 import apsw
 import click
 
-from snackbase import __version__
+from snackbase import __version__, write_baton
 from snackbase.config import ConfigError, Settings, env_name, load_settings, setting_names, with_secret_key
 from snackbase.db import fetch_all
 from snackbase.migrations import SchemaTooNewError, current_version
@@ -98,7 +98,11 @@ def serve(
     if settings.workers > 1 or reload:
         sock.close()
         app.state.db.close()
-        _run_factory(settings, reload)
+        if reload or settings.database_url:
+            _run_factory(settings, reload)
+        else:  # several processes on one SQLite file take turns at writing (snackbase.write_baton)
+            with write_baton.serving(settings.data_path):
+                _run_factory(settings, reload)
     else:
         _run_app(app, sock)
 

@@ -16,8 +16,10 @@ after-commit work waits for the outer commit.
 
 With `serve --workers N` another process may hold the write lock. A synchronous BEGIN IMMEDIATE then
 waits in SQLite's busy handler with the event loop stopped. The records routes take the lock first with
-`async with write_turn(conn):`, which waits between tries on the event loop (serving other requests
-meanwhile); the unit of work opened inside, with no await in between, adopts the transaction it began.
+`async with write_turn(conn):`, which first waits for the processes' write baton (snackbase.write_baton:
+woken when the other process's writes are done) and then for SQLite's lock between tries on the event
+loop, serving other requests meanwhile; the unit of work opened inside, with no await in between,
+adopts the transaction it began.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ from typing import Any
 import apsw
 import msgspec
 
+from snackbase import write_baton
 from snackbase.db import Allowance, BusyWaiter, busy_waiter
 from snackbase.errors import database_error
+from snackbase.write_baton import Baton
 
 log = logging.getLogger("snackbase.write")
 
@@ -173,11 +177,12 @@ class write_turn:
     refused before it began), the transaction is rolled back on the way out. On PostgreSQL it does
     nothing: writers there wait on row locks, not on one database lock."""
 
-    __slots__ = ("conn", "work")
+    __slots__ = ("baton", "conn", "work")
 
     def __init__(self, conn: apsw.Connection) -> None:
         self.conn = conn
         self.work: Work | None = None
+        self.baton: Baton | None = None
 
     async def __aenter__(self) -> None:
         conn = self.conn
@@ -189,15 +194,31 @@ class write_turn:
             if waiter is None:
                 return  # PostgreSQL: writers wait on row locks, not on one database lock
             queue = _queues[conn] = _LockQueue(waiter)
-        if queue.polling or not _try_begin(conn, queue.waiter):
-            await queue.wait_for_lock(conn)
+        baton = write_baton.of_process()  # several workers: the other process's writes end first
+        if baton is not None:
+            await baton.claim()
+            self.baton = baton
+        try:
+            if queue.polling or not _try_begin(conn, queue.waiter):
+                await queue.wait_for_lock(conn)
+        except BaseException:
+            self._unclaim()
+            raise
         self.work = _open[conn] = Work(conn, pending=True)
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         work = self.work
-        if work is not None and work.pending:  # never adopted: nothing was written
-            _open.pop(self.conn, None)
-            _rollback(self.conn)
+        try:
+            if work is not None and work.pending:  # never adopted: nothing was written
+                _open.pop(self.conn, None)
+                _rollback(self.conn)
+        finally:
+            self._unclaim()
+
+    def _unclaim(self) -> None:
+        baton, self.baton = self.baton, None
+        if baton is not None:
+            baton.unclaim()
 
 
 class _LockQueue:

@@ -174,6 +174,8 @@ def test_two_workers_and_eight_writers(start_server: Callable[..., ServerProcess
     server = start_server(env={"SNACKBASE_WORKERS": "2", "SNACKBASE_SUPERADMIN_EMAIL": EMAIL,
                                "SNACKBASE_SUPERADMIN_PASSWORD": PASSWORD})  # fmt: skip
     account, shared_id, sessions = setup(server)
+    batons = sorted(p.name for p in server.data_dir.glob(".write-baton-*"))  # snackbase.write_baton
+    assert len(batons) == 2 and batons[1] == batons[0] + "-wish", batons
     tally = run_clients(server.port, shared_id, sessions)
     assert not tally.errors, tally.errors[:5]
     assert tally.statuses[200] > 100 and tally.statuses[201] > 50, tally.statuses
@@ -184,6 +186,7 @@ def test_two_workers_and_eight_writers(start_server: Callable[..., ServerProcess
     assert update_chain_problems(server, shared_id) == []
     code, _ = server.stop()
     assert code == 0
+    assert list(server.data_dir.glob(".write-baton-*")) == []  # removed with the workers
     verify = subprocess.run(
         [sys.executable, "-m", "snackbase", "audit", "verify", "--data-dir", str(server.data_dir)],
         capture_output=True, text=True, timeout=60, env={"SNACKBASE_ENVIRONMENT": "testing",
