@@ -19,7 +19,7 @@ from typing import Any
 import apsw
 import click
 
-from snackbase import __version__, write_baton
+from snackbase import __version__
 from snackbase.config import ConfigError, Settings, env_name, load_settings, setting_names, with_secret_key
 from snackbase.db import fetch_all
 from snackbase.migrations import SchemaTooNewError, current_version
@@ -100,7 +100,9 @@ def serve(
         app.state.db.close()
         if reload or settings.database_url:
             _run_factory(settings, reload)
-        else:  # several processes on one SQLite file take turns at writing (snackbase.write_baton)
+        else:  # several processes on one SQLite file take turns at writing
+            from snackbase import write_baton  # here: it imports asyncio, which other commands never need
+
             with write_baton.serving(settings.data_path):
                 _run_factory(settings, reload)
     else:
