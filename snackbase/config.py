@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "SNACKBASE_"
+# Not a setting: the path of the write baton's FIFO, which `serve --workers N` hands its workers
+# (snackbase.write_baton). Named here so the write path can look for it without importing that module.
+WRITE_BATON_ENV = "SNACKBASE_WRITE_BATON"
 SECRET_FILE = ".secret_key"
 # Values that look like a key but are copied from an example; refused in production.
 _PLACEHOLDER_KEYS = {

@@ -27,18 +27,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apsw
 import msgspec
 
-from snackbase import write_baton
+from snackbase.config import WRITE_BATON_ENV
 from snackbase.db import Allowance, BusyWaiter, busy_waiter
 from snackbase.errors import database_error
-from snackbase.write_baton import Baton
+
+if TYPE_CHECKING:
+    from snackbase.write_baton import Baton
 
 log = logging.getLogger("snackbase.write")
 
@@ -194,7 +197,7 @@ class write_turn:
             if waiter is None:
                 return  # PostgreSQL: writers wait on row locks, not on one database lock
             queue = _queues[conn] = _LockQueue(waiter)
-        baton = write_baton.of_process()  # several workers: the other process's writes end first
+        baton = _process_baton()  # several workers: the other process's writes end first
         if baton is not None:
             await baton.claim()
             self.baton = baton
@@ -213,12 +216,26 @@ class write_turn:
                 _open.pop(self.conn, None)
                 _rollback(self.conn)
         finally:
-            self._unclaim()
+            baton = self._unclaim()
+        if baton is not None and baton.claims:
+            # Other writes of this process were granted the baton with this one: they write first and
+            # the responses follow, so the baton goes back to the other process after the writes alone.
+            await asyncio.sleep(0)
 
-    def _unclaim(self) -> None:
+    def _unclaim(self) -> Baton | None:
         baton, self.baton = self.baton, None
         if baton is not None:
             baton.unclaim()
+        return baton
+
+
+def _process_baton() -> Baton | None:
+    """The write baton of `serve --workers N`; a single process never even imports its module."""
+    if WRITE_BATON_ENV not in os.environ:
+        return None
+    from snackbase.write_baton import of_process
+
+    return of_process()
 
 
 class _LockQueue:

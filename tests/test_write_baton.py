@@ -161,7 +161,8 @@ def test_write_turn_writes_only_with_the_baton(fifo: Path, tmp_path: Path) -> No
         async with write_turn(ours):
             with unit_of_work(ours):
                 ours.execute("INSERT INTO t VALUES (?)", (value,))
-        order.append(f"wrote {value}")
+                order.append(f"wrote {value}")
+        order.append(f"answered {value}")
 
     async def other_worker() -> None:
         await baton.claim()
@@ -177,7 +178,9 @@ def test_write_turn_writes_only_with_the_baton(fifo: Path, tmp_path: Path) -> No
 
     try:
         asyncio.run(run())
-        assert order == ["other holds", "other done", "wrote 1", "wrote 2"]
+        # Both writes granted at once: both write before either answers, and the baton goes back
+        # after the writes, not after the answers.
+        assert order == ["other holds", "other done", "wrote 1", "wrote 2", "answered 2", "answered 1"]
         assert fetch_value(theirs, "SELECT count(*) FROM t") == 2
         assert _pending(baton.fd) == 1  # given back after the writes, also for the next ones
         mine = write_baton.of_process()
