@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -229,6 +230,7 @@ class write_turn:
         return baton
 
 
+@functools.cache  # read once: the serving process names the baton before it starts the workers
 def _process_baton() -> Baton | None:
     """The write baton of `serve --workers N`; a single process never even imports its module."""
     if WRITE_BATON_ENV not in os.environ:

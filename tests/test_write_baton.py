@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from snackbase import unit_of_work as unit_of_work_module
 from snackbase import write_baton
 from snackbase.db import connect, fetch_value
 from snackbase.unit_of_work import unit_of_work, write_turn
@@ -155,6 +156,7 @@ def test_write_turn_writes_only_with_the_baton(fifo: Path, tmp_path: Path) -> No
     baton = side(fifo)  # the other worker's side, which holds the baton for a while
     os.environ[write_baton.ENV] = str(fifo)
     write_baton.of_process.cache_clear()
+    unit_of_work_module._process_baton.cache_clear()
     order: list[str] = []
 
     async def insert(value: int) -> None:
@@ -187,5 +189,6 @@ def test_write_turn_writes_only_with_the_baton(fifo: Path, tmp_path: Path) -> No
         assert mine is not None and mine.claims == 0 and not mine.held
     finally:
         write_baton.of_process.cache_clear()
+        unit_of_work_module._process_baton.cache_clear()
         ours.close()
         theirs.close()
