@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import fcntl
 import functools
+import logging
 import os
 import stat
 import termios
@@ -46,27 +47,42 @@ from pathlib import Path
 from snackbase.config import WRITE_BATON_ENV
 
 ENV = WRITE_BATON_ENV
+log = logging.getLogger("snackbase")
 LOST_AFTER_S = 0.25  # far longer than a run of writes holds it (~0.2 ms per create)
 _BYTE = b"B"
 
 
 @contextlib.contextmanager
-def serving(data_dir: Path) -> Iterator[Path]:
+def serving(data_dir: Path) -> Iterator[Path | None]:
     """The FIFOs of a new baton (holding the baton) and of the wishes for it (empty), named in the
     environment the workers are started with, for as long as they serve. This process keeps both open:
-    a pipe's bytes are dropped when nobody has it open."""
+    a pipe's bytes are dropped when nobody has it open. Where the data directory cannot hold a FIFO,
+    the workers run without a baton (SQLite's lock alone orders their writes) and None is yielded."""
     path = data_dir / f".write-baton-{os.getpid()}"
-    fds = [_make_fifo(path), _make_fifo(_wishes(path))]
-    os.write(fds[0], _BYTE)
+    fifos, fds = (path, _wishes(path)), []
+    try:
+        for fifo in fifos:
+            fds.append(_make_fifo(fifo))
+        os.write(fds[0], _BYTE)
+    except OSError as exc:
+        _close(fds, fifos)
+        log.warning("no write baton for the workers (%s): they poll the write lock instead", exc.strerror)
+        yield None
+        return
     os.environ[ENV] = str(path)
     try:
         yield path
     finally:
         os.environ.pop(ENV, None)
-        for fd, fifo in zip(fds, (path, _wishes(path)), strict=True):
-            os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                fifo.unlink()
+        _close(fds, fifos)
+
+
+def _close(fds: list[int], fifos: tuple[Path, ...]) -> None:
+    for fd in fds:
+        os.close(fd)
+    for fifo in fifos:
+        with contextlib.suppress(FileNotFoundError):
+            fifo.unlink()
 
 
 def _make_fifo(path: Path) -> int:

@@ -22,6 +22,7 @@ from snackbase.write_baton import Baton, _pending
 @pytest.fixture
 def fifo(tmp_path: Path) -> Iterator[Path]:
     with write_baton.serving(tmp_path) as path:
+        assert path is not None
         yield path
 
 
@@ -39,6 +40,7 @@ def side(path: Path) -> Baton:
 
 def test_serving_makes_one_baton_for_the_workers_and_removes_it(tmp_path: Path) -> None:
     with write_baton.serving(tmp_path) as path:
+        assert path is not None
         assert os.environ[write_baton.ENV] == str(path)
         assert stat.S_ISFIFO(path.stat().st_mode)
         assert path.stat().st_mode & 0o777 == 0o600
@@ -46,6 +48,25 @@ def test_serving_makes_one_baton_for_the_workers_and_removes_it(tmp_path: Path) 
         assert _pending(baton.fd) == 1 and _pending(baton.wish_fd) == 0
     assert write_baton.ENV not in os.environ
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_data_dir_without_fifos_serves_without_a_baton(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    made: list[str] = []
+
+    def mkfifo(path: str | Path, mode: int = 0o666) -> None:
+        if made:  # the second FIFO fails, as on a file system without them
+            raise OSError(1, "Operation not permitted")
+        made.append(str(path))
+        real_mkfifo(path, mode)
+
+    real_mkfifo = os.mkfifo
+    monkeypatch.setattr(os, "mkfifo", mkfifo)
+    with write_baton.serving(tmp_path) as path:
+        assert path is None and write_baton.ENV not in os.environ
+    assert list(tmp_path.iterdir()) == []  # the first FIFO was removed again
+    assert "no write baton" in caplog.text
 
 
 def test_no_baton_without_the_serving_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
