@@ -46,7 +46,6 @@ from pathlib import Path
 
 from snackbase.config import WRITE_BATON_ENV
 
-ENV = WRITE_BATON_ENV
 log = logging.getLogger("snackbase")
 LOST_AFTER_S = 0.25  # far longer than a run of writes holds it (~0.2 ms per create)
 _BYTE = b"B"
@@ -58,6 +57,7 @@ def serving(data_dir: Path) -> Iterator[Path | None]:
     environment the workers are started with, for as long as they serve. This process keeps both open:
     a pipe's bytes are dropped when nobody has it open. Where the data directory cannot hold a FIFO,
     the workers run without a baton (SQLite's lock alone orders their writes) and None is yielded."""
+    _remove_stale(data_dir)
     path = data_dir / f".write-baton-{os.getpid()}"
     fifos, fds = (path, _wishes(path)), []
     try:
@@ -69,11 +69,11 @@ def serving(data_dir: Path) -> Iterator[Path | None]:
         log.warning("no write baton for the workers (%s): they poll the write lock instead", exc.strerror)
         yield None
         return
-    os.environ[ENV] = str(path)
+    os.environ[WRITE_BATON_ENV] = str(path)
     try:
         yield path
     finally:
-        os.environ.pop(ENV, None)
+        os.environ.pop(WRITE_BATON_ENV, None)
         _close(fds, fifos)
 
 
@@ -83,6 +83,25 @@ def _close(fds: list[int], fifos: tuple[Path, ...]) -> None:
     for fifo in fifos:
         with contextlib.suppress(FileNotFoundError):
             fifo.unlink()
+
+
+def _remove_stale(data_dir: Path) -> None:
+    """The FIFOs of serving processes that were killed before they could remove them."""
+    for fifo in data_dir.glob(".write-baton-*"):
+        pid = fifo.name.removeprefix(".write-baton-").removesuffix("-wish")
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                fifo.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal sent: only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _make_fifo(path: Path) -> int:
@@ -110,7 +129,8 @@ class Baton:
         self.held = False
         self.claims = 0
         self.waiting: list[asyncio.Future[None]] = []
-        self._reading = False
+        self._reading = False  # waiting for the FIFO, with a wish left and a lost-baton timer running
+        self._lost: asyncio.TimerHandle | None = None
 
     async def claim(self) -> None:
         """Returns holding the baton, with one claim counted: `unclaim()` must follow."""
@@ -124,7 +144,7 @@ class Baton:
             loop.add_reader(self.fd, self._on_readable)
             self._reading = True
             os.write(self.wish_fd, _BYTE)
-        lost = loop.call_later(LOST_AFTER_S, self._replace_lost)
+            self._lost = loop.call_later(LOST_AFTER_S, self._replace_lost)
         try:
             await granted  # the grant counted our claim
         except asyncio.CancelledError:
@@ -135,8 +155,6 @@ class Baton:
                 if not self.waiting:
                     self._stop_reading()
             raise
-        finally:
-            lost.cancel()
 
     def unclaim(self) -> None:
         self.claims -= 1
@@ -163,9 +181,13 @@ class Baton:
             self._reading = False
             with contextlib.suppress(BlockingIOError):
                 os.read(self.wish_fd, 1)  # our wish, or another's of equal weight: one byte per waiter
+            if self._lost is not None:
+                self._lost.cancel()
+                self._lost = None
 
     def _replace_lost(self) -> None:
-        """Waited past LOST_AFTER_S: write as if holding the baton (SQLite's lock still decides)."""
+        """Waited past LOST_AFTER_S since this process began to wait: write as if holding the baton
+        (SQLite's lock still decides)."""
         if self.waiting and not self.held:
             self.held = True
             self._grant()
@@ -196,7 +218,7 @@ def _pending(fd: int) -> int:
 @functools.cache
 def of_process() -> Baton | None:
     """This process's baton, when the serving process made one (several workers); else None."""
-    path = os.environ.get(ENV)
+    path = os.environ.get(WRITE_BATON_ENV)
     if not path:
         return None
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from snackbase import unit_of_work as unit_of_work_module
 from snackbase import write_baton
+from snackbase.config import WRITE_BATON_ENV
 from snackbase.db import connect, fetch_value
 from snackbase.unit_of_work import unit_of_work, write_turn
 from snackbase.write_baton import Baton, _pending
@@ -28,7 +30,7 @@ def fifo(tmp_path: Path) -> Iterator[Path]:
 
 def side(path: Path) -> Baton:
     """One worker's side of the baton, opened as `of_process` opens it."""
-    os.environ[write_baton.ENV] = str(path)
+    os.environ[WRITE_BATON_ENV] = str(path)
     write_baton.of_process.cache_clear()
     try:
         baton = write_baton.of_process()
@@ -41,12 +43,12 @@ def side(path: Path) -> Baton:
 def test_serving_makes_one_baton_for_the_workers_and_removes_it(tmp_path: Path) -> None:
     with write_baton.serving(tmp_path) as path:
         assert path is not None
-        assert os.environ[write_baton.ENV] == str(path)
+        assert os.environ[WRITE_BATON_ENV] == str(path)
         assert stat.S_ISFIFO(path.stat().st_mode)
         assert path.stat().st_mode & 0o777 == 0o600
         baton = side(path)
         assert _pending(baton.fd) == 1 and _pending(baton.wish_fd) == 0
-    assert write_baton.ENV not in os.environ
+    assert WRITE_BATON_ENV not in os.environ
     assert list(tmp_path.iterdir()) == []
 
 
@@ -64,16 +66,29 @@ def test_a_data_dir_without_fifos_serves_without_a_baton(
     real_mkfifo = os.mkfifo
     monkeypatch.setattr(os, "mkfifo", mkfifo)
     with write_baton.serving(tmp_path) as path:
-        assert path is None and write_baton.ENV not in os.environ
+        assert path is None and WRITE_BATON_ENV not in os.environ
     assert list(tmp_path.iterdir()) == []  # the first FIFO was removed again
     assert "no write baton" in caplog.text
 
 
+def test_a_killed_serving_process_s_fifos_are_removed_by_the_next(tmp_path: Path) -> None:
+    ended = subprocess.Popen(["true"])  # a pid whose process has ended, as a killed server's has
+    ended.wait()
+    alive = os.getppid()  # a running process: a server still serving from this data dir
+    stale = [tmp_path / f".write-baton-{pid}{end}" for pid in (ended.pid, alive) for end in ("", "-wish")]
+    for fifo in stale:
+        os.mkfifo(fifo)
+    with write_baton.serving(tmp_path) as path:
+        assert path is not None
+        names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted([path.name, path.name + "-wish", stale[2].name, stale[3].name])
+
+
 def test_no_baton_without_the_serving_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_baton.of_process.cache_clear()
-    monkeypatch.delenv(write_baton.ENV, raising=False)
+    monkeypatch.delenv(WRITE_BATON_ENV, raising=False)
     assert write_baton.of_process() is None
-    monkeypatch.setenv(write_baton.ENV, str(tmp_path / "gone"))  # the serving process stopped
+    monkeypatch.setenv(WRITE_BATON_ENV, str(tmp_path / "gone"))  # the serving process stopped
     write_baton.of_process.cache_clear()
     assert write_baton.of_process() is None
     write_baton.of_process.cache_clear()
@@ -175,7 +190,7 @@ def test_write_turn_writes_only_with_the_baton(fifo: Path, tmp_path: Path) -> No
     ours, theirs = connect(path), connect(path)
     ours.execute("CREATE TABLE t (v INTEGER)")
     baton = side(fifo)  # the other worker's side, which holds the baton for a while
-    os.environ[write_baton.ENV] = str(fifo)
+    os.environ[WRITE_BATON_ENV] = str(fifo)
     write_baton.of_process.cache_clear()
     unit_of_work_module._process_baton.cache_clear()
     order: list[str] = []
