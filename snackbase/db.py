@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import apsw
 import msgspec
@@ -266,6 +266,26 @@ def execute_many(conn: apsw.Connection, statements: Iterable[str]) -> None:
         conn.execute(statement).fetchall()
 
 
+class PendingCommit(Protocol):
+    """Writes done in an open transaction and waiting for a COMMIT of their own timing (the group commit
+    of snackbase.unit_of_work)."""
+
+    def commit(self) -> None: ...
+
+
+# Per connection, its writes waiting for their COMMIT. Registered here, not in the unit of work (which
+# builds on this module), so that the checkpoint and `close` below can commit them first.
+pending_commits: weakref.WeakKeyDictionary[apsw.Connection, PendingCommit] = weakref.WeakKeyDictionary()
+
+
+def commit_pending(conn: apsw.Connection) -> None:
+    """Commits the writes waiting for their COMMIT on `conn`, if any: before anything else that must use
+    the connection outside that transaction (another write, an inline checkpoint, closing it)."""
+    pending = pending_commits.pop(conn, None)
+    if pending is not None:
+        pending.commit()
+
+
 # Checkpoints the server ran, by where (GET /metrics shows them); plain ints, each bumped by one thread.
 checkpoint_counts = {"worker": 0, "inline": 0}
 # Reads that outgrew the event loop's share and ran again on a reader thread (GET /metrics).
@@ -419,7 +439,12 @@ class Database:
         return apsw.SQLITE_OK
 
     def _checkpoint_inline(self) -> None:
-        if self._loop is not None and not self.conn.in_transaction:  # else: after the next pages
+        if self._loop is None:
+            return
+        # A group of record writes may be waiting for its COMMIT (and under a steady stream of writes
+        # one always is): it commits first, or the WAL would never be reset.
+        commit_pending(self.conn)
+        if not self.conn.in_transaction:  # else: after the next pages
             checkpoint_counts["inline"] += 1
             _checkpoint(self.conn)
 
@@ -459,7 +484,9 @@ class Database:
             return False
 
     def close(self) -> None:
-        """Checkpoints the WAL into the main file (so a copied .db file is complete) and closes."""
+        """Commits a group of writes still waiting, checkpoints the WAL into the main file (so a copied
+        .db file is complete) and closes."""
+        commit_pending(self.conn)
         self._loop = None
         self._executor.submit(self._close_worker).result()
         self._executor.shutdown(wait=True)

@@ -21,7 +21,7 @@ import apsw
 import msgspec
 from starlette.types import Scope
 
-from snackbase import audit, backup, backup_store, cron, db, metrics, periodic
+from snackbase import audit, backup, backup_store, cron, db, metrics, periodic, unit_of_work
 from snackbase.config import ConfigError, Settings
 from snackbase.db import Database
 from snackbase.ratelimit import RateGuard, RateLimiter, limits_from
@@ -164,6 +164,14 @@ class Ops:
                 "WAL checkpoints run by the server, by where they ran",
                 lambda: {(k,): float(v) for k, v in db.checkpoint_counts.items()},
                 ("where",),
+            )
+        )
+        r.add(
+            G(
+                "snackbase_group_commits",
+                "COMMITs of record writes grouped in one transaction, and the writes they committed",
+                lambda: {(k,): float(v) for k, v in unit_of_work.group_counts.items()},
+                ("count",),
             )
         )
         r.add(

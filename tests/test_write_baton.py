@@ -216,9 +216,9 @@ def test_write_turn_writes_only_with_the_baton(fifo: Path, tmp_path: Path) -> No
 
     try:
         asyncio.run(run())
-        # Both writes granted at once: both write before either answers, and the baton goes back
-        # after the writes, not after the answers.
-        assert order == ["other holds", "other done", "wrote 1", "wrote 2", "answered 2", "answered 1"]
+        # Both writes granted at once: both write (one group commit) before either answers, and the
+        # baton goes back after their COMMIT.
+        assert order == ["other holds", "other done", "wrote 1", "wrote 2", "answered 1", "answered 2"]
         assert fetch_value(theirs, "SELECT count(*) FROM t") == 2
         assert _pending(baton.fd) == 1  # given back after the writes, also for the next ones
         mine = write_baton.of_process()
