@@ -21,22 +21,23 @@ woken when the other process's writes are done) and then for SQLite's lock betwe
 loop, serving other requests meanwhile; the unit of work opened inside, with no await in between,
 adopts the transaction it began.
 
-Record writes that reach the lock in the same turn of the event loop share one transaction and one COMMIT
-(group commit): the first `write_turn` begins it and schedules the COMMIT for the loop's next turn; the
+Record writes that reach `write_turn` in the same turn of the event loop share one transaction and one
+COMMIT (group commit): the first begins it and schedules the COMMIT for the loop's next turn; the
 writes after it join as savepoints, so a failed one undoes only itself. Each write's request waits in
-`write_turn`'s exit until the COMMIT is done, then answers; after-commit work runs after that COMMIT. A
-COMMIT shared by eight creates writes each page they touched once (the table's and indexes' last
-leaves, the audit log's, the chain head) instead of eight times, with one set of lock calls. Anything
-else that writes on the connection, or closes it, commits the open group first (`db.commit_pending`). A read
-on the connection while a group is open sees the writes of that group that succeeded, as they will be
-committed; only a failing COMMIT (a full disk, an I/O error) then takes them back, and every request
-of the group is answered with that error.
+`write_turn`'s exit until the COMMIT is done, then answers; its after-commit work runs after that
+COMMIT, in its request's context. A COMMIT shared by eight creates writes each page they touched once
+(the table's and indexes' last leaves, the audit log's, the chain head) instead of eight times, with
+one set of lock calls. Anything else that writes on the connection, or closes it, commits the open
+group first (`db.commit_pending`). A read on the connection while a group is open sees the writes of
+that group that succeeded, as they will be committed; only a failing COMMIT (a full disk, an I/O
+error) then takes them back, and every request of the group is answered with that error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import os
@@ -270,7 +271,9 @@ class _Group:
 
     def __init__(self, conn: apsw.Connection) -> None:
         self.conn = conn
-        self.effects: list[Effect] = []  # the written writes' after-commit work, in their order
+        # The written writes' after-commit work, in their order, each with its request's context (hooks
+        # default their caller from it, log lines carry its request id): the COMMIT runs from the loop.
+        self.effects: list[tuple[contextvars.Context, list[Effect]]] = []
         self.done: dict[int, asyncio.Future[None]] = {}
         self.written = 0
         asyncio.get_running_loop().call_soon(self._due)
@@ -299,7 +302,8 @@ class _Group:
             self.withdraw(work)
             return
         self.conn.execute("RELEASE grouped")
-        self.effects.extend(work.effects)
+        if work.effects:
+            self.effects.append((contextvars.copy_context(), work.effects))
         self.written += 1
 
     def withdraw(self, work: Work) -> None:
@@ -336,7 +340,8 @@ class _Group:
             _rollback(conn)
             error = exc
         if error is None:
-            run_effects(self.effects)
+            for context, effects in self.effects:
+                context.run(run_effects, effects)
         for future in self.done.values():
             if future.done():  # its request was cancelled
                 continue

@@ -6,6 +6,7 @@ the connection commits the group first, and a failing COMMIT fails every write t
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import http.client
 import json
 import re
@@ -82,6 +83,26 @@ def test_writes_of_one_turn_share_one_commit(conn: apsw.Connection, tmp_path: Pa
     assert log == [f"after {n}" for n in range(5)] + [f"answered {n}" for n in range(5)]
     assert not conn.in_transaction and current(conn) is None
     other.close()
+
+
+def test_after_commit_work_runs_in_its_own_requests_context(conn: apsw.Connection) -> None:
+    """The COMMIT runs from the loop, not from a request: each write's after-commit work still sees its
+    own request's context variables (hooks take their default caller from them, logs the request id)."""
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
+    seen: list[str] = []
+
+    async def request(value: int) -> None:
+        request_id.set(f"request {value}")
+        async with write_turn(conn):
+            with unit_of_work(conn) as work:
+                conn.execute("INSERT INTO t VALUES (?)", (value,))
+                work.after_commit(lambda: seen.append(f"{value} in {request_id.get()}"))
+
+    async def three() -> None:
+        await asyncio.gather(*(request(n) for n in range(3)))
+
+    asyncio.run(three())
+    assert seen == ["0 in request 0", "1 in request 1", "2 in request 2"]
 
 
 def test_a_failed_write_undoes_only_itself(conn: apsw.Connection) -> None:
