@@ -238,6 +238,9 @@ class write_turn:
             self._unclaim()
             raise
         self.work = group.join()
+        if self.baton is not None:  # the group gives it back, right after its COMMIT
+            group.batons.append(self.baton)
+            self.baton = None
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         work = self.work
@@ -267,7 +270,7 @@ class _Group:
     docstring). Each write is a savepoint, released into the group when it succeeds and rolled back when
     it fails; `done` holds, per write, the future its request waits on."""
 
-    __slots__ = ("conn", "done", "effects", "written")
+    __slots__ = ("batons", "conn", "done", "effects", "written")
 
     def __init__(self, conn: apsw.Connection) -> None:
         self.conn = conn
@@ -276,6 +279,9 @@ class _Group:
         self.effects: list[tuple[contextvars.Context, list[Effect]]] = []
         self.done: dict[int, asyncio.Future[None]] = {}
         self.written = 0
+        # With `serve --workers N`, each write's claim on the write baton: given back at the COMMIT, not
+        # when the requests answer, so another process waiting for it writes while these compose theirs.
+        self.batons: list[Baton] = []
         asyncio.get_running_loop().call_soon(self._due)
 
     @classmethod
@@ -323,8 +329,8 @@ class _Group:
             await done
 
     def commit(self) -> None:
-        """COMMIT, then the after-commit work, then every waiting request is woken (from the loop, or at
-        once by `db.commit_pending`)."""
+        """COMMIT, the baton given back, the after-commit work, then every waiting request is woken (from
+        the loop, or at once by `db.commit_pending`)."""
         conn = self.conn
         error: Exception | None = None
         try:
@@ -339,6 +345,8 @@ class _Group:
         except Exception as exc:
             _rollback(conn)
             error = exc
+        for baton in self.batons:
+            baton.unclaim()
         if error is None:
             for context, effects in self.effects:
                 context.run(run_effects, effects)
