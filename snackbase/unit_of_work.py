@@ -119,14 +119,12 @@ class unit_of_work:
                 outer.pending = False  # adopts the transaction `write_turn` began: the outermost unit
                 self.work = outer
                 return outer
-            # PRAGMA foreign_keys must be switched outside a transaction: give the lock back first
-            # (no longer pending, so write_turn's exit leaves this unit's own transaction alone).
+            # PRAGMA foreign_keys must be switched outside a transaction: leave the group first (no
+            # longer pending, so write_turn's exit leaves this unit's own transaction alone).
             outer.pending = False
             del _open[conn]
-            if outer.group is not None:
-                outer.group.withdraw(outer)  # the group's other writes commit below, before this BEGIN
-            else:
-                _rollback(conn)
+            assert outer.group is not None  # pending: joined to a group by write_turn
+            outer.group.withdraw(outer)  # the group's other writes commit below, before this BEGIN
             outer = None
         if outer is not None:  # joins the open unit as a savepoint
             self.nested = True
@@ -204,12 +202,12 @@ class write_turn:
     began), that savepoint is rolled back on the way out. The exit waits for the group's COMMIT. On
     PostgreSQL it does nothing: writers there wait on row locks, not on one database lock."""
 
-    __slots__ = ("baton", "conn", "work")
+    __slots__ = ("conn", "group", "work")
 
     def __init__(self, conn: apsw.Connection) -> None:
         self.conn = conn
-        self.work: Work | None = None
-        self.baton: Baton | None = None
+        self.work: Work | None = None  # joined to `group`; both None when it did nothing
+        self.group: _Group | None = None
 
     async def __aenter__(self) -> None:
         conn = self.conn
@@ -224,7 +222,6 @@ class write_turn:
         baton = _process_baton()  # several workers: the other process's writes end first
         if baton is not None:
             await baton.claim()  # at once while this process's group is open: it holds the baton
-            self.baton = baton
         try:
             group = _group_of(conn)
             if group is not None and not conn.in_transaction:
@@ -235,34 +232,27 @@ class write_turn:
                     await queue.wait_for_lock(conn)
                 group = _group_of(conn) or _Group.begun(conn)  # the poller's group, or ours
         except BaseException:
-            self._unclaim()
+            if baton is not None:
+                baton.unclaim()
             raise
-        self.work = group.join()
-        if self.baton is not None:  # the group gives it back, right after its COMMIT
-            group.batons.append(self.baton)
-            self.baton = None
+        self.work, self.group = group.join(), group
+        if baton is not None:  # the group gives it back, right after its COMMIT
+            group.batons.append(baton)
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        work = self.work
-        if work is None:
+        work, group = self.work, self.group
+        if work is None or group is None:
             return
         try:
             if work.pending:  # never adopted: nothing was written
                 _open.pop(self.conn, None)
                 work.pending = False
-                work.group.withdraw(work)  # type: ignore[union-attr]  # joined: its group is set
-            await work.group.committed(work)  # type: ignore[union-attr]
+                group.withdraw(work)
+            await group.committed(work)
         except BaseException:
             if exc is None:  # the COMMIT failed (or this request was cancelled): that is the answer
                 raise
             # else the body's own error is the answer
-        finally:
-            self._unclaim()
-
-    def _unclaim(self) -> None:
-        baton, self.baton = self.baton, None
-        if baton is not None:
-            baton.unclaim()
 
 
 class _Group:
