@@ -187,27 +187,29 @@ HttpHandler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 class ExceptionHandlers:
-    """Starlette's ExceptionMiddleware without its per-request wrapping of the app and of `send`.
+    """Starlette's ExceptionMiddleware as a step of the router (routing.IndexedRouter), not a layer of
+    its own: no per-request wrapping of the app and of `send`, and no coroutine frame of its own on
+    every request.
 
     Every exception of the router (Starlette's 404 and 405) and of the endpoints (which run without
     Starlette's per-route wrapper, see routing.LeanRoute) is answered here by its handler, unless a
     response has already started (a stream that failed midway): then, as without a handler, it goes
     on up to RequestMiddleware, which logs it and answers the bare 500 if it still can."""
 
-    def __init__(self, app: ASGIApp, handlers: Mapping[Any, ExceptionHandler]) -> None:
-        self.app = app
+    def __init__(self, handlers: Mapping[Any, ExceptionHandler]) -> None:
+        # Starlette's layout ({exception class: handler}, {status: handler}), kept in every scope for
+        # the routes that still use Starlette's own wrapper (WebSocket routes, mounts).
         self.handlers: tuple[dict[Any, ExceptionHandler], dict[int, ExceptionHandler]] = (dict(handlers), {})
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope["starlette.exception_handlers"] = self.handlers
-        try:
-            await self.app(scope, receive, send)
-        except Exception as exc:
-            handler = self._handler_for(exc)
-            if handler is None or scope["type"] != "http" or scope.get(RESPONSE_STATUS, {}).get("sent"):
-                raise
-            response = await cast(HttpHandler, handler)(Request(scope, receive), exc)
-            await response(scope, receive, send)
+    async def answered(self, exc: Exception, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answers `exc` with its handler; False when it has none or can no longer be answered (the
+        caller then raises it on)."""
+        handler = self._handler_for(exc)
+        if handler is None or scope["type"] != "http" or scope.get(RESPONSE_STATUS, {}).get("sent"):
+            return False
+        response = await cast(HttpHandler, handler)(Request(scope, receive), exc)
+        await response(scope, receive, send)
+        return True
 
     def _handler_for(self, exc: Exception) -> ExceptionHandler | None:
         for cls in type(exc).__mro__:

@@ -7,7 +7,8 @@ own (~10% of its CPU time, measured). A route can only match a path with as many
 segments, so the routes worth trying depend on those alone. This router keeps, per key (the path's
 number of slashes and its first segments), the routes that can match, in their original order, and
 runs Starlette's own loop over them: the first full match, else the first partial one (405), else
-Starlette's fallback (slash redirect, 404) — the same answer as trying them all.
+Starlette's fallback (slash redirect, 404), asking only the candidates of the path with its trailing
+slash toggled — the same answer as trying them all.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette._utils import get_route_path, is_async_callable
+from starlette.datastructures import URL
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Match, Route, Router, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from snackbase.middleware import ExceptionHandlers
     from snackbase.routes import RouteTable
 
 KEY_SEGMENTS = 3  # "/api/v1/records/…": enough to set the records routes apart from the rest
@@ -31,32 +34,57 @@ CACHE_MAX = 4096  # keys come from request paths: bounded, cleared when full
 class IndexedRouter(Router):
     _candidates: dict[tuple[Any, ...], list[BaseRoute]]  # (method, slashes, first segments…) → routes
     _indexed_count = -1
+    # The app's exception handlers (stack.build_stack sets them): an exception of routing or of an
+    # endpoint is answered here, a step of the router rather than a layer of its own around it.
+    errors: ExceptionHandlers | None = None
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await super().app(scope, receive, send)
-            return
-        scope.setdefault("router", self)
-        partial: tuple[BaseRoute, Scope] | None = None
-        for route in self._routes_for(scope):
-            match, child_scope = route.matches(scope)
-            if match is Match.FULL:
-                scope["route"] = route
-                scope.update(child_scope)
-                if type(route) is LeanRoute:  # a full match allows the method: no need for `handle`
-                    response = await route.endpoint(Request(scope, receive, send))
-                    await response(scope, receive, send)
-                else:
-                    await route.handle(scope, receive, send)
+        errors = self.errors
+        if errors is not None:
+            scope["starlette.exception_handlers"] = errors.handlers
+        try:
+            if scope["type"] != "http":
+                await super().app(scope, receive, send)
                 return
-            if match is Match.PARTIAL and partial is None:
-                partial = route, child_scope
-        if partial is not None:
-            scope["route"] = partial[0]
-            scope.update(partial[1])
-            await partial[0].handle(scope, receive, send)
-            return
-        await super().app(scope, receive, send)  # nothing here can match: redirect or 404 as Starlette does
+            scope.setdefault("router", self)
+            partial: tuple[BaseRoute, Scope] | None = None
+            for route in self._routes_for(scope):
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    scope["route"] = route
+                    scope.update(child_scope)
+                    if type(route) is LeanRoute:  # a full match allows the method: no need for `handle`
+                        response = await route.endpoint(Request(scope, receive, send))
+                        await response(scope, receive, send)
+                    else:
+                        await route.handle(scope, receive, send)
+                    return
+                if match is Match.PARTIAL and partial is None:
+                    partial = route, child_scope
+            if partial is not None:
+                scope["route"] = partial[0]
+                scope.update(partial[1])
+                await partial[0].handle(scope, receive, send)
+                return
+            await self._unmatched(scope, receive, send)
+        except Exception as exc:
+            if errors is None or not await errors.answered(exc, scope, receive, send):
+                raise
+
+    async def _unmatched(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Starlette's answer when no route matches: a redirect to the path with its trailing slash
+        toggled when some route matches that, else the default (404). Starlette tries every route for
+        the path, then every route again for the toggled one: an unknown path cost 1.5 times a
+        record's get (measured); here only the toggled path's candidates are tried."""
+        route_path = get_route_path(scope)
+        if self.redirect_slashes and route_path != "/":
+            toggled = dict(scope)
+            toggled["path"] = scope["path"].rstrip("/") if route_path.endswith("/") else scope["path"] + "/"
+            for route in self._routes_for(toggled):
+                if route.matches(toggled)[0] is not Match.NONE:
+                    await RedirectResponse(url=str(URL(scope=toggled)))(scope, receive, send)
+                    return
+        await self.default(scope, receive, send)
 
     def _routes_for(self, scope: Scope) -> list[BaseRoute]:
         if self._indexed_count != len(self.routes):  # routes added after start (tests do)
@@ -96,8 +124,8 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 class LeanRoute(Route):
     """A Route whose endpoint runs without Starlette's `wrap_app_handling_exceptions`, which wraps
     every endpoint and every `send` of every request (~2% of a get's CPU, sampled). Its work is done
-    once for all routes by `middleware.ExceptionHandlers` around the router: an endpoint's exception
-    gets its handler's answer there, or, once a response has started, goes on up unanswered.
+    once for all routes by IndexedRouter (its `errors`, middleware.ExceptionHandlers): an endpoint's
+    exception gets its handler's answer there, or, once a response has started, goes on up unanswered.
     IndexedRouter calls the endpoint of a fully matched LeanRoute itself (two frames less than
     `handle` and `self.app`, which remain for Starlette's own router)."""
 

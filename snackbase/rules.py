@@ -201,15 +201,21 @@ _BUILTIN_MACROS: dict[str, Callable[[RecordResolver, list[object], int], tuple[s
 }
 
 
+def allows_all(collection: Collection, op: str, caller: Caller) -> bool:
+    """True when `op` sets the caller no condition: a superadmin, or an empty (public) rule."""
+    if caller.is_superadmin:
+        return True
+    rule = collection.rules.get(op)
+    return rule is not None and rule.strip() == ""
+
+
 def rule_clause(collection: Collection, op: str, resolver: RecordResolver) -> tuple[str, list[object]]:
     """The SQL condition a row must meet for `op`, or ALLOW_ALL. A null rule is 403 for non-superadmins."""
-    if resolver.caller.is_superadmin:
+    if allows_all(collection, op, resolver.caller):
         return ALLOW_ALL
     rule = collection.rules.get(op)
     if rule is None:
         raise ApiError(403, "forbidden", f"Only superadmins may {op} records of '{collection.name}'.")
-    if rule.strip() == "":
-        return ALLOW_ALL
     try:
         check_macro_calls(parse(rule))
         return compile_filter(rule, resolver)

@@ -4,8 +4,8 @@
     RequestMiddleware   request id, security headers, access line, metrics, the bare 500; the current
                         run-time settings, and CORS in front of the rest when origins are set
     RequestGate         the caller (401 for a bad token), rate limits, request hooks
-    ExceptionHandlers   an exception of the router or an endpoint answered by its handler
-    IndexedRouter       the route, then its endpoint (routing.py)
+    IndexedRouter       the route, then its endpoint (routing.py); an exception of either answered
+                        by its handler (middleware.ExceptionHandlers, a step of the router)
 
 Each layer is one awaited coroutine frame on every request, passed again each time the request's task
 resumes: one cost ~14,000 of the ~590,000 instructions of a public get (callgrind, in-process). The
@@ -20,7 +20,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import State
-from starlette.routing import BaseRoute, Router
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, ExceptionHandler, Receive, Scope, Send
 
 from snackbase import runtime_settings
@@ -88,8 +88,8 @@ class AppState(State):
 class SnackBaseApp(Starlette):
     """Starlette with the stack above in place of its own: no ServerErrorMiddleware (RequestMiddleware
     already logs an unhandled exception and answers the enveloped 500) and no per-route exception
-    wrapping (ExceptionHandlers does it once, around the router). `wrap` puts a backend's layer (the
-    PostgreSQL dialect) around the whole stack."""
+    wrapping (the router answers exceptions once, middleware.ExceptionHandlers). `wrap` puts a
+    backend's layer (the PostgreSQL dialect) around the whole stack."""
 
     def __init__(
         self,
@@ -117,7 +117,7 @@ class SnackBaseApp(Starlette):
 
 
 def build_stack(
-    router: Router,
+    router: IndexedRouter,
     handlers: Mapping[Any, ExceptionHandler],
     *,
     prefix: str,
@@ -126,8 +126,8 @@ def build_stack(
     trusted_proxies: tuple[Network, ...],
     guard: RateGuard | None,
 ) -> ASGIApp:
-    app: ASGIApp = ExceptionHandlers(router.app, handlers)  # router.app: Router.__call__ only forwards
-    app = RequestGate(app, prefix, guard)
+    router.errors = ExceptionHandlers(handlers)
+    app: ASGIApp = RequestGate(router.app, prefix, guard)  # router.app: Router.__call__ only forwards
     app = RequestMiddleware(app, ui_prefix=ui_prefix, observer=observer, trusted_proxies=trusted_proxies,
                             settings_of=runtime_settings.current)  # fmt: skip
     return realtime_first(app, prefix)
