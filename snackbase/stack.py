@@ -92,6 +92,8 @@ class SnackBaseApp(Starlette):
     wrapping (the router answers exceptions once, middleware.ExceptionHandlers). `wrap` puts a
     backend's layer (the PostgreSQL dialect) around the whole stack."""
 
+    router: IndexedRouter
+
     def __init__(
         self,
         routes: list[BaseRoute],
