@@ -10,6 +10,7 @@ counts include whatever the server does meanwhile on its own (timers: ~0.3 M ins
 when idle, a few thousand per request here).
 
     .venv/bin/python bench/instructions.py /tmp/before/dist/snackbase dist/snackbase
+    .venv/bin/python bench/instructions.py OLD NEW --browser-headers   # a browser's dozen headers
 
 Needs Debian's `valgrind`. A run takes about a minute per executable.
 """
@@ -34,11 +35,19 @@ from records import SUPER_PASSWORD as PASSWORD
 ACCOUNT = "SY0000"  # the system account: anonymous requests name it with X-Account-ID
 RULES = dict.fromkeys(("list", "view", "create", "update", "delete"), "")  # public: anyone may
 FIELDS = [{"name": "title", "type": "text"}, {"name": "views", "type": "number"}]
+# `--browser-headers`: what a browser's fetch() adds to each request (http.client sends four headers,
+# a browser a dozen): the cost of looking headers up grows with their number.
+BROWSER_HEADERS = {
+    "user-agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0",
+    "accept": "*/*", "accept-encoding": "gzip, deflate, br", "accept-language": "en-US,en;q=0.9",
+    "origin": "http://127.0.0.1:8090", "referer": "http://127.0.0.1:8090/app", "connection": "keep-alive",
+    "sec-fetch-site": "same-origin", "sec-fetch-mode": "cors", "sec-fetch-dest": "empty",
+}  # fmt: skip
 WARMUP = 50
 SETTLE_S = 2.0
 
 
-def count(exe: Path, requests: int) -> dict[str, float]:
+def count(exe: Path, requests: int, extra_headers: dict[str, str]) -> dict[str, float]:
     """Instructions per anonymous get and per anonymous create."""
     out = Path(tempfile.mkdtemp(prefix="sb-callgrind-"))
     valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/callgrind.%p"]
@@ -51,8 +60,10 @@ def count(exe: Path, requests: int) -> dict[str, float]:
     try:
         record_id = _setup(server.url)
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
-        get = _caller(conn, "GET", f"/api/v1/records/posts/{record_id}", None, 200)
-        create = _caller(conn, "POST", "/api/v1/records/posts", {"title": "new", "views": 2}, 201)
+        get = _caller(conn, "GET", f"/api/v1/records/posts/{record_id}", None, 200, extra_headers)
+        create = _caller(
+            conn, "POST", "/api/v1/records/posts", {"title": "new", "views": 2}, 201, extra_headers
+        )
         for _ in range(WARMUP):
             get()
             create()
@@ -85,10 +96,15 @@ def _setup(url: str) -> str:
 
 
 def _caller(
-    conn: http.client.HTTPConnection, method: str, path: str, body: object, status: int
+    conn: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    body: object,
+    status: int,
+    extra_headers: dict[str, str],
 ) -> Callable[[], None]:
     payload = json.dumps(body) if body is not None else None
-    headers = {"content-type": "application/json", "x-account-id": ACCOUNT}
+    headers = {**extra_headers, "content-type": "application/json", "x-account-id": ACCOUNT}
 
     def call() -> None:
         conn.request(method, path, payload, headers)
@@ -122,14 +138,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("executables", type=Path, nargs="+")
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--browser-headers", action="store_true", help="send a browser's dozen headers")
     args = parser.parse_args()
+    extra = BROWSER_HEADERS if args.browser_headers else {}
     paths = existing_files(parser, args.executables)
     results = {}
     print("| executable | instructions per anonymous get | per anonymous create |\n|---|---:|---:|")
     for exe, path in zip(args.executables, paths, strict=True):
-        counts = results[str(exe)] = count(path, args.requests)
+        counts = results[str(exe)] = count(path, args.requests, extra)
         print(f"| {exe} | {counts['get']:,.0f} | {counts['create']:,.0f} |", flush=True)
-    save("instructions", {"requests": args.requests, "results": results})
+    save("instructions", {"requests": args.requests, "browser": args.browser_headers, "results": results})
 
 
 if __name__ == "__main__":
