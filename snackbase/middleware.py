@@ -25,11 +25,11 @@ from snackbase.errors import ApiError, envelope, error_response
 from snackbase.ids import random_bytes
 from snackbase.logs import log_access, request_context
 from snackbase.ratelimit import Network, forwarded_client
-from snackbase.web import encode_json, header
+from snackbase.web import encode_json
 
 log = logging.getLogger("snackbase.request")
 
-_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 _SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -49,10 +49,9 @@ def security_headers() -> list[tuple[bytes, bytes]]:
 
 
 def request_id_from(scope: Scope) -> str:
-    """The client's X-Request-ID when it is safe to log and echo, else a new random one."""
-    value = header(scope, b"x-request-id")
-    if value is not None and _SAFE_REQUEST_ID.fullmatch(value):
-        return value
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and _SAFE_REQUEST_ID.fullmatch(value):
+            return value.decode()
     return random_bytes(12).hex()
 
 

@@ -51,19 +51,12 @@ class JsonResponse(Response):
 
 def header(scope: Any, name: bytes) -> str | None:
     """The first value of request header `name` (lowercase), straight from the ASGI scope: Starlette's
-    `request.headers.get` builds a Headers object per Request and makes three Python calls per lookup.
-    A request asks for several headers (a create ~8: the caller, its account, the body's type and
-    length, the audit entry's user agent…); scanning the list for each was ~5% of a create's
-    bytecodes, so the first lookup builds a dict once (in C) that the others read."""
-    raw = scope["headers"]
-    cached = scope.get(_HEADERS)
-    if cached is None or cached[0] is not raw:  # first lookup, or the list was replaced since
-        cached = scope[_HEADERS] = (raw, dict(reversed(raw)))  # reversed: a repeated header's first wins
-    value = cached[1].get(name)
-    return None if value is None else value.decode("latin-1")
-
-
-_HEADERS = "snackbase.headers"  # the scope key of (the header list, its dict) kept by `header`
+    `request.headers.get` builds a Headers object per Request and makes three Python calls per lookup,
+    for the few headers every request asks for."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def no_content() -> Response:
