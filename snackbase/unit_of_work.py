@@ -70,8 +70,10 @@ class Work(msgspec.Struct):
     rule_allowance: Allowance | None = None
     # Begun by `write_turn` and not yet adopted by the unit of work opened inside it.
     pending: bool = False
-    # The group commit this write belongs to (`write_turn`), None for a unit with a COMMIT of its own.
+    # The group commit this write belongs to (`write_turn`), None for a unit with a COMMIT of its own,
+    # and the future its request waits on until that group's COMMIT (done at once if the write is undone).
     group: _Group | None = None
+    committed: asyncio.Future[None] | None = None
 
     def after_commit(self, effect: Effect) -> None:
         self.effects.append(effect)
@@ -248,7 +250,8 @@ class write_turn:
                 _open.pop(self.conn, None)
                 work.pending = False
                 group.withdraw(work)
-            await group.committed(work)
+            if work.committed is not None:  # the group's COMMIT: raises its error if this write was in it
+                await work.committed
         except BaseException:
             if exc is None:  # the COMMIT failed (or this request was cancelled): that is the answer
                 raise
@@ -258,16 +261,16 @@ class write_turn:
 class _Group:
     """The record writes of one loop turn, in one transaction ended by one COMMIT (see the module
     docstring). Each write is a savepoint, released into the group when it succeeds and rolled back when
-    it fails; `done` holds, per write, the future its request waits on."""
+    it fails; `waiting` holds the futures the writes' requests wait on (`Work.committed`)."""
 
-    __slots__ = ("batons", "conn", "done", "effects", "written")
+    __slots__ = ("batons", "conn", "effects", "waiting", "written")
 
     def __init__(self, conn: apsw.Connection) -> None:
         self.conn = conn
         # The written writes' after-commit work, in their order, each with its request's context (hooks
         # default their caller from it, log lines carry its request id): the COMMIT runs from the loop.
         self.effects: list[tuple[contextvars.Context, list[Effect]]] = []
-        self.done: dict[int, asyncio.Future[None]] = {}
+        self.waiting: list[asyncio.Future[None]] = []
         self.written = 0
         # With `serve --workers N`, each write's claim on the write baton: given back at the COMMIT, not
         # when the requests answer, so another process waiting for it writes while these compose theirs.
@@ -288,8 +291,9 @@ class _Group:
         """A write's savepoint in the group: the Work its unit of work adopts. No await may follow
         before that unit ends (the COMMIT runs from the loop)."""
         self.conn.execute("SAVEPOINT grouped")
-        work = _open[self.conn] = Work(self.conn, pending=True, group=self)
-        self.done[id(work)] = asyncio.get_running_loop().create_future()
+        committed = asyncio.get_running_loop().create_future()
+        self.waiting.append(committed)
+        work = _open[self.conn] = Work(self.conn, pending=True, group=self, committed=committed)
         return work
 
     def leave(self, work: Work, exc: BaseException | None) -> None:
@@ -310,13 +314,8 @@ class _Group:
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK TO grouped")
             self.conn.execute("RELEASE grouped")
-        self.done.pop(id(work)).set_result(None)  # nothing of it to wait for
-
-    async def committed(self, work: Work) -> None:
-        """Waits for the group's COMMIT; raises its error when this write was in it and it failed."""
-        done = self.done.get(id(work))
-        if done is not None:
-            await done
+        if work.committed is not None:
+            work.committed.set_result(None)  # nothing of it to wait for (the COMMIT skips a done one)
 
     def commit(self) -> None:
         """COMMIT, the baton given back, the after-commit work, then every waiting request is woken (from
@@ -340,8 +339,8 @@ class _Group:
         if error is None:
             for context, effects in self.effects:
                 context.run(run_effects, effects)
-        for future in self.done.values():
-            if future.done():  # its request was cancelled
+        for future in self.waiting:
+            if future.done():  # its write was undone, or its request cancelled
                 continue
             if error is None:
                 future.set_result(None)
