@@ -52,7 +52,7 @@ def count(exe: Path, requests: int, extra_headers: dict[str, str]) -> dict[str, 
     out = Path(tempfile.mkdtemp(prefix="sb-callgrind-"))
     valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/callgrind.%p"]
     server = Server(
-        [*valgrind, _python3(), str(exe), "serve", "--port", "{port}", "--data-dir", "{data}"],
+        [*valgrind, interpreter(exe), str(exe), "serve", "--port", "{port}", "--data-dir", "{data}"],
         "/health",
         env={"SNACKBASE_SUPERADMIN_EMAIL": EMAIL, "SNACKBASE_SUPERADMIN_PASSWORD": PASSWORD},
         startup_timeout=300.0,
@@ -76,9 +76,15 @@ def count(exe: Path, requests: int, extra_headers: dict[str, str]) -> dict[str, 
         shutil.rmtree(out, ignore_errors=True)
 
 
-def _python3() -> str:
-    """The interpreter the executable's `#!/usr/bin/env python3` line finds, as a real binary path:
-    valgrind does not follow the exec of a wrapper script (pyenv's shims are such scripts)."""
+def interpreter(exe: Path) -> str:
+    """The interpreter the executable runs with, as a real binary path (valgrind does not follow the
+    exec of a wrapper script, and the launcher is one): the one its launcher names (`x=PATH;`, see
+    build.py) when that exists, else — an older build, or one copied from another machine — the one
+    `python3` on PATH finds (pyenv's shims are scripts too, hence asking it for `sys.executable`)."""
+    with exe.open("rb") as f:
+        named = re.search(rb"\nx=([^;\n]+);", f.read(512))
+    if named and Path(named.group(1).decode()).is_file():
+        return named.group(1).decode()
     found = subprocess.run(
         ["python3", "-c", "import sys; print(sys.executable)"], capture_output=True, text=True, check=True
     )

@@ -402,8 +402,28 @@ def extract(path: Path, target: Path) -> dict[str, Any]:
                 continue
             if member.name not in manifest["parts"] or not member.isfile():
                 raise BackupError(f"{path.name} holds {member.name!r}, which its manifest does not list")
-            tar.extract(member, target, filter="data")
+            _extract_file(tar, member, target, path.name)
     return manifest
+
+
+def _extract_file(tar: Any, member: Any, target: Path, archive: str) -> None:
+    """One regular file of the archive, written under `target` by our own copy. tarfile's `filter="data"`
+    does the same checks but exists only from Python 3.11.4, and distributions ship 3.11.2 (Debian 12):
+    a name that is absolute or resolves outside `target` is refused (the manifest listing a part is no
+    guarantee: the manifest comes from the same archive), and the file gets the umask's permissions,
+    never the archive's mode or owner."""
+    root = target.resolve()
+    dest = (root / member.name).resolve()
+    if member.name.startswith("/") or dest == root or not dest.is_relative_to(root):
+        raise BackupError(f"{archive} holds {member.name!r}, a path outside the restore directory")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    source = tar.extractfile(member)
+    assert source is not None  # a regular file (checked by the caller)
+    with source, open(dest, "wb") as out:
+        shutil.copyfileobj(source, out, _COPY_CHUNK)
+
+
+_COPY_CHUNK = 1024 * 1024
 
 
 def verify_backup(path: Path) -> VerifyReport:

@@ -4,6 +4,7 @@ restored copy's audit chains verify)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -161,6 +162,40 @@ def test_restore_refusals(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     aside = list(data.glob("pre-restore-*/snackbase.db"))
     assert len(aside) == 1 and aside[0].read_bytes() == before
+
+
+def crafted_archive(target: Path, part: str, body: bytes, mode: int = 0o644) -> None:
+    """An archive whose manifest lists `part` (with its true checksum) and which holds it."""
+    manifest = {"format": 1, "parts": {part: {"sha256": hashlib.sha256(body).hexdigest(), "size": len(body)}}}
+    with tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, raw, bits in ((backup.MANIFEST, json.dumps(manifest).encode(), 0o644), (part, body, mode)):
+            member = tarfile.TarInfo(name)
+            member.size, member.mode = len(raw), bits
+            tar.addfile(member, io.BytesIO(raw))
+
+
+@pytest.mark.parametrize("part", ["../escaped.txt", "hooks/../../escaped.txt", "/tmp/escaped-abs.txt", "."])
+def test_extract_refuses_a_part_outside_the_directory(tmp_path: Path, part: str) -> None:
+    """The manifest comes from the same archive, so listing a part proves nothing about its path."""
+    archive = tmp_path / "crafted.tar"
+    crafted_archive(archive, part, b"not yours")
+    target = tmp_path / "restore" / "into"
+    target.mkdir(parents=True)
+    with pytest.raises(backup.BackupError, match="outside the restore directory"):
+        backup.extract(archive, target)
+    assert not (tmp_path / "restore" / "escaped.txt").exists() and not (tmp_path / "escaped.txt").exists()
+    assert not Path("/tmp/escaped-abs.txt").exists()
+
+
+def test_extract_writes_parts_with_plain_permissions(tmp_path: Path) -> None:
+    """A part's set-id bits or mode in the archive never reach the restored file."""
+    archive = tmp_path / "crafted.tar"
+    crafted_archive(archive, "hooks/run.py", b"# hook", mode=0o6777)
+    manifest = backup.extract(archive, tmp_path / "out")
+    restored = tmp_path / "out" / "hooks" / "run.py"
+    assert manifest["parts"] == {"hooks/run.py": {"sha256": hashlib.sha256(b"# hook").hexdigest(), "size": 6}}
+    assert restored.read_bytes() == b"# hook"
+    assert restored.stat().st_mode & 0o7000 == 0
 
 
 def test_verify_detects_an_edited_audit_entry(tmp_path: Path) -> None:
