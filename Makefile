@@ -3,7 +3,7 @@
 # the distribution's python3.11 where it has one with venv, else python3 on PATH. Distributions build
 # CPython with profile-guided optimization and LTO; a default pyenv or source build does not (no
 # --enable-optimizations). Measured here with the same executable: 1.22x the gets and 1.12-1.23x the
-# creates a second, 9-11% fewer instructions per request (docs/performance.md, session 16).
+# creates a second, 9-12% fewer instructions per request (docs/performance.md, session 16).
 PYTHON ?= $(shell /usr/bin/python3.11 -c 'import ensurepip, venv' 2>/dev/null && echo /usr/bin/python3.11 || echo python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import apsw
 import msgspec
@@ -42,6 +42,9 @@ from snackbase.ids import SYSTEM_ACCOUNT_ID
 from snackbase.migrations import current_version, latest_version
 from snackbase.times import format_ts
 from snackbase.unit_of_work import unit_of_work
+
+if TYPE_CHECKING:
+    import tarfile  # imported where used: backups only, not loaded by an idle server
 
 log = logging.getLogger("snackbase.backup")
 
@@ -406,7 +409,7 @@ def extract(path: Path, target: Path) -> dict[str, Any]:
     return manifest
 
 
-def _extract_file(tar: Any, member: Any, target: Path, archive: str) -> None:
+def _extract_file(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path, archive: str) -> None:
     """One regular file of the archive, written under `target` by our own copy. tarfile's `filter="data"`
     does the same checks but exists only from Python 3.11.4, and distributions ship 3.11.2 (Debian 12):
     a name that is absolute or resolves outside `target` is refused (the manifest listing a part is no
@@ -416,11 +419,14 @@ def _extract_file(tar: Any, member: Any, target: Path, archive: str) -> None:
     dest = (root / member.name).resolve()
     if member.name.startswith("/") or dest == root or not dest.is_relative_to(root):
         raise BackupError(f"{archive} holds {member.name!r}, a path outside the restore directory")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     source = tar.extractfile(member)
     assert source is not None  # a regular file (checked by the caller)
-    with source, open(dest, "wb") as out:
-        shutil.copyfileobj(source, out, _COPY_CHUNK)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with source, open(dest, "wb") as out:
+            shutil.copyfileobj(source, out, _COPY_CHUNK)
+    except OSError as exc:  # a part named under another part, a full disk: an answer, not a crash
+        raise BackupError(f"{archive}: {member.name!r} cannot be written ({exc.strerror})") from None
 
 
 _COPY_CHUNK = 1024 * 1024

@@ -164,11 +164,14 @@ def test_restore_refusals(tmp_path: Path) -> None:
     assert len(aside) == 1 and aside[0].read_bytes() == before
 
 
-def crafted_archive(target: Path, part: str, body: bytes, mode: int = 0o644) -> None:
-    """An archive whose manifest lists `part` (with its true checksum) and which holds it."""
-    manifest = {"format": 1, "parts": {part: {"sha256": hashlib.sha256(body).hexdigest(), "size": len(body)}}}
+def crafted_archive(target: Path, parts: dict[str, bytes], mode: int = 0o644) -> None:
+    """An archive whose manifest lists `parts` (with their true checksums) and which holds them."""
+    listed = {
+        name: {"sha256": hashlib.sha256(body).hexdigest(), "size": len(body)} for name, body in parts.items()
+    }
+    members = [(backup.MANIFEST, json.dumps({"format": 1, "parts": listed}).encode(), 0o644)]
     with tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name, raw, bits in ((backup.MANIFEST, json.dumps(manifest).encode(), 0o644), (part, body, mode)):
+        for name, raw, bits in members + [(name, body, mode) for name, body in parts.items()]:
             member = tarfile.TarInfo(name)
             member.size, member.mode = len(raw), bits
             tar.addfile(member, io.BytesIO(raw))
@@ -178,7 +181,7 @@ def crafted_archive(target: Path, part: str, body: bytes, mode: int = 0o644) -> 
 def test_extract_refuses_a_part_outside_the_directory(tmp_path: Path, part: str) -> None:
     """The manifest comes from the same archive, so listing a part proves nothing about its path."""
     archive = tmp_path / "crafted.tar"
-    crafted_archive(archive, part, b"not yours")
+    crafted_archive(archive, {part: b"not yours"})
     target = tmp_path / "restore" / "into"
     target.mkdir(parents=True)
     with pytest.raises(backup.BackupError, match="outside the restore directory"):
@@ -190,12 +193,20 @@ def test_extract_refuses_a_part_outside_the_directory(tmp_path: Path, part: str)
 def test_extract_writes_parts_with_plain_permissions(tmp_path: Path) -> None:
     """A part's set-id bits or mode in the archive never reach the restored file."""
     archive = tmp_path / "crafted.tar"
-    crafted_archive(archive, "hooks/run.py", b"# hook", mode=0o6777)
+    crafted_archive(archive, {"hooks/run.py": b"# hook"}, mode=0o6777)
     manifest = backup.extract(archive, tmp_path / "out")
     restored = tmp_path / "out" / "hooks" / "run.py"
     assert manifest["parts"] == {"hooks/run.py": {"sha256": hashlib.sha256(b"# hook").hexdigest(), "size": 6}}
     assert restored.read_bytes() == b"# hook"
     assert restored.stat().st_mode & 0o7000 == 0
+
+
+def test_extract_reports_a_part_that_cannot_be_written(tmp_path: Path) -> None:
+    """A part named under another part (a file, not a directory): a backup error, not a crash."""
+    archive = tmp_path / "crafted.tar"
+    crafted_archive(archive, {"hooks": b"a file", "hooks/run.py": b"# hook"})
+    with pytest.raises(backup.BackupError, match=r"'hooks/run\.py' cannot be written"):
+        backup.extract(archive, tmp_path / "out")
 
 
 def test_verify_detects_an_edited_audit_entry(tmp_path: Path) -> None:
