@@ -61,7 +61,7 @@ BACKUP_STEP_PAGES = 1024
 BACKUP_DUTY = 0.25
 _WORK_SLICE_S = 0.004
 NAME_RE = re.compile(r"snackbase-\d{8}T\d{6}(?:-\d{3})?Z\.tar")
-_HASH_CHUNK = 1 << 20
+_CHUNK = 1 << 20  # reads of an archive's parts, to hash or to copy them
 
 
 class BackupError(Exception):
@@ -152,7 +152,7 @@ def copy_database(
 def sha256_file(path: Path, pacer: Pacer | None = None) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
+        while chunk := handle.read(_CHUNK):
             digest.update(chunk)
             if pacer is not None:
                 pacer.tick()
@@ -424,12 +424,9 @@ def _extract_file(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path, a
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with source, open(dest, "wb") as out:
-            shutil.copyfileobj(source, out, _COPY_CHUNK)
+            shutil.copyfileobj(source, out, _CHUNK)
     except OSError as exc:  # a part named under another part, a full disk: an answer, not a crash
         raise BackupError(f"{archive}: {member.name!r} cannot be written ({exc.strerror})") from None
-
-
-_COPY_CHUNK = 1024 * 1024
 
 
 def verify_backup(path: Path) -> VerifyReport:
