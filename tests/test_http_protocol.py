@@ -64,14 +64,16 @@ class RecordingTransport(asyncio.Transport):
 
 
 def connect(
-    app: App, state: ServerState | None = None
+    app: App,
+    state: ServerState | None = None,
+    kind: type[EnvelopeHttpToolsProtocol] = EnvelopeHttpToolsProtocol,
 ) -> tuple[EnvelopeHttpToolsProtocol, RecordingTransport, ServerState]:
-    """A fresh connection of the server's protocol to `app`, over a recording transport (of the server
-    whose `state` is given: its other connections are open at the same time)."""
-    config = Config(app, http=EnvelopeHttpToolsProtocol, lifespan="off", log_config=None)
+    """A fresh connection of the server's protocol (or a subclass, `kind`) to `app`, over a recording
+    transport (of the server whose `state` is given: its other connections are open at the same time)."""
+    config = Config(app, http=kind, lifespan="off", log_config=None)
     config.load()
     state = state or ServerState()
-    protocol = EnvelopeHttpToolsProtocol(config=config, server_state=state, app_state={})
+    protocol = kind(config=config, server_state=state, app_state={})
     transport = RecordingTransport()
     transport.set_protocol(protocol)
     protocol.connection_made(transport)
@@ -116,6 +118,28 @@ async def test_a_response_with_a_length_is_one_write() -> None:
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"content-length: 11" in head
     assert body == b'{"ok":true}'
+
+
+async def test_each_request_cycle_is_made_as_the_servers_own() -> None:
+    """uvicorn builds the cycle from its module's name for the class, which the protocol binds to its
+    own: made as `_Cycle`, not changed into one afterwards (a changed class would cost every request;
+    see http_protocol). Fails if a uvicorn release makes its cycle some other way."""
+    from snackbase.http_protocol import _Cycle
+
+    made: list[type] = []
+
+    class Watched(EnvelopeHttpToolsProtocol):
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:  # uvicorn's, right after making it
+            made.append(type(cycle))
+            super()._start_asgi_task(cycle, app)
+
+    protocol, transport, state = connect(json_app(), kind=Watched)
+    protocol.data_received(GET + GET)
+    await answered(state, transport, 2)
+    protocol.connection_lost(None)
+    transport.close()
+    assert made == [_Cycle, _Cycle]
+    assert len(transport.writes) == 2
 
 
 async def test_a_big_body_follows_its_head_in_a_second_write() -> None:
