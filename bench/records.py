@@ -269,11 +269,16 @@ def run(duration: int, connections: int, rounds: int = 3, sequential: bool = Fal
     so drift of this shared machine during the run hits both alike. Reported: the median round of each.
 
     `sequential`: the plain way instead, to check that the two ways agree — SnackBase alone (every
-    scenario, every round), stopped, then PocketBase alone."""
+    scenario, every round), stopped, then PocketBase alone, then SnackBase alone once more. The two
+    SnackBase runs bracket PocketBase's in time: their difference is the machine's drift over the run,
+    and SnackBase's median over both is what PocketBase's is held against."""
     if sequential:
-        raw = _measure_alone("snackbase", duration, connections, rounds)
-        raw += _measure_alone("pocketbase", duration, connections, rounds)
+        before = _measure_alone("snackbase", duration, connections, rounds)
+        raw = before + _measure_alone("pocketbase", duration, connections, rounds)
+        after = _measure_alone("snackbase", duration, connections, rounds)
+        raw += after
         results = [median_round([r for r in raw if (r.server, r.scenario) == key]) for key in _keys(raw)]
+        _print_drift(before, after)
     else:
         raw, results = _measure_interleaved(duration, connections, rounds)
     results.sort(key=lambda r: r.server != "snackbase")  # SnackBase's rows first, in scenario order
@@ -383,6 +388,19 @@ def _print_rule_cost(results: list[Result]) -> None:
         if public and owned:
             cost = 1 - owned.requests_per_s / public.requests_per_s
             print(f"| {op} | {public.requests_per_s:,.0f} | {owned.requests_per_s:,.0f} | {cost:+.0%} |")
+
+
+def _print_drift(before: list[Result], after: list[Result]) -> None:
+    """SnackBase's median round of each scenario in its first and its second sequential run."""
+    print("\n| scenario | SnackBase before req/s | SnackBase after req/s | after / before |")
+    print("|---|---:|---:|---:|")
+    for scenario in dict.fromkeys(r.scenario for r in before):
+        first = median_round([r for r in before if r.scenario == scenario])
+        second = median_round([r for r in after if r.scenario == scenario])
+        print(
+            f"| {scenario} | {first.requests_per_s:,.0f} | {second.requests_per_s:,.0f} "
+            f"| {second.requests_per_s / first.requests_per_s:.2f} |"
+        )
 
 
 def _print_ratios(results: list[Result]) -> None:

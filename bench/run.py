@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument(
         "--sequential",
         action="store_true",
-        help="records: each server alone (SnackBase, then PocketBase) instead of interleaved rounds",
+        help="records: each server alone (SnackBase, PocketBase, SnackBase again), not interleaved rounds",
     )
     args = parser.parse_args()
     if not EXE.is_file():
